@@ -1,0 +1,130 @@
+"""The library entry points that the CLI wraps: train a run, evaluate it, predict with it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import transformers
+
+from tunelab.assets.datasets import CATALOG
+from tunelab.config import RunConfig, to_yaml
+from tunelab.data.loading import load_examples
+from tunelab.data.splits import Splits, split_examples
+from tunelab.errors import TunelabError
+from tunelab.predict import Predictor
+from tunelab.runs import (CONFIG_FILE, DELTA_FILE, LABELS_FILE, METRICS_FILE, RESOURCES_FILE, StagedRun,
+                          build_classifier, load_run, save_delta, write_json, write_text_atomic)
+from tunelab.strategies.base import count_parameters, delta_state_dict
+from tunelab.strategies.registry import get_strategy, parse_options
+from tunelab.tasks.classification import FeatureClassifier, LabelMap, classification_metrics
+from tunelab.training.features import extract_features
+from tunelab.training.resources import PeakMemory, bytes_on_disk, latency_per_example_ms
+from tunelab.training.trainer import FeatureDataset, build_trainer, tokenize, training_arguments
+
+
+@dataclass
+class RunResult:
+    path: Path
+    metrics: dict[str, Any]
+    resources: dict[str, Any]
+
+
+def load_splits(config: RunConfig) -> tuple[Splits, LabelMap]:
+    data = config.data
+    examples = load_examples(data.source, data.text_column, data.label_column)
+    splits = split_examples(examples, data.test_size, data.validation_size, data.split_seed,
+                            data.limit_train, data.limit_eval)
+    preferred = CATALOG[data.source].labels if data.source in CATALOG else ()
+    return splits, LabelMap.from_values(examples["label"].tolist(), preferred)
+
+
+def _fit(model, tokenizer, splits: Splits, label_map: LabelMap, config: RunConfig, checkpoints: Path,
+         progress: bool) -> tuple[np.ndarray, dict[str, float]]:
+    """Train per the strategy; returns the test logits and timings."""
+    strategy = get_strategy(config.strategy.name)
+    options = parse_options(strategy, config.strategy.options)
+    training = config.training
+    args = training_arguments(training, checkpoints, training.learning_rate or strategy.default_learning_rate,
+                              training.epochs or strategy.default_epochs, progress)
+    encoded = {name: tokenize(part["text"].tolist(), label_map.encode(part["label"].tolist(), name), tokenizer,
+                              training.max_length)
+               for name, part in vars(splits).items()}
+    timings = {"feature_extraction_s": 0.0}
+    start = time.perf_counter()
+    if strategy.trains_on_features(options):
+        vectors = {name: FeatureDataset(extract_features(model, data, tokenizer, training.eval_batch_size,
+                                                         f"encoding {name}", progress), data["labels"])
+                   for name, data in encoded.items()}
+        timings["feature_extraction_s"] = time.perf_counter() - start
+        trainer = build_trainer(FeatureClassifier(model.head), args, vectors["train"], vectors["validation"], None)
+        test = vectors["test"]
+    else:
+        trainer = build_trainer(model, args, encoded["train"], encoded["validation"], tokenizer)
+        test = encoded["test"]
+    trainer.train()
+    timings["train_s"] = time.perf_counter() - start
+    return trainer.predict(test).predictions, timings
+
+
+def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> RunResult:
+    """Train `config.strategy` on `config.data` and write a complete run directory to `config.output`."""
+    if config.output is None:
+        raise TunelabError("no output directory: pass --output DIR")
+    strategy = get_strategy(config.strategy.name)
+    options = parse_options(strategy, config.strategy.options)
+    staged = StagedRun(Path(config.output), overwrite)
+    splits, label_map = load_splits(config)
+    transformers.set_seed(config.training.seed)
+    model, tokenizer = build_classifier(config, label_map)
+    with staged:
+        with PeakMemory() as memory:
+            test_logits, timings = _fit(model, tokenizer, splits, label_map, config, staged.path / "checkpoints",
+                                        progress)
+        model.eval()
+        test_ids = np.array(label_map.encode(splits.test["label"].tolist(), "test split"))
+        metrics = {"test": classification_metrics(test_logits, test_ids, label_map),
+                   "train_examples": len(splits.train), "validation_examples": len(splits.validation)}
+        save_delta(staged.path / DELTA_FILE, delta_state_dict(model, strategy.trainable_prefixes(options)),
+                   strategy.name)
+        predictor = Predictor(model, tokenizer, label_map, config.training.max_length)
+        trainable, total = count_parameters(model)
+        resources = {
+            "trainable_parameters": trainable, "total_parameters": total,
+            "trainable_share": trainable / total,
+            **{key: round(value, 3) for key, value in timings.items()},
+            "peak_memory_bytes": memory.peak_bytes, "peak_gpu_memory_bytes": memory.peak_gpu_bytes,
+            "delta_bytes": bytes_on_disk([staged.path / DELTA_FILE]),
+            "latency_ms_per_example": round(latency_per_example_ms(
+                lambda text: predictor.logits([text]), splits.test["text"].tolist()[:32]), 3),
+        }
+        write_text_atomic(staged.path / CONFIG_FILE, to_yaml(config))
+        write_json(staged.path / LABELS_FILE, label_map.labels)
+        write_json(staged.path / METRICS_FILE, metrics)
+        write_json(staged.path / RESOURCES_FILE, resources)
+        path = staged.commit()
+    return RunResult(path, metrics, resources)
+
+
+def load_predictor(run_dir: Path) -> Predictor:
+    run = load_run(run_dir)
+    return Predictor(run.model, run.tokenizer, run.label_map, run.config.training.max_length)
+
+
+def evaluate(run_dir: Path, source: str | None = None, text_column: str = "text", label_column: str = "label",
+             limit: int | None = None) -> dict[str, Any]:
+    """Metrics of a trained run on a dataset: its own test split by default, else every row of `source`."""
+    run = load_run(run_dir)
+    if source is None:
+        splits, _ = load_splits(run.config)
+        examples, name = splits.test, f"{run.config.data.source} (test split)"
+    else:
+        examples, name = load_examples(source, text_column, label_column), source
+    if limit is not None:
+        examples = examples.iloc[:limit]
+    label_ids = np.array(run.label_map.encode(examples["label"].tolist(), name))
+    predictor = Predictor(run.model, run.tokenizer, run.label_map, run.config.training.max_length)
+    return classification_metrics(predictor.logits(examples["text"].tolist()), label_ids, run.label_map)

@@ -1,0 +1,112 @@
+"""The run configuration: typed, validated on construction, read from YAML with `key=value` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tunelab.errors import TunelabError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: str = Field("movie-snippets", description="catalog name, CSV/TSV/JSONL/Parquet file, or HF dataset id")
+    text_column: str = Field("text", description="column holding the input text")
+    label_column: str = Field("label", description="column holding the label")
+    test_size: float = Field(0.15, gt=0, description="test split: a fraction (< 1) or a count of examples")
+    validation_size: float = Field(0.1, gt=0, description="validation split: a fraction (< 1) or a count")
+    split_seed: int = Field(0, description="seed of the split; fixed apart from the training seed")
+    limit_train: int | None = Field(None, gt=0, description="use at most N training examples (stratified)")
+    limit_eval: int | None = Field(None, gt=0, description="evaluate on at most N validation/test examples")
+
+
+class StrategyConfig(_Section):
+    name: str = Field("full", description="a strategy from `tunelab strategies`")
+    options: dict[str, Any] = Field(default_factory=dict, description="strategy-specific options")
+
+
+class TrainingConfig(_Section):
+    epochs: float | None = Field(None, gt=0, description="passes over the training data (strategy default)")
+    learning_rate: float | None = Field(None, gt=0, description="peak learning rate (strategy default)")
+    batch_size: int = Field(32, gt=0)
+    eval_batch_size: int = Field(64, gt=0)
+    max_length: int = Field(128, gt=0, description="tokens per example; longer inputs are truncated")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    seed: int = Field(42, description="seeds model initialisation, dropout and data order")
+    logging_steps: int = Field(50, gt=0)
+    report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard] or [mlflow]")
+
+
+class RunConfig(_Section):
+    model: str = Field("minilm", description="embedded name (minilm, smollm2), local folder, or hub id")
+    task: Literal["classification"] = "classification"
+    data: DataConfig = Field(default_factory=DataConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    output: Path | None = Field(None, description="run directory")
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("model must not be empty")
+        return value
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"config: unknown setting '{where}'; see `tunelab train --help` for the settings"
+    return f"config: {where}: {first['msg']}"
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
+            raise TunelabError(f"override {dotted}: '{part}' is not a section")
+    tree[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`training.epochs=2` -> ("training.epochs", 2); values are read as YAML scalars."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise TunelabError(f"override '{text}' is not key=value, e.g. training.epochs=2")
+    return key.strip(), yaml.safe_load(raw)
+
+
+def build_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """A validated RunConfig from a nested dict plus dotted-key overrides."""
+    tree = dict(base or {})
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(tree, dotted, value)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as error:
+        raise TunelabError(_describe(error)) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise TunelabError(f"config file {path} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise TunelabError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise TunelabError(f"config file {path} must hold a mapping of settings")
+    return tree
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

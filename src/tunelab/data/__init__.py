@@ -1,0 +1,1 @@
+"""User and catalog data: loading into a text/label table, validation, and deterministic splits."""

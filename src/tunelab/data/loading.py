@@ -1,0 +1,81 @@
+"""Load a dataset (catalog name, file, or Hugging Face dataset id) into a validated text/label table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tunelab.assets.datasets import CATALOG, load_catalog_dataset
+from tunelab.errors import TunelabError
+
+FILE_READERS = {
+    ".csv": lambda path: pd.read_csv(path, encoding="utf-8", dtype=str, keep_default_na=False),
+    ".tsv": lambda path: pd.read_csv(path, sep="\t", encoding="utf-8", dtype=str, keep_default_na=False),
+    ".jsonl": lambda path: pd.read_json(path, lines=True, encoding="utf-8", dtype=False),
+    ".json": lambda path: pd.read_json(path, lines=path.read_text(encoding="utf-8").lstrip()[:1] != "[",
+                                       encoding="utf-8", dtype=False),
+    ".parquet": pd.read_parquet,
+}
+
+
+def read_file(path: Path) -> pd.DataFrame:
+    """Read a CSV/TSV/JSONL/JSON/Parquet file, with one-line errors for the usual problems."""
+    if not path.exists():
+        raise TunelabError(f"data file {path} does not exist")
+    reader = FILE_READERS.get(path.suffix.lower())
+    if reader is None:
+        raise TunelabError(f"cannot read {path}: use one of {', '.join(FILE_READERS)}")
+    try:
+        return reader(path)
+    except UnicodeDecodeError as error:
+        raise TunelabError(f"{path} is not UTF-8 text (byte {error.start}): re-save it as UTF-8") from None
+    except (ValueError, pd.errors.ParserError, OSError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise TunelabError(f"cannot parse {path}: {message}") from None
+
+
+def _read_hub(name: str) -> pd.DataFrame:
+    """A Hugging Face dataset id; its splits are concatenated and re-split by tunelab."""
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(name)
+    except Exception as error:  # the hub client raises many unrelated types for 'not reachable'
+        raise TunelabError(
+            f"data '{name}' is not an embedded dataset ({', '.join(CATALOG)}), not a file, and could not be "
+            f"loaded from the Hugging Face hub ({type(error).__name__}); pass a local CSV/JSONL/Parquet file"
+        ) from None
+    return pd.concat([split.to_pandas() for split in loaded.values()], ignore_index=True)
+
+
+def read_source(source: str) -> pd.DataFrame:
+    if source in CATALOG:
+        return load_catalog_dataset(source)
+    path = Path(source).expanduser()
+    if path.exists() or path.suffix.lower() in FILE_READERS:
+        return read_file(path)
+    return _read_hub(source)
+
+
+def to_examples(frame: pd.DataFrame, text_column: str, label_column: str, source: str) -> pd.DataFrame:
+    """Select and validate the text and label columns: a table with columns `text` and `label` (str)."""
+    for role, column in (("text", text_column), ("label", label_column)):
+        if column not in frame.columns:
+            raise TunelabError(f"{source} has no {role} column '{column}'; its columns are "
+                               f"{', '.join(map(str, frame.columns))}: pass --{role}-column")
+    if frame.empty:
+        raise TunelabError(f"{source} holds no examples")
+    examples = pd.DataFrame({"text": frame[text_column], "label": frame[label_column]})
+    for role in ("text", "label"):
+        blank = examples[role].isna() | (examples[role].astype(str).str.strip() == "")
+        if blank.any():
+            raise TunelabError(f"{source}: row {int(blank.idxmax()) + 1} has an empty {role}; "
+                               f"fill or remove the {blank.sum()} such rows")
+    examples["text"] = examples["text"].astype(str)
+    examples["label"] = examples["label"].astype(str).str.strip()
+    return examples
+
+
+def load_examples(source: str, text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
+    return to_examples(read_source(source), text_column, label_column, source)

@@ -1,0 +1,55 @@
+"""Deterministic, seeded, stratified train/validation/test splits.
+
+The split depends only on the data and `split_seed`, never on the training seed or on
+`limit_train`, so every strategy and every seed is measured on the same test set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from tunelab.errors import TunelabError
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+
+def _count(size: float, total: int) -> int:
+    return int(round(size * total)) if size < 1 else int(size)
+
+
+def _stratify(frame: pd.DataFrame) -> pd.Series | None:
+    """Stratify by label unless a label is too rare to appear on both sides of a split."""
+    counts = frame["label"].value_counts()
+    return frame["label"] if counts.min() >= 2 else None
+
+
+def _take(frame: pd.DataFrame, count: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split off `count` rows (stratified); returns (taken, rest)."""
+    if count >= len(frame):
+        return frame, frame.iloc[:0]
+    rest, taken = train_test_split(frame, test_size=count, random_state=seed, stratify=_stratify(frame))
+    return taken, rest
+
+
+def split_examples(examples: pd.DataFrame, test_size: float, validation_size: float, seed: int,
+                   limit_train: int | None = None, limit_eval: int | None = None) -> Splits:
+    total = len(examples)
+    n_test, n_validation = _count(test_size, total), _count(validation_size, total)
+    if n_test < 1 or n_validation < 1 or n_test + n_validation >= total:
+        raise TunelabError(f"cannot split {total} examples into test={n_test} and validation={n_validation} "
+                           f"with training data left over: give more data or smaller --set data.test_size")
+    test, rest = _take(examples, n_test, seed)
+    validation, train = _take(rest, n_validation, seed)
+    if limit_train is not None:
+        train, _ = _take(train, limit_train, seed)
+    if limit_eval is not None:
+        validation, test = validation.iloc[:limit_eval], test.iloc[:limit_eval]
+    return Splits(*(part.reset_index(drop=True) for part in (train, validation, test)))

@@ -1,0 +1,32 @@
+"""Base models: load a backbone and its tokenizer, and pool hidden states into one vector per text."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from tunelab.assets.models import ModelSpec, Pooling
+
+
+def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(spec.path)
+    if tokenizer.pad_token is None:  # causal LMs often have none; padding is masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"  # last-token pooling reads the position from the mask
+    return tokenizer
+
+
+def load_backbone(spec: ModelSpec) -> PreTrainedModel:
+    """The bare transformer (no LM head): heads are the task's, kept outside any adapter library."""
+    return AutoModel.from_pretrained(spec.path, dtype=torch.float32)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling) -> torch.Tensor:
+    """(B, T, H) hidden states and (B, T) attention mask -> (B, H) sentence vectors."""
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "last":  # right padding: the last real token sits at length - 1
+        last = mask.sum(dim=1).clamp(min=1) - 1
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)

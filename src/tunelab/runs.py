@@ -1,0 +1,118 @@
+"""Run directories: staged and committed atomically, never overwritten by accident, loaded back for use.
+
+A run is built in a hidden sibling folder and renamed into place only when complete, so a crash or a
+bad input never leaves a half-written run, and `--overwrite` replaces an old run only at the very end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tunelab.assets.models import resolve_model
+from tunelab.config import RunConfig, build_config, read_yaml, to_yaml
+from tunelab.errors import TunelabError
+from tunelab.modeling import load_backbone, load_tokenizer
+from tunelab.strategies.registry import get_strategy, parse_options
+from tunelab.tasks.classification import LabelMap, SequenceClassifier
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+RESOURCES_FILE = "resources.json"
+LABELS_FILE = "labels.json"
+DELTA_FILE = "delta.safetensors"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class StagedRun:
+    """A run being written: files go to a hidden staging folder until `commit()`."""
+
+    def __init__(self, final: Path, overwrite: bool):
+        if final.exists() and not overwrite:
+            raise TunelabError(f"{final} already exists: choose another --output or pass --overwrite")
+        if final.exists() and not (final / CONFIG_FILE).exists():
+            raise TunelabError(f"{final} exists and is not a tunelab run; refusing to replace it")
+        self.final = final
+        self.path = final.with_name(f".{final.name}.partial")
+
+    def __enter__(self) -> StagedRun:
+        shutil.rmtree(self.path, ignore_errors=True)  # a previous crash's leftovers
+        self.path.mkdir(parents=True)
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def commit(self) -> Path:
+        retired = self.final.with_name(f".{self.final.name}.replaced")
+        if self.final.exists():
+            os.replace(self.final, retired)
+        os.replace(self.path, self.final)
+        shutil.rmtree(retired, ignore_errors=True)
+        return self.final
+
+
+def save_delta(path: Path, tensors: dict[str, torch.Tensor], strategy: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, str(partial), metadata={"format": "pt", "strategy": strategy})
+    os.replace(partial, path)
+
+
+def require_run(path: Path) -> None:
+    if not (path / CONFIG_FILE).exists():
+        raise TunelabError(f"{path} is not a tunelab run directory (no {CONFIG_FILE}); pass the --output of a "
+                           f"finished `tunelab train`")
+
+
+@dataclass
+class LoadedRun:
+    config: RunConfig
+    label_map: LabelMap
+    model: SequenceClassifier
+    tokenizer: Any
+
+
+def build_classifier(config: RunConfig, label_map: LabelMap) -> tuple[SequenceClassifier, Any]:
+    """Base model + head for this config, with its strategy applied (weights as pre-trained / freshly set)."""
+    spec = resolve_model(config.model)
+    strategy = get_strategy(config.strategy.name)
+    options = parse_options(strategy, config.strategy.options)
+    model = SequenceClassifier(load_backbone(spec), len(label_map.labels), spec.pooling)
+    strategy.apply(model, options)
+    return model, load_tokenizer(spec)
+
+
+def load_run(path: Path) -> LoadedRun:
+    """Rebuild a trained classifier from its run directory: base model + saved delta."""
+    require_run(path)
+    config = build_config(read_yaml(path / CONFIG_FILE))
+    label_map = LabelMap(read_json(path / LABELS_FILE))
+    model, tokenizer = build_classifier(config, label_map)
+    delta = load_file(str(path / DELTA_FILE))
+    missing = set(delta) - set(model.state_dict())
+    if missing:
+        raise TunelabError(f"{path / DELTA_FILE} does not fit the model {config.model} (e.g. {sorted(missing)[0]})")
+    model.load_state_dict(delta, strict=False)
+    model.eval()
+    return LoadedRun(config, label_map, model, tokenizer)

@@ -1,0 +1,1 @@
+"""Fine-tuning strategies: one module each, mapped by name in `registry.py`."""

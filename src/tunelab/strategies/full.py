@@ -1,0 +1,26 @@
+"""Full fine-tuning: every weight of the backbone and the head trains (Devlin et al. 2019)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+from torch import nn
+
+from tunelab.strategies.base import NoOptions, freeze_all_but, mark_applied
+
+
+class FullFineTuning:
+    name = "full"
+    summary = "train every weight; best with plenty of labels, one full model copy per task"
+    Options = NoOptions
+    default_learning_rate = 5e-5
+    default_epochs = 3.0
+
+    def trainable_prefixes(self, options: BaseModel) -> tuple[str, ...]:
+        return ("backbone.", "head.")
+
+    def trains_on_features(self, options: BaseModel) -> bool:
+        return False
+
+    def apply(self, model: nn.Module, options: BaseModel) -> None:
+        mark_applied(model, self.name)
+        freeze_all_but(model, self.trainable_prefixes(options))

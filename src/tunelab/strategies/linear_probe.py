@@ -1,0 +1,35 @@
+"""Feature extraction: the pre-trained encoder stays frozen and only a linear head trains.
+
+With `cache_features` (the default) each text goes through the encoder once; the head then trains
+on the stored sentence vectors, which is many times faster than re-encoding every epoch.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from tunelab.strategies.base import freeze_all_but, mark_applied
+
+
+class LinearProbeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cache_features: bool = Field(True, description="encode each text once and train the head on the vectors")
+
+
+class LinearProbe:
+    name = "linear-probe"
+    summary = "frozen encoder, train a linear head on its sentence vectors; cheapest, least accurate"
+    Options = LinearProbeOptions
+    default_learning_rate = 1e-2
+    default_epochs = 30.0
+
+    def trainable_prefixes(self, options: BaseModel) -> tuple[str, ...]:
+        return ("head.",)
+
+    def trains_on_features(self, options: LinearProbeOptions) -> bool:
+        return options.cache_features
+
+    def apply(self, model: nn.Module, options: BaseModel) -> None:
+        mark_applied(model, self.name)
+        freeze_all_but(model, self.trainable_prefixes(options))

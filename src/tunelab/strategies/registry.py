@@ -1,0 +1,27 @@
+"""Strategy names -> strategies. The CLI, the trainer and later `compare` look strategies up only here."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ValidationError
+
+from tunelab.errors import TunelabError
+from tunelab.strategies.base import Strategy
+from tunelab.strategies.full import FullFineTuning
+from tunelab.strategies.linear_probe import LinearProbe
+
+STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in [FullFineTuning(), LinearProbe()]}
+
+
+def get_strategy(name: str) -> Strategy:
+    if name not in STRATEGIES:
+        raise TunelabError(f"unknown strategy '{name}'; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+def parse_options(strategy: Strategy, options: dict) -> BaseModel:
+    try:
+        return strategy.Options.model_validate(options)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise TunelabError(f"strategy {strategy.name}: option '{where}': {first['msg']}") from None

@@ -1,0 +1,1 @@
+"""Tasks: what is predicted, how it is scored. Orthogonal to strategies."""

@@ -1,0 +1,97 @@
+"""Sequence classification: label map, model (backbone + pooling + linear head), loss and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, classification_report, f1_score
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from tunelab.assets.models import Pooling
+from tunelab.errors import TunelabError
+from tunelab.modeling import pool
+
+
+class LabelMap:
+    """Label names <-> ids, in a fixed order saved with the run."""
+
+    def __init__(self, labels: Sequence[str]):
+        self.labels = list(labels)
+        self.ids = {label: index for index, label in enumerate(self.labels)}
+
+    @classmethod
+    def from_values(cls, values: Sequence[str], preferred: Sequence[str] = ()) -> LabelMap:
+        present = set(values)
+        if len(present) < 2:
+            raise TunelabError(f"classification needs at least 2 labels, the data has {len(present)}")
+        ordered = [label for label in preferred if label in present]
+        return cls(ordered + sorted(present - set(ordered)))
+
+    def encode(self, values: Sequence[str], source: str) -> list[int]:
+        unknown = sorted(set(values) - self.ids.keys())
+        if unknown:
+            raise TunelabError(f"{source} has label(s) {', '.join(map(repr, unknown[:5]))} that the model never "
+                               f"saw in training; it knows {', '.join(self.labels)}")
+        return [self.ids[value] for value in values]
+
+
+class SequenceClassifier(nn.Module):
+    """backbone -> pooled sentence vector -> dropout -> linear head.
+
+    The head lives outside the backbone so that adapter libraries only ever wrap the backbone, and
+    `features=` lets a frozen-encoder strategy train the head on pre-computed sentence vectors.
+    """
+
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: Pooling, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.config.hidden_size, num_labels))
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return pool(hidden, attention_mask, self.pooling)  # (B, H)
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                features: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+        if features is None:
+            features = self.embed(input_ids, attention_mask)
+        return head_output(self.head, features, labels)
+
+
+class FeatureClassifier(nn.Module):
+    """The classifier's head alone, trained on pre-computed sentence vectors (frozen-encoder strategies).
+
+    It shares the head module with its SequenceClassifier, so training it trains the classifier.
+    """
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
+        return head_output(self.head, features, labels)
+
+
+def head_output(head: nn.Module, features: torch.Tensor, labels: torch.Tensor | None) -> SequenceClassifierOutput:
+    """(B, H) sentence vectors -> (B, C) logits, and the cross-entropy loss when labels are given."""
+    logits = head(features)
+    loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+    return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def classification_metrics(logits: np.ndarray, label_ids: np.ndarray, label_map: LabelMap) -> dict:
+    """Accuracy, macro-F1 and a per-class precision/recall/F1/support report."""
+    predictions = logits.argmax(axis=-1)
+    ids = list(range(len(label_map.labels)))
+    report = classification_report(label_ids, predictions, labels=ids, target_names=label_map.labels,
+                                   output_dict=True, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(label_ids, predictions)),
+        "macro_f1": float(f1_score(label_ids, predictions, labels=ids, average="macro", zero_division=0)),
+        "per_class": {name: {k: float(v) for k, v in report[name].items()} for name in label_map.labels},
+        "examples": int(len(label_ids)),
+    }

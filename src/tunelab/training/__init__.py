@@ -1,0 +1,1 @@
+"""Training: the Trainer built from (model, task, strategy), cached features, resource accounting."""

@@ -1,0 +1,75 @@
+"""Build a Hugging Face `Trainer` for a classifier from plain arguments.
+
+The Trainer brings checkpointing, gradient accumulation, mixed precision, distributed launch and
+logging; tunelab only decides the arguments and the data it sees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from torch import nn
+from transformers import (DataCollatorWithPadding, EvalPrediction, PreTrainedTokenizerBase, Trainer,
+                          TrainingArguments)
+
+from tunelab.config import TrainingConfig
+
+
+def tokenize(texts: list[str], label_ids: list[int], tokenizer: PreTrainedTokenizerBase,
+             max_length: int) -> datasets.Dataset:
+    """Token ids without padding: the collator pads each batch to its own longest text."""
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    return datasets.Dataset.from_dict({"input_ids": encoded["input_ids"],
+                                       "attention_mask": encoded["attention_mask"], "labels": label_ids})
+
+
+class FeatureDataset(torch.utils.data.Dataset):
+    """Pre-computed sentence vectors (N, H) with their label ids (N,)."""
+
+    def __init__(self, features: torch.Tensor, label_ids: list[int]):
+        self.features, self.labels = features, torch.tensor(label_ids)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"features": self.features[index], "labels": self.labels[index]}
+
+
+def accuracy(prediction: EvalPrediction) -> dict[str, float]:
+    return {"accuracy": float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())}
+
+
+def training_arguments(config: TrainingConfig, output_dir: Path, learning_rate: float, epochs: float,
+                       progress: bool) -> TrainingArguments:
+    """Evaluate and checkpoint every epoch; keep the best epoch on validation accuracy."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        learning_rate=learning_rate,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # a float < 1 is a fraction of the training steps
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        report_to=config.report_to or "none",
+        disable_tqdm=not progress,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
+def build_trainer(model: nn.Module, args: TrainingArguments, train: torch.utils.data.Dataset,
+                  validation: torch.utils.data.Dataset, tokenizer: PreTrainedTokenizerBase | None) -> Trainer:
+    """A Trainer on token ids (with a padding collator) or, without a tokenizer, on feature vectors."""
+    collator = DataCollatorWithPadding(tokenizer) if tokenizer is not None else None
+    return Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
+                   data_collator=collator, compute_metrics=accuracy)
