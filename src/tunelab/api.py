@@ -16,8 +16,19 @@ from tunelab.data.loading import load_examples
 from tunelab.data.splits import Splits, split_examples
 from tunelab.errors import TunelabError
 from tunelab.predict import Predictor
-from tunelab.runs import (CONFIG_FILE, DELTA_FILE, LABELS_FILE, METRICS_FILE, RESOURCES_FILE, StagedRun,
-                          build_classifier, load_run, save_delta, write_json, write_text_atomic)
+from tunelab.runs import (
+    CONFIG_FILE,
+    DELTA_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    RESOURCES_FILE,
+    StagedRun,
+    build_classifier,
+    load_run,
+    save_delta,
+    write_json,
+    write_text_atomic,
+)
 from tunelab.strategies.base import count_parameters, delta_state_dict
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import FeatureClassifier, LabelMap, classification_metrics

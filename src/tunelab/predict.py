@@ -30,5 +30,5 @@ class Predictor:
     def predict(self, texts: list[str]) -> list[tuple[str, dict[str, float]]]:
         """For each text: the predicted label and the probability of every label."""
         probabilities = torch.softmax(torch.from_numpy(self.logits(texts)), dim=-1).numpy()
-        return [(self.label_map.labels[int(row.argmax())], dict(zip(self.label_map.labels, map(float, row))))
-                for row in probabilities]
+        labels = self.label_map.labels
+        return [(labels[int(row.argmax())], dict(zip(labels, map(float, row), strict=True))) for row in probabilities]

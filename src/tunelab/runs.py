@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunelab.assets.models import resolve_model
-from tunelab.config import RunConfig, build_config, read_yaml, to_yaml
+from tunelab.config import RunConfig, build_config, read_yaml
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone, load_tokenizer
 from tunelab.strategies.registry import get_strategy, parse_options

@@ -12,8 +12,13 @@ import datasets
 import numpy as np
 import torch
 from torch import nn
-from transformers import (DataCollatorWithPadding, EvalPrediction, PreTrainedTokenizerBase, Trainer,
-                          TrainingArguments)
+from transformers import (
+    DataCollatorWithPadding,
+    EvalPrediction,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainingArguments,
+)
 
 from tunelab.config import TrainingConfig
 

