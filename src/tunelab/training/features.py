@@ -13,14 +13,20 @@ from tunelab.tasks.classification import SequenceClassifier
 @torch.no_grad()
 def extract_features(model: SequenceClassifier, encoded: datasets.Dataset, tokenizer: PreTrainedTokenizerBase,
                      batch_size: int, description: str, progress: bool = True) -> torch.Tensor:
-    """(N, H) sentence vectors for the N tokenised texts, in order."""
+    """(N, H) sentence vectors for the N tokenised texts, in their original order.
+
+    Texts are batched in order of length so that batches carry little padding; the frozen encoder's
+    output for a text does not depend on its batch-mates.
+    """
     was_training = model.training
     model.eval()
     collate = DataCollatorWithPadding(tokenizer)
-    columns = encoded.remove_columns([c for c in encoded.column_names if c not in ("input_ids", "attention_mask")])
-    loader = torch.utils.data.DataLoader(columns, batch_size=batch_size, collate_fn=collate)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    rows = encoded.select(order).select_columns(["input_ids", "attention_mask"])
+    loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, collate_fn=collate)
     device = next(model.parameters()).device
-    vectors = [model.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu()
-               for batch in tqdm(loader, desc=description, disable=not progress, leave=False)]
+    vectors = torch.cat([model.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu()
+                         for batch in tqdm(loader, desc=description, disable=not progress, leave=False)])
     model.train(was_training)
-    return torch.cat(vectors)
+    return vectors[torch.argsort(torch.tensor(order))]
