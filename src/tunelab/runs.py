@@ -20,6 +20,7 @@ from tunelab.assets.models import resolve_model
 from tunelab.config import RunConfig, build_config, read_yaml
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone, load_tokenizer
+from tunelab.strategies.base import delta_state_dict
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import LabelMap, SequenceClassifier
 
@@ -110,9 +111,12 @@ def load_run(path: Path) -> LoadedRun:
     label_map = LabelMap(read_json(path / LABELS_FILE))
     model, tokenizer = build_classifier(config, label_map)
     delta = load_file(str(path / DELTA_FILE))
-    missing = set(delta) - set(model.state_dict())
-    if missing:
-        raise TunelabError(f"{path / DELTA_FILE} does not fit the model {config.model} (e.g. {sorted(missing)[0]})")
+    strategy = get_strategy(config.strategy.name)
+    expected = delta_state_dict(model, strategy.trainable_prefixes(parse_options(strategy, config.strategy.options)))
+    mismatched = set(delta) ^ set(expected)
+    if mismatched:
+        raise TunelabError(f"{path / DELTA_FILE} does not fit the model {config.model} "
+                           f"(e.g. {sorted(mismatched)[0]}); was the run written by another tunelab version?")
     model.load_state_dict(delta, strict=False)
     model.eval()
     return LoadedRun(config, label_map, model, tokenizer)

@@ -134,7 +134,7 @@ def resolve_model(name: str) -> ModelSpec:
     folder = Path(name).expanduser()
     if folder.is_dir():
         return _spec_for_folder(name, folder)
-    if folder.suffix or name.startswith((".", "/", "~")):
-        raise TunelabError(f"model folder {name} does not exist: pass an existing folder or one of "
-                           f"{', '.join(EMBEDDED)}")
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise TunelabError(f"unknown model '{name}': use an embedded one ({', '.join(EMBEDDED)}), an existing "
+                           f"Hugging Face model folder, or a hub id like owner/name")
     return _spec_for_hub(name)

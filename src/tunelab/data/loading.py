@@ -50,11 +50,15 @@ def _read_hub(name: str) -> pd.DataFrame:
 
 
 def read_source(source: str) -> pd.DataFrame:
+    """An embedded name, an existing file, or a hub id; hub ids are `owner/name`, so a typo fails at once."""
     if source in CATALOG:
         return load_catalog_dataset(source)
     path = Path(source).expanduser()
     if path.exists() or path.suffix.lower() in FILE_READERS:
         return read_file(path)
+    if "/" not in source:
+        raise TunelabError(f"unknown dataset '{source}': use an embedded one ({', '.join(CATALOG)}), "
+                           f"a data file, or a Hugging Face id like owner/name")
     return _read_hub(source)
 
 

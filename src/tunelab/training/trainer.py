@@ -16,6 +16,7 @@ from transformers import (
     DataCollatorWithPadding,
     EvalPrediction,
     PreTrainedTokenizerBase,
+    PrinterCallback,
     Trainer,
     TrainingArguments,
 )
@@ -76,5 +77,8 @@ def build_trainer(model: nn.Module, args: TrainingArguments, train: torch.utils.
                   validation: torch.utils.data.Dataset, tokenizer: PreTrainedTokenizerBase | None) -> Trainer:
     """A Trainer on token ids (with a padding collator) or, without a tokenizer, on feature vectors."""
     collator = DataCollatorWithPadding(tokenizer) if tokenizer is not None else None
-    return Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
-                   data_collator=collator, compute_metrics=accuracy)
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
+                      data_collator=collator, compute_metrics=accuracy)
+    if args.disable_tqdm:  # quiet means quiet: no per-step log lines either
+        trainer.remove_callback(PrinterCallback)
+    return trainer
