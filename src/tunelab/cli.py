@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tunelab.errors import TunelabError
 
@@ -183,7 +184,7 @@ def data_show(
         table.add_row(str(label), str(count), f"{count / len(frame):.1%}")
     console.print(table)
     for _, row in frame.sample(min(examples, len(frame)), random_state=0).iterrows():
-        console.print(f"[bold]{row['label']}[/bold]  {row['text']}", markup=False, highlight=False)
+        console.print(Text.assemble((str(row["label"]), "bold"), "  ", str(row["text"])))
 
 
 @models_app.command("list")
