@@ -19,7 +19,8 @@ data_app = typer.Typer(help="The embedded datasets, and a look at any dataset.",
 models_app = typer.Typer(help="The embedded and cached models.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
-console = Console()
+# Piped output has no terminal width; a wide table beats one with every cell cut short.
+console = Console(width=None if sys.stdout.isatty() else 140)
 
 # CLI flag -> dotted config key; a flag left unset leaves the YAML (or default) value alone.
 FLAG_KEYS = {

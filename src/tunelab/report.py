@@ -29,7 +29,7 @@ def runs_table(run_dirs: list[Path], title: str = "runs") -> Table:
     """One row per run: strategy, test accuracy and macro-F1, and what it cost."""
     table = Table(title=title)
     for column in ("run", "strategy", "train n", "accuracy", "macro-F1", "trainable", "train time",
-                   "peak memory", "delta on disk", "latency/ex"):
+                   "peak mem", "on disk", "latency"):
         table.add_column(column, justify="left" if column in ("run", "strategy") else "right")
     for run_dir in run_dirs:
         require_run(run_dir)
@@ -37,9 +37,9 @@ def runs_table(run_dirs: list[Path], title: str = "runs") -> Table:
         metrics: dict[str, Any] = read_json(run_dir / METRICS_FILE)
         resources: dict[str, Any] = read_json(run_dir / RESOURCES_FILE)
         table.add_row(
-            str(run_dir), config.strategy.name, str(metrics["train_examples"]),
+            run_dir.name, config.strategy.name, str(metrics["train_examples"]),
             f"{metrics['test']['accuracy']:.3f}", f"{metrics['test']['macro_f1']:.3f}",
-            f"{human_count(resources['trainable_parameters'])} ({resources['trainable_share']:.2%})",
+            f"{human_count(resources['trainable_parameters'])} ({resources['trainable_share'] * 100:.3g}%)",
             f"{resources['train_s']:.1f} s", human_bytes(resources["peak_memory_bytes"]),
             human_bytes(resources["delta_bytes"]), f"{resources['latency_ms_per_example']:.1f} ms",
         )
