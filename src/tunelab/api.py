@@ -53,11 +53,12 @@ def load_splits(config: RunConfig) -> tuple[Splits, LabelMap]:
     return splits, LabelMap.from_values(examples["label"].tolist(), preferred)
 
 
-def _fit(model, tokenizer, splits: Splits, label_map: LabelMap, config: RunConfig, checkpoints: Path,
-         progress: bool) -> tuple[np.ndarray, dict[str, float]]:
-    """Train per the strategy; returns the test logits and timings."""
+def _fit(model, tokenizer, splits: Splits, label_map: LabelMap, config: RunConfig, on_features: bool,
+         checkpoints: Path, progress: bool) -> tuple[np.ndarray, dict[str, float]]:
+    """Train on token ids, or on cached sentence vectors when the strategy freezes the encoder.
+
+    Returns the test logits and the timings."""
     strategy = get_strategy(config.strategy.name)
-    options = parse_options(strategy, config.strategy.options)
     training = config.training
     args = training_arguments(training, checkpoints, training.learning_rate or strategy.default_learning_rate,
                               training.epochs or strategy.default_epochs, progress)
@@ -66,7 +67,7 @@ def _fit(model, tokenizer, splits: Splits, label_map: LabelMap, config: RunConfi
                for name, part in vars(splits).items()}
     timings = {"feature_extraction_s": 0.0}
     start = time.perf_counter()
-    if strategy.trains_on_features(options):
+    if on_features:
         vectors = {name: FeatureDataset(extract_features(model, data, tokenizer, training.eval_batch_size,
                                                          f"encoding {name}", progress), data["labels"])
                    for name, data in encoded.items()}
@@ -93,8 +94,8 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
     model, tokenizer = build_classifier(config, label_map)
     with staged:
         with PeakMemory() as memory:
-            test_logits, timings = _fit(model, tokenizer, splits, label_map, config, staged.path / "checkpoints",
-                                        progress)
+            test_logits, timings = _fit(model, tokenizer, splits, label_map, config,
+                                        strategy.trains_on_features(options), staged.path / "checkpoints", progress)
         model.eval()
         test_ids = np.array(label_map.encode(splits.test["label"].tolist(), "test split"))
         metrics = {"test": classification_metrics(test_logits, test_ids, label_map),
