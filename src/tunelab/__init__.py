@@ -1,12 +1,23 @@
 """tunelab: adapt pre-trained language models with every major fine-tuning strategy, and compare them."""
 
+from __future__ import annotations
+
+import importlib
 import os
+from typing import Any
 
 # No network call the user did not ask for: TRL and the hub client send telemetry unless told not to.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from tunelab.api import RunResult, evaluate, load_predictor, train  # noqa: E402
-from tunelab.config import RunConfig, build_config  # noqa: E402
-from tunelab.errors import TunelabError  # noqa: E402
+# The public API, imported on first use: `import tunelab` (and `tunelab --help`) must not pay for torch.
+_EXPORTS = {
+    "train": "tunelab.api", "evaluate": "tunelab.api", "load_predictor": "tunelab.api", "RunResult": "tunelab.api",
+    "RunConfig": "tunelab.config", "build_config": "tunelab.config", "TunelabError": "tunelab.errors",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["RunConfig", "RunResult", "TunelabError", "build_config", "evaluate", "load_predictor", "train"]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tunelab' has no attribute '{name}'")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,8 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
         with PeakMemory() as memory:
             test_logits, timings = _fit(model, tokenizer, splits, label_map, config,
                                         strategy.trains_on_features(options), staged.path / "checkpoints", progress)
+        if not config.training.keep_checkpoints:  # the delta holds what was learned; these are full copies
+            shutil.rmtree(staged.path / "checkpoints", ignore_errors=True)
         model.eval()
         test_ids = np.array(label_map.encode(splits.test["label"].tolist(), "test split"))
         metrics = {"test": classification_metrics(test_logits, test_ids, label_map),

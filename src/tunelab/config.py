@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +43,8 @@ class TrainingConfig(_Section):
     seed: int = Field(42, description="seeds model initialisation, dropout and data order")
     logging_steps: int = Field(50, gt=0)
     report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard] or [mlflow]")
+    keep_checkpoints: bool = Field(False, description="keep the Trainer's checkpoints (full weights and "
+                                                      "optimizer state) in the run; the delta is always kept")
 
 
 class RunConfig(_Section):
@@ -82,12 +85,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise TunelabError(f"override '{text}' is not key=value, e.g. training.epochs=2")
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise TunelabError(f"override '{text}': the value is not valid YAML ({str(error).splitlines()[0]})") from None
 
 
 def build_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """A validated RunConfig from a nested dict plus dotted-key overrides."""
-    tree = dict(base or {})
+    tree = copy.deepcopy(base or {})  # overrides must not write into the caller's nested dicts
     for dotted, value in (overrides or {}).items():
         _set_dotted(tree, dotted, value)
     try:

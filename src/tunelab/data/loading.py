@@ -26,6 +26,8 @@ def read_file(path: Path) -> pd.DataFrame:
     reader = FILE_READERS.get(path.suffix.lower())
     if reader is None:
         raise TunelabError(f"cannot read {path}: use one of {', '.join(FILE_READERS)}")
+    if path.is_file() and path.stat().st_size == 0:  # readers would blame a missing column or a parse error
+        raise TunelabError(f"data file {path} is empty: it holds no examples")
     try:
         return reader(path)
     except UnicodeDecodeError as error:

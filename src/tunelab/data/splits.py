@@ -25,17 +25,18 @@ def _count(size: float, total: int) -> int:
     return int(round(size * total)) if size < 1 else int(size)
 
 
-def _stratify(frame: pd.DataFrame) -> pd.Series | None:
-    """Stratify by label unless a label is too rare to appear on both sides of a split."""
+def _stratify(frame: pd.DataFrame, count: int) -> pd.Series | None:
+    """Stratify by label unless a label is too rare, or a side too small, to hold every label."""
     counts = frame["label"].value_counts()
-    return frame["label"] if counts.min() >= 2 else None
+    fits = min(count, len(frame) - count) >= len(counts)
+    return frame["label"] if counts.min() >= 2 and fits else None
 
 
 def _take(frame: pd.DataFrame, count: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split off `count` rows (stratified); returns (taken, rest)."""
     if count >= len(frame):
         return frame, frame.iloc[:0]
-    rest, taken = train_test_split(frame, test_size=count, random_state=seed, stratify=_stratify(frame))
+    rest, taken = train_test_split(frame, test_size=count, random_state=seed, stratify=_stratify(frame, count))
     return taken, rest
 
 

