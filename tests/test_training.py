@@ -73,6 +73,7 @@ def test_keep_checkpoints_keeps_the_best_epoch(tiny_bert: Path, sentiment_csv: P
     config = tiny_config(tiny_bert, sentiment_csv, tmp_path / "kept", "linear-probe", epochs=2, keep_checkpoints=True)
     checkpoints = api.train(config, progress=False).path / "checkpoints"
     assert list(checkpoints.glob("checkpoint-*/model.safetensors"))
+    assert list(checkpoints.glob("checkpoint-*/optimizer.pt"))  # kept checkpoints can resume
 
 
 def test_training_loss_falls_and_the_task_is_learned(run: TrainedRun):

@@ -63,6 +63,8 @@ def training_arguments(config: TrainingConfig, output_dir: Path, learning_rate: 
         eval_strategy="epoch",
         save_strategy="epoch",
         save_total_limit=1,
+        # Checkpoints exist to restore the best epoch; optimizer state only matters to resume a kept checkpoint.
+        save_only_model=not config.keep_checkpoints,
         load_best_model_at_end=True,
         metric_for_best_model="accuracy",
         logging_steps=config.logging_steps,
