@@ -5,6 +5,7 @@ Every measured run is a fresh subprocess so that no run inherits another's warm 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -12,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -102,3 +104,14 @@ def write_result(name: str, data: dict[str, Any], quick: bool) -> Path:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def main_for(run_benchmark: Callable[[int, bool, bool], Any], description: str, default_repeats: int,
+             quick_help: str) -> None:
+    """The command line every driver shares: --repeats, --quick, --keep."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=default_repeats)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--keep", action="store_true", help="keep the working folder (runs, logs, data)")
+    args = parser.parse_args()
+    run_benchmark(args.repeats, args.quick, args.keep)

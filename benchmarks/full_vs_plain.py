@@ -8,14 +8,13 @@ that neither side always runs on a machine warmed or loaded by the other.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import BENCHMARKS, log, machine, median, read_json, run_timed, tunelab_train, write_result
+from common import BENCHMARKS, log, machine, main_for, median, read_json, run_timed, tunelab_train, write_result
 
 NAME = "full_vs_plain"
 SETTINGS = {"limit_train": 2000, "limit_eval": None, "epochs": 3, "lr": 5e-5, "batch_size": 32, "max_length": 128,
@@ -129,14 +128,5 @@ def run_benchmark(repeats: int = 3, quick: bool = False, keep: bool = False) -> 
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="tiny smoke test: 128 train examples, 1 epoch")
-    parser.add_argument("--keep", action="store_true", help="keep the working folder (runs, logs, CSVs)")
-    args = parser.parse_args()
-    run_benchmark(args.repeats, args.quick, args.keep)
-
-
 if __name__ == "__main__":
-    main()
+    main_for(run_benchmark, __doc__.splitlines()[0], 3, "tiny smoke test: 128 train examples, 1 epoch")

@@ -7,13 +7,12 @@ run's train_s includes the feature extraction of all three splits, so the compar
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import log, machine, median, tunelab_train, write_result
+from common import log, machine, main_for, median, tunelab_train, write_result
 
 NAME = "probe_cache"
 SETTINGS = {"limit_train": 2000, "limit_eval": None, "epochs": None}  # epochs, lr, batch: the strategy's defaults
@@ -79,14 +78,5 @@ def run_benchmark(repeats: int = 1, quick: bool = False, keep: bool = False) -> 
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="tiny smoke test: 128 train examples, 2 epochs")
-    parser.add_argument("--keep", action="store_true", help="keep the working folder (runs, logs)")
-    args = parser.parse_args()
-    run_benchmark(args.repeats, args.quick, args.keep)
-
-
 if __name__ == "__main__":
-    main()
+    main_for(run_benchmark, __doc__.splitlines()[0], 1, "tiny smoke test: 128 train examples, 2 epochs")
