@@ -84,6 +84,19 @@ def _fit(model, tokenizer, splits: Splits, label_map: LabelMap, config: RunConfi
     return trainer.predict(test).predictions, timings
 
 
+def _resources(predictor: Predictor, timings: dict[str, float], memory: PeakMemory, delta_files: list[Path],
+               test_texts: list[str]) -> dict[str, Any]:
+    """What the run cost: parameters, time, peak memory, bytes on disk, latency at batch size 1."""
+    trainable, total = count_parameters(predictor.model)
+    latency = latency_per_example_ms(lambda text: predictor.logits([text]), test_texts[:32])
+    return {
+        "trainable_parameters": trainable, "total_parameters": total, "trainable_share": trainable / total,
+        **{key: round(value, 3) for key, value in timings.items()},
+        "peak_memory_bytes": memory.peak_bytes, "peak_gpu_memory_bytes": memory.peak_gpu_bytes,
+        "delta_bytes": bytes_on_disk(delta_files), "latency_ms_per_example": round(latency, 3),
+    }
+
+
 def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> RunResult:
     """Train `config.strategy` on `config.data` and write a complete run directory to `config.output`."""
     if config.output is None:
@@ -107,16 +120,7 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
         save_delta(staged.path / DELTA_FILE, delta_state_dict(model, strategy.trainable_prefixes(options)),
                    strategy.name)
         predictor = Predictor(model, tokenizer, label_map, config.training.max_length)
-        trainable, total = count_parameters(model)
-        resources = {
-            "trainable_parameters": trainable, "total_parameters": total,
-            "trainable_share": trainable / total,
-            **{key: round(value, 3) for key, value in timings.items()},
-            "peak_memory_bytes": memory.peak_bytes, "peak_gpu_memory_bytes": memory.peak_gpu_bytes,
-            "delta_bytes": bytes_on_disk([staged.path / DELTA_FILE]),
-            "latency_ms_per_example": round(latency_per_example_ms(
-                lambda text: predictor.logits([text]), splits.test["text"].tolist()[:32]), 3),
-        }
+        resources = _resources(predictor, timings, memory, [staged.path / DELTA_FILE], splits.test["text"].tolist())
         write_text_atomic(staged.path / CONFIG_FILE, to_yaml(config))
         write_json(staged.path / LABELS_FILE, label_map.labels)
         write_json(staged.path / METRICS_FILE, metrics)
