@@ -46,7 +46,8 @@ def split_examples(examples: pd.DataFrame, test_size: float, validation_size: fl
     n_test, n_validation = _count(test_size, total), _count(validation_size, total)
     if n_test < 1 or n_validation < 1 or n_test + n_validation >= total:
         raise TunelabError(f"cannot split {total} examples into test={n_test} and validation={n_validation} "
-                           f"with training data left over: give more data or smaller --set data.test_size")
+                           f"with training data left over: give more data, or set the sizes as counts, e.g. "
+                           f"--set data.test_size=20 --set data.validation_size=10")
     test, rest = _take(examples, n_test, seed)
     validation, train = _take(rest, n_validation, seed)
     if limit_train is not None:

@@ -24,4 +24,7 @@ def parse_options(strategy: Strategy, options: dict) -> BaseModel:
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            known = ", ".join(strategy.Options.model_fields) or "none"
+            raise TunelabError(f"strategy {strategy.name} has no option '{where}'; its options: {known}") from None
         raise TunelabError(f"strategy {strategy.name}: option '{where}': {first['msg']}") from None
