@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from tunelab import api, build_config
 from tunelab.config import RunConfig
@@ -79,16 +78,6 @@ class TrainedRun:
 
 
 def train_recording(config: RunConfig) -> TrainedRun:
-    """tunelab.api.train, keeping hold of the in-memory model through the Predictor it builds."""
-    made = []
-
-    class RecordingPredictor(Predictor):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(api, "Predictor", RecordingPredictor)
-        result = api.train(config, progress=False)
-    assert len(made) == 1
-    return TrainedRun(result.path, config, result.metrics, result.resources, made[0])
+    """tunelab.api.train, keeping hold of the in-memory trained model through the result's predictor."""
+    result = api.train(config, progress=False)
+    return TrainedRun(result.path, config, result.metrics, result.resources, result.predictor)

@@ -43,6 +43,7 @@ class RunResult:
     path: Path
     metrics: dict[str, Any]
     resources: dict[str, Any]
+    predictor: Predictor  # the trained model, ready to use without reloading the run
 
 
 def load_splits(config: RunConfig) -> tuple[Splits, LabelMap]:
@@ -126,7 +127,7 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
         write_json(staged.path / METRICS_FILE, metrics)
         write_json(staged.path / RESOURCES_FILE, resources)
         path = staged.commit()
-    return RunResult(path, metrics, resources)
+    return RunResult(path, metrics, resources, predictor)
 
 
 def load_predictor(run_dir: Path) -> Predictor:
