@@ -116,3 +116,10 @@ def test_read_yaml_errors(tmp_path: Path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("", encoding="utf-8")
     assert read_yaml(empty) == {}
+
+
+def test_example_configs_are_valid():
+    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        assert build_config(read_yaml(path)).output is not None
