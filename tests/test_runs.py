@@ -123,8 +123,8 @@ def test_load_run_on_a_folder_that_is_not_a_run(tmp_path: Path):
 def test_delta_that_does_not_fit_is_refused(existing_run: Path):
     delta = load_file(str(existing_run / "delta.safetensors"))
     save_file({**delta, "head.2.weight": torch.zeros(1)}, str(existing_run / "delta.safetensors"))
-    with pytest.raises(TunelabError, match=r"does not fit the model .*head\.2\.weight"):
+    with pytest.raises(TunelabError, match=r"delta.safetensors does not fit this model .*head\.2\.weight"):
         load_run(existing_run)
     save_file({"head.1.weight": delta["head.1.weight"]}, str(existing_run / "delta.safetensors"))
-    with pytest.raises(TunelabError, match=r"does not fit the model .*head\.1\.bias"):
+    with pytest.raises(TunelabError, match=r"delta.safetensors does not fit this model .*head\.1\.bias"):
         load_run(existing_run)

@@ -19,18 +19,16 @@ from tunelab.errors import TunelabError
 from tunelab.predict import Predictor
 from tunelab.runs import (
     CONFIG_FILE,
-    DELTA_FILE,
     LABELS_FILE,
     METRICS_FILE,
     RESOURCES_FILE,
     StagedRun,
     build_classifier,
     load_run,
-    save_delta,
     write_json,
     write_text_atomic,
 )
-from tunelab.strategies.base import count_parameters, delta_state_dict
+from tunelab.strategies.base import count_parameters
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import FeatureClassifier, LabelMap, classification_metrics
 from tunelab.training.features import extract_features
@@ -118,10 +116,9 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
         test_ids = np.array(label_map.encode(splits.test["label"].tolist(), "test split"))
         metrics = {"test": classification_metrics(test_logits, test_ids, label_map),
                    "train_examples": len(splits.train), "validation_examples": len(splits.validation)}
-        save_delta(staged.path / DELTA_FILE, delta_state_dict(model, strategy.trainable_prefixes(options)),
-                   strategy.name)
+        delta_files = strategy.save_delta(model, options, staged.path)
         predictor = Predictor(model, tokenizer, label_map, config.training.max_length)
-        resources = _resources(predictor, timings, memory, [staged.path / DELTA_FILE], splits.test["text"].tolist())
+        resources = _resources(predictor, timings, memory, delta_files, splits.test["text"].tolist())
         write_text_atomic(staged.path / CONFIG_FILE, to_yaml(config))
         write_json(staged.path / LABELS_FILE, label_map.labels)
         write_json(staged.path / METRICS_FILE, metrics)

@@ -13,14 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
-
 from tunelab.assets.models import resolve_model
 from tunelab.config import RunConfig, build_config, read_yaml
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone, load_tokenizer
-from tunelab.strategies.base import delta_state_dict
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import LabelMap, SequenceClassifier
 
@@ -28,7 +24,6 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 RESOURCES_FILE = "resources.json"
 LABELS_FILE = "labels.json"
-DELTA_FILE = "delta.safetensors"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -74,12 +69,6 @@ class StagedRun:
         return self.final
 
 
-def save_delta(path: Path, tensors: dict[str, torch.Tensor], strategy: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata={"format": "pt", "strategy": strategy})
-    os.replace(partial, path)
-
-
 def require_run(path: Path) -> None:
     if not (path / CONFIG_FILE).exists():
         raise TunelabError(f"{path} is not a tunelab run directory (no {CONFIG_FILE}); pass the --output of a "
@@ -110,13 +99,7 @@ def load_run(path: Path) -> LoadedRun:
     config = build_config(read_yaml(path / CONFIG_FILE))
     label_map = LabelMap(read_json(path / LABELS_FILE))
     model, tokenizer = build_classifier(config, label_map)
-    delta = load_file(str(path / DELTA_FILE))
     strategy = get_strategy(config.strategy.name)
-    expected = delta_state_dict(model, strategy.trainable_prefixes(parse_options(strategy, config.strategy.options)))
-    mismatched = set(delta) ^ set(expected)
-    if mismatched:
-        raise TunelabError(f"{path / DELTA_FILE} does not fit the model {config.model} "
-                           f"(e.g. {sorted(mismatched)[0]}); was the run written by another tunelab version?")
-    model.load_state_dict(delta, strict=False)
+    strategy.load_delta(model, parse_options(strategy, config.strategy.options), path)
     model.eval()
     return LoadedRun(config, label_map, model, tokenizer)

@@ -1,20 +1,25 @@
 """What every strategy provides, and the parameter bookkeeping they share.
 
-A strategy owns parameter-name prefixes: freezing, counting and saving the trained delta all derive
-from them, so the training code never special-cases a strategy.
+A strategy changes the model in `apply` and writes what it trained with `save_delta`; the training code
+never special-cases a strategy. Strategies that only unfreeze part of the model own parameter-name
+prefixes, from which freezing and saving derive (`freeze_all_but`, `save_tensors`, `load_tensors`).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunelab.errors import TunelabError
 
 APPLIED_MARKER = "_tunelab_strategy"
+DELTA_FILE = "delta.safetensors"
 
 
 class NoOptions(BaseModel):
@@ -31,11 +36,14 @@ class Strategy(Protocol):
     def apply(self, model: nn.Module, options: BaseModel) -> None:
         """Change `model` in place for this strategy (freeze, inject modules). Applying twice is an error."""
 
-    def trainable_prefixes(self, options: BaseModel) -> tuple[str, ...]:
-        """Parameter-name prefixes this strategy trains and saves as its delta."""
-
     def trains_on_features(self, options: BaseModel) -> bool:
         """True when the backbone is frozen and the head can train on pre-computed sentence vectors."""
+
+    def save_delta(self, model: nn.Module, options: BaseModel, folder: Path) -> list[Path]:
+        """Write what this strategy trained (never the frozen base) into `folder`; returns the files."""
+
+    def load_delta(self, model: nn.Module, options: BaseModel, folder: Path) -> None:
+        """Load a saved delta onto a fresh base model that this strategy was just applied to."""
 
 
 def mark_applied(model: nn.Module, name: str) -> None:
@@ -64,3 +72,40 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     parameters = list(model.parameters())
     return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)
+
+
+def save_tensors(model: nn.Module, prefixes: tuple[str, ...], path: Path, strategy: str) -> Path:
+    """The tensors under `prefixes`, written atomically as safetensors."""
+    partial = path.with_name(path.name + ".partial")
+    save_file(delta_state_dict(model, prefixes), str(partial), metadata={"format": "pt", "strategy": strategy})
+    os.replace(partial, path)
+    return path
+
+
+def load_tensors(model: nn.Module, prefixes: tuple[str, ...], path: Path) -> None:
+    """Load tensors saved by `save_tensors`, refusing a file that does not fit the model exactly."""
+    tensors = load_file(str(path))
+    mismatched = set(tensors) ^ set(delta_state_dict(model, prefixes))
+    if mismatched:
+        raise TunelabError(f"{path} does not fit this model (e.g. {sorted(mismatched)[0]}); "
+                           f"was the run written for another base model or tunelab version?")
+    model.load_state_dict(tensors, strict=False)
+
+
+class PartialTraining:
+    """Shared by strategies that train an existing part of the model, named by parameter prefixes."""
+
+    name: str
+
+    def trainable_prefixes(self, options: BaseModel) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def apply(self, model: nn.Module, options: BaseModel) -> None:
+        mark_applied(model, self.name)
+        freeze_all_but(model, self.trainable_prefixes(options))
+
+    def save_delta(self, model: nn.Module, options: BaseModel, folder: Path) -> list[Path]:
+        return [save_tensors(model, self.trainable_prefixes(options), folder / DELTA_FILE, self.name)]
+
+    def load_delta(self, model: nn.Module, options: BaseModel, folder: Path) -> None:
+        load_tensors(model, self.trainable_prefixes(options), folder / DELTA_FILE)

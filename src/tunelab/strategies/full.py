@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pydantic import BaseModel
-from torch import nn
 
-from tunelab.strategies.base import NoOptions, freeze_all_but, mark_applied
+from tunelab.strategies.base import NoOptions, PartialTraining
 
 
-class FullFineTuning:
+class FullFineTuning(PartialTraining):
     name = "full"
     summary = "train every weight; best with plenty of labels, one full model copy per task"
     Options = NoOptions
@@ -20,7 +19,3 @@ class FullFineTuning:
 
     def trains_on_features(self, options: BaseModel) -> bool:
         return False
-
-    def apply(self, model: nn.Module, options: BaseModel) -> None:
-        mark_applied(model, self.name)
-        freeze_all_but(model, self.trainable_prefixes(options))

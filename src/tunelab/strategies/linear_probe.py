@@ -7,9 +7,8 @@ on the stored sentence vectors, which is many times faster than re-encoding ever
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
-from tunelab.strategies.base import freeze_all_but, mark_applied
+from tunelab.strategies.base import PartialTraining
 
 
 class LinearProbeOptions(BaseModel):
@@ -17,7 +16,7 @@ class LinearProbeOptions(BaseModel):
     cache_features: bool = Field(True, description="encode each text once and train the head on the vectors")
 
 
-class LinearProbe:
+class LinearProbe(PartialTraining):
     name = "linear-probe"
     summary = "frozen encoder, train a linear head on its sentence vectors; cheapest, least accurate"
     Options = LinearProbeOptions
@@ -29,7 +28,3 @@ class LinearProbe:
 
     def trains_on_features(self, options: LinearProbeOptions) -> bool:
         return options.cache_features
-
-    def apply(self, model: nn.Module, options: BaseModel) -> None:
-        mark_applied(model, self.name)
-        freeze_all_but(model, self.trainable_prefixes(options))
