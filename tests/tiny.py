@@ -52,6 +52,7 @@ def write_table(frame: pd.DataFrame, path: Path) -> Path:
 STRATEGY_TRAINING = {
     "full": {"epochs": 4, "learning_rate": 3e-3},
     "linear-probe": {"epochs": 10, "learning_rate": 0.1},
+    "lora": {"epochs": 6, "learning_rate": 2e-2},
 }
 
 

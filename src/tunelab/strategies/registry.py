@@ -8,8 +8,9 @@ from tunelab.errors import TunelabError
 from tunelab.strategies.base import Strategy
 from tunelab.strategies.full import FullFineTuning
 from tunelab.strategies.linear_probe import LinearProbe
+from tunelab.strategies.lora import Lora
 
-STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in [FullFineTuning(), LinearProbe()]}
+STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in [FullFineTuning(), LinearProbe(), Lora()]}
 
 
 def get_strategy(name: str) -> Strategy:
