@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/tunelab train --strategy full --limit-train 2000 --output runs/demo/full --overwrite
 	$(VENV)/bin/tunelab train --strategy linear-probe --limit-train 2000 --output runs/demo/linear-probe --overwrite
-	$(VENV)/bin/tunelab summary runs/demo/full runs/demo/linear-probe
+	$(VENV)/bin/tunelab train --strategy lora --limit-train 2000 --output runs/demo/lora --overwrite
+	$(VENV)/bin/tunelab summary runs/demo/full runs/demo/linear-probe runs/demo/lora
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
