@@ -53,6 +53,7 @@ STRATEGY_TRAINING = {
     "full": {"epochs": 4, "learning_rate": 3e-3},
     "linear-probe": {"epochs": 10, "learning_rate": 0.1},
     "lora": {"epochs": 6, "learning_rate": 2e-2},
+    "ia3": {"epochs": 8, "learning_rate": 5e-2},
 }
 
 

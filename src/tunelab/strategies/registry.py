@@ -7,10 +7,13 @@ from pydantic import BaseModel, ValidationError
 from tunelab.errors import TunelabError
 from tunelab.strategies.base import Strategy
 from tunelab.strategies.full import FullFineTuning
+from tunelab.strategies.ia3 import Ia3
 from tunelab.strategies.linear_probe import LinearProbe
 from tunelab.strategies.lora import Lora
 
-STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in [FullFineTuning(), LinearProbe(), Lora()]}
+STRATEGIES: dict[str, Strategy] = {
+    strategy.name: strategy for strategy in [FullFineTuning(), LinearProbe(), Lora(), Ia3()]
+}
 
 
 def get_strategy(name: str) -> Strategy:

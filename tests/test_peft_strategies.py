@@ -1,6 +1,7 @@
-"""LoRA on tiny random models: closed-form parameter count, zero-initialised update, frozen base weights,
-a delta in PEFT's own format that plain `peft` loads, and save -> load round trips."""
+"""The PEFT strategies (lora, ia3) on tiny random models: closed-form parameter counts, an update that starts
+as the identity, frozen base weights, a delta in PEFT's own format that plain `peft` loads, save -> load."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -22,15 +23,18 @@ from tunelab.tasks.classification import SequenceClassifier
 INNER, LAYERS, LABELS = 64, 2, 2
 
 
-@pytest.fixture(scope="module")
-def bert_lora(tiny_bert: Path, sentiment_csv: Path, runs_dir: Path) -> TrainedRun:
-    return train_recording(tiny_config(tiny_bert, sentiment_csv, runs_dir / "bert-lora", "lora"))
+PEFT_STRATEGIES = ["lora", "ia3"]
 
 
-def _classifier(model_dir: Path, options: dict | None = None) -> SequenceClassifier:
+@pytest.fixture(scope="module", params=PEFT_STRATEGIES)
+def bert_peft(request: pytest.FixtureRequest, tiny_bert: Path, sentiment_csv: Path, runs_dir: Path) -> TrainedRun:
+    return train_recording(tiny_config(tiny_bert, sentiment_csv, runs_dir / f"bert-{request.param}", request.param))
+
+
+def _classifier(model_dir: Path, options: dict | None = None, strategy_name: str = "lora") -> SequenceClassifier:
     spec = resolve_model(str(model_dir))
     model = SequenceClassifier(load_backbone(spec), LABELS, spec.pooling)
-    strategy = get_strategy("lora")
+    strategy = get_strategy(strategy_name)
     strategy.apply(model, parse_options(strategy, options or {}))
     return model
 
@@ -44,6 +48,15 @@ def test_trainable_parameters_match_the_closed_form(tiny_bert: Path, rank: int):
     model = _classifier(tiny_bert, {"r": rank})
     # per block: query, key, value, attention output (d x d), intermediate (d -> 4d), output (4d -> d): r (d_in + d_out)
     per_block = rank * (4 * (HIDDEN + HIDDEN) + (HIDDEN + INNER) + (INNER + HIDDEN))
+    head = HIDDEN * LABELS + LABELS
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == LAYERS * per_block + head
+
+
+def test_ia3_parameters_match_the_closed_form(tiny_bert: Path):
+    model = _classifier(tiny_bert, strategy_name="ia3")
+    # per block: key and value outputs (d each); attention.output.dense and output.dense inputs (d and 4d), since
+    # PEFT's BERT default `output.dense` matches both and marks them feed-forward
+    per_block = HIDDEN + HIDDEN + HIDDEN + INNER
     head = HIDDEN * LABELS + LABELS
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == LAYERS * per_block + head
 
@@ -65,21 +78,22 @@ def test_unknown_target_modules_is_a_one_line_error(tiny_bert: Path):
         _classifier(tiny_bert, {"target_modules": ["no_such_layer"]})
 
 
-def test_a_fresh_update_leaves_the_backbone_unchanged(tiny_bert: Path, tiny_llama: Path):
-    """B starts at zero, so before training the adapted backbone computes exactly what the base does."""
+@pytest.mark.parametrize("strategy", PEFT_STRATEGIES)
+def test_a_fresh_update_leaves_the_backbone_unchanged(tiny_bert: Path, tiny_llama: Path, strategy: str):
+    """LoRA's B starts at zero and IA3's vectors at one: before training the backbone computes what the base does."""
     for model_dir in (tiny_bert, tiny_llama):
         tokenizer = resolve_model(str(model_dir))
         batch = _batch(transformers.AutoTokenizer.from_pretrained(tokenizer.path))
         base = AutoModel.from_pretrained(model_dir).eval()
-        adapted = _classifier(model_dir).eval()
+        adapted = _classifier(model_dir, strategy_name=strategy).eval()
         with torch.no_grad():
             expected = base(**batch).last_hidden_state
             actual = adapted.backbone(**batch).last_hidden_state
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
-def test_training_moves_only_the_update_and_the_head(bert_lora: TrainedRun, tiny_bert: Path):
-    trained = bert_lora.predictor.model.state_dict()
+def test_training_moves_only_the_update_and_the_head(bert_peft: TrainedRun, tiny_bert: Path):
+    trained = bert_peft.predictor.model.state_dict()
     base = AutoModel.from_pretrained(tiny_bert).state_dict()
     prefix = "backbone.base_model.model."
     for name, tensor in base.items():
@@ -87,34 +101,34 @@ def test_training_moves_only_the_update_and_the_head(bert_lora: TrainedRun, tiny
         if key not in trained:  # an adapted layer keeps its pre-trained weights under base_layer
             key = key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
         assert torch.equal(trained[key], tensor), name
-    _, label_map = load_splits(bert_lora.config)
-    transformers.set_seed(bert_lora.config.training.seed)
-    initial = build_classifier(bert_lora.config, label_map)[0].state_dict()
+    _, label_map = load_splits(bert_peft.config)
+    transformers.set_seed(bert_peft.config.training.seed)
+    initial = build_classifier(bert_peft.config, label_map)[0].state_dict()
     moved = [name for name in trained if not torch.equal(trained[name], initial[name])]
-    assert moved and all(".lora_B." in name or ".lora_A." in name or name.startswith("head.") for name in moved)
-    assert any(".lora_B." in name for name in moved)
-    assert bert_lora.metrics["test"]["accuracy"] >= 0.75
+    assert moved and all(re.search(r"\.(lora_A|lora_B|ia3_l)\.", name) or name.startswith("head.") for name in moved)
+    assert any(not name.startswith("head.") for name in moved)
+    assert bert_peft.metrics["test"]["accuracy"] >= 0.75
 
 
-def test_the_delta_is_the_adapter_and_the_head(bert_lora: TrainedRun):
-    files = sorted(str(path.relative_to(bert_lora.path)) for path in bert_lora.path.rglob("*") if path.is_file())
+def test_the_delta_is_the_adapter_and_the_head(bert_peft: TrainedRun):
+    files = sorted(str(path.relative_to(bert_peft.path)) for path in bert_peft.path.rglob("*") if path.is_file())
     assert files == ["adapter/README.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
                      "config.yaml", "delta.safetensors", "labels.json", "metrics.json", "resources.json"]
-    delta = [bert_lora.path / "delta.safetensors", *sorted((bert_lora.path / "adapter").iterdir())]
-    assert bert_lora.resources["delta_bytes"] == sum(path.stat().st_size for path in delta)
+    delta = [bert_peft.path / "delta.safetensors", *sorted((bert_peft.path / "adapter").iterdir())]
+    assert bert_peft.resources["delta_bytes"] == sum(path.stat().st_size for path in delta)
 
 
-def test_save_then_load_predicts_the_same(bert_lora: TrainedRun):
+def test_save_then_load_predicts_the_same(bert_peft: TrainedRun):
     texts = ["good great film", "awful terrible", "nice"]
-    run = load_run(bert_lora.path)
+    run = load_run(bert_peft.path)
     loaded = Predictor(run.model, run.tokenizer, run.label_map, run.config.training.max_length)
-    expected = bert_lora.predictor.logits(texts)
+    expected = bert_peft.predictor.logits(texts)
     torch.testing.assert_close(torch.from_numpy(loaded.logits(texts)), torch.from_numpy(expected))
 
 
-def test_plain_peft_loads_the_adapter(bert_lora: TrainedRun, tiny_bert: Path):
-    plain = PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_bert), bert_lora.path / "adapter").eval()
-    batch = _batch(bert_lora.predictor.tokenizer)
-    ours = bert_lora.predictor.model.eval().backbone
+def test_plain_peft_loads_the_adapter(bert_peft: TrainedRun, tiny_bert: Path):
+    plain = PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_bert), bert_peft.path / "adapter").eval()
+    batch = _batch(bert_peft.predictor.tokenizer)
+    ours = bert_peft.predictor.model.eval().backbone
     with torch.no_grad():
         torch.testing.assert_close(plain(**batch).last_hidden_state, ours(**batch).last_hidden_state)
