@@ -75,7 +75,7 @@ def train(
     _quiet_libraries()
     result = api.train(config, overwrite=overwrite, progress=not quiet)
     console.print(runs_table([result.path], title=f"{config.strategy.name} on {config.data.source}"))
-    console.print(f"run saved to [bold]{result.path}[/bold]")
+    console.print(f"run saved to [bold]{escape(str(result.path))}[/bold]")
 
 
 @app.command("eval")
