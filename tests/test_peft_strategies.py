@@ -23,7 +23,9 @@ from tunelab.tasks.classification import SequenceClassifier
 INNER, LAYERS, LABELS = 64, 2, 2
 
 
-PEFT_STRATEGIES = ["lora", "ia3"]
+WEIGHT_ADAPTERS = ["lora", "ia3"]
+PROMPT_METHODS = ["prefix", "prompt-tuning", "p-tuning"]
+PEFT_STRATEGIES = WEIGHT_ADAPTERS + PROMPT_METHODS
 
 
 @pytest.fixture(scope="module", params=PEFT_STRATEGIES)
@@ -78,7 +80,7 @@ def test_unknown_target_modules_is_a_one_line_error(tiny_bert: Path):
         _classifier(tiny_bert, {"target_modules": ["no_such_layer"]})
 
 
-@pytest.mark.parametrize("strategy", PEFT_STRATEGIES)
+@pytest.mark.parametrize("strategy", WEIGHT_ADAPTERS)
 def test_a_fresh_update_leaves_the_backbone_unchanged(tiny_bert: Path, tiny_llama: Path, strategy: str):
     """LoRA's B starts at zero and IA3's vectors at one: before training the backbone computes what the base does."""
     for model_dir in (tiny_bert, tiny_llama):
@@ -93,19 +95,19 @@ def test_a_fresh_update_leaves_the_backbone_unchanged(tiny_bert: Path, tiny_llam
 
 
 def test_training_moves_only_the_update_and_the_head(bert_peft: TrainedRun, tiny_bert: Path):
-    trained = bert_peft.predictor.model.state_dict()
-    base = AutoModel.from_pretrained(tiny_bert).state_dict()
-    prefix = "backbone.base_model.model."
-    for name, tensor in base.items():
-        key = prefix + name
-        if key not in trained:  # an adapted layer keeps its pre-trained weights under base_layer
+    trained_base = bert_peft.predictor.model.backbone.get_base_model().state_dict()
+    for name, tensor in AutoModel.from_pretrained(tiny_bert).state_dict().items():
+        key = name
+        if key not in trained_base:  # an adapted layer keeps its pre-trained weights under base_layer
             key = key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
-        assert torch.equal(trained[key], tensor), name
+        assert torch.equal(trained_base[key], tensor), name
+    trained = bert_peft.predictor.model.state_dict()
     _, label_map = load_splits(bert_peft.config)
     transformers.set_seed(bert_peft.config.training.seed)
     initial = build_classifier(bert_peft.config, label_map)[0].state_dict()
     moved = [name for name in trained if not torch.equal(trained[name], initial[name])]
-    assert moved and all(re.search(r"\.(lora_A|lora_B|ia3_l)\.", name) or name.startswith("head.") for name in moved)
+    update = re.compile(r"\.(lora_A|lora_B|ia3_l|prompt_encoder)\.")
+    assert moved and all(update.search(name) or name.startswith("head.") for name in moved)
     assert any(not name.startswith("head.") for name in moved)
     assert bert_peft.metrics["test"]["accuracy"] >= 0.75
 

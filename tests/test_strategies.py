@@ -26,7 +26,7 @@ def _applied(model: SequenceClassifier, name: str, options: dict | None = None) 
 
 
 def test_registry_names():
-    assert list(STRATEGIES) == ["full", "linear-probe", "lora", "ia3"]
+    assert list(STRATEGIES) == ["full", "linear-probe", "lora", "ia3", "prefix", "prompt-tuning", "p-tuning"]
     for name, strategy in STRATEGIES.items():
         assert strategy.name == name
         assert strategy.default_learning_rate > 0 and strategy.default_epochs > 0
@@ -35,7 +35,8 @@ def test_registry_names():
 def test_unknown_strategy_lists_the_names():
     with pytest.raises(TunelabError) as error:
         get_strategy("lora-but-misspelt")
-    assert str(error.value) == "unknown strategy 'lora-but-misspelt'; choose one of full, linear-probe, lora, ia3"
+    assert str(error.value) == ("unknown strategy 'lora-but-misspelt'; choose one of full, linear-probe, lora, ia3, "
+                                "prefix, prompt-tuning, p-tuning")
 
 
 def test_full_trains_every_parameter(classifier: SequenceClassifier):

@@ -54,7 +54,13 @@ STRATEGY_TRAINING = {
     "linear-probe": {"epochs": 10, "learning_rate": 0.1},
     "lora": {"epochs": 6, "learning_rate": 2e-2},
     "ia3": {"epochs": 8, "learning_rate": 5e-2},
+    "prefix": {"epochs": 6, "learning_rate": 3e-2},
+    "prompt-tuning": {"epochs": 6, "learning_rate": 3e-2},
+    "p-tuning": {"epochs": 6, "learning_rate": 3e-2},
 }
+
+# In a random 2-layer model many virtual input tokens drown a four-word text; two are enough to learn with.
+STRATEGY_OPTIONS = {"prompt-tuning": {"virtual_tokens": 2}, "p-tuning": {"virtual_tokens": 2}}
 
 
 def tiny_config(model: Path, data: Path, output: Path | None, strategy: str = "full", options: dict | None = None,
@@ -63,7 +69,7 @@ def tiny_config(model: Path, data: Path, output: Path | None, strategy: str = "f
     settings = {"max_length": 16, "batch_size": 8, "eval_batch_size": 16, **STRATEGY_TRAINING[strategy], **training}
     return build_config({
         "model": str(model), "data": {"source": str(data)},
-        "strategy": {"name": strategy, "options": options or {}},
+        "strategy": {"name": strategy, "options": STRATEGY_OPTIONS.get(strategy, {}) if options is None else options},
         "training": settings, "output": str(output) if output else None,
     })
 

@@ -10,9 +10,13 @@ from tunelab.strategies.full import FullFineTuning
 from tunelab.strategies.ia3 import Ia3
 from tunelab.strategies.linear_probe import LinearProbe
 from tunelab.strategies.lora import Lora
+from tunelab.strategies.p_tuning import PTuning
+from tunelab.strategies.prefix import PrefixTuning
+from tunelab.strategies.prompt_tuning import PromptTuning
 
 STRATEGIES: dict[str, Strategy] = {
-    strategy.name: strategy for strategy in [FullFineTuning(), LinearProbe(), Lora(), Ia3()]
+    strategy.name: strategy for strategy in [FullFineTuning(), LinearProbe(), Lora(), Ia3(), PrefixTuning(),
+                                                    PromptTuning(), PTuning()]
 }
 
 

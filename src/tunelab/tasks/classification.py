@@ -53,7 +53,8 @@ class SequenceClassifier(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool(hidden, attention_mask, self.pooling)  # (B, H)
+        # Prompt methods prepend virtual tokens: pool over the text's own positions, which come last.
+        return pool(hidden[:, -input_ids.size(1):], attention_mask, self.pooling)  # (B, H)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 features: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:

@@ -6,11 +6,14 @@ logging; tunelab only decides the arguments and the data it sees.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from transformers import (
     DataCollatorWithPadding,
@@ -22,6 +25,9 @@ from transformers import (
 )
 
 from tunelab.config import TrainingConfig
+from tunelab.errors import TunelabError
+
+CHECKPOINT_WEIGHTS = "model.safetensors"  # the name Trainer looks for when it restores the best epoch
 
 
 def tokenize(texts: list[str], label_ids: list[int], tokenizer: PreTrainedTokenizerBase,
@@ -75,11 +81,31 @@ def training_arguments(config: TrainingConfig, output_dir: Path, learning_rate: 
     )
 
 
+class TrainableOnlyTrainer(Trainer):
+    """Checkpoints hold only the trainable tensors: frozen weights never change, so restoring the best epoch
+    needs nothing else; checkpoints of adapter strategies shrink from a model copy to the delta; and PEFT's
+    prompt methods (which reach the embedding matrix under two names) can be checkpointed at all."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        trainable = {name: parameter.detach().contiguous() for name, parameter in self.model.named_parameters()
+                     if parameter.requires_grad}
+        save_file(trainable, os.path.join(output_dir, CHECKPOINT_WEIGHTS), metadata={"format": "pt"})
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """Restoring the best epoch loads the trainable tensors; the frozen ones are missing by design."""
+        trainable = {name for name, parameter in self.model.named_parameters() if parameter.requires_grad}
+        if trainable & set(load_result.missing_keys) or load_result.unexpected_keys:
+            raise TunelabError(f"the best checkpoint does not fit the model: missing {load_result.missing_keys[:3]}, "
+                               f"unexpected {load_result.unexpected_keys[:3]}")
+
+
 def build_trainer(model: nn.Module, args: TrainingArguments, train: torch.utils.data.Dataset,
                   validation: torch.utils.data.Dataset, tokenizer: PreTrainedTokenizerBase | None) -> Trainer:
     """A Trainer on token ids (with a padding collator) or, without a tokenizer, on feature vectors."""
     collator = DataCollatorWithPadding(tokenizer) if tokenizer is not None else None
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
+    trainer = TrainableOnlyTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
                       data_collator=collator, compute_metrics=accuracy)
     if args.disable_tqdm:  # quiet means quiet: no per-step log lines either
         trainer.remove_callback(PrinterCallback)
