@@ -26,7 +26,8 @@ def _applied(model: SequenceClassifier, name: str, options: dict | None = None) 
 
 
 def test_registry_names():
-    assert list(STRATEGIES) == ["full", "linear-probe", "lora", "ia3", "prefix", "prompt-tuning", "p-tuning"]
+    assert list(STRATEGIES) == ["full", "linear-probe", "lora", "ia3", "adapter", "prefix",
+                                "prompt-tuning", "p-tuning"]
     for name, strategy in STRATEGIES.items():
         assert strategy.name == name
         assert strategy.default_learning_rate > 0 and strategy.default_epochs > 0
@@ -36,7 +37,7 @@ def test_unknown_strategy_lists_the_names():
     with pytest.raises(TunelabError) as error:
         get_strategy("lora-but-misspelt")
     assert str(error.value) == ("unknown strategy 'lora-but-misspelt'; choose one of full, linear-probe, lora, ia3, "
-                                "prefix, prompt-tuning, p-tuning")
+                                "adapter, prefix, prompt-tuning, p-tuning")
 
 
 def test_full_trains_every_parameter(classifier: SequenceClassifier):

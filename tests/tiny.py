@@ -54,6 +54,7 @@ STRATEGY_TRAINING = {
     "linear-probe": {"epochs": 10, "learning_rate": 0.1},
     "lora": {"epochs": 6, "learning_rate": 2e-2},
     "ia3": {"epochs": 8, "learning_rate": 5e-2},
+    "adapter": {"epochs": 6, "learning_rate": 2e-2},
     "prefix": {"epochs": 6, "learning_rate": 3e-2},
     "prompt-tuning": {"epochs": 6, "learning_rate": 3e-2},
     "p-tuning": {"epochs": 6, "learning_rate": 3e-2},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ValidationError
 
 from tunelab.errors import TunelabError
+from tunelab.strategies.adapter import BottleneckAdapters
 from tunelab.strategies.base import Strategy
 from tunelab.strategies.full import FullFineTuning
 from tunelab.strategies.ia3 import Ia3
@@ -15,8 +16,8 @@ from tunelab.strategies.prefix import PrefixTuning
 from tunelab.strategies.prompt_tuning import PromptTuning
 
 STRATEGIES: dict[str, Strategy] = {
-    strategy.name: strategy for strategy in [FullFineTuning(), LinearProbe(), Lora(), Ia3(), PrefixTuning(),
-                                                    PromptTuning(), PTuning()]
+    strategy.name: strategy for strategy in [FullFineTuning(), LinearProbe(), Lora(), Ia3(), BottleneckAdapters(),
+                                                    PrefixTuning(), PromptTuning(), PTuning()]
 }
 
 

@@ -1,0 +1,1 @@
+"""Adapter layers tunelab implements itself, where no maintained library provides them (docs/architecture.md)."""
