@@ -128,8 +128,9 @@ def cli_session(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, senti
         "predict --json": ["predict", str(run), *texts, "--json"],
         "eval --json": ["eval", str(run), "--json"],
         "summary": ["summary", str(run)],
+        "export": ["export", str(run), "--merge", "--output", str(folder / "exported")],
     }, folder / "home") if first["train"].returncode == 0 else {}
-    return {**first, **then, "run": run, "texts": texts}
+    return {**first, **then, "run": run, "texts": texts, "exported": folder / "exported"}
 
 
 def _ok(result: subprocess.CompletedProcess) -> str:
@@ -155,6 +156,14 @@ def test_predict_prints_a_label_per_text(cli_session: dict):
     for text in cli_session["texts"]:
         assert text in stdout
     assert "positive" in stdout and "negative" in stdout
+
+
+def test_export_prints_the_check_and_writes_a_model_folder(cli_session: dict):
+    stdout = " ".join(_ok(cli_session["export"]).split())
+    assert "max |logit difference|" in stdout and "unmerged ms/example" in stdout
+    exported: Path = cli_session["exported"]
+    assert {"config.json", "model.safetensors", "head.safetensors", "tunelab_export.json"} <= {
+        path.name for path in exported.iterdir()}
 
 
 def test_predict_json(cli_session: dict):
@@ -227,13 +236,18 @@ def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_prob
         "predict with a non-run": (["predict", str(tmp_path), "some text"], "is not a tunelab run directory"),
         "summary of a non-run": (["summary", str(bert_probe.path), str(tmp_path)], "is not a tunelab run directory"),
         "bracketed path": ([*train, "--data", str(tmp_path / "x[bold].csv")], "x[bold].csv does not exist"),
+        "export without --merge": (["export", str(bert_probe.path), "--output", str(tmp_path / "run")],
+                                   "export writes merged models: pass --merge"),
+        "export of a non-run": (["export", str(tmp_path), "--merge", "--output", str(tmp_path / "run")],
+                                "is not a tunelab run directory"),
     }
 
 
 @pytest.mark.parametrize("case", [
     "unknown label column", "unknown hub model", "unknown hub dataset", "bad --set", "bad --set value",
     "unknown --set key", "invalid --set value", "bad strategy option", "missing config file",
-    "predict with a non-run", "summary of a non-run", "bracketed path",
+    "predict with a non-run", "summary of a non-run", "bracketed path", "export without --merge",
+    "export of a non-run",
 ])
 def test_more_user_errors_in_process(case: str, error_inputs: dict, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):

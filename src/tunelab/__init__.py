@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 _EXPORTS = {
     "train": "tunelab.api", "evaluate": "tunelab.api", "load_predictor": "tunelab.api", "RunResult": "tunelab.api",
     "RunConfig": "tunelab.config", "build_config": "tunelab.config", "TunelabError": "tunelab.errors",
+    "export_merged": "tunelab.export",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -16,6 +16,7 @@ from tunelab.config import RunConfig, to_yaml
 from tunelab.data.loading import load_examples
 from tunelab.data.splits import Splits, split_examples
 from tunelab.errors import TunelabError
+from tunelab.export import is_export, load_export
 from tunelab.predict import Predictor
 from tunelab.runs import (
     CONFIG_FILE,
@@ -128,6 +129,9 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
 
 
 def load_predictor(run_dir: Path) -> Predictor:
+    """A trained run, or a merged export of one (`tunelab export --merge`), ready to predict."""
+    if is_export(run_dir):
+        return load_export(run_dir)
     run = load_run(run_dir)
     return Predictor(run.model, run.tokenizer, run.label_map, run.config.training.max_length)
 

@@ -101,7 +101,7 @@ def evaluate(
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train`")],
+    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train`, or a merged export")],
     texts: Annotated[list[str], typer.Argument(help="one or more texts to classify")],
     as_json: Annotated[bool, typer.Option("--json", help="print predictions as JSON lines")] = False,
 ) -> None:
@@ -121,6 +121,32 @@ def predict(
     for text, (label, probabilities) in zip(texts, predictions, strict=True):
         table.add_row(text, f"[bold]{label}[/bold]", *(f"{probabilities[name]:.3f}" for name in labels))
     console.print(table)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train`")],
+    output: Annotated[Path, typer.Option(help="folder to write the merged model to")],
+    merge: Annotated[bool, typer.Option("--merge", help="fold the delta into the base weights (lora, ia3, full)")]
+    = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing export at --output")] = False,
+) -> None:
+    """Write a run as one plain transformers model folder plus its head, checked against the run."""
+    from tunelab.export import export_merged
+
+    if not merge:
+        raise TunelabError("export writes merged models: pass --merge (the run directory is the unmerged form)")
+    _quiet_libraries()
+    report = export_merged(run, output, overwrite)
+    latency = report["latency_ms_per_example"]
+    table = Table(title=f"merged {report['strategy']} run -> {escape(str(output))}")
+    for column in ("max |logit difference|", "base ms/example", "merged ms/example", "unmerged ms/example"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{report['max_logit_difference']:.1e}", f"{latency['base']:.2f}", f"{latency['merged']:.2f}",
+                  f"{latency['unmerged']:.2f}")
+    console.print(table)
+    console.print(f"load it with `tunelab predict {escape(str(output))} TEXT`, or as a plain transformers "
+                  f"AutoModel plus {escape(str(output / 'head.safetensors'))}")
 
 
 @app.command()

@@ -43,11 +43,12 @@ def read_json(path: Path) -> Any:
 class StagedRun:
     """A run being written: files go to a hidden staging folder until `commit()`."""
 
-    def __init__(self, final: Path, overwrite: bool):
+    def __init__(self, final: Path, overwrite: bool, marker: str = CONFIG_FILE, kind: str = "tunelab run"):
+        """`marker` is the file that identifies a folder this kind of write may replace."""
         if final.exists() and not overwrite:
             raise TunelabError(f"{final} already exists: choose another --output or pass --overwrite")
-        if final.exists() and not (final / CONFIG_FILE).exists():
-            raise TunelabError(f"{final} exists and is not a tunelab run; refusing to replace it")
+        if final.exists() and not (final / marker).exists():
+            raise TunelabError(f"{final} exists and is not a {kind}; refusing to replace it")
         self.final = final
         self.path = final.with_name(f".{final.name}.partial")
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from tunelab.adapters.bottleneck import Variant, insert_adapters
+from tunelab.errors import TunelabError
 from tunelab.strategies.base import PartialTraining, freeze_all_but, mark_applied
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -56,3 +57,7 @@ class BottleneckAdapters(PartialTraining):
         config = folder / ADAPTER_CONFIG
         config.write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
         return [config, *super().save_delta(model, options, folder)]
+
+    def merge(self, model: nn.Module) -> None:
+        raise TunelabError("adapter cannot be merged: bottleneck adapters are extra layers with a non-linearity, "
+                           "not a weight update; lora and ia3 merge")

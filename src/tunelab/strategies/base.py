@@ -45,6 +45,10 @@ class Strategy(Protocol):
     def load_delta(self, model: nn.Module, options: BaseModel, folder: Path) -> None:
         """Load a saved delta onto a fresh base model that this strategy was just applied to."""
 
+    def merge(self, model: nn.Module) -> None:
+        """Fold the trained delta into `model.backbone`'s own weights, leaving a plain transformers model that
+        computes the same; raises TunelabError when the delta is extra computation that cannot be folded."""
+
 
 def mark_applied(model: nn.Module, name: str) -> None:
     applied = getattr(model, APPLIED_MARKER, None)
@@ -109,3 +113,6 @@ class PartialTraining:
 
     def load_delta(self, model: nn.Module, options: BaseModel, folder: Path) -> None:
         load_tensors(model, self.trainable_prefixes(options), folder / DELTA_FILE)
+
+    def merge(self, model: nn.Module) -> None:
+        """Nothing to fold: the trained weights are the backbone's own (or the backbone never changed)."""

@@ -14,6 +14,9 @@ from torch import nn
 from tunelab.errors import TunelabError
 from tunelab.strategies.base import DELTA_FILE, load_tensors, mark_applied, save_tensors
 
+# peft calls a transformers API that is deprecated but still correct, whenever it wraps or loads a model.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
 ADAPTER_DIR = "adapter"
 HEAD = ("head.",)
 
@@ -42,9 +45,7 @@ class PeftAdapter:
         mark_applied(model, self.name)
         config = self.peft_config(model.backbone, options)
         try:
-            with warnings.catch_warnings():  # peft calls a transformers API that is deprecated but still correct
-                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
-                model.backbone = get_peft_model(model.backbone, config)  # freezes the base weights
+            model.backbone = get_peft_model(model.backbone, config)  # freezes the base weights
         except ValueError as error:
             raise TunelabError(f"{self.name} cannot adapt this model: {str(error).splitlines()[0]}") from None
 
@@ -59,3 +60,6 @@ class PeftAdapter:
         if result.unexpected_keys:
             raise TunelabError(f"{folder / ADAPTER_DIR} does not fit this model (e.g. {result.unexpected_keys[0]})")
         load_tensors(model, HEAD, folder / DELTA_FILE)
+
+    def merge(self, model: nn.Module) -> None:
+        model.backbone = model.backbone.merge_and_unload()

@@ -55,3 +55,7 @@ class PromptLearning(PeftAdapter):
         base = model.backbone.get_base_model()  # prompt methods leave the base model's modules untouched
         model.backbone = PeftModel.from_pretrained(base, folder / ADAPTER_DIR)
         load_tensors(model, HEAD, folder / DELTA_FILE)
+
+    def merge(self, model: nn.Module) -> None:
+        raise TunelabError(f"{self.name} cannot be merged: its virtual tokens are extra inputs, not a weight update; "
+                           f"lora and ia3 merge")

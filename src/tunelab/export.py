@@ -1,0 +1,102 @@
+"""Export a trained run as a merged model: the delta folded into the base weights, written as a plain
+transformers folder (which is also a sentence-transformers folder) plus the classification head.
+
+The export is checked before it is written: the merged model's logits must match the run's within
+`MERGE_TOLERANCE`, and its latency at batch size 1 is measured next to the base model's and the unmerged
+run's, which is the claim that makes merging worth it (LoRA adds no inference latency once merged).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.torch import load_file, save_file
+
+from tunelab.assets.models import Pooling, resolve_model
+from tunelab.errors import TunelabError
+from tunelab.modeling import load_backbone, load_tokenizer
+from tunelab.predict import Predictor
+from tunelab.runs import StagedRun, load_run, write_json
+from tunelab.strategies.registry import get_strategy
+from tunelab.tasks.classification import LabelMap, SequenceClassifier
+from tunelab.training.resources import latency_per_example_ms
+
+EXPORT_FILE = "tunelab_export.json"
+HEAD_FILE = "head.safetensors"
+MERGE_TOLERANCE = 1e-4
+# Texts of different lengths on which the merged and unmerged models must agree, and latency is timed.
+CHECK_TEXTS = [
+    "A gripping, beautifully acted film.", "Dull.",
+    "The plot wanders and the jokes fall flat, but the score is lovely.",
+    "I would not recommend this product to anyone who values their time or money.", "Great value, works as described.",
+    "The editorial makes a careful case, yet its conclusion ignores the evidence it cites in the second paragraph.",
+    "ok", "An utterly forgettable sequel that squanders a talented cast on a script nobody seems to have finished.",
+]
+
+
+def _sentence_transformers_files(folder: Path, pooling: Pooling, hidden_size: int) -> None:
+    """modules.json and 1_Pooling/config.json: tunelab (and sentence-transformers) read the pooling from them."""
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    write_json(folder / "modules.json", modules)
+    (folder / "1_Pooling").mkdir()
+    write_json(folder / "1_Pooling" / "config.json", {
+        "word_embedding_dimension": hidden_size, "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_lasttoken": pooling == "last"})
+
+
+def _latency_ms(predictor: Predictor) -> float:
+    return round(latency_per_example_ms(lambda text: predictor.logits([text]), CHECK_TEXTS * 4), 3)
+
+
+def export_merged(run_dir: Path, output: Path, overwrite: bool = False) -> dict[str, Any]:
+    """Fold the run's delta into the base weights and write the merged classifier to `output`."""
+    staged = StagedRun(output, overwrite, marker=EXPORT_FILE, kind="tunelab export")
+    run = load_run(run_dir)
+    strategy = get_strategy(run.config.strategy.name)
+    max_length = run.config.training.max_length
+    unmerged = Predictor(run.model, run.tokenizer, run.label_map, max_length)
+    expected, unmerged_latency = unmerged.logits(CHECK_TEXTS), _latency_ms(unmerged)
+    strategy.merge(run.model)
+    merged = Predictor(run.model, run.tokenizer, run.label_map, max_length)
+    difference = float(np.abs(merged.logits(CHECK_TEXTS) - expected).max())
+    if difference > MERGE_TOLERANCE:
+        raise TunelabError(f"the merged model's logits differ from the run's by {difference:.2e} "
+                           f"(> {MERGE_TOLERANCE:.0e}); nothing was written")
+    spec = resolve_model(run.config.model)
+    base = SequenceClassifier(load_backbone(spec), len(run.label_map.labels), spec.pooling)
+    base.head.load_state_dict(run.model.head.state_dict())
+    report = {
+        "source_run": str(run_dir), "base_model": run.config.model, "strategy": strategy.name,
+        "labels": run.label_map.labels, "pooling": spec.pooling, "max_length": max_length,
+        "max_logit_difference": difference,
+        "latency_ms_per_example": {"base": _latency_ms(Predictor(base, run.tokenizer, run.label_map, max_length)),
+                                   "merged": _latency_ms(merged), "unmerged": unmerged_latency},
+    }
+    with staged:
+        run.model.backbone.save_pretrained(staged.path)
+        run.tokenizer.save_pretrained(staged.path)
+        _sentence_transformers_files(staged.path, spec.pooling, run.model.backbone.config.hidden_size)
+        head = run.model.head[-1]
+        save_file({"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()},
+                  str(staged.path / HEAD_FILE))
+        write_json(staged.path / EXPORT_FILE, report)
+        staged.commit()
+    return report
+
+
+def is_export(path: Path) -> bool:
+    return (path / EXPORT_FILE).exists()
+
+
+def load_export(path: Path) -> Predictor:
+    """A merged export as a predictor: plain transformers backbone, pooling, and the saved head."""
+    report = json.loads((path / EXPORT_FILE).read_text(encoding="utf-8"))
+    spec = resolve_model(str(path))
+    label_map = LabelMap(report["labels"])
+    model = SequenceClassifier(load_backbone(spec), len(label_map.labels), spec.pooling)
+    model.head[-1].load_state_dict(load_file(str(path / HEAD_FILE)))
+    return Predictor(model.eval(), load_tokenizer(spec), label_map, report["max_length"])
