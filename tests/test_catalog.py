@@ -10,7 +10,13 @@ import pytest
 
 from tunelab.assets import cache, datasets
 from tunelab.assets.cache import place_verified, sha256_of, verify_sha256
-from tunelab.assets.datasets import CATALOG, polarity_from_ratings, read_tweets3, read_vader_ratings
+from tunelab.assets.datasets import (
+    CATALOG,
+    polarity_from_ratings,
+    read_tweets3,
+    read_vader_ratings,
+    review_writing,
+)
 from tunelab.data.loading import load_examples
 from tunelab.errors import TunelabError
 
@@ -56,6 +62,14 @@ def test_polarity_drops_the_neutral_band_and_labels_by_sign(tmp_path: Path):
     assert list(polarity.index) == list(range(5))
 
 
+def test_review_writing_asks_for_the_rated_polarity(tmp_path: Path):
+    ratings = read_vader_ratings(_fake_vader_archive(tmp_path / "vader.tar.gz"), "movieReviewSnippets")
+    writing = review_writing(polarity_from_ratings(ratings), "movie review")
+    assert writing.iloc[1].to_dict() == {"prompt": "Write a negative movie review snippet.",
+                                         "completion": "Dull, lifeless and far too long", "label": "negative"}
+    assert len(writing) == 5
+
+
 def test_tweets3_reads_latin1_and_keeps_the_first_duplicate(tmp_path: Path):
     path = tmp_path / "tweets3.csv"
     path.write_bytes(
@@ -74,7 +88,7 @@ def test_tweets3_reads_latin1_and_keeps_the_first_duplicate(tmp_path: Path):
 
 
 def test_catalog_entries():
-    assert list(CATALOG) == ["movie-snippets", "tweets", "amazon-snippets", "nyt-snippets", "tweets3"]
+    assert list(CATALOG) == ["movie-snippets", "tweets", "amazon-snippets", "nyt-snippets", "tweets3", "movie-writing"]
     assert CATALOG["movie-snippets"].labels == ("negative", "positive")
     assert CATALOG["tweets3"].labels == ("negative", "neutral", "positive")
 

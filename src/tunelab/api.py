@@ -9,11 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import transformers
+from pydantic import BaseModel
+from torch import nn
+from transformers import DataCollatorWithPadding
 
 from tunelab.assets.datasets import CATALOG
 from tunelab.config import RunConfig, to_yaml
-from tunelab.data.loading import load_examples
+from tunelab.data.loading import load_examples, load_prompt_completions
 from tunelab.data.splits import Splits, split_examples
 from tunelab.errors import TunelabError
 from tunelab.export import is_export, load_export
@@ -23,16 +27,20 @@ from tunelab.runs import (
     LABELS_FILE,
     METRICS_FILE,
     RESOURCES_FILE,
+    LoadedRun,
     StagedRun,
     build_classifier,
+    build_generator,
     load_run,
     write_json,
     write_text_atomic,
 )
-from tunelab.strategies.base import count_parameters
+from tunelab.strategies.base import Strategy, count_parameters
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import FeatureClassifier, LabelMap, classification_metrics
+from tunelab.tasks.generation import generate, held_out_loss, prompt_ids, tokenize_pairs
 from tunelab.training.features import extract_features
+from tunelab.training.generation import fit_generator
 from tunelab.training.resources import PeakMemory, bytes_on_disk, latency_per_example_ms
 from tunelab.training.trainer import FeatureDataset, build_trainer, tokenize, training_arguments
 
@@ -42,7 +50,14 @@ class RunResult:
     path: Path
     metrics: dict[str, Any]
     resources: dict[str, Any]
-    predictor: Predictor  # the trained model, ready to use without reloading the run
+    predictor: Predictor | None  # a classifier, ready to use without reloading the run; None for generation
+
+
+def load_generation_splits(config: RunConfig) -> Splits:
+    data = config.data
+    examples = load_prompt_completions(data.source, data.prompt_column, data.completion_column)
+    return split_examples(examples, data.test_size, data.validation_size, data.split_seed,
+                          data.limit_train, data.limit_eval)
 
 
 def load_splits(config: RunConfig) -> tuple[Splits, LabelMap]:
@@ -76,7 +91,8 @@ def _fit(model, tokenizer, splits: Splits, label_map: LabelMap, config: RunConfi
         trainer = build_trainer(FeatureClassifier(model.head), args, vectors["train"], vectors["validation"], None)
         test = vectors["test"]
     else:
-        trainer = build_trainer(model, args, encoded["train"], encoded["validation"], tokenizer)
+        trainer = build_trainer(model, args, encoded["train"], encoded["validation"],
+                                DataCollatorWithPadding(tokenizer))
         test = encoded["test"]
     start = time.perf_counter()
     trainer.train()
@@ -84,17 +100,41 @@ def _fit(model, tokenizer, splits: Splits, label_map: LabelMap, config: RunConfi
     return trainer.predict(test).predictions, timings
 
 
-def _resources(predictor: Predictor, timings: dict[str, float], memory: PeakMemory, delta_files: list[Path],
-               test_texts: list[str]) -> dict[str, Any]:
+def _resources(model: nn.Module, timings: dict[str, float], memory: PeakMemory, delta_files: list[Path],
+               latency: float) -> dict[str, Any]:
     """What the run cost: parameters, time, peak memory, bytes on disk, latency at batch size 1."""
-    trainable, total = count_parameters(predictor.model)
-    latency = latency_per_example_ms(lambda text: predictor.logits([text]), test_texts[:32])
+    trainable, total = count_parameters(model)
     return {
         "trainable_parameters": trainable, "total_parameters": total, "trainable_share": trainable / total,
         **{key: round(value, 3) for key, value in timings.items()},
         "peak_memory_bytes": memory.peak_bytes, "peak_gpu_memory_bytes": memory.peak_gpu_bytes,
         "delta_bytes": bytes_on_disk(delta_files), "latency_ms_per_example": round(latency, 3),
     }
+
+
+def _write_run(folder: Path, config: RunConfig, metrics: dict[str, Any], resources: dict[str, Any]) -> None:
+    write_text_atomic(folder / CONFIG_FILE, to_yaml(config))
+    write_json(folder / METRICS_FILE, metrics)
+    write_json(folder / RESOURCES_FILE, resources)
+
+
+def _train_generator(config: RunConfig, strategy: Strategy, options: BaseModel, staged: StagedRun,
+                     progress: bool) -> RunResult:
+    splits = load_generation_splits(config)
+    transformers.set_seed(config.training.seed)
+    model, tokenizer = build_generator(config)
+    with staged:
+        with PeakMemory() as memory:
+            metrics, timings = fit_generator(model, tokenizer, splits, config, staged.path / "checkpoints", progress)
+        shutil.rmtree(staged.path / "checkpoints", ignore_errors=True)
+        delta_files = strategy.save_delta(model, options, staged.path)
+        prompts = [torch.tensor([prompt_ids(tokenizer, prompt)]) for prompt in splits.test["prompt"][:32]]
+        latency = latency_per_example_ms(lambda ids: model(input_ids=ids, attention_mask=torch.ones_like(ids)),
+                                         prompts)
+        resources = _resources(model, timings, memory, delta_files, latency)
+        _write_run(staged.path, config, metrics, resources)
+        path = staged.commit()
+    return RunResult(path, metrics, resources, None)
 
 
 def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> RunResult:
@@ -104,6 +144,8 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
     strategy = get_strategy(config.strategy.name)
     options = parse_options(strategy, config.strategy.options)
     staged = StagedRun(Path(config.output), overwrite)
+    if config.task == "generation":
+        return _train_generator(config, strategy, options, staged, progress)
     splits, label_map = load_splits(config)
     transformers.set_seed(config.training.seed)
     model, tokenizer = build_classifier(config, label_map)
@@ -119,11 +161,10 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
                    "train_examples": len(splits.train), "validation_examples": len(splits.validation)}
         delta_files = strategy.save_delta(model, options, staged.path)
         predictor = Predictor(model, tokenizer, label_map, config.training.max_length)
-        resources = _resources(predictor, timings, memory, delta_files, splits.test["text"].tolist())
-        write_text_atomic(staged.path / CONFIG_FILE, to_yaml(config))
+        latency = latency_per_example_ms(lambda text: predictor.logits([text]), splits.test["text"].tolist()[:32])
+        resources = _resources(model, timings, memory, delta_files, latency)
         write_json(staged.path / LABELS_FILE, label_map.labels)
-        write_json(staged.path / METRICS_FILE, metrics)
-        write_json(staged.path / RESOURCES_FILE, resources)
+        _write_run(staged.path, config, metrics, resources)
         path = staged.commit()
     return RunResult(path, metrics, resources, predictor)
 
@@ -133,13 +174,40 @@ def load_predictor(run_dir: Path) -> Predictor:
     if is_export(run_dir):
         return load_export(run_dir)
     run = load_run(run_dir)
+    if run.label_map is None:
+        raise TunelabError(f"{run_dir} is a generation run: use `tunelab generate {run_dir} PROMPT`")
     return Predictor(run.model, run.tokenizer, run.label_map, run.config.training.max_length)
+
+
+def generate_text(run_dir: Path, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
+                  seed: int = 0) -> str:
+    """The answer of a generation run's model to one prompt (greedy at temperature 0)."""
+    run = load_run(run_dir)
+    if run.config.task != "generation":
+        raise TunelabError(f"{run_dir} is a {run.config.task} run; generate needs one trained with --task generation")
+    return generate(run.model, run.tokenizer, prompt, max_new_tokens, temperature, seed)
+
+
+def _evaluate_generator(run: LoadedRun, source: str | None, limit: int | None) -> dict[str, Any]:
+    """Held-out loss and perplexity on the completions of the run's test split, or of every row of `source`."""
+    data = run.config.data
+    if source is None:
+        examples = load_generation_splits(run.config).test
+    else:
+        examples = load_prompt_completions(source, data.prompt_column, data.completion_column)
+    if limit is not None:
+        examples = examples.iloc[:limit]
+    pairs = tokenize_pairs(examples["prompt"].tolist(), examples["completion"].tolist(), run.tokenizer,
+                           run.config.training.max_length)
+    return held_out_loss(run.model, pairs, run.tokenizer, run.config.training.eval_batch_size)
 
 
 def evaluate(run_dir: Path, source: str | None = None, text_column: str = "text", label_column: str = "label",
              limit: int | None = None) -> dict[str, Any]:
     """Metrics of a trained run on a dataset: its own test split by default, else every row of `source`."""
     run = load_run(run_dir)
+    if run.label_map is None:
+        return _evaluate_generator(run, source, limit)
     if source is None:
         splits, _ = load_splits(run.config)
         examples, name = splits.test, f"{run.config.data.source} (test split)"

@@ -25,8 +25,9 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 
 # CLI flag -> dotted config key; a flag left unset leaves the YAML (or default) value alone.
 FLAG_KEYS = {
-    "model": "model", "data": "data.source", "strategy": "strategy.name", "output": "output",
+    "model": "model", "task": "task", "data": "data.source", "strategy": "strategy.name", "output": "output",
     "text_column": "data.text_column", "label_column": "data.label_column",
+    "prompt_column": "data.prompt_column", "completion_column": "data.completion_column",
     "limit_train": "data.limit_train", "limit_eval": "data.limit_eval", "epochs": "training.epochs",
     "lr": "training.learning_rate", "batch_size": "training.batch_size", "max_length": "training.max_length",
     "seed": "training.seed",
@@ -44,11 +45,14 @@ def _quiet_libraries() -> None:
 def train(
     config_file: Annotated[Path | None, typer.Argument(help="YAML run config; flags and --set override it")] = None,
     model: Annotated[str | None, typer.Option(help="embedded name (minilm, smollm2), HF folder or hub id")] = None,
+    task: Annotated[str | None, typer.Option(help="classification (default) or generation (causal LMs)")] = None,
     data: Annotated[str | None, typer.Option(help="embedded dataset, CSV/TSV/JSONL/Parquet file, or HF id")] = None,
     strategy: Annotated[str | None, typer.Option(help="fine-tuning strategy: see `tunelab strategies`")] = None,
     output: Annotated[Path | None, typer.Option(help="run directory to create")] = None,
     text_column: Annotated[str | None, typer.Option(help="column with the input text")] = None,
     label_column: Annotated[str | None, typer.Option(help="column with the label")] = None,
+    prompt_column: Annotated[str | None, typer.Option(help="generation: column with the prompt")] = None,
+    completion_column: Annotated[str | None, typer.Option(help="generation: column with the completion")] = None,
     limit_train: Annotated[int | None, typer.Option(help="train on at most N examples (the test set stays)")] = None,
     limit_eval: Annotated[int | None, typer.Option(help="evaluate on at most N examples")] = None,
     epochs: Annotated[float | None, typer.Option(help="passes over the data (default: the strategy's)")] = None,
@@ -95,6 +99,10 @@ def evaluate(
     metrics = api.evaluate(run, data, text_column, label_column, limit)
     if as_json:
         print(json.dumps(metrics, indent=2))
+    elif "perplexity" in metrics:
+        console.print(f"{escape(str(run))} on {escape(data or 'its test split')}: loss {metrics['loss']:.3f} · "
+                      f"perplexity {metrics['perplexity']:.2f} · {metrics['examples']} examples, "
+                      f"{metrics['tokens']} completion tokens")
     else:
         console.print(metrics_table(metrics, title=f"{run} on {data or 'its test split'}"))
 
@@ -121,6 +129,21 @@ def predict(
     for text, (label, probabilities) in zip(texts, predictions, strict=True):
         table.add_row(text, f"[bold]{label}[/bold]", *(f"{probabilities[name]:.3f}" for name in labels))
     console.print(table)
+
+
+@app.command()
+def generate(
+    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train --task generation`")],
+    prompt: Annotated[str, typer.Argument(help="the prompt (the chat template is applied when the model has one)")],
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="stop after this many tokens")] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy; above 0 = sampled")] = 0.0,
+    seed: Annotated[int, typer.Option(help="seed for sampling")] = 0,
+) -> None:
+    """Generate an answer to a prompt with a trained causal LM (base model + the run's delta)."""
+    from tunelab import api
+
+    _quiet_libraries()
+    print(api.generate_text(run, prompt, max_new_tokens, temperature, seed))
 
 
 @app.command()

@@ -20,6 +20,8 @@ class DataConfig(_Section):
     source: str = Field("movie-snippets", description="catalog name, CSV/TSV/JSONL/Parquet file, or HF dataset id")
     text_column: str = Field("text", description="column holding the input text")
     label_column: str = Field("label", description="column holding the label")
+    prompt_column: str = Field("prompt", description="generation: column holding the prompt")
+    completion_column: str = Field("completion", description="generation: column holding the target completion")
     test_size: float = Field(0.15, gt=0, description="test split: a fraction (< 1) or a count of examples")
     validation_size: float = Field(0.1, gt=0, description="validation split: a fraction (< 1) or a count")
     split_seed: int = Field(0, description="seed of the split; fixed apart from the training seed")
@@ -49,7 +51,8 @@ class TrainingConfig(_Section):
 
 class RunConfig(_Section):
     model: str = Field("minilm", description="embedded name (minilm, smollm2), local folder, or hub id")
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "generation"] = Field(
+        "classification", description="classification (encoder or causal LM + head) or generation (causal LM)")
     data: DataConfig = Field(default_factory=DataConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)

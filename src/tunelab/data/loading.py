@@ -64,24 +64,41 @@ def read_source(source: str) -> pd.DataFrame:
     return _read_hub(source)
 
 
-def to_examples(frame: pd.DataFrame, text_column: str, label_column: str, source: str) -> pd.DataFrame:
-    """Select and validate the text and label columns: a table with columns `text` and `label` (str)."""
-    for role, column in (("text", text_column), ("label", label_column)):
+def select_columns(frame: pd.DataFrame, columns: dict[str, str], source: str) -> pd.DataFrame:
+    """The columns {role: column name} renamed to their roles, as non-empty strings; one-line errors otherwise."""
+    for role, column in columns.items():
         if column not in frame.columns:
             raise TunelabError(f"{source} has no {role} column '{column}'; its columns are "
                                f"{', '.join(map(str, frame.columns))}: pass --{role}-column")
     if frame.empty:
         raise TunelabError(f"{source} holds no examples")
-    examples = pd.DataFrame({"text": frame[text_column], "label": frame[label_column]})
-    for role in ("text", "label"):
+    examples = pd.DataFrame({role: frame[column] for role, column in columns.items()})
+    for role in columns:
         blank = examples[role].isna() | (examples[role].astype(str).str.strip() == "")
         if blank.any():
             raise TunelabError(f"{source}: row {int(blank.idxmax()) + 1} has an empty {role}; "
                                f"fill or remove the {blank.sum()} such rows")
-    examples["text"] = examples["text"].astype(str)
-    examples["label"] = examples["label"].astype(str).str.strip()
+        examples[role] = examples[role].astype(str)
+    return examples
+
+
+def to_examples(frame: pd.DataFrame, text_column: str, label_column: str, source: str) -> pd.DataFrame:
+    """Select and validate the text and label columns: a table with columns `text` and `label` (str)."""
+    examples = select_columns(frame, {"text": text_column, "label": label_column}, source)
+    examples["label"] = examples["label"].str.strip()
     return examples
 
 
 def load_examples(source: str, text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
     return to_examples(read_source(source), text_column, label_column, source)
+
+
+def load_prompt_completions(source: str, prompt_column: str = "prompt",
+                            completion_column: str = "completion") -> pd.DataFrame:
+    """Generation data: a table with columns `prompt` and `completion` (and `label` when the source has one,
+    so that the splits stay stratified by it)."""
+    frame = read_source(source)
+    examples = select_columns(frame, {"prompt": prompt_column, "completion": completion_column}, source)
+    if "label" in frame.columns:
+        examples["label"] = frame["label"].astype(str)
+    return examples

@@ -26,7 +26,9 @@ def _count(size: float, total: int) -> int:
 
 
 def _stratify(frame: pd.DataFrame, count: int) -> pd.Series | None:
-    """Stratify by label unless a label is too rare, or a side too small, to hold every label."""
+    """Stratify by label unless there is none, a label is too rare, or a side too small to hold every label."""
+    if "label" not in frame.columns:
+        return None
     counts = frame["label"].value_counts()
     fits = min(count, len(frame) - count) >= len(counts)
     return frame["label"] if counts.min() >= 2 and fits else None

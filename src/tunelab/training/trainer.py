@@ -7,6 +7,7 @@ logging; tunelab only decides the arguments and the data it sees.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from transformers import (
-    DataCollatorWithPadding,
     EvalPrediction,
     PreTrainedTokenizerBase,
     PrinterCallback,
@@ -56,8 +56,8 @@ def accuracy(prediction: EvalPrediction) -> dict[str, float]:
 
 
 def training_arguments(config: TrainingConfig, output_dir: Path, learning_rate: float, epochs: float,
-                       progress: bool) -> TrainingArguments:
-    """Evaluate and checkpoint every epoch; keep the best epoch on validation accuracy."""
+                       progress: bool, best_metric: str = "accuracy") -> TrainingArguments:
+    """Evaluate and checkpoint every epoch; keep the best epoch on `best_metric` (a loss: lower is better)."""
     return TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=learning_rate,
@@ -72,7 +72,7 @@ def training_arguments(config: TrainingConfig, output_dir: Path, learning_rate: 
         # Checkpoints exist to restore the best epoch; optimizer state only matters to resume a kept checkpoint.
         save_only_model=not config.keep_checkpoints,
         load_best_model_at_end=True,
-        metric_for_best_model="accuracy",
+        metric_for_best_model=best_metric,
         logging_steps=config.logging_steps,
         seed=config.seed,
         report_to=config.report_to or "none",
@@ -102,11 +102,11 @@ class TrainableOnlyTrainer(Trainer):
 
 
 def build_trainer(model: nn.Module, args: TrainingArguments, train: torch.utils.data.Dataset,
-                  validation: torch.utils.data.Dataset, tokenizer: PreTrainedTokenizerBase | None) -> Trainer:
-    """A Trainer on token ids (with a padding collator) or, without a tokenizer, on feature vectors."""
-    collator = DataCollatorWithPadding(tokenizer) if tokenizer is not None else None
+                  validation: torch.utils.data.Dataset, collator: Callable | None,
+                  compute_metrics: Callable[[EvalPrediction], dict] | None = accuracy) -> Trainer:
+    """A Trainer on token ids (with a padding collator) or, without a collator, on feature vectors."""
     trainer = TrainableOnlyTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
-                      data_collator=collator, compute_metrics=accuracy)
+                                   data_collator=collator, compute_metrics=compute_metrics)
     if args.disable_tqdm:  # quiet means quiet: no per-step log lines either
         trainer.remove_callback(PrinterCallback)
     return trainer
