@@ -9,11 +9,14 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -106,12 +109,37 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def main_for(run_benchmark: Callable[[int, bool, bool], Any], description: str, default_repeats: int,
-             quick_help: str) -> None:
-    """The command line every driver shares: --repeats, --quick, --keep."""
+def alternating(repeats: int, sides: tuple[str, str], run_side: Callable[[str, int], Any]) -> Iterator[dict]:
+    """Each repeat runs both sides, the first side first on even repeats and second on odd ones, so that neither
+    side always meets a machine warmed or loaded by the other. Yields {repeat, order, side: result, ...}."""
+    for repeat in range(repeats):
+        order = list(sides) if repeat % 2 == 0 else list(reversed(sides))
+        yield {"repeat": repeat, "order": order, **{side: run_side(side, repeat) for side in order}}
+
+
+@contextmanager
+def working_folder(name: str, keep: bool) -> Iterator[Path]:
+    """A fresh temporary folder for a driver's runs and logs, removed afterwards unless `keep`."""
+    folder = Path(tempfile.mkdtemp(prefix=f"tunelab-bench-{name}-"))
+    log(f"{name}: working in {folder}")
+    try:
+        yield folder
+    finally:
+        if keep:
+            log(f"{name}: kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def main_for(run_benchmark: Callable[..., Any], description: str, default_repeats: int, quick_help: str,
+             extra: dict[str, dict[str, Any]] | None = None) -> None:
+    """The command line every driver shares: --repeats, --quick, --keep, and a driver's `extra` options
+    (flag -> argparse keywords), passed on as keyword arguments."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--repeats", type=int, default=default_repeats)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--keep", action="store_true", help="keep the working folder (runs, logs, data)")
-    args = parser.parse_args()
-    run_benchmark(args.repeats, args.quick, args.keep)
+    for flag, keywords in (extra or {}).items():
+        parser.add_argument(flag, **keywords)
+    args = vars(parser.parse_args())
+    run_benchmark(args.pop("repeats"), args.pop("quick"), args.pop("keep"), **args)

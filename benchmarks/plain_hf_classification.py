@@ -1,4 +1,5 @@
-"""The baseline: fine-tune a classifier with plain transformers, as the Hugging Face text-classification tutorial does.
+"""The baseline: fine-tune a classifier with plain transformers (and peft for LoRA), as the Hugging Face
+text-classification tutorial and peft's sequence-classification example do.
 
 It deliberately does not import tunelab, so that `full_vs_plain.py` measures tunelab against what a user would
 write by hand from the docs. The data are CSV files with columns `text` and `label`; the script writes one JSON
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from datasets import load_dataset
+from peft import LoraConfig, TaskType, get_peft_model
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -37,6 +39,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--lora-rank", type=int, default=0, help="> 0: LoRA (peft) on every linear layer of the "
+                                                                 "blocks, alpha 2*rank, no dropout; 0: full")
     parser.add_argument("--output-dir", required=True, help="Trainer checkpoints")
     parser.add_argument("--result", required=True, help="JSON file to write the measurements to")
     return parser.parse_args()
@@ -69,6 +73,10 @@ def main() -> None:
     model = AutoModelForSequenceClassification.from_pretrained(
         args.model_dir, num_labels=len(labels), id2label=id2label, label2id=label2id
     )
+    if args.lora_rank > 0:  # as the peft sequence-classification example does; the classifier trains fully
+        config = LoraConfig(task_type=TaskType.SEQ_CLS, r=args.lora_rank, lora_alpha=2 * args.lora_rank,
+                            lora_dropout=0.0, target_modules=["query", "key", "value", "dense"])
+        model = get_peft_model(model, config)
     training_args = TrainingArguments(
         output_dir=args.output_dir,
         learning_rate=args.lr,

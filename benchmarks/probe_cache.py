@@ -7,12 +7,10 @@ run's train_s includes the feature extraction of all three splits, so the compar
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import log, machine, main_for, median, tunelab_train, write_result
+from common import alternating, log, machine, main_for, median, tunelab_train, working_folder, write_result
 
 NAME = "probe_cache"
 SETTINGS = {"limit_train": 2000, "limit_eval": None, "epochs": None}  # epochs, lr, batch: the strategy's defaults
@@ -36,27 +34,20 @@ def run_variant(folder: Path, variant: str, repeat: int, settings: dict[str, Any
 def run_benchmark(repeats: int = 1, quick: bool = False, keep: bool = False) -> dict[str, Any]:
     settings = QUICK if quick else SETTINGS
     host = machine()  # before the runs, so that its load average is the machine's, not ours
-    folder = Path(tempfile.mkdtemp(prefix="tunelab-bench-probe-"))
-    log(f"{NAME}: working in {folder}")
     rows = []
-    try:
-        for repeat in range(repeats):
-            order = ["cached", "uncached"] if repeat % 2 == 0 else ["uncached", "cached"]
-            row: dict[str, Any] = {"repeat": repeat, "order": order}
-            for variant in order:
-                log(f"{NAME}: repeat {repeat + 1}/{repeats}: {variant} ...")
-                row[variant] = run_variant(folder, variant, repeat, settings)
+    with working_folder(NAME, keep) as folder:
+        def run_side(variant: str, repeat: int) -> dict[str, Any]:
+            log(f"{NAME}: repeat {repeat + 1}/{repeats}: {variant} ...")
+            return run_variant(folder, variant, repeat, settings)
+
+        for row in alternating(repeats, ("cached", "uncached"), run_side):
             row["speedup"] = row["uncached"]["train_s"] / row["cached"]["train_s"]
             rows.append(row)
+            repeat = row["repeat"]
             log(f"{NAME}: repeat {repeat + 1}/{repeats}: train_s cached {row['cached']['train_s']:.1f} "
                 f"(of which features {row['cached']['feature_extraction_s']:.1f}) uncached "
                 f"{row['uncached']['train_s']:.1f}; speed-up {row['speedup']:.1f}x; accuracy cached "
                 f"{row['cached']['test_accuracy']:.4f} uncached {row['uncached']['test_accuracy']:.4f}")
-    finally:
-        if keep:
-            log(f"{NAME}: kept {folder}")
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
 
     def of(variant: str, key: str) -> float:
         return median([row[variant][key] for row in rows])

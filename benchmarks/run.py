@@ -5,28 +5,31 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import full_vs_plain
 import probe_cache
+import strategy_accuracy
+import strategy_costs
+import vs_plain
 from rich.console import Console
 from rich.table import Table
 
 GIB = 1024**3
+MIB = 1024**2
 
 
 def verdict(passed: bool) -> str:
     return "[green]pass[/green]" if passed else "[red]FAIL[/red]"
 
 
-def full_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+def vs_plain_rows(result: dict[str, Any], strategy: str) -> list[tuple[str, str, str]]:
     s = result["summary"]
     return [
-        ("full: train_s (median)", f"tunelab {s['tunelab_train_s']:.1f} s, plain {s['plain_train_s']:.1f} s",
+        (f"{strategy}: train_s (median)", f"tunelab {s['tunelab_train_s']:.1f} s, plain {s['plain_train_s']:.1f} s",
          ""),
-        ("full: time ratio tunelab/plain", f"{s['ratio_median']:.3f} (of medians {s['ratio_of_medians']:.3f})",
+        (f"{strategy}: time ratio tunelab/plain", f"{s['ratio_median']:.3f} (of medians {s['ratio_of_medians']:.3f})",
          verdict(s["pass"])),
-        ("full: test accuracy (median)", f"tunelab {s['tunelab_accuracy']:.4f}, plain {s['plain_accuracy']:.4f}",
-         ""),
-        ("full: peak RSS (wait4, median)",
+        (f"{strategy}: test accuracy (median)",
+         f"tunelab {s['tunelab_accuracy']:.4f}, plain {s['plain_accuracy']:.4f}", ""),
+        (f"{strategy}: peak RSS (wait4, median)",
          f"tunelab {s['tunelab_peak_rss_bytes'] / GIB:.2f} GiB, plain {s['plain_peak_rss_bytes'] / GIB:.2f} GiB", ""),
     ]
 
@@ -41,18 +44,45 @@ def probe_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def cost_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    s = result["summary"]
+    rows = [(f"costs: {name}", f"step {s[name]['step_s']:.3f} s ({s[name]['step_vs_full']:.2f}x full), peak RSS "
+             f"{s[name]['peak_rss_vs_full']:.2f}x full, delta {s[name]['delta_bytes'] / MIB:.2f} MiB, trainable "
+             f"{s[name]['trainable_share'] * 100:.3g}%", "") for name in strategy_costs.STRATEGIES]
+    return [*rows, ("costs: lora step <= 0.7x full, none > full", "", verdict(s["pass"]))]
+
+
+def accuracy_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    s = result["summary"]
+    rows = [(f"accuracy: {name}", f"{s[name]['accuracy']:.4f} ({s[name]['accuracy_vs_full'] * 100:.1f}% of full), "
+             f"train {s[name]['train_s']:.0f} s ({s[name]['train_s_vs_full']:.2f}x full), trainable "
+             f"{s[name]['trainable_share'] * 100:.3g}%", "") for name in strategy_accuracy.STRATEGIES]
+    rows += [(f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items()]
+    return [("accuracy: majority class", f"{result['majority_accuracy']:.4f}", ""), *rows]
+
+
+DRIVERS = {
+    "full": (lambda args: vs_plain_rows(vs_plain.run_benchmark(args.repeats or 3, args.quick, args.keep, "full"),
+                                        "full")),
+    "lora": (lambda args: vs_plain_rows(vs_plain.run_benchmark(args.repeats or 3, args.quick, args.keep, "lora"),
+                                        "lora")),
+    "probe": lambda args: probe_rows(probe_cache.run_benchmark(args.repeats or 1, args.quick, args.keep)),
+    "costs": lambda args: cost_rows(strategy_costs.run_benchmark(args.repeats or 3, args.quick, args.keep)),
+    "accuracy": lambda args: accuracy_rows(strategy_accuracy.run_benchmark(args.repeats or 3, args.quick, args.keep)),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per benchmark (default: full 3, probe 1)")
-    parser.add_argument("--only", choices=["full", "probe"], default=None, help="run one benchmark only")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="repeats per benchmark (default: 3; probe 1; for accuracy, the number of seeds)")
+    parser.add_argument("--only", choices=list(DRIVERS), action="append", help="run these benchmarks only")
     parser.add_argument("--quick", action="store_true", help="tiny smoke test; writes results/<name>.quick.json")
     parser.add_argument("--keep", action="store_true", help="keep the working folders (runs, logs, CSVs)")
     args = parser.parse_args()
     rows: list[tuple[str, str, str]] = []
-    if args.only in (None, "full"):
-        rows += full_rows(full_vs_plain.run_benchmark(args.repeats or 3, args.quick, args.keep))
-    if args.only in (None, "probe"):
-        rows += probe_rows(probe_cache.run_benchmark(args.repeats or 1, args.quick, args.keep))
+    for name in args.only or list(DRIVERS):
+        rows += DRIVERS[name](args)
     table = Table(title="tunelab benchmarks" + (" (quick smoke test: figures mean nothing)" if args.quick else ""))
     for column in ("measure", "result", "verdict"):
         table.add_column(column)

@@ -1,24 +1,34 @@
-"""Full fine-tuning: `tunelab train --strategy full` against a plain transformers Trainer script on identical data.
+"""`tunelab train --strategy full|lora` against a plain transformers (+ peft) Trainer script on identical data.
 
 tunelab wraps the Hugging Face Trainer, so it should cost no more time than the script a user would write from
 the docs, and reach the same accuracy. Both sides get the same train/validation/test rows (tunelab's own split,
 written to CSV for the plain script), the same hyper-parameters and seed; the order alternates every repeat so
-that neither side always runs on a machine warmed or loaded by the other.
+that neither side always runs on a machine warmed or loaded by the other. For lora both sides adapt every linear
+layer of the blocks with r=4, alpha 8, no dropout (the plain script's `dense` target also takes the pooler's).
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import BENCHMARKS, log, machine, main_for, median, read_json, run_timed, tunelab_train, write_result
+from common import (
+    BENCHMARKS,
+    alternating,
+    log,
+    machine,
+    main_for,
+    median,
+    read_json,
+    run_timed,
+    tunelab_train,
+    working_folder,
+    write_result,
+)
 
-NAME = "full_vs_plain"
-SETTINGS = {"limit_train": 2000, "limit_eval": None, "epochs": 3, "lr": 5e-5, "batch_size": 32, "max_length": 128,
-            "seed": 42}
+SETTINGS = {"limit_train": 2000, "limit_eval": None, "epochs": 3, "batch_size": 32, "max_length": 128, "seed": 42}
+LEARNING_RATES = {"full": 5e-5, "lora": 2e-3}  # tunelab's defaults, given to both sides
 QUICK = {**SETTINGS, "limit_train": 128, "limit_eval": 200, "epochs": 1}
 ACCURACY_TOLERANCE = 0.005  # tunelab may trail the plain script by at most half a point of accuracy
 
@@ -39,7 +49,7 @@ def write_splits(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_tunelab(folder: Path, repeat: int, settings: dict[str, Any]) -> dict[str, Any]:
-    options = ["--model", "minilm", "--data", "movie-snippets", "--strategy", "full",
+    options = ["--model", "minilm", "--data", "movie-snippets", "--strategy", settings["strategy"],
                "--limit-train", str(settings["limit_train"]), "--epochs", str(settings["epochs"]),
                "--lr", str(settings["lr"]), "--batch-size", str(settings["batch_size"]),
                "--max-length", str(settings["max_length"]), "--seed", str(settings["seed"])]
@@ -59,7 +69,7 @@ def run_plain(folder: Path, repeat: int, settings: dict[str, Any], splits: dict[
                "--test", str(splits["test"]), "--epochs", str(settings["epochs"]), "--lr", str(settings["lr"]),
                "--batch-size", str(settings["batch_size"]), "--max-length", str(settings["max_length"]),
                "--seed", str(settings["seed"]), "--output-dir", str(folder / f"plain-{repeat}"),
-               "--result", str(result)]
+               "--result", str(result), "--lora-rank", str(4 if settings["strategy"] == "lora" else 0)]
     timed = run_timed(command, folder / f"plain-{repeat}.log")
     reported = read_json(result)
     reported["peak_rss_bytes_self"] = reported.pop("peak_rss_bytes")  # peak_rss_bytes is wait4's, as for tunelab
@@ -92,41 +102,35 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def run_benchmark(repeats: int = 3, quick: bool = False, keep: bool = False) -> dict[str, Any]:
-    settings = QUICK if quick else SETTINGS
+def run_benchmark(repeats: int = 3, quick: bool = False, keep: bool = False, strategy: str = "full") -> dict[str, Any]:
+    name = f"{strategy}_vs_plain"
+    settings = {**(QUICK if quick else SETTINGS), "strategy": strategy, "lr": LEARNING_RATES[strategy]}
     host = machine()  # before the runs, so that its load average is the machine's, not ours
-    folder = Path(tempfile.mkdtemp(prefix="tunelab-bench-full-"))
-    log(f"{NAME}: working in {folder}")
-    try:
+    with working_folder(name, keep) as folder:
         splits = write_splits(folder, settings)
-        log(f"{NAME}: splits {splits['sizes']}")
+        log(f"{name}: splits {splits['sizes']}")
         rows = []
-        for repeat in range(repeats):
-            order = ["tunelab", "plain"] if repeat % 2 == 0 else ["plain", "tunelab"]
-            row: dict[str, Any] = {"repeat": repeat, "order": order}
-            for side in order:
-                if side == "tunelab":
-                    row[side] = run_tunelab(folder, repeat, settings)
-                else:
-                    row[side] = run_plain(folder, repeat, settings, splits)
+        def run_side(side: str, repeat: int) -> dict[str, Any]:
+            if side == "tunelab":
+                return run_tunelab(folder, repeat, settings)
+            return run_plain(folder, repeat, settings, splits)
+
+        for row in alternating(repeats, ("tunelab", "plain"), run_side):
             row["ratio"] = row["tunelab"]["train_s"] / row["plain"]["train_s"]
             rows.append(row)
-            log(f"{NAME}: repeat {repeat + 1}/{repeats} ({' then '.join(order)}): "
+            repeat, order = row["repeat"], row["order"]
+            log(f"{name}: repeat {repeat + 1}/{repeats} ({' then '.join(order)}): "
                 f"train_s tunelab {row['tunelab']['train_s']:.1f} plain {row['plain']['train_s']:.1f} "
                 f"ratio {row['ratio']:.3f}; accuracy tunelab {row['tunelab']['test_accuracy']:.4f} "
                 f"plain {row['plain']['test_accuracy']:.4f}")
-    finally:
-        if keep:
-            log(f"{NAME}: kept {folder}")
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-    result = {"benchmark": NAME, "quick": quick, "repeats": repeats, "settings": settings,
+    result = {"benchmark": name, "quick": quick, "repeats": repeats, "settings": settings,
               "data": {"source": "movie-snippets", **splits["sizes"]}, "machine": host,
               "summary": summarise(rows), "rows": rows}
-    path = write_result(NAME, result, quick)
-    log(f"{NAME}: wrote {path}")
+    path = write_result(name, result, quick)
+    log(f"{name}: wrote {path}")
     return result
 
 
 if __name__ == "__main__":
-    main_for(run_benchmark, __doc__.splitlines()[0], 3, "tiny smoke test: 128 train examples, 1 epoch")
+    main_for(run_benchmark, __doc__.splitlines()[0], 3, "tiny smoke test: 128 train examples, 1 epoch",
+             {"--strategy": {"choices": list(LEARNING_RATES), "default": "full"}})

@@ -1,0 +1,67 @@
+"""One strategy's training cost, measured in this (fresh) process: median step time, delta bytes, parameters.
+
+Called by `strategy_costs.py`, once per strategy. It builds the classifier exactly as `tunelab train` does,
+then times forward + backward + AdamW on the same fixed batches of movie-snippets training texts (32 per batch,
+padded to the batch's longest text, at most 128 tokens), so that the strategies differ only in what they train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from tunelab.api import load_splits
+from tunelab.config import build_config
+from tunelab.runs import build_classifier
+from tunelab.strategies.base import count_parameters
+from tunelab.strategies.registry import get_strategy, parse_options
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strategy", required=True)
+    parser.add_argument("--steps", type=int, default=12, help="timed steps, after 2 warm-up steps")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--result", required=True, help="JSON file to write")
+    args = parser.parse_args()
+    config = build_config({"strategy": {"name": args.strategy}, "data": {"limit_train": 2000}})
+    strategy = get_strategy(args.strategy)
+    splits, label_map = load_splits(config)
+    transformers.set_seed(0)
+    model, tokenizer = build_classifier(config, label_map)
+    model.train()
+    texts = splits.train["text"].tolist()
+    labels = torch.tensor(label_map.encode(splits.train["label"].tolist(), "train"))
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=strategy.default_learning_rate)
+    timings = []
+    for step in range(args.steps + 2):
+        rows = slice(step * args.batch_size, (step + 1) * args.batch_size)
+        batch = tokenizer(texts[rows], truncation=True, max_length=128, padding=True, return_tensors="pt")
+        start = time.perf_counter()
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels[rows]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= 2:
+            timings.append(time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as folder:
+        files = strategy.save_delta(model, parse_options(strategy, {}), Path(folder))
+        delta_bytes = sum(path.stat().st_size for path in files)
+    trainable_count, total = count_parameters(model)
+    Path(args.result).write_text(json.dumps({
+        "strategy": args.strategy, "step_s_median": statistics.median(timings), "step_s": timings,
+        "delta_bytes": delta_bytes, "trainable_parameters": trainable_count, "total_parameters": total,
+        "trainable_share": trainable_count / total, "torch_threads": torch.get_num_threads(),
+    }, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
