@@ -153,6 +153,10 @@ def test_resources_are_recorded(run: TrainedRun):
     assert resources["train_s"] > 0
     assert resources["peak_memory_bytes"] > 10 * 2**20
     assert resources["latency_ms_per_example"] > 0
+    model = run.predictor.model
+    assert resources["full_copy_bytes"] == 4 * sum(p.numel() for p in model.parameters())  # fp32
+    if _strategy(run) == "full":  # the delta is the full copy, plus the safetensors header
+        assert resources["full_copy_bytes"] < resources["delta_bytes"] < resources["full_copy_bytes"] + 2**16
     if run.config.strategy.options.get("cache_features", True) and _strategy(run) == "linear-probe":
         assert resources["feature_extraction_s"] > 0
     else:

@@ -54,14 +54,15 @@ STRATEGY_TRAINING = {
     "linear-probe": {"epochs": 10, "learning_rate": 0.1},
     "lora": {"epochs": 6, "learning_rate": 2e-2},
     "ia3": {"epochs": 8, "learning_rate": 5e-2},
-    "adapter": {"epochs": 6, "learning_rate": 2e-2},
-    "prefix": {"epochs": 6, "learning_rate": 3e-2},
+    "adapter": {"epochs": 8, "learning_rate": 1e-2},
+    "prefix": {"epochs": 8, "learning_rate": 3e-2},
     "prompt-tuning": {"epochs": 6, "learning_rate": 3e-2},
     "p-tuning": {"epochs": 6, "learning_rate": 3e-2},
 }
 
 # In a random 2-layer model many virtual input tokens drown a four-word text; two are enough to learn with.
-STRATEGY_OPTIONS = {"prompt-tuning": {"virtual_tokens": 2}, "p-tuning": {"virtual_tokens": 2}}
+STRATEGY_OPTIONS = {"prompt-tuning": {"virtual_tokens": 2}, "p-tuning": {"virtual_tokens": 2},
+                    "prefix": {"virtual_tokens": 4}}
 
 
 def tiny_config(model: Path, data: Path, output: Path | None, strategy: str = "full", options: dict | None = None,

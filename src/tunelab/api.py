@@ -109,6 +109,8 @@ def _resources(model: nn.Module, timings: dict[str, float], memory: PeakMemory, 
         **{key: round(value, 3) for key, value in timings.items()},
         "peak_memory_bytes": memory.peak_bytes, "peak_gpu_memory_bytes": memory.peak_gpu_bytes,
         "delta_bytes": bytes_on_disk(delta_files), "latency_ms_per_example": round(latency, 3),
+        # what a task would cost on disk as a full model copy instead of a delta
+        "full_copy_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
     }
 
 
