@@ -14,7 +14,6 @@ from tunelab.predict import Predictor
 from tunelab.runs import build_classifier, load_run
 from tunelab.strategies.registry import STRATEGIES
 
-
 # The tiny Llama's residual stream is about a hundred times smaller than a trained model's (initializer range
 # 0.02), so an adapter's bias or a prefix swamps it at the learning rates the tiny BERT needs.
 LLAMA_TRAINING = {"adapter": {"learning_rate": 2e-3}, "prefix": {"learning_rate": 1e-2}}
