@@ -39,8 +39,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--lora-rank", type=int, default=0, help="> 0: LoRA (peft) on every linear layer of the "
-                                                                 "blocks, alpha 2*rank, no dropout; 0: full")
+    parser.add_argument("--lora-rank", type=int, default=0, help="> 0: LoRA (peft) on the query and value "
+                                                                 "projections, alpha 2*rank, no dropout; 0: full")
     parser.add_argument("--output-dir", required=True, help="Trainer checkpoints")
     parser.add_argument("--result", required=True, help="JSON file to write the measurements to")
     return parser.parse_args()
@@ -75,7 +75,7 @@ def main() -> None:
     )
     if args.lora_rank > 0:  # as the peft sequence-classification example does; the classifier trains fully
         config = LoraConfig(task_type=TaskType.SEQ_CLS, r=args.lora_rank, lora_alpha=2 * args.lora_rank,
-                            lora_dropout=0.0, target_modules=["query", "key", "value", "dense"])
+                            lora_dropout=0.0, target_modules=["query", "value"])
         model = get_peft_model(model, config)
     training_args = TrainingArguments(
         output_dir=args.output_dir,

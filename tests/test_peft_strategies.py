@@ -45,12 +45,14 @@ def _batch(tokenizer) -> dict[str, torch.Tensor]:
     return dict(tokenizer(["good great film", "awful"], padding=True, return_tensors="pt"))
 
 
-@pytest.mark.parametrize("rank", [1, 4])
+@pytest.mark.parametrize("rank", [1, 8])
 def test_trainable_parameters_match_the_closed_form(tiny_bert: Path, rank: int):
-    model = _classifier(tiny_bert, {"r": rank})
-    # per block: query, key, value, attention output (d x d), intermediate (d -> 4d), output (4d -> d): r (d_in + d_out)
-    per_block = rank * (4 * (HIDDEN + HIDDEN) + (HIDDEN + INNER) + (INNER + HIDDEN))
     head = HIDDEN * LABELS + LABELS
+    model = _classifier(tiny_bert, {"r": rank})  # default: query and value (d x d each): r (d_in + d_out)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == LAYERS * rank * 2 * 2 * HIDDEN + head
+    model = _classifier(tiny_bert, {"r": rank, "target_modules": "all-linear"})
+    # per block: query, key, value, attention output (d x d), intermediate (d -> 4d), output (4d -> d)
+    per_block = rank * (4 * (HIDDEN + HIDDEN) + (HIDDEN + INNER) + (INNER + HIDDEN))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == LAYERS * per_block + head
 
 
@@ -63,16 +65,21 @@ def test_ia3_parameters_match_the_closed_form(tiny_bert: Path):
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == LAYERS * per_block + head
 
 
-def test_the_pooler_and_embeddings_are_not_adapted(tiny_bert: Path):
-    adapted = [name for name, _ in _classifier(tiny_bert).named_modules() if name.endswith(".lora_A")]
+def _adapted(model: torch.nn.Module) -> list[str]:
+    return [name.removesuffix(".lora_A") for name, _ in model.named_modules() if name.endswith(".lora_A")]
+
+
+def test_all_linear_leaves_out_the_pooler_and_embeddings(tiny_bert: Path):
+    adapted = _adapted(_classifier(tiny_bert, {"target_modules": "all-linear"}))
     assert len(adapted) == LAYERS * 6
     assert not [name for name in adapted if "pooler" in name or "embeddings" in name]
 
 
-def test_target_modules_option(tiny_bert: Path):
-    adapted = [name for name, _ in _classifier(tiny_bert, {"target_modules": ["query", "value"]}).named_modules()
-               if name.endswith(".lora_A")]
-    assert len(adapted) == LAYERS * 2
+def test_default_and_chosen_targets(tiny_bert: Path, tiny_llama: Path):
+    assert {name.rsplit(".", 1)[1] for name in _adapted(_classifier(tiny_bert))} == {"query", "value"}
+    assert {name.rsplit(".", 1)[1] for name in _adapted(_classifier(tiny_llama))} == {"q_proj", "v_proj"}
+    adapted = _adapted(_classifier(tiny_bert, {"target_modules": ["key", "attention.output.dense"]}))
+    assert len(adapted) == LAYERS * 2 and all(name.endswith(("key", "attention.output.dense")) for name in adapted)
 
 
 def test_unknown_target_modules_is_a_one_line_error(tiny_bert: Path):

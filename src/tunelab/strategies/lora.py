@@ -1,15 +1,19 @@
 """LoRA (Hu et al. 2021): the backbone stays frozen; each adapted linear layer W gains a trainable low-rank
 update scaling * B A (r << d, B starts at zero, so training starts from the pre-trained model exactly).
 
-Defaults measured on MiniLM (docs/architecture.md): every linear layer of the transformer blocks, r=4,
-alpha 8, no dropout (on a CPU LoRA's input dropout costs more than it saves).
+Defaults measured on MiniLM (docs/architecture.md): the attention's query and value projections (the paper's
+choice; PEFT's per-architecture default), r=8, alpha 16, no dropout, lr 5e-3. The naive peft recipe reaches the
+same targets with lr 5e-4 and falls 3.5 points short: the learning rate, not the targets, was what it lacked.
+`target_modules=all-linear` adapts every linear layer of the blocks instead (no better here, and slower per step).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from peft import LoraConfig
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -18,16 +22,17 @@ from tunelab.strategies.peft_adapter import PeftAdapter, check_targets
 
 # Inside a numbered block: encoder.layer.3.attention.self.query, layers.0.mlp.up_proj, h.2.attn.c_attn
 BLOCK_MODULE = re.compile(r"(^|\.)\d+\.")
+ALL_LINEAR = "all-linear"
 
 
 class LoraOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    r: int = Field(4, gt=0, description="rank of the update")
-    alpha: float = Field(8.0, gt=0, description="scaling numerator: the update is (alpha / r) * B A")
+    r: int = Field(8, gt=0, description="rank of the update")
+    alpha: float = Field(16.0, gt=0, description="scaling numerator: the update is (alpha / r) * B A")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapted layers' input")
-    target_modules: list[str] | None = Field(
-        None, description="module name suffixes to adapt (e.g. [query, value]); default: every linear layer "
-                          "inside the transformer blocks")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None, description="module name suffixes to adapt (e.g. [query, key, value]), or all-linear for every linear "
+                          "layer inside the transformer blocks; default: the attention's query and value")
     use_dora: bool = Field(False, description="weight-decomposed LoRA (Liu et al. 2024)")
     use_rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023)")
 
@@ -40,15 +45,24 @@ def block_linear_layers(backbone: nn.Module) -> list[str]:
             if isinstance(module, (nn.Linear, Conv1D)) and BLOCK_MODULE.search(name)]
 
 
+def default_targets(backbone: nn.Module) -> list[str]:
+    """PEFT's per-architecture choice (query and value projections); every block linear layer where it has none."""
+    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(backbone.config.model_type)
+    return list(targets) if targets else block_linear_layers(backbone)
+
+
 class Lora(PeftAdapter):
     name = "lora"
     summary = "frozen backbone plus trainable low-rank updates; mergeable, a small delta per task"
     Options = LoraOptions
-    default_learning_rate = 2e-3
+    default_learning_rate = 5e-3
     default_epochs = 3.0
 
     def peft_config(self, backbone: nn.Module, options: LoraOptions) -> LoraConfig:
-        targets = options.target_modules or block_linear_layers(backbone)
+        if options.target_modules == ALL_LINEAR:
+            targets = block_linear_layers(backbone)
+        else:
+            targets = options.target_modules or default_targets(backbone)
         check_targets(backbone, targets, self.name)
         return LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
                           target_modules=targets, use_dora=options.use_dora, use_rslora=options.use_rslora)
