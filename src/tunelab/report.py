@@ -25,7 +25,13 @@ def human_count(count: int) -> str:
     return f"{count / 1e6:.2f}M" if count >= 1e6 else f"{count / 1e3:.1f}K" if count >= 1e3 else str(count)
 
 
-def test_scores(metrics: dict[str, Any]) -> tuple[str, str]:
+def on_disk(resources: dict[str, Any]) -> str:
+    """The delta's size, and its share of a full model copy (runs written before issue 3 lack the latter)."""
+    delta, full = resources["delta_bytes"], resources.get("full_copy_bytes")
+    return f"{human_bytes(delta)} ({delta / full:.2%} of full)" if full else human_bytes(delta)
+
+
+def quality_columns(metrics: dict[str, Any]) -> tuple[str, str]:
     """The two quality columns: accuracy and macro-F1, or for generation the test loss and perplexity, each
     with the untrained model's value beside it."""
     test = metrics["test"]
@@ -48,10 +54,10 @@ def runs_table(run_dirs: list[Path], title: str = "runs") -> Table:
         metrics: dict[str, Any] = read_json(run_dir / METRICS_FILE)
         resources: dict[str, Any] = read_json(run_dir / RESOURCES_FILE)
         table.add_row(
-            run_dir.name, config.strategy.name, str(metrics["train_examples"]), *test_scores(metrics),
+            run_dir.name, config.strategy.name, str(metrics["train_examples"]), *quality_columns(metrics),
             f"{human_count(resources['trainable_parameters'])} ({resources['trainable_share'] * 100:.3g}%)",
             f"{resources['train_s']:.1f} s", human_bytes(resources["peak_memory_bytes"]),
-            human_bytes(resources["delta_bytes"]), f"{resources['latency_ms_per_example']:.1f} ms",
+            on_disk(resources), f"{resources['latency_ms_per_example']:.1f} ms",
         )
     return table
 
