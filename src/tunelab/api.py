@@ -38,7 +38,13 @@ from tunelab.runs import (
 from tunelab.strategies.base import Strategy, count_parameters
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import FeatureClassifier, LabelMap, classification_metrics
-from tunelab.tasks.generation import generate, held_out_loss, prompt_ids, tokenize_pairs
+from tunelab.tasks.generation import (
+    check_generation_strategy,
+    generate,
+    held_out_loss,
+    prompt_ids,
+    tokenize_pairs,
+)
 from tunelab.training.features import extract_features
 from tunelab.training.generation import fit_generator
 from tunelab.training.resources import PeakMemory, bytes_on_disk, latency_per_example_ms
@@ -128,7 +134,8 @@ def _train_generator(config: RunConfig, strategy: Strategy, options: BaseModel, 
     with staged:
         with PeakMemory() as memory:
             metrics, timings = fit_generator(model, tokenizer, splits, config, staged.path / "checkpoints", progress)
-        shutil.rmtree(staged.path / "checkpoints", ignore_errors=True)
+        if not config.training.keep_checkpoints:
+            shutil.rmtree(staged.path / "checkpoints", ignore_errors=True)
         delta_files = strategy.save_delta(model, options, staged.path)
         prompts = [torch.tensor([prompt_ids(tokenizer, prompt)]) for prompt in splits.test["prompt"][:32]]
         latency = latency_per_example_ms(lambda ids: model(input_ids=ids, attention_mask=torch.ones_like(ids)),
@@ -147,6 +154,7 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
     options = parse_options(strategy, config.strategy.options)
     staged = StagedRun(Path(config.output), overwrite)
     if config.task == "generation":
+        check_generation_strategy(strategy.name)  # before any data or weights load
         return _train_generator(config, strategy, options, staged, progress)
     splits, label_map = load_splits(config)
     transformers.set_seed(config.training.seed)

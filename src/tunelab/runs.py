@@ -85,13 +85,16 @@ class LoadedRun:
     tokenizer: Any
 
 
+def apply_strategy(model: SequenceClassifier | CausalLM, config: RunConfig) -> None:
+    strategy = get_strategy(config.strategy.name)
+    strategy.apply(model, parse_options(strategy, config.strategy.options))
+
+
 def build_classifier(config: RunConfig, label_map: LabelMap) -> tuple[SequenceClassifier, Any]:
     """Base model + head for this config, with its strategy applied (weights as pre-trained / freshly set)."""
     spec = resolve_model(config.model)
-    strategy = get_strategy(config.strategy.name)
-    options = parse_options(strategy, config.strategy.options)
     model = SequenceClassifier(load_backbone(spec), len(label_map.labels), spec.pooling)
-    strategy.apply(model, options)
+    apply_strategy(model, config)
     return model, load_tokenizer(spec)
 
 
@@ -99,10 +102,8 @@ def build_generator(config: RunConfig) -> tuple[CausalLM, Any]:
     """The causal LM for this config, with its strategy applied."""
     check_generation_strategy(config.strategy.name)
     spec = resolve_model(config.model)
-    strategy = get_strategy(config.strategy.name)
-    options = parse_options(strategy, config.strategy.options)
     model = CausalLM(load_causal_lm(spec))
-    strategy.apply(model, options)
+    apply_strategy(model, config)
     return model, load_tokenizer(spec)
 
 
