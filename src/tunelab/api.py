@@ -36,15 +36,9 @@ from tunelab.runs import (
     write_text_atomic,
 )
 from tunelab.strategies.base import Strategy, count_parameters
-from tunelab.strategies.registry import get_strategy, parse_options
+from tunelab.strategies.registry import check_serves_task, get_strategy, parse_options
 from tunelab.tasks.classification import FeatureClassifier, LabelMap, classification_metrics
-from tunelab.tasks.generation import (
-    check_generation_strategy,
-    generate,
-    held_out_loss,
-    prompt_ids,
-    tokenize_pairs,
-)
+from tunelab.tasks.generation import generate, held_out_loss, prompt_ids, tokenize_pairs
 from tunelab.training.features import extract_features
 from tunelab.training.generation import fit_generator
 from tunelab.training.resources import PeakMemory, bytes_on_disk, latency_per_example_ms
@@ -152,9 +146,9 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
         raise TunelabError("no output directory: pass --output DIR")
     strategy = get_strategy(config.strategy.name)
     options = parse_options(strategy, config.strategy.options)
+    check_serves_task(strategy, config.task)
     staged = StagedRun(Path(config.output), overwrite)
     if config.task == "generation":
-        check_generation_strategy(strategy.name)  # before any data or weights load
         return _train_generator(config, strategy, options, staged, progress)
     splits, label_map = load_splits(config)
     transformers.set_seed(config.training.seed)
@@ -184,7 +178,7 @@ def load_predictor(run_dir: Path) -> Predictor:
     if is_export(run_dir):
         return load_export(run_dir)
     run = load_run(run_dir)
-    if run.label_map is None:
+    if run.config.task == "generation":
         raise TunelabError(f"{run_dir} is a generation run: use `tunelab generate {run_dir} PROMPT`")
     return Predictor(run.model, run.tokenizer, run.label_map, run.config.training.max_length)
 
@@ -216,7 +210,7 @@ def evaluate(run_dir: Path, source: str | None = None, text_column: str = "text"
              limit: int | None = None) -> dict[str, Any]:
     """Metrics of a trained run on a dataset: its own test split by default, else every row of `source`."""
     run = load_run(run_dir)
-    if run.label_map is None:
+    if run.config.task == "generation":
         return _evaluate_generator(run, source, limit)
     if source is None:
         splits, _ = load_splits(run.config)

@@ -19,7 +19,7 @@ from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone, load_tokenizer
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import LabelMap, SequenceClassifier
-from tunelab.tasks.generation import CausalLM, check_generation_strategy, load_causal_lm
+from tunelab.tasks.generation import CausalLM, load_causal_lm
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -99,8 +99,7 @@ def build_classifier(config: RunConfig, label_map: LabelMap) -> tuple[SequenceCl
 
 
 def build_generator(config: RunConfig) -> tuple[CausalLM, Any]:
-    """The causal LM for this config, with its strategy applied."""
-    check_generation_strategy(config.strategy.name)
+    """The causal LM for this config, with its strategy applied (`train` checked that it serves generation)."""
     spec = resolve_model(config.model)
     model = CausalLM(load_causal_lm(spec))
     apply_strategy(model, config)

@@ -32,6 +32,7 @@ class Strategy(Protocol):
     Options: type[BaseModel]
     default_learning_rate: float
     default_epochs: float
+    serves_generation: bool  # whether it can adapt a causal LM that has no task head (`task: generation`)
 
     def apply(self, model: nn.Module, options: BaseModel) -> None:
         """Change `model` in place for this strategy (freeze, inject modules). Applying twice is an error."""

@@ -13,6 +13,7 @@ class FullFineTuning(PartialTraining):
     Options = NoOptions
     default_learning_rate = 5e-5
     default_epochs = 3.0
+    serves_generation = True
 
     def trainable_prefixes(self, options: BaseModel) -> tuple[str, ...]:
         return ("backbone.", "head.")

@@ -34,6 +34,7 @@ class PeftAdapter:
     """Base of the PEFT strategies: a subclass says which `peft` config to build."""
 
     name: str
+    serves_generation = True
 
     def peft_config(self, backbone: nn.Module, options: BaseModel) -> PeftConfig:
         raise NotImplementedError

@@ -27,6 +27,13 @@ def get_strategy(name: str) -> Strategy:
     return STRATEGIES[name]
 
 
+def check_serves_task(strategy: Strategy, task: str) -> None:
+    """Fail before any data or weights load when the strategy cannot adapt a model for `task`."""
+    if task == "generation" and not strategy.serves_generation:
+        usable = [name for name, candidate in STRATEGIES.items() if candidate.serves_generation]
+        raise TunelabError(f"strategy {strategy.name} does not apply to generation; use one of {', '.join(usable)}")
+
+
 def parse_options(strategy: Strategy, options: dict) -> BaseModel:
     try:
         return strategy.Options.model_validate(options)

@@ -2,7 +2,7 @@
 template when it has one, held-out loss and perplexity, and sampling from a trained run.
 
 The model is the causal LM itself under `backbone` (no task head), so every weight-level strategy adapts it
-through the same code as for classification; strategies that only make sense with a head are refused early.
+through the same code as for classification; which strategies can is each strategy's `serves_generation`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from tunelab.assets.models import ModelSpec
 from tunelab.errors import TunelabError
 
 IGNORE = -100  # label id that cross-entropy skips: prompt tokens and padding
-# linear-probe trains a head that generation does not have; PEFT's prompt methods are wrapped for feature
-# extraction here, which does not prepend their virtual tokens while generating.
-GENERATION_STRATEGIES = ("full", "lora", "ia3", "adapter")
 
 
 class CausalLM(nn.Module):
@@ -43,12 +40,6 @@ def load_causal_lm(spec: ModelSpec) -> PreTrainedModel:
         raise TunelabError(f"generation needs a causal LM; {spec.name} is an encoder: use --model smollm2 or "
                            f"another decoder-only model")
     return AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32)
-
-
-def check_generation_strategy(name: str) -> None:
-    if name not in GENERATION_STRATEGIES:
-        raise TunelabError(f"strategy {name} does not apply to generation; use one of "
-                           f"{', '.join(GENERATION_STRATEGIES)}")
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
