@@ -141,3 +141,10 @@ def test_plain_peft_loads_the_adapter(bert_peft: TrainedRun, tiny_bert: Path):
     ours = bert_peft.predictor.model.eval().backbone
     with torch.no_grad():
         torch.testing.assert_close(plain(**batch).last_hidden_state, ours(**batch).last_hidden_state)
+
+
+def test_a_target_that_fits_neither_form_names_both():
+    with pytest.raises(TunelabError) as error:
+        parse_options(get_strategy("lora"), {"target_modules": "all-conv"})
+    assert str(error.value) == ("strategy lora: option 'target_modules': Input should be a valid list or Input should "
+                                "be 'all-linear'")

@@ -88,7 +88,7 @@ def test_prefix_on_attention_without_a_cache_is_refused():
 
 
 def test_prompt_text_init_needs_its_text():
-    with pytest.raises(TunelabError, match="init_text goes with init=text"):
+    with pytest.raises(TunelabError, match="^strategy prompt-tuning: options: init_text goes with init=text"):
         parse_options(get_strategy("prompt-tuning"), {"init": "text"})
 
 

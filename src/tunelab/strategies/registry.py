@@ -34,13 +34,22 @@ def check_serves_task(strategy: Strategy, task: str) -> None:
         raise TunelabError(f"strategy {strategy.name} does not apply to generation; use one of {', '.join(usable)}")
 
 
+def _option_name(location: tuple) -> str:
+    """The option a pydantic error is about: field names and list indices, not the union member it tried."""
+    return ".".join(str(part) for part in location if isinstance(part, int) or str(part).isidentifier())
+
+
 def parse_options(strategy: Strategy, options: dict) -> BaseModel:
     try:
         return strategy.Options.model_validate(options)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        if first["type"] == "extra_forbidden":
+        errors = error.errors()
+        where = _option_name(errors[0]["loc"])
+        if errors[0]["type"] == "extra_forbidden":
             known = ", ".join(strategy.Options.model_fields) or "none"
             raise TunelabError(f"strategy {strategy.name} has no option '{where}'; its options: {known}") from None
-        raise TunelabError(f"strategy {strategy.name}: option '{where}': {first['msg']}") from None
+        # A union (e.g. a list or 'all-linear') fails once per member: say every way the value could have fit.
+        reasons = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors
+                                            if _option_name(e["loc"]) == where))
+        subject = f"option '{where}'" if where else "options"  # model-level checks span several options
+        raise TunelabError(f"strategy {strategy.name}: {subject}: {reasons}") from None
