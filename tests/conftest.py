@@ -66,6 +66,18 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_mlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT with its masked-LM head, hidden 32, random weights: what prompt-based strategies read."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        vocab_size=30522, initializer_range=0.1)
+    return _save_with_tokenizer(BertForMaskedLM(config), tmp_path_factory.mktemp("tiny-bert-mlm"))
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama, hidden 32, random weights, with the BERT tokenizer ([PAD]=0, [CLS]=101, [SEP]=102)."""
     import torch

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tiny import HIDDEN
@@ -14,7 +15,8 @@ from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone, load_tokenizer, pool
 from tunelab.tasks.classification import LabelMap, SequenceClassifier, classification_metrics
 from tunelab.training.features import extract_features
-from tunelab.training.trainer import tokenize
+from tunelab.tasks.inputs import TextEncoder
+from tunelab.training.trainer import encode_examples
 
 # --- model resolution -----------------------------------------------------------------------------------------
 
@@ -183,7 +185,7 @@ def test_extracted_features_keep_the_input_order(model_fixture: str, request: py
     model = SequenceClassifier(load_backbone(spec), 2, spec.pooling)
     model.train()
     texts = ["a rather long text about a good film", "bad", "a medium length text", "ok", "the end of it all"]
-    encoded = tokenize(texts, [0, 1, 0, 1, 0], tokenizer, max_length=16)
+    encoded = encode_examples(TextEncoder(tokenizer, 16), pd.DataFrame({"text": texts}), [0, 1, 0, 1, 0])
     features = extract_features(model, encoded, tokenizer, batch_size=2, description="test", progress=False)
     assert model.training  # restored
     assert features.shape == (5, HIDDEN)

@@ -27,17 +27,19 @@ def _applied(model: SequenceClassifier, name: str, options: dict | None = None) 
 
 def test_registry_names():
     assert list(STRATEGIES) == ["full", "linear-probe", "lora", "ia3", "adapter", "prefix",
-                                "prompt-tuning", "p-tuning"]
+                                "prompt-tuning", "p-tuning", "zero-shot", "pet", "soft-template"]
     for name, strategy in STRATEGIES.items():
         assert strategy.name == name
-        assert strategy.default_learning_rate > 0 and strategy.default_epochs > 0
+        learning_rate, epochs = strategy.training_defaults(strategy.Options())
+        trains = name != "zero-shot"
+        assert (learning_rate > 0 and epochs > 0) == trains
 
 
 def test_unknown_strategy_lists_the_names():
     with pytest.raises(TunelabError) as error:
         get_strategy("lora-but-misspelt")
     assert str(error.value) == ("unknown strategy 'lora-but-misspelt'; choose one of full, linear-probe, lora, ia3, "
-                                "adapter, prefix, prompt-tuning, p-tuning")
+                                "adapter, prefix, prompt-tuning, p-tuning, zero-shot, pet, soft-template")
 
 
 def test_full_trains_every_parameter(classifier: SequenceClassifier):

@@ -16,9 +16,9 @@ from torch import nn
 from transformers import DataCollatorWithPadding
 
 from tunelab.assets.datasets import CATALOG
-from tunelab.config import RunConfig, to_yaml
+from tunelab.config import PromptConfig, RunConfig, StrategyConfig, to_yaml
 from tunelab.data.loading import load_examples, load_prompt_completions
-from tunelab.data.splits import Splits, split_examples
+from tunelab.data.splits import Splits, few_shot, split_examples
 from tunelab.errors import TunelabError
 from tunelab.export import is_export, load_export
 from tunelab.predict import Predictor
@@ -32,17 +32,20 @@ from tunelab.runs import (
     build_classifier,
     build_generator,
     load_run,
+    resolve_prompt,
+    template_fields,
     write_json,
     write_text_atomic,
 )
 from tunelab.strategies.base import Strategy, count_parameters
-from tunelab.strategies.registry import check_serves_task, get_strategy, parse_options
+from tunelab.strategies.registry import check_prompt_settings, check_serves_task, get_strategy, parse_options
 from tunelab.tasks.classification import FeatureClassifier, LabelMap, classification_metrics
 from tunelab.tasks.generation import generate, held_out_loss, prompt_ids, tokenize_pairs
+from tunelab.tasks.inputs import input_encoder
 from tunelab.training.features import extract_features
 from tunelab.training.generation import fit_generator
 from tunelab.training.resources import PeakMemory, bytes_on_disk, latency_per_example_ms
-from tunelab.training.trainer import FeatureDataset, build_trainer, tokenize, training_arguments
+from tunelab.training.trainer import FeatureDataset, build_trainer, encode_examples, training_arguments
 
 
 @dataclass
@@ -62,9 +65,11 @@ def load_generation_splits(config: RunConfig) -> Splits:
 
 def load_splits(config: RunConfig) -> tuple[Splits, LabelMap]:
     data = config.data
-    examples = load_examples(data.source, data.text_column, data.label_column)
+    examples = load_examples(data.source, data.text_column, data.label_column, template_fields(config))
     splits = split_examples(examples, data.test_size, data.validation_size, data.split_seed,
                             data.limit_train, data.limit_eval)
+    if data.shots is not None:
+        splits = few_shot(splits, data.shots, config.training.seed)
     preferred = CATALOG[data.source].labels if data.source in CATALOG else ()
     return splits, LabelMap.from_values(examples["label"].tolist(), preferred)
 
@@ -73,13 +78,18 @@ def _fit(model, tokenizer, splits: Splits, label_map: LabelMap, config: RunConfi
          checkpoints: Path, progress: bool) -> tuple[np.ndarray, dict[str, float]]:
     """Train on token ids, or on cached sentence vectors when the strategy freezes the encoder.
 
-    Returns the test logits and the timings."""
-    strategy = get_strategy(config.strategy.name)
+    Returns the test logits and the timings; a model with nothing to train (zero-shot) only predicts."""
     training = config.training
-    args = training_arguments(training, checkpoints, training.learning_rate or strategy.default_learning_rate,
-                              training.epochs or strategy.default_epochs, progress)
-    encoded = {name: tokenize(part["text"].tolist(), label_map.encode(part["label"].tolist(), name), tokenizer,
-                              training.max_length)
+    if count_parameters(model)[0] == 0:
+        start = time.perf_counter()
+        logits = Predictor(model, tokenizer, label_map, training.max_length).logits(splits.test)
+        return logits, {"feature_extraction_s": 0.0, "train_s": 0.0, "predict_s": time.perf_counter() - start}
+    strategy = get_strategy(config.strategy.name)
+    default_lr, default_epochs = strategy.training_defaults(parse_options(strategy, config.strategy.options))
+    args = training_arguments(training, checkpoints, training.learning_rate or default_lr,
+                              training.epochs or default_epochs, progress)
+    encode = input_encoder(model, tokenizer, training.max_length)
+    encoded = {name: encode_examples(encode, part, label_map.encode(part["label"].tolist(), name))
                for name, part in vars(splits).items()}
     timings = {"feature_extraction_s": 0.0}
     if on_features:
@@ -147,10 +157,12 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
     strategy = get_strategy(config.strategy.name)
     options = parse_options(strategy, config.strategy.options)
     check_serves_task(strategy, config.task)
+    check_prompt_settings(strategy, config.prompt != PromptConfig())
     staged = StagedRun(Path(config.output), overwrite)
     if config.task == "generation":
         return _train_generator(config, strategy, options, staged, progress)
     splits, label_map = load_splits(config)
+    config = resolve_prompt(config, label_map.labels)
     transformers.set_seed(config.training.seed)
     model, tokenizer = build_classifier(config, label_map)
     with staged:
@@ -165,12 +177,24 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
                    "train_examples": len(splits.train), "validation_examples": len(splits.validation)}
         delta_files = strategy.save_delta(model, options, staged.path)
         predictor = Predictor(model, tokenizer, label_map, config.training.max_length)
-        latency = latency_per_example_ms(lambda text: predictor.logits([text]), splits.test["text"].tolist()[:32])
+        one_at_a_time = [splits.test.iloc[[index]] for index in range(min(32, len(splits.test)))]
+        latency = latency_per_example_ms(predictor.logits, one_at_a_time)
         resources = _resources(model, timings, memory, delta_files, latency)
         write_json(staged.path / LABELS_FILE, label_map.labels)
         _write_run(staged.path, config, metrics, resources)
         path = staged.commit()
     return RunResult(path, metrics, resources, predictor)
+
+
+def zero_shot(config: RunConfig) -> dict[str, Any]:
+    """Test-split metrics of the pre-trained language model asked through the config's template and label
+    words, without writing a run (`train` with strategy zero-shot writes one)."""
+    config = config.model_copy(update={"strategy": StrategyConfig(name="zero-shot")})
+    splits, label_map = load_splits(config)
+    model, tokenizer = build_classifier(config, label_map)
+    logits = Predictor(model, tokenizer, label_map, config.training.max_length).logits(splits.test)
+    label_ids = np.array(label_map.encode(splits.test["label"].tolist(), "test split"))
+    return classification_metrics(logits, label_ids, label_map)
 
 
 def load_predictor(run_dir: Path) -> Predictor:
@@ -216,9 +240,9 @@ def evaluate(run_dir: Path, source: str | None = None, text_column: str = "text"
         splits, _ = load_splits(run.config)
         examples, name = splits.test, f"{run.config.data.source} (test split)"
     else:
-        examples, name = load_examples(source, text_column, label_column), source
+        examples, name = load_examples(source, text_column, label_column, template_fields(run.config)), source
     if limit is not None:
         examples = examples.iloc[:limit]
     label_ids = np.array(run.label_map.encode(examples["label"].tolist(), name))
     predictor = Predictor(run.model, run.tokenizer, run.label_map, run.config.training.max_length)
-    return classification_metrics(predictor.logits(examples["text"].tolist()), label_ids, run.label_map)
+    return classification_metrics(predictor.logits(examples), label_ids, run.label_map)

@@ -30,8 +30,34 @@ FLAG_KEYS = {
     "prompt_column": "data.prompt_column", "completion_column": "data.completion_column",
     "limit_train": "data.limit_train", "limit_eval": "data.limit_eval", "epochs": "training.epochs",
     "lr": "training.learning_rate", "batch_size": "training.batch_size", "max_length": "training.max_length",
-    "seed": "training.seed",
+    "seed": "training.seed", "shots": "data.shots", "tune": "strategy.options.tune", "calibrate": "prompt.calibrate",
 }
+TEMPLATE_HELP = "prompt-based: e.g. 'Review: {text}\\nSentiment: {label}' (\\n is a newline; default: the dataset's)"
+VERBALIZER_HELP = "prompt-based: LABEL=WORDS, e.g. positive=' great, good' (repeatable; default: the label names)"
+
+
+def _config(config_file: Path | None, flags: dict[str, Any], set_: list[str] | None, option: list[str] | None,
+            template: str | None, verbalizer: list[str] | None) -> Any:
+    """The run config: the YAML file, then the flags that were given, then --set and --option overrides."""
+    from tunelab.config import build_config, parse_override, read_yaml
+
+    overrides: dict[str, Any] = {FLAG_KEYS[key]: (str(value) if isinstance(value, Path) else value)
+                                 for key, value in flags.items() if key in FLAG_KEYS and value is not None}
+    if template is not None:
+        overrides["prompt.template"] = template.replace("\\n", "\n").replace("\\t", "\t")
+    if verbalizer:
+        overrides["prompt.verbalizer"] = dict(_label_words(text) for text in verbalizer)
+    overrides.update(parse_override(text) for text in set_ or [])
+    overrides.update((f"strategy.options.{key}", value) for key, value in map(parse_override, option or []))
+    return build_config(read_yaml(config_file) if config_file else {}, overrides)
+
+
+def _label_words(text: str) -> tuple[str, str]:
+    """'positive= great, good' -> ('positive', ' great, good'): the words keep their leading space."""
+    label, sep, words = text.partition("=")
+    if not sep or not label.strip():
+        raise TunelabError(f"--verbalizer '{text}' is not LABEL=WORDS, e.g. positive=' great, good'")
+    return label.strip(), words
 
 
 def _quiet_libraries() -> None:
@@ -60,6 +86,13 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="examples per training step")] = None,
     max_length: Annotated[int | None, typer.Option(help="tokens per example; longer texts are truncated")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for initialisation, dropout and data order")] = None,
+    shots: Annotated[int | None, typer.Option(help="few-shot: K training (and K validation) examples per label")]
+    = None,
+    tune: Annotated[str | None, typer.Option(help="pet: what trains, full (default), lora, ia3 or adapter")] = None,
+    template: Annotated[str | None, typer.Option(help=TEMPLATE_HELP)] = None,
+    verbalizer: Annotated[list[str] | None, typer.Option(help=VERBALIZER_HELP)] = None,
+    calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="prompt-based: contextual "
+                                                   "calibration of the label probabilities")] = None,
     option: Annotated[list[str] | None, typer.Option(help="strategy option KEY=VALUE (repeatable)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="any config key, e.g. training.epochs=2")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
@@ -67,18 +100,45 @@ def train(
 ) -> None:
     """Fine-tune a model on a dataset with one strategy and write a run directory."""
     from tunelab import api
-    from tunelab.config import build_config, parse_override, read_yaml
     from tunelab.report import runs_table
 
-    flags = {key: value for key, value in locals().items() if key in FLAG_KEYS and value is not None}
-    overrides: dict[str, Any] = {FLAG_KEYS[key]: (str(value) if isinstance(value, Path) else value)
-                                 for key, value in flags.items()}
-    overrides.update(parse_override(text) for text in set_ or [])
-    overrides.update((f"strategy.options.{key}", value) for key, value in map(parse_override, option or []))
-    config = build_config(read_yaml(config_file) if config_file else {}, overrides)
+    config = _config(config_file, locals(), set_, option, template, verbalizer)
     _quiet_libraries()
     result = api.train(config, overwrite=overwrite, progress=not quiet)
     console.print(runs_table([result.path], title=f"{config.strategy.name} on {config.data.source}"))
+    console.print(f"run saved to [bold]{escape(str(result.path))}[/bold]")
+
+
+@app.command()
+def prompt(
+    config_file: Annotated[Path | None, typer.Argument(help="YAML run config; flags and --set override it")] = None,
+    model: Annotated[str | None, typer.Option(help="a causal LM (smollm2) or a masked LM with its MLM head")] = None,
+    data: Annotated[str | None, typer.Option(help="embedded dataset, CSV/TSV/JSONL/Parquet file, or HF id")] = None,
+    template: Annotated[str | None, typer.Option(help=TEMPLATE_HELP)] = None,
+    verbalizer: Annotated[list[str] | None, typer.Option(help=VERBALIZER_HELP)] = None,
+    calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="contextual calibration "
+                                                   "(Zhao et al. 2021)")] = None,
+    text_column: Annotated[str | None, typer.Option(help="column with the input text")] = None,
+    label_column: Annotated[str | None, typer.Option(help="column with the label")] = None,
+    limit_eval: Annotated[int | None, typer.Option(help="score at most N test examples")] = None,
+    max_length: Annotated[int | None, typer.Option(help="tokens per filled template; inputs are truncated")] = None,
+    output: Annotated[Path | None, typer.Option(help="also write a run directory (for `tunelab predict`)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="any config key, e.g. prompt.word_score=mean")]
+    = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+) -> None:
+    """Zero-shot: classify the test split by asking the pre-trained LM through a template; nothing trains."""
+    from tunelab import api
+    from tunelab.report import metrics_table, runs_table
+
+    config = _config(config_file, {**locals(), "strategy": "zero-shot"}, set_, None, template, verbalizer)
+    _quiet_libraries()
+    if output is None:
+        metrics = api.zero_shot(config)
+        console.print(metrics_table(metrics, title=f"zero-shot {config.model} on {config.data.source} (test split)"))
+        return
+    result = api.train(config, overwrite=overwrite)
+    console.print(runs_table([result.path], title=f"zero-shot on {config.data.source}"))
     console.print(f"run saved to [bold]{escape(str(result.path))}[/bold]")
 
 
@@ -189,9 +249,11 @@ def strategies() -> None:
     for column in ("name", "what it does", "default lr", "default epochs", "options"):
         table.add_column(column)
     for name, strategy in STRATEGIES.items():
-        options = ", ".join(f"{key}={field.default}" for key, field in strategy.Options.model_fields.items())
-        table.add_row(name, strategy.summary, f"{strategy.default_learning_rate:g}",
-                      f"{strategy.default_epochs:g}", options or "-")
+        defaults = strategy.Options()
+        options = ", ".join(f"{key}={value}" for key, value in defaults.model_dump().items())
+        learning_rate, epochs = strategy.training_defaults(defaults)
+        table.add_row(name, strategy.summary, f"{learning_rate:g}" if epochs else "-", f"{epochs:g}" if epochs else "-",
+                      options or "-")
     console.print(table)
 
 

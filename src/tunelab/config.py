@@ -27,11 +27,26 @@ class DataConfig(_Section):
     split_seed: int = Field(0, description="seed of the split; fixed apart from the training seed")
     limit_train: int | None = Field(None, gt=0, description="use at most N training examples (stratified)")
     limit_eval: int | None = Field(None, gt=0, description="evaluate on at most N validation/test examples")
+    shots: int | None = Field(None, gt=0, description="few-shot: train on K examples per label and validate on K "
+                                                      "per label, drawn with the training seed; the test split stays")
 
 
 class StrategyConfig(_Section):
     name: str = Field("full", description="a strategy from `tunelab strategies`")
     options: dict[str, Any] = Field(default_factory=dict, description="strategy-specific options")
+
+
+class PromptConfig(_Section):
+    """How prompt-based strategies (zero-shot, pet, soft-template) ask the language model for a label."""
+
+    template: str | None = Field(None, description="e.g. 'Review: {text}\\nSentiment: {label}'; {label} is the slot "
+                                                   "the label word fills (default: the end); default: the dataset's")
+    verbalizer: dict[str, list[str] | str] | None = Field(
+        None, description="label -> label words (a list, or one comma-separated string); default: each label's name")
+    word_score: Literal["sum", "mean"] = Field(
+        "sum", description="a multi-token word's score: the sum (its log-probability) or the mean of its tokens'")
+    calibrate: bool = Field(False, description="contextual calibration (Zhao et al. 2021): divide by the label "
+                                               "probabilities of content-free inputs")
 
 
 class TrainingConfig(_Section):
@@ -55,6 +70,7 @@ class RunConfig(_Section):
         "classification", description="classification (encoder or causal LM + head) or generation (causal LM)")
     data: DataConfig = Field(default_factory=DataConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     output: Path | None = Field(None, description="run directory")
 

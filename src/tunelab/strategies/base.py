@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -33,6 +33,10 @@ class Strategy(Protocol):
     default_learning_rate: float
     default_epochs: float
     serves_generation: bool  # whether it can adapt a causal LM that has no task head (`task: generation`)
+    prompt_based: bool  # classifies through a template and label words (PromptClassifier), not a new head
+
+    def training_defaults(self, options: BaseModel) -> tuple[float, float]:
+        """(learning rate, epochs) to train with when the config sets neither."""
 
     def apply(self, model: nn.Module, options: BaseModel) -> None:
         """Change `model` in place for this strategy (freeze, inject modules). Applying twice is an error."""
@@ -68,9 +72,17 @@ def freeze_all_but(model: nn.Module, prefixes: tuple[str, ...]) -> None:
 
 
 def delta_state_dict(model: nn.Module, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """The tensors a strategy trained: what a run directory stores instead of a full model copy."""
-    return {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
-            if name.startswith(prefixes)}
+    """The tensors a strategy trained: what a run directory stores instead of a full model copy.
+
+    A tensor tied to one already taken (an LM head that shares the embedding matrix) is stored once, under its
+    first name; loading it restores both, since they share memory."""
+    tensors, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if name.startswith(prefixes) and (where not in seen or not tensor.numel()):
+            tensors[name] = tensor.detach().contiguous()
+            seen.add(where)
+    return tensors
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -97,7 +109,39 @@ def load_tensors(model: nn.Module, prefixes: tuple[str, ...], path: Path) -> Non
     model.load_state_dict(tensors, strict=False)
 
 
-class PartialTraining:
+def _option_name(location: tuple) -> str:
+    """The option a pydantic error is about: field names and list indices, not the union member it tried."""
+    return ".".join(str(part) for part in location if isinstance(part, int) or str(part).isidentifier())
+
+
+def parse_options(strategy: Strategy, options: dict) -> BaseModel:
+    try:
+        return strategy.Options.model_validate(options)
+    except ValidationError as error:
+        errors = error.errors()
+        where = _option_name(errors[0]["loc"])
+        if errors[0]["type"] == "extra_forbidden":
+            known = ", ".join(strategy.Options.model_fields) or "none"
+            raise TunelabError(f"strategy {strategy.name} has no option '{where}'; its options: {known}") from None
+        # A union (e.g. a list or 'all-linear') fails once per member: say every way the value could have fit.
+        reasons = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors
+                                            if _option_name(e["loc"]) == where))
+        subject = f"option '{where}'" if where else "options"  # model-level checks span several options
+        raise TunelabError(f"strategy {strategy.name}: {subject}: {reasons}") from None
+
+
+class FixedDefaults:
+    """Training defaults that do not depend on the options; a head-based strategy unless it says otherwise."""
+
+    default_learning_rate: float
+    default_epochs: float
+    prompt_based = False
+
+    def training_defaults(self, options: BaseModel) -> tuple[float, float]:
+        return self.default_learning_rate, self.default_epochs
+
+
+class PartialTraining(FixedDefaults):
     """Shared by strategies that train an existing part of the model, named by parameter prefixes."""
 
     name: str

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ValidationError
-
 from tunelab.errors import TunelabError
 from tunelab.strategies.adapter import BottleneckAdapters
-from tunelab.strategies.base import Strategy
+from tunelab.strategies.base import Strategy, parse_options
 from tunelab.strategies.full import FullFineTuning
 from tunelab.strategies.ia3 import Ia3
 from tunelab.strategies.linear_probe import LinearProbe
 from tunelab.strategies.lora import Lora
 from tunelab.strategies.p_tuning import PTuning
+from tunelab.strategies.pet import PatternExploitingTraining
 from tunelab.strategies.prefix import PrefixTuning
 from tunelab.strategies.prompt_tuning import PromptTuning
+from tunelab.strategies.soft_template import SoftTemplate
+from tunelab.strategies.zero_shot import ZeroShot
+
+__all__ = ["STRATEGIES", "check_prompt_settings", "check_serves_task", "get_strategy", "parse_options"]
 
 STRATEGIES: dict[str, Strategy] = {
     strategy.name: strategy for strategy in [FullFineTuning(), LinearProbe(), Lora(), Ia3(), BottleneckAdapters(),
-                                                    PrefixTuning(), PromptTuning(), PTuning()]
+                                             PrefixTuning(), PromptTuning(), PTuning(), ZeroShot(),
+                                             PatternExploitingTraining(), SoftTemplate()]
 }
 
 
@@ -34,22 +38,9 @@ def check_serves_task(strategy: Strategy, task: str) -> None:
         raise TunelabError(f"strategy {strategy.name} does not apply to generation; use one of {', '.join(usable)}")
 
 
-def _option_name(location: tuple) -> str:
-    """The option a pydantic error is about: field names and list indices, not the union member it tried."""
-    return ".".join(str(part) for part in location if isinstance(part, int) or str(part).isidentifier())
-
-
-def parse_options(strategy: Strategy, options: dict) -> BaseModel:
-    try:
-        return strategy.Options.model_validate(options)
-    except ValidationError as error:
-        errors = error.errors()
-        where = _option_name(errors[0]["loc"])
-        if errors[0]["type"] == "extra_forbidden":
-            known = ", ".join(strategy.Options.model_fields) or "none"
-            raise TunelabError(f"strategy {strategy.name} has no option '{where}'; its options: {known}") from None
-        # A union (e.g. a list or 'all-linear') fails once per member: say every way the value could have fit.
-        reasons = " or ".join(dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors
-                                            if _option_name(e["loc"]) == where))
-        subject = f"option '{where}'" if where else "options"  # model-level checks span several options
-        raise TunelabError(f"strategy {strategy.name}: {subject}: {reasons}") from None
+def check_prompt_settings(strategy: Strategy, prompt_settings_given: bool) -> None:
+    """Templates and label words mean something only to the prompt-based strategies; say so rather than ignore."""
+    if prompt_settings_given and not strategy.prompt_based:
+        prompt_based = [name for name, candidate in STRATEGIES.items() if candidate.prompt_based]
+        raise TunelabError(f"template and label-word settings apply to the prompt-based strategies "
+                           f"({', '.join(prompt_based)}); {strategy.name} trains a new head instead")

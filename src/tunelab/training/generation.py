@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import RunConfig
 from tunelab.data.splits import Splits
-from tunelab.strategies.registry import get_strategy
+from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.generation import CausalLM, held_out_loss, pair_collator, tokenize_pairs
 from tunelab.training.trainer import build_trainer, training_arguments
 
@@ -23,8 +23,9 @@ def fit_generator(model: CausalLM, tokenizer: PreTrainedTokenizerBase, splits: S
     run shows by itself whether training helped."""
     strategy = get_strategy(config.strategy.name)
     training = config.training
-    args = training_arguments(training, checkpoints, training.learning_rate or strategy.default_learning_rate,
-                              training.epochs or strategy.default_epochs, progress, best_metric="loss")
+    default_lr, default_epochs = strategy.training_defaults(parse_options(strategy, config.strategy.options))
+    args = training_arguments(training, checkpoints, training.learning_rate or default_lr,
+                              training.epochs or default_epochs, progress, best_metric="loss")
     encoded = {name: tokenize_pairs(part["prompt"].tolist(), part["completion"].tolist(), tokenizer,
                                     training.max_length)
                for name, part in vars(splits).items()}

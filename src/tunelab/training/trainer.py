@@ -13,12 +13,12 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import save_file
 from torch import nn
 from transformers import (
     EvalPrediction,
-    PreTrainedTokenizerBase,
     PrinterCallback,
     Trainer,
     TrainingArguments,
@@ -30,12 +30,10 @@ from tunelab.errors import TunelabError
 CHECKPOINT_WEIGHTS = "model.safetensors"  # the name Trainer looks for when it restores the best epoch
 
 
-def tokenize(texts: list[str], label_ids: list[int], tokenizer: PreTrainedTokenizerBase,
-             max_length: int) -> datasets.Dataset:
-    """Token ids without padding: the collator pads each batch to its own longest text."""
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)
-    return datasets.Dataset.from_dict({"input_ids": encoded["input_ids"],
-                                       "attention_mask": encoded["attention_mask"], "labels": label_ids})
+def encode_examples(encode: Callable[[pd.DataFrame], dict[str, list]], rows: pd.DataFrame,
+                    label_ids: list[int]) -> datasets.Dataset:
+    """Token ids without padding (the collator pads each batch to its own longest example), with label ids."""
+    return datasets.Dataset.from_dict({**encode(rows), "labels": label_ids})
 
 
 class FeatureDataset(torch.utils.data.Dataset):

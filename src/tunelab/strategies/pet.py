@@ -1,0 +1,73 @@
+"""Prompt-based fine-tuning (PET, Schick & Schütze 2021; LM-BFF, Gao et al. 2021): the classifier is the
+language model filling the template's label slot, and training lowers the cross-entropy over the label words'
+scores. No head is added, so a few examples go a long way. What trains is a weight strategy's choice (`tune`):
+every weight (the papers' setting), a LoRA delta, IA3 or bottleneck adapters; soft tokens in the template train
+with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from tunelab.errors import TunelabError
+from tunelab.strategies.adapter import BottleneckAdapters
+from tunelab.strategies.base import Strategy, parse_options
+from tunelab.strategies.full import FullFineTuning
+from tunelab.strategies.ia3 import Ia3
+from tunelab.strategies.lora import Lora
+
+TUNABLE: dict[str, Strategy] = {strategy.name: strategy
+                                for strategy in (FullFineTuning(), Lora(), Ia3(), BottleneckAdapters())}
+# (learning rate, epochs) for the few-shot regime, measured on SmolLM2 with 32 examples per label
+# (docs/architecture.md, "Prompt-based classification").
+FEW_SHOT_DEFAULTS = {"full": (1e-5, 10.0), "lora": (1e-3, 10.0), "ia3": (1e-2, 10.0), "adapter": (1e-3, 10.0)}
+
+
+class PetOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tune: Literal["full", "lora", "ia3", "adapter"] = Field("full", description="what trains: every weight, or a "
+                                                                                 "lora/ia3/adapter delta")
+    tune_options: dict[str, Any] = Field(default_factory=dict, description="options of the tuned strategy, e.g. "
+                                                                           "{r: 16} for lora")
+
+    @model_validator(mode="after")
+    def _tuned_options_fit(self) -> PetOptions:
+        parse_options(TUNABLE[self.tune], self.tune_options)  # a one-line TunelabError naming the option
+        return self
+
+
+class PatternExploitingTraining:
+    name = "pet"
+    summary = "prompt-based fine-tuning: the LM fills a template's label slot; strong with few labels"
+    Options = PetOptions
+    serves_generation = False
+    prompt_based = True
+
+    def _tuned(self, options: PetOptions) -> tuple[Strategy, BaseModel]:
+        strategy = TUNABLE[options.tune]
+        return strategy, parse_options(strategy, options.tune_options)
+
+    def training_defaults(self, options: PetOptions) -> tuple[float, float]:
+        return FEW_SHOT_DEFAULTS[options.tune]
+
+    def trains_on_features(self, options: BaseModel) -> bool:
+        return False
+
+    def apply(self, model: nn.Module, options: PetOptions) -> None:
+        strategy, tuned = self._tuned(options)
+        strategy.apply(model, tuned)
+
+    def save_delta(self, model: nn.Module, options: PetOptions, folder: Path) -> list[Path]:
+        strategy, tuned = self._tuned(options)
+        return strategy.save_delta(model, tuned, folder)
+
+    def load_delta(self, model: nn.Module, options: PetOptions, folder: Path) -> None:
+        strategy, tuned = self._tuned(options)
+        strategy.load_delta(model, tuned, folder)
+
+    def merge(self, model: nn.Module) -> None:
+        raise TunelabError("prompt-based runs are not exported: the run directory holds the template and label "
+                           "words that `tunelab predict` needs")
