@@ -1,5 +1,6 @@
-"""Every head-based strategy (test_prompting.py has the prompt-based ones), on the encoder and on the causal LM (classification through a head): a short run
-lowers the training loss, and the saved run predicts exactly what the trained model did."""
+"""Every head-based strategy (test_prompting.py has the prompt-based ones), on the encoder and on the causal LM
+(classification through a head): a short run lowers the training loss, and the saved run predicts exactly what
+the trained model did."""
 
 from pathlib import Path
 

@@ -14,8 +14,8 @@ from tunelab.assets.models import model_kind, resolve_model
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone, load_tokenizer, pool
 from tunelab.tasks.classification import LabelMap, SequenceClassifier, classification_metrics
-from tunelab.training.features import extract_features
 from tunelab.tasks.inputs import TextEncoder
+from tunelab.training.features import extract_features
 from tunelab.training.trainer import encode_examples
 
 # --- model resolution -----------------------------------------------------------------------------------------
