@@ -1,21 +1,20 @@
 """Zero-shot template and label-word candidates for a dataset, with and without contextual calibration.
 
-How tunelab's default template for movie-snippets was chosen: every candidate is scored on the same test split
-with the same model, raw and calibrated (Zhao et al. 2021), and the table is written as JSON.
-
-    python benchmarks/prompt_templates.py --model smollm2 --data movie-snippets --output benchmarks/results/x.json
+How tunelab's default template for movie-snippets was chosen: every candidate is scored with the same model on
+the validation split (where a default should be chosen) and the test split (what the README quotes), raw and
+calibrated (Zhao et al. 2021); results go to benchmarks/results/prompt_templates.json.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from common import log, machine, main_for, write_result
 
+NAME = "prompt_templates"
 # (template, label words); the chat-format candidate speaks to SmolLM2-Instruct the way it was tuned.
 CANDIDATES = [
     ("Review: {text}\nSentiment: {label}", {"negative": ["negative"], "positive": ["positive"]}),
@@ -31,14 +30,8 @@ CANDIDATES = [
 ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--data", default="movie-snippets")
-    parser.add_argument("--limit-eval", type=int, default=None, help="score only the first N test examples")
-    parser.add_argument("--output", type=Path, default=Path("benchmarks/results/prompt_templates.json"))
-    args = parser.parse_args()
-
+def score(template: str, words: dict, settings: dict[str, Any]) -> dict[str, Any]:
+    """Raw and calibrated accuracy of one candidate on each split, and its content-free label probabilities."""
     import transformers
 
     from tunelab import build_config
@@ -49,29 +42,45 @@ def main() -> None:
     from tunelab.tasks.classification import classification_metrics
 
     transformers.logging.set_verbosity_error()
-    results = []
-    for template, words in CANDIDATES:
-        config = build_config({"model": args.model, "strategy": {"name": "zero-shot"},
-                               "data": {"source": args.data, "limit_eval": args.limit_eval},
-                               "prompt": {"template": template, "verbalizer": words}})
-        splits, label_map = load_splits(config)
-        model, tokenizer = build_classifier(config, label_map)
-        label_ids = np.array(label_map.encode(splits.test["label"].tolist(), "test"))
+    config = build_config({"model": settings["model"], "strategy": {"name": "zero-shot"},
+                           "data": {"source": settings["data"], "limit_eval": settings["limit_eval"]},
+                           "prompt": {"template": template, "verbalizer": words}})
+    splits, label_map = load_splits(config)
+    model, tokenizer = build_classifier(config, label_map)
+    bias = model.content_free_probabilities()
+    row: dict[str, Any] = {"template": template, "verbalizer": words,
+                           "content_free_probabilities": dict(zip(label_map.labels, bias.tolist(), strict=True))}
+    for split in settings["splits"]:
+        examples = getattr(splits, split)
+        label_ids = np.array(label_map.encode(examples["label"].tolist(), split))
         start = time.perf_counter()
-        raw = Predictor(model, tokenizer, label_map, config.training.max_length).logits(splits.test)
-        seconds = time.perf_counter() - start
-        bias = model.content_free_probabilities()
-        calibrated_logits = calibrated(torch.from_numpy(raw), bias).numpy()
-        row = {"template": template, "verbalizer": words, "examples": len(label_ids),
-               "accuracy": classification_metrics(raw, label_ids, label_map)["accuracy"],
-               "accuracy_calibrated": classification_metrics(calibrated_logits, label_ids, label_map)["accuracy"],
-               "content_free_probabilities": dict(zip(label_map.labels, bias.tolist(), strict=True)),
-               "ms_per_example": 1000 * seconds / len(label_ids)}
-        results.append(row)
-        print(json.dumps(row))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"model": args.model, "data": args.data, "candidates": results}, indent=2) + "\n")
+        raw = Predictor(model, tokenizer, label_map, config.training.max_length).logits(examples)
+        row[split] = {"examples": len(label_ids), "ms_per_example": 1000 * (time.perf_counter() - start) / len(raw),
+                      "accuracy": classification_metrics(raw, label_ids, label_map)["accuracy"],
+                      "accuracy_calibrated": classification_metrics(calibrated(torch.from_numpy(raw), bias).numpy(),
+                                                                    label_ids, label_map)["accuracy"]}
+    return row
+
+
+def run_benchmark(repeats: int = 1, quick: bool = False, keep: bool = False, model: str = "smollm2",
+                  data: str = "movie-snippets", splits: str = "validation,test") -> dict[str, Any]:
+    """`repeats` is unused: scoring is deterministic."""
+    settings = {"model": model, "data": data, "splits": splits.split(","), "limit_eval": 50 if quick else None}
+    results = []
+    for template, words in CANDIDATES[:2] if quick else CANDIDATES:
+        results.append(score(template, words, settings))
+        log(f"{NAME}: {template!r} {words}: " + ", ".join(
+            f"{split} {results[-1][split]['accuracy']:.4f} (calibrated {results[-1][split]['accuracy_calibrated']:.4f})"
+            for split in settings["splits"]))
+    chosen = max(results, key=lambda row: row[settings["splits"][0]]["accuracy"])
+    result = {"benchmark": NAME, "quick": quick, "settings": settings, "machine": machine(),
+              "best_on_first_split": chosen["template"], "candidates": results}
+    path = write_result(NAME, result, quick)
+    log(f"{NAME}: wrote {path}")
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    main_for(run_benchmark, __doc__.splitlines()[0], 1, "2 candidates, 50 examples per split", extra={
+        "--model": {"default": "smollm2"}, "--data": {"default": "movie-snippets"},
+        "--splits": {"default": "validation,test", "help": "comma-separated; the first one chooses"}})

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import few_shot
 import probe_cache
+import prompt_templates
 import strategy_accuracy
 import strategy_costs
 import vs_plain
@@ -61,6 +63,21 @@ def accuracy_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [("accuracy: majority class", f"{result['majority_accuracy']:.4f}", ""), *rows]
 
 
+def few_shot_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = [(f"few-shot: {mode}", f"{s['accuracy']['mean']:.4f} ± {s['accuracy']['std']:.4f} "
+             f"({s['accuracy']['min']:.4f}-{s['accuracy']['max']:.4f}), train {s['train_s_per_example']:.3f} s per "
+             f"example-epoch, latency {s['latency_ms_per_example']:.1f} ms", "")
+            for mode, s in result["summary"].items()]
+    return [*rows, *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
+
+
+def template_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(f"template: {row['template'][:48]!r} {'/'.join(w[0] for w in row['verbalizer'].values())}",
+             ", ".join(f"{split} {row[split]['accuracy']:.4f} (calibrated {row[split]['accuracy_calibrated']:.4f})"
+                       for split in result["settings"]["splits"]),
+             "chosen" if row["template"] == result["best_on_first_split"] else "") for row in result["candidates"]]
+
+
 DRIVERS = {
     "full": (lambda args: vs_plain_rows(vs_plain.run_benchmark(args.repeats or 3, args.quick, args.keep, "full"),
                                         "full")),
@@ -69,13 +86,16 @@ DRIVERS = {
     "probe": lambda args: probe_rows(probe_cache.run_benchmark(args.repeats or 1, args.quick, args.keep)),
     "costs": lambda args: cost_rows(strategy_costs.run_benchmark(args.repeats or 3, args.quick, args.keep)),
     "accuracy": lambda args: accuracy_rows(strategy_accuracy.run_benchmark(args.repeats or 3, args.quick, args.keep)),
+    "templates": lambda args: template_rows(prompt_templates.run_benchmark(1, args.quick, args.keep)),
+    "few-shot": lambda args: few_shot_rows(few_shot.run_benchmark(args.repeats or 5, args.quick, args.keep)),
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=None,
-                        help="repeats per benchmark (default: 3; probe 1; for accuracy, the number of seeds)")
+                        help="repeats per benchmark (default: 3; probe 1; for accuracy and few-shot (5), the "
+                             "number of seeds)")
     parser.add_argument("--only", choices=list(DRIVERS), action="append", help="run these benchmarks only")
     parser.add_argument("--quick", action="store_true", help="tiny smoke test; writes results/<name>.quick.json")
     parser.add_argument("--keep", action="store_true", help="keep the working folders (runs, logs, CSVs)")

@@ -240,6 +240,14 @@ def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_prob
                                    "export writes merged models: pass --merge"),
         "export of a non-run": (["export", str(tmp_path), "--merge", "--output", str(tmp_path / "run")],
                                 "is not a tunelab run directory"),
+        "verbalizer without =": ([*train, "--strategy", "pet", "--verbalizer", "positive"],
+                                 "--verbalizer 'positive' is not LABEL=WORDS"),
+        "--tune with a head strategy": ([*train, "--tune", "lora"], "strategy full has no option 'tune'"),
+        "template with a head strategy": ([*train, "--template", "{text} It was {label}"],
+                                          "template and label-word settings apply to the prompt-based strategies"),
+        "prompt without an LM head": (["prompt", "--model", str(tiny_bert), "--data", str(sentiment_csv)],
+                                      "has no trained masked-LM head"),
+        "too many shots": ([*train, "--shots", "40"], "--shots 40: the training split has only 30 examples"),
     }
 
 
@@ -247,7 +255,8 @@ def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_prob
     "unknown label column", "unknown hub model", "unknown hub dataset", "bad --set", "bad --set value",
     "unknown --set key", "invalid --set value", "bad strategy option", "missing config file",
     "predict with a non-run", "summary of a non-run", "bracketed path", "export without --merge",
-    "export of a non-run",
+    "export of a non-run", "verbalizer without =", "--tune with a head strategy", "template with a head strategy",
+    "prompt without an LM head", "too many shots",
 ])
 def test_more_user_errors_in_process(case: str, error_inputs: dict, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
@@ -276,3 +285,33 @@ def test_data_show(sentiment_csv: Path, monkeypatch: pytest.MonkeyPatch, capsys:
     flat = " ".join(stdout.split())
     assert "80 examples · splits train 60 / validation 8 / test 12" in flat
     assert "negative │ 40 │ 50.0%" in flat and "positive │ 40 │ 50.0%" in flat
+
+
+def test_prompt_zero_shot_then_predict_and_few_shot_pet(tiny_llama_lm: Path, sentiment_csv: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    ask = ["--model", str(tiny_llama_lm), "--data", str(sentiment_csv), "--template",
+           "Review: {text}\\nSentiment: {label}", "--verbalizer", "positive= good, great", "--verbalizer",
+           "negative=bad"]
+    code, stdout, stderr = run_main(["prompt", *ask, "--calibrate"], monkeypatch, capsys)
+    assert code == 0, stderr
+    assert "zero-shot" in stdout and "12 examples" in " ".join(stdout.split())
+
+    run = tmp_path / "zero"
+    code, stdout, stderr = run_main(["prompt", *ask, "--output", str(run)], monkeypatch, capsys)
+    assert code == 0, stderr
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["strategy"]["name"] == "zero-shot"
+    assert saved["prompt"]["template"] == "Review: {text}\nSentiment: {label}"  # the flag's \\n is a newline
+    assert saved["prompt"]["verbalizer"] == {"negative": ["bad"], "positive": [" good", " great"]}
+    code, stdout, stderr = run_main(["predict", str(run), "good great film"], monkeypatch, capsys)
+    assert code == 0 and "good great film" in stdout, stderr
+
+    pet = tmp_path / "pet"
+    code, stdout, stderr = run_main(["train", *ask, "--strategy", "pet", "--tune", "lora", "--shots", "4",
+                                     "--epochs", "1", "--max-length", "24", "--quiet", "--output", str(pet)],
+                                    monkeypatch, capsys)
+    assert code == 0, stderr
+    saved = yaml.safe_load((pet / "config.yaml").read_text())
+    assert saved["data"]["shots"] == 4 and saved["strategy"]["options"]["tune"] == "lora"
+    assert json.loads((pet / "metrics.json").read_text())["train_examples"] == 8
+    assert (pet / "adapter" / "adapter_model.safetensors").exists()

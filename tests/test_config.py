@@ -123,3 +123,15 @@ def test_example_configs_are_valid():
     assert examples
     for path in examples:
         assert build_config(read_yaml(path)).output is not None
+
+
+def test_prompt_example_parses_into_template_words_and_pet_options():
+    from tunelab.prompting.template import Template
+    from tunelab.prompting.verbalizer import Verbalizer
+    from tunelab.strategies.registry import get_strategy, parse_options
+
+    config = build_config(read_yaml(Path(__file__).parents[1] / "examples" / "movie-snippets-pet.yaml"))
+    assert Template.parse(config.prompt.template).fields == ["text"]
+    assert Verbalizer.build(config.prompt.verbalizer, ["negative", "positive"]).words["positive"] == ("positive",)
+    assert parse_options(get_strategy("pet"), config.strategy.options).tune == "full"
+    assert config.data.shots == 32

@@ -302,6 +302,15 @@ def test_zero_shot_run_has_no_delta_and_predicts_like_the_base_model(tiny_llama_
     np.testing.assert_allclose(predictor.logits(TEXTS), base.logits(TEXTS), rtol=0, atol=1e-6)
 
 
+def test_prompt_based_runs_are_not_exported(tiny_llama_lm: Path, sentiment_csv: Path, tmp_path: Path):
+    from tunelab.export import export_merged
+
+    result = api.train(_prompt_config(tiny_llama_lm, sentiment_csv, tmp_path / "run", "zero-shot"), progress=False)
+    with pytest.raises(TunelabError, match="zero-shot runs classify through a template and label words"):
+        export_merged(result.path, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
 def test_templates_read_other_columns(tiny_llama_lm: Path, tmp_path: Path):
     frame = sentiment_frame(80).assign(title=lambda f: "title " + f["label"])
     data = write_table(frame, tmp_path / "titled.csv")

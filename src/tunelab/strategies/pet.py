@@ -69,5 +69,5 @@ class PatternExploitingTraining:
         strategy.load_delta(model, tuned, folder)
 
     def merge(self, model: nn.Module) -> None:
-        raise TunelabError("prompt-based runs are not exported: the run directory holds the template and label "
-                           "words that `tunelab predict` needs")
+        raise TunelabError("pet runs are not merged: the classifier is the template and label words as much as the "
+                           "weights, and only the run directory holds them")
