@@ -44,7 +44,8 @@ def main() -> None:
     labels = torch.tensor(label_map.encode(splits.train["label"].tolist(), "train"))
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     # What tunelab's Trainer uses on torch >= 2.8: the fused AdamW kernel, weight decay from the config.
-    optimizer = torch.optim.AdamW(trainable, lr=strategy.default_learning_rate,
+    learning_rate, _ = strategy.training_defaults(parse_options(strategy, config.strategy.options))
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate,
                                   weight_decay=config.training.weight_decay, fused=True)
     timings = []
     for step in range(args.steps + 2):

@@ -30,8 +30,6 @@ class Strategy(Protocol):
     name: str
     summary: str
     Options: type[BaseModel]
-    default_learning_rate: float
-    default_epochs: float
     serves_generation: bool  # whether it can adapt a causal LM that has no task head (`task: generation`)
     prompt_based: bool  # classifies through a template and label words (PromptClassifier), not a new head
 
