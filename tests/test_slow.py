@@ -1,4 +1,5 @@
-"""The real embedded defaults: the packaged MiniLM and the movie-snippets corpus. Run with `pytest -m slow`."""
+"""The real embedded defaults: the packaged MiniLM and SmolLM2, and the movie-snippets corpus. Run with
+`pytest -m slow`."""
 
 import shutil
 from pathlib import Path
@@ -50,3 +51,31 @@ def test_movie_snippets_catalog(tunelab_home: Path):
     assert len(examples) == 10072
     assert examples["label"].value_counts().to_dict() == {"negative": 5076, "positive": 4996}
     assert examples["text"].str.strip().ne("").all()
+
+
+@pytest.fixture
+def user_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's own cache, read only: SmolLM2 converted to fp32 and the VADER archive, both written before."""
+    home = Path.home() / ".cache" / "tunelab"
+    if not (home / "models" / "smollm2").exists() or not (home / "data" / datasets.VADER_ARCHIVE).exists():
+        pytest.skip(f"{home} lacks smollm2 or the VADER archive; run `tunelab prompt --model smollm2` once")
+    monkeypatch.setenv("TUNELAB_HOME", str(home))
+    return home
+
+
+def test_smollm2_zero_shot_reads_whole_prompt_tokens_and_classifies(user_cache: Path):
+    """Encoding the template by pieces gives SmolLM2 the ids of the whole prompt, and the default template
+    classifies movie snippets zero-shot well above chance (0.843 on the full test split)."""
+    from tunelab import build_config
+    from tunelab.api import load_splits, zero_shot
+    from tunelab.runs import build_classifier
+
+    config = build_config({"model": "smollm2", "strategy": {"name": "zero-shot"}, "data": {"limit_eval": 200}})
+    splits, label_map = load_splits(config)
+    model, tokenizer = build_classifier(config, label_map)
+    texts = splits.test["text"].tolist()
+    by_pieces = model.encoder(splits.test)["input_ids"]
+    whole = tokenizer([f"Movie review: {text}\nThe sentiment of this review is" for text in texts],
+                      add_special_tokens=True)["input_ids"]
+    assert by_pieces == whole  # all 1,511 test snippets too (checked once; 200 keep the test short)
+    assert zero_shot(config)["accuracy"] >= 0.78
