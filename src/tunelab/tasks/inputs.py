@@ -13,8 +13,6 @@ from tunelab.prompting.model import PromptClassifier
 
 
 class TextEncoder:
-    fields = ["text"]
-
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int):
         self.tokenizer, self.max_length = tokenizer, max_length
 
