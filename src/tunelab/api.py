@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import transformers
 from pydantic import BaseModel
@@ -186,15 +187,19 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
     return RunResult(path, metrics, resources, predictor)
 
 
+def _score(predictor: Predictor, examples: pd.DataFrame, name: str) -> dict[str, Any]:
+    """Classification metrics of `predictor` on labelled `examples` (`name` says where they came from)."""
+    label_ids = np.array(predictor.label_map.encode(examples["label"].tolist(), name))
+    return classification_metrics(predictor.logits(examples), label_ids, predictor.label_map)
+
+
 def zero_shot(config: RunConfig) -> dict[str, Any]:
     """Test-split metrics of the pre-trained language model asked through the config's template and label
     words, without writing a run (`train` with strategy zero-shot writes one)."""
     config = config.model_copy(update={"strategy": StrategyConfig(name="zero-shot")})
     splits, label_map = load_splits(config)
     model, tokenizer = build_classifier(config, label_map)
-    logits = Predictor(model, tokenizer, label_map, config.training.max_length).logits(splits.test)
-    label_ids = np.array(label_map.encode(splits.test["label"].tolist(), "test split"))
-    return classification_metrics(logits, label_ids, label_map)
+    return _score(Predictor(model, tokenizer, label_map, config.training.max_length), splits.test, "test split")
 
 
 def load_predictor(run_dir: Path) -> Predictor:
@@ -243,6 +248,4 @@ def evaluate(run_dir: Path, source: str | None = None, text_column: str = "text"
         examples, name = load_examples(source, text_column, label_column, template_fields(run.config)), source
     if limit is not None:
         examples = examples.iloc[:limit]
-    label_ids = np.array(run.label_map.encode(examples["label"].tolist(), name))
-    predictor = Predictor(run.model, run.tokenizer, run.label_map, run.config.training.max_length)
-    return classification_metrics(predictor.logits(examples), label_ids, run.label_map)
+    return _score(Predictor(run.model, run.tokenizer, run.label_map, run.config.training.max_length), examples, name)

@@ -97,6 +97,12 @@ class PromptClassifier(nn.Module):
         self.vocab_size = backbone.get_input_embeddings().num_embeddings
         self.encoder = encoder
         self.head = SoftTokens(self._soft_init())
+        self._content_free: torch.Tensor | None = None  # measured once per stretch of evaluation
+
+    def train(self, mode: bool = True) -> PromptClassifier:
+        if mode:  # the weights may change: the prompt's bias must be measured again before the next prediction
+            self._content_free = None
+        return super().train(mode)
 
     @property
     def causal(self) -> bool:
@@ -117,6 +123,7 @@ class PromptClassifier(nn.Module):
                                f"like 'Review: {{text}} Sentiment: {{label}}'")
         self.encoder = TemplateEncoder(template, old.tokenizer, old.max_length, old.causal, self.vocab_size)
         self.head = SoftTokens(self._soft_init(), encoder, encoder_size)
+        self._content_free = None
 
     def _inputs(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Token ids, or embeddings with the soft tokens' vectors in place when the input has any."""
@@ -170,7 +177,16 @@ class PromptClassifier(nn.Module):
 
     @torch.no_grad()
     def content_free_probabilities(self) -> torch.Tensor:
-        """(C,): the label probabilities the prompt gives inputs with no content, averaged: its bias."""
+        """(C,): the label probabilities the prompt gives inputs with no content, averaged: its bias.
+
+        Kept until the model next switches to training, so predicting costs three extra sequences once, not per
+        batch; after changing weights outside training, call `train()` and then `eval()` to measure again."""
+        if self._content_free is None:
+            self._content_free = self._measure_content_free()
+        return self._content_free
+
+    @torch.no_grad()
+    def _measure_content_free(self) -> torch.Tensor:
         rows = pd.DataFrame({name: list(CONTENT_FREE) for name in self.encoder.fields})
         batch = self.encoder.tokenizer.pad(self.encoder(rows), return_tensors="pt")
         device = self.word_labels.device

@@ -139,6 +139,17 @@ class FixedDefaults:
         return self.default_learning_rate, self.default_epochs
 
 
+class PromptBased:
+    """What the prompt-based strategies share: they classify through a template and label words
+    (`PromptClassifier`), never on cached sentence vectors, and have no generation form."""
+
+    prompt_based = True
+    serves_generation = False
+
+    def trains_on_features(self, options: BaseModel) -> bool:
+        return False
+
+
 class PartialTraining(FixedDefaults):
     """Shared by strategies that train an existing part of the model, named by parameter prefixes."""
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from tunelab.errors import TunelabError
 from tunelab.strategies.adapter import BottleneckAdapters
-from tunelab.strategies.base import Strategy, parse_options
+from tunelab.strategies.base import PromptBased, Strategy, parse_options
 from tunelab.strategies.full import FullFineTuning
 from tunelab.strategies.ia3 import Ia3
 from tunelab.strategies.lora import Lora
@@ -40,12 +40,10 @@ class PetOptions(BaseModel):
         return self
 
 
-class PatternExploitingTraining:
+class PatternExploitingTraining(PromptBased):
     name = "pet"
     summary = "prompt-based fine-tuning: the LM fills a template's label slot; strong with few labels"
     Options = PetOptions
-    serves_generation = False
-    prompt_based = True
 
     def _tuned(self, options: PetOptions) -> tuple[Strategy, BaseModel]:
         strategy = TUNABLE[options.tune]
@@ -53,9 +51,6 @@ class PatternExploitingTraining:
 
     def training_defaults(self, options: PetOptions) -> tuple[float, float]:
         return FEW_SHOT_DEFAULTS[options.tune]
-
-    def trains_on_features(self, options: BaseModel) -> bool:
-        return False
 
     def apply(self, model: nn.Module, options: PetOptions) -> None:
         strategy, tuned = self._tuned(options)

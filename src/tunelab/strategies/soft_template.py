@@ -10,7 +10,7 @@ from torch import nn
 
 from tunelab.errors import TunelabError
 from tunelab.prompting.model import PromptEncoderKind
-from tunelab.strategies.base import PartialTraining, freeze_all_but, mark_applied
+from tunelab.strategies.base import PartialTraining, PromptBased, freeze_all_but, mark_applied
 
 
 class SoftTemplateOptions(BaseModel):
@@ -19,20 +19,15 @@ class SoftTemplateOptions(BaseModel):
     encoder_size: int = Field(128, gt=0, description="hidden size of the prompt encoder")
 
 
-class SoftTemplate(PartialTraining):
+class SoftTemplate(PromptBased, PartialTraining):
     name = "soft-template"
     summary = "P-tuning: the template's words become trainable vectors; the language model stays frozen"
     Options = SoftTemplateOptions
     default_learning_rate = 1e-2
     default_epochs = 10.0
-    serves_generation = False
-    prompt_based = True
 
     def trainable_prefixes(self, options: BaseModel) -> tuple[str, ...]:
         return ("head.",)
-
-    def trains_on_features(self, options: BaseModel) -> bool:
-        return False
 
     def apply(self, model: nn.Module, options: SoftTemplateOptions) -> None:
         mark_applied(model, self.name)

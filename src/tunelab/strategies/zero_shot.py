@@ -10,20 +10,15 @@ from pydantic import BaseModel
 from torch import nn
 
 from tunelab.errors import TunelabError
-from tunelab.strategies.base import FixedDefaults, NoOptions, mark_applied
+from tunelab.strategies.base import FixedDefaults, NoOptions, PromptBased, mark_applied
 
 
-class ZeroShot(FixedDefaults):
+class ZeroShot(PromptBased, FixedDefaults):
     name = "zero-shot"
     summary = "ask the pre-trained LM through a template and label words; nothing trains"
     Options = NoOptions
     default_learning_rate = 0.0
     default_epochs = 0.0
-    serves_generation = False
-    prompt_based = True
-
-    def trains_on_features(self, options: BaseModel) -> bool:
-        return False
 
     def apply(self, model: nn.Module, options: BaseModel) -> None:
         mark_applied(model, self.name)
