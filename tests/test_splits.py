@@ -80,6 +80,16 @@ def test_limit_train_is_stratified():
     assert counts.to_dict() == {"positive": 35, "negative": 10, "neutral": 5}
 
 
+def test_limit_validation_is_a_stratified_subset_and_leaves_the_rest():
+    frame = _frame(400)
+    unlimited = split_examples(frame, 0.15, 0.1, seed=0)
+    limited = split_examples(frame, 0.15, 0.1, seed=0, limit_validation=20)
+    assert limited.validation["label"].value_counts().to_dict() == {"positive": 14, "negative": 4, "neutral": 2}
+    assert set(_texts(limited.validation)) <= set(_texts(unlimited.validation))
+    pd.testing.assert_frame_equal(limited.test, unlimited.test)
+    pd.testing.assert_frame_equal(limited.train, unlimited.train)
+
+
 def test_limit_eval_takes_prefixes():
     frame = _frame(200)
     unlimited = split_examples(frame, 0.15, 0.1, seed=0)

@@ -61,14 +61,14 @@ def load_generation_splits(config: RunConfig) -> Splits:
     data = config.data
     examples = load_prompt_completions(data.source, data.prompt_column, data.completion_column)
     return split_examples(examples, data.test_size, data.validation_size, data.split_seed,
-                          data.limit_train, data.limit_eval)
+                          data.limit_train, data.limit_eval, data.limit_validation)
 
 
 def load_splits(config: RunConfig) -> tuple[Splits, LabelMap]:
     data = config.data
     examples = load_examples(data.source, data.text_column, data.label_column, template_fields(config))
     splits = split_examples(examples, data.test_size, data.validation_size, data.split_seed,
-                            data.limit_train, data.limit_eval)
+                            data.limit_train, data.limit_eval, data.limit_validation)
     if data.shots is not None:
         splits = few_shot(splits, data.shots, config.training.seed)
     preferred = CATALOG[data.source].labels if data.source in CATALOG else ()

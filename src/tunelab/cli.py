@@ -240,6 +240,157 @@ def summary(runs: Annotated[list[Path], typer.Argument(help="run directories to 
     console.print(runs_table(runs, title="runs side by side"))
 
 
+def _comma_list(text: str, what: str, cast: type = str) -> list:
+    try:
+        return [cast(item.strip()) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise TunelabError(f"--{what} '{text}' is not a comma-separated list, e.g. --{what} 64,512") from None
+
+
+def _print_grid_report(folder: Path) -> None:
+    """The grid's summary and claims in the terminal, and its HTML page written beside the runs."""
+    from tunelab.compare.claims import check_claims
+    from tunelab.compare.page import write_page
+    from tunelab.compare.results import load_grid, summarise
+    from tunelab.report import claims_table, grid_table
+
+    results = load_grid(folder)
+    if results.cells.empty:
+        raise TunelabError(f"{folder} has no finished runs yet; run `tunelab compare` with --output {folder}")
+    summary = summarise(results.cells)
+    claims = check_claims(summary)
+    console.print(grid_table(summary, title=f"{len(results.cells)} of {results.planned} runs in {folder}"))
+    console.print(claims_table(claims))
+    for name, reason in results.failures.items():
+        console.print(f"[red]failed[/red] {escape(name)}: {escape(reason)}")
+    console.print(f"report: [bold]{escape(str(write_page(results, summary, claims)))}[/bold]")
+
+
+@app.command()
+def compare(
+    config_file: Annotated[Path | None, typer.Argument(help="YAML run config shared by every run")] = None,
+    output: Annotated[Path | None, typer.Option(help="grid folder: created, or resumed when it holds this grid")]
+    = None,
+    model: Annotated[str | None, typer.Option(help="embedded name (minilm, smollm2), HF folder or hub id")] = None,
+    data: Annotated[str | None, typer.Option(help="embedded dataset, CSV/TSV/JSONL/Parquet file, or HF id")] = None,
+    text_column: Annotated[str | None, typer.Option(help="column with the input text")] = None,
+    label_column: Annotated[str | None, typer.Option(help="column with the label")] = None,
+    strategies: Annotated[str, typer.Option(help="comma-separated, or 'all' (those the model refuses are "
+                                                 "reported as failed)")] = "all",
+    train_sizes: Annotated[str, typer.Option(help="comma-separated training-set sizes")] = "64,512,2000",
+    seeds: Annotated[int, typer.Option(min=1, help="seeds per cell: --seed, --seed + 1, ...")] = 3,
+    seed: Annotated[int, typer.Option(help="the first seed")] = 42,
+    epochs: Annotated[float | None, typer.Option(help="every run's epochs (default: each strategy's own)")] = None,
+    min_steps: Annotated[int, typer.Option(min=0, help="at least this many optimizer steps per run: small training "
+                                                       "sets get more epochs")] = 50,
+    batch_size: Annotated[int | None, typer.Option(help="examples per training step")] = None,
+    max_length: Annotated[int | None, typer.Option(help="tokens per example")] = None,
+    limit_eval: Annotated[int | None, typer.Option(help="evaluate on at most N examples (quick looks)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="any config key, e.g. training.warmup_ratio=0.1")]
+    = None,
+    quiet: Annotated[bool, typer.Option(help="no progress display")] = False,
+) -> None:
+    """Train a grid of strategies x training-set sizes x seeds, each an ordinary run; resumable."""
+    from tunelab.compare.grid import GridSpec, run_grid, usable_strategies
+
+    if output is None:
+        raise TunelabError("no output folder: pass --output DIR (the grid's runs and report go there)")
+    base = _config(config_file, locals(), set_, None, None, None)
+    names = usable_strategies(base.task) if strategies == "all" else _comma_list(strategies, "strategies")
+    spec = GridSpec(base=base.model_dump(mode="json", exclude={"strategy", "output"}, exclude_defaults=True),
+                    strategies=names, train_sizes=_comma_list(train_sizes, "train-sizes", int),
+                    seeds=list(range(seed, seed + seeds)), epochs=epochs, min_steps=min_steps)
+    outcome = run_grid(output, spec, console, progress=not quiet)
+    console.print(f"{len(outcome.trained)} runs trained, {len(outcome.skipped)} already finished, "
+                  f"{len(outcome.failed)} failed")
+    _print_grid_report(output)
+
+
+@app.command()
+def report(grid: Annotated[Path, typer.Argument(help="grid folder from `tunelab compare`")]) -> None:
+    """Summarise a compare grid: a table here, and report.html with plots beside the runs."""
+    _print_grid_report(grid)
+
+
+# What the advisor must know of the embedded models: parameters, causal, LM head.
+EMBEDDED_MODEL_FACTS = {"minilm": (22.7e6, False, False), "smollm2": (135e6, True, True)}
+SIZE_SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+
+
+def _amount(text: str, what: str, example: str) -> float:
+    """'7B' -> 7e9, '350M' -> 3.5e8, '16GB' / '16G' -> 16 (memory is read in GB), '7e9' -> 7e9."""
+    value = text.strip().upper().removesuffix("B") if what == "--memory" else text.strip().upper()
+    scale = SIZE_SUFFIXES.get(value[-1:], 1.0) if what != "--memory" else {"M": 1e-3, "T": 1e3}.get(value[-1:], 1.0)
+    try:
+        return float(value.rstrip("KMBGT")) * scale
+    except ValueError:
+        raise TunelabError(f"{what} '{text}' is not a size; write it like {example}") from None
+
+
+def _measured_summary(grid: Path) -> tuple[Any, Any]:
+    from tunelab.compare.results import load_grid, summarise
+
+    results = load_grid(grid)
+    if results.cells.empty:
+        raise TunelabError(f"{grid} has no finished runs yet; finish `tunelab compare` first or drop --from")
+    return results, summarise(results.cells)
+
+
+@app.command()
+def recommend(
+    samples: Annotated[int | None, typer.Option(min=1, help="labelled examples you have (default with --from: the "
+                                                           "grid's largest training size)")] = None,
+    task: Annotated[str, typer.Option(help="classification or generation")] = "classification",
+    model: Annotated[str | None, typer.Option(help="the model you will tune (default: one the advice picks)")] = None,
+    model_size: Annotated[str | None, typer.Option(help="its parameters, e.g. 350M or 7B (known for minilm and "
+                                                        "smollm2)")] = None,
+    causal: Annotated[bool | None, typer.Option("--causal/--encoder", help="a causal LM or an encoder")] = None,
+    lm_head: Annotated[bool, typer.Option("--lm-head", help="an encoder with its masked-LM head (can take the "
+                                                            "prompt-based strategies)")] = False,
+    memory: Annotated[str, typer.Option(help="memory for training, e.g. 8GB (GPU memory on a GPU)")] = "8GB",
+    gpu: Annotated[bool, typer.Option("--gpu/--cpu", help="training on a GPU or on a CPU")] = False,
+    tasks_to_serve: Annotated[int, typer.Option(min=1, help="tasks to deploy on one base model")] = 1,
+    latency: Annotated[str, typer.Option(help="strict (no added inference latency) or normal")] = "normal",
+    grid: Annotated[Path | None, typer.Option("--from", help="a `tunelab compare` grid: rank by what it measured")]
+    = None,
+    data: Annotated[str | None, typer.Option(help="the data the commands train on (default: the grid's, or "
+                                                  "movie-snippets)")] = None,
+    top: Annotated[int, typer.Option(min=1, help="how many choices to explain")] = 3,
+) -> None:
+    """Which strategy to use: ranked choices, each with its reasons, expected trade-off and the command to run."""
+    from tunelab.compare.advisor import Situation
+    from tunelab.compare.advisor import recommend as advise
+
+    measured = None
+    if grid is not None:
+        results, measured = _measured_summary(grid)
+        samples = samples or int(measured["train_size"].max())
+        model = model or results.spec.base.get("model", "minilm")
+        data = data or results.spec.base.get("data", {}).get("source")
+    if samples is None:
+        raise TunelabError("how many labelled examples? pass --samples N (or --from a compare grid)")
+    parameters, known_causal, known_head = EMBEDDED_MODEL_FACTS.get(model or "", (110e6, False, False))
+    situation = Situation(
+        samples=samples, task=task, model=model,
+        model_parameters=_amount(model_size, "--model-size", "350M or 7B") if model_size else parameters,
+        causal=known_causal if causal is None else causal, has_lm_head=known_head or lm_head,
+        memory_gb=_amount(memory, "--memory", "8GB"), gpu=gpu, tasks_to_serve=tasks_to_serve, latency=latency)
+    ranked = advise(situation, measured, data or "movie-snippets")
+    for rank, choice in enumerate([choice for choice in ranked if choice.feasible][:top], start=1):
+        console.print(f"\n[bold]{rank}. {choice.strategy}[/bold] (score {choice.score:g})")
+        for reason in choice.reasons:
+            console.print(f"   - {escape(reason)}")
+        console.print(f"   expected: {escape(choice.trade_off)}")
+        console.print(f"   run: [bold]{escape(choice.command)}[/bold]")
+    table = Table(title="\nevery strategy, ranked")
+    for column in ("rank", "strategy", "score", "can run here"):
+        table.add_column(column, justify="right" if column in ("rank", "score") else "left")
+    for rank, choice in enumerate(ranked, start=1):
+        table.add_row(str(rank), choice.strategy, f"{choice.score:g}",
+                      "yes" if choice.feasible else f"no: {choice.reasons[0]}")
+    console.print(table)
+
+
 @app.command()
 def strategies() -> None:
     """List the fine-tuning strategies and their defaults."""

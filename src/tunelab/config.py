@@ -26,6 +26,8 @@ class DataConfig(_Section):
     validation_size: float = Field(0.1, gt=0, description="validation split: a fraction (< 1) or a count")
     split_seed: int = Field(0, description="seed of the split; fixed apart from the training seed")
     limit_train: int | None = Field(None, gt=0, description="use at most N training examples (stratified)")
+    limit_validation: int | None = Field(None, gt=0, description="choose the best epoch on at most N validation "
+                                                                 "examples (stratified); the test split stays")
     limit_eval: int | None = Field(None, gt=0, description="evaluate on at most N validation/test examples")
     shots: int | None = Field(None, gt=0, description="few-shot: train on K examples per label and validate on K "
                                                       "per label, drawn with the training seed; the test split stays")

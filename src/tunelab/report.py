@@ -5,24 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from rich.table import Table
+from rich.text import Text
 
+from tunelab.compare.claims import Claim
 from tunelab.config import build_config, read_yaml
 from tunelab.runs import CONFIG_FILE, METRICS_FILE, RESOURCES_FILE, read_json, require_run
-
-
-def human_bytes(count: float | None) -> str:
-    if count is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1024 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} GB"
-
-
-def human_count(count: int) -> str:
-    return f"{count / 1e6:.2f}M" if count >= 1e6 else f"{count / 1e3:.1f}K" if count >= 1e3 else str(count)
+from tunelab.units import human_bytes, human_count
 
 
 def on_disk(resources: dict[str, Any]) -> str:
@@ -59,6 +49,29 @@ def runs_table(run_dirs: list[Path], title: str = "runs") -> Table:
             f"{resources['train_s']:.1f} s", human_bytes(resources["peak_memory_bytes"]),
             on_disk(resources), f"{resources['latency_ms_per_example']:.1f} ms",
         )
+    return table
+
+
+def grid_table(summary: pd.DataFrame, title: str) -> Table:
+    """A compare grid summarised over seeds: one row per (strategy, training-set size)."""
+    from tunelab.compare.page import SUMMARY_HEADER, summary_rows
+
+    table = Table(title=title)
+    for column in SUMMARY_HEADER:
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for row in summary_rows(summary):
+        table.add_row(*row)
+    return table
+
+
+def claims_table(claims: list[Claim]) -> Table:
+    colours = {"holds": "green", "does not hold": "red"}
+    table = Table(title="the article's claims, measured")
+    for column in ("claim", "train n", "verdict", "evidence"):
+        table.add_column(column, justify="right" if column == "train n" else "left")
+    for claim in claims:
+        table.add_row(claim.statement, str(claim.train_size),
+                      Text(claim.verdict, style=colours.get(claim.verdict, "yellow")), claim.evidence)
     return table
 
 

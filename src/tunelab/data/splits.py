@@ -43,7 +43,8 @@ def _take(frame: pd.DataFrame, count: int, seed: int) -> tuple[pd.DataFrame, pd.
 
 
 def split_examples(examples: pd.DataFrame, test_size: float, validation_size: float, seed: int,
-                   limit_train: int | None = None, limit_eval: int | None = None) -> Splits:
+                   limit_train: int | None = None, limit_eval: int | None = None,
+                   limit_validation: int | None = None) -> Splits:
     total = len(examples)
     n_test, n_validation = _count(test_size, total), _count(validation_size, total)
     if n_test < 1 or n_validation < 1 or n_test + n_validation >= total:
@@ -54,6 +55,8 @@ def split_examples(examples: pd.DataFrame, test_size: float, validation_size: fl
     validation, train = _take(rest, n_validation, seed)
     if limit_train is not None:
         train, _ = _take(train, limit_train, seed)
+    if limit_validation is not None:
+        validation, _ = _take(validation, limit_validation, seed)
     if limit_eval is not None:
         validation, test = validation.iloc[:limit_eval], test.iloc[:limit_eval]
     return Splits(*(part.reset_index(drop=True) for part in (train, validation, test)))

@@ -37,6 +37,7 @@ class BottleneckAdapters(PartialTraining):
     default_learning_rate = 2e-3
     default_epochs = 3.0
     serves_generation = True
+    family = "parameter-efficient"
 
     def trainable_prefixes(self, options: BaseModel) -> tuple[str, ...]:
         return ("adapters.", "head.")

@@ -32,6 +32,7 @@ class Strategy(Protocol):
     Options: type[BaseModel]
     serves_generation: bool  # whether it can adapt a causal LM that has no task head (`task: generation`)
     prompt_based: bool  # classifies through a template and label words (PromptClassifier), not a new head
+    family: str  # full | feature extraction | parameter-efficient | prompt-based: how `compare` groups them
 
     def training_defaults(self, options: BaseModel) -> tuple[float, float]:
         """(learning rate, epochs) to train with when the config sets neither."""
@@ -145,6 +146,7 @@ class PromptBased:
 
     prompt_based = True
     serves_generation = False
+    family = "prompt-based"
 
     def trains_on_features(self, options: BaseModel) -> bool:
         return False

@@ -14,6 +14,7 @@ class FullFineTuning(PartialTraining):
     default_learning_rate = 5e-5
     default_epochs = 3.0
     serves_generation = True
+    family = "full"
 
     def trainable_prefixes(self, options: BaseModel) -> tuple[str, ...]:
         return ("backbone.", "head.")

@@ -35,6 +35,7 @@ class PeftAdapter(FixedDefaults):
 
     name: str
     serves_generation = True
+    family = "parameter-efficient"
 
     def peft_config(self, backbone: nn.Module, options: BaseModel) -> PeftConfig:
         raise NotImplementedError

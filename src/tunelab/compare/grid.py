@@ -1,0 +1,195 @@
+"""A comparison grid: every (strategy, training-set size, seed) cell is an ordinary run directory.
+
+Each cell trains in its own `tunelab train` process, so its peak memory is its own, a crash costs one cell, and
+an interrupted grid resumes where it stopped: a cell whose run directory exists is finished (runs are committed
+atomically), so it is skipped. The grid's settings live in `compare.yaml`; resuming with other settings is refused
+rather than mixing two grids in one report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from tunelab.config import RunConfig, build_config, to_yaml
+from tunelab.errors import TunelabError
+from tunelab.runs import METRICS_FILE, read_json, write_json, write_text_atomic
+from tunelab.strategies.registry import STRATEGIES, get_strategy, parse_options
+
+GRID_FILE = "compare.yaml"
+FAILURES_FILE = "failures.json"
+CELLS, CONFIGS, LOGS = "cells", "configs", "logs"
+
+
+class GridSpec(BaseModel):
+    """What a grid measures. `base` is the run config every cell shares (model, data, training settings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: dict[str, Any] = Field(default_factory=dict)
+    strategies: list[str]
+    train_sizes: list[int]
+    seeds: list[int]
+    epochs: float | None = Field(None, gt=0, description="every cell's epochs; default: each strategy's own")
+    min_steps: int = Field(0, ge=0, description="at least this many optimizer steps per cell: small training "
+                                                "sets get more epochs (the defaults were set on 2,000 examples)")
+
+
+@dataclass(frozen=True)
+class Cell:
+    strategy: str
+    train_size: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.strategy}-n{self.train_size}-s{self.seed}"
+
+
+def usable_strategies(task: str) -> list[str]:
+    """`--strategies all`: every registered strategy that serves the task (a model may still refuse some)."""
+    return [name for name, strategy in STRATEGIES.items() if task != "generation" or strategy.serves_generation]
+
+
+def plan(spec: GridSpec) -> list[Cell]:
+    """Seed by seed, so that an interrupted grid already holds complete comparisons for its first seeds."""
+    return [Cell(strategy, size, seed) for seed in spec.seeds for size in spec.train_sizes
+            for strategy in spec.strategies]
+
+
+def cell_epochs(spec: GridSpec, cell: Cell, batch_size: int) -> float:
+    """The grid's epochs (or the strategy's default), raised until the cell makes `min_steps` optimizer steps."""
+    strategy = get_strategy(cell.strategy)
+    epochs = spec.epochs or strategy.training_defaults(parse_options(strategy, {}))[1]
+    steps_per_epoch = math.ceil(cell.train_size / batch_size)
+    return float(max(epochs, math.ceil(spec.min_steps / steps_per_epoch)))
+
+
+def cell_config(spec: GridSpec, cell: Cell, folder: Path) -> RunConfig:
+    """The cell's run: the base config with its strategy, training-set size, seed and budget. Model selection
+    sees at most as many validation examples as there are training examples: a user with 64 labels does not hold
+    out a thousand more."""
+    config = build_config(spec.base, {"strategy.name": cell.strategy, "data.limit_train": cell.train_size,
+                                      "data.limit_validation": cell.train_size, "training.seed": cell.seed,
+                                      "output": str(folder / CELLS / cell.name)})
+    config.training.epochs = cell_epochs(spec, cell, config.training.batch_size)
+    return config
+
+
+def is_finished(folder: Path, cell: Cell) -> bool:
+    return (folder / CELLS / cell.name / METRICS_FILE).exists()
+
+
+def read_spec(folder: Path) -> GridSpec:
+    if not (folder / GRID_FILE).exists():
+        raise TunelabError(f"{folder} is not a tunelab compare grid (no {GRID_FILE}); pass the --output of "
+                           f"`tunelab compare`")
+    return GridSpec.model_validate(yaml.safe_load((folder / GRID_FILE).read_text(encoding="utf-8")))
+
+
+def prepare_folder(folder: Path, spec: GridSpec) -> None:
+    """Create the grid folder, or check that an existing one holds this very grid (then it resumes)."""
+    if folder.exists() and not (folder / GRID_FILE).exists() and any(folder.iterdir()):
+        raise TunelabError(f"{folder} exists and is not a tunelab compare grid; choose another --output")
+    if (folder / GRID_FILE).exists():
+        stored = read_spec(folder).model_dump()
+        changed = [key.replace("_", " ") for key, value in spec.model_dump().items() if stored[key] != value]
+        if changed:
+            raise TunelabError(f"{folder} holds a grid with other {', '.join(changed)}; repeat its settings to "
+                               f"resume it (see {folder / GRID_FILE}), or choose another --output")
+    for part in (CELLS, CONFIGS, LOGS):
+        (folder / part).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / GRID_FILE, yaml.safe_dump(spec.model_dump(), sort_keys=False))
+
+
+def validate(spec: GridSpec) -> None:
+    """Refuse a bad grid before the first cell trains: unknown strategies, a bad base config, empty axes."""
+    for axis in ("strategies", "train_sizes", "seeds"):
+        if not getattr(spec, axis):
+            raise TunelabError(f"compare: no {axis.replace('_', ' ')} given")
+    for name in spec.strategies:
+        get_strategy(name)
+    if min(spec.train_sizes) < 1:
+        raise TunelabError("compare: --train-sizes must be positive counts of examples, e.g. 64,512")
+    base = build_config(spec.base)
+    if base.task != "classification":
+        raise TunelabError(f"compare measures classification grids; task '{base.task}' is not supported yet")
+
+
+def _error_line(log: Path) -> str:
+    """The one-line reason a cell's `tunelab train` gave, or where to look when it crashed."""
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return errors[-1] if errors else f"crashed; see {log}"
+
+
+def run_cell(folder: Path, spec: GridSpec, cell: Cell) -> tuple[int, str]:
+    """Train one cell in a fresh process: (exit code, the reason it failed or "")."""
+    config_path = folder / CONFIGS / f"{cell.name}.yaml"
+    write_text_atomic(config_path, to_yaml(cell_config(spec, cell, folder)))
+    log = folder / LOGS / f"{cell.name}.log"
+    with log.open("w", encoding="utf-8") as stream:
+        done = subprocess.run([sys.executable, "-m", "tunelab", "train", str(config_path), "--quiet"],
+                              stdout=stream, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"})
+    return done.returncode, "" if done.returncode == 0 else _error_line(log)
+
+
+@dataclass
+class GridOutcome:
+    cells: int
+    trained: list[Cell]
+    skipped: list[Cell]  # finished before this invocation
+    failed: dict[str, str]  # cell name -> reason
+
+
+def _progress(enabled: bool, console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("left"), TimeRemainingColumn(), console=console, disable=not enabled)
+
+
+def _cell_line(folder: Path, cell: Cell) -> str:
+    test = read_json(folder / CELLS / cell.name / METRICS_FILE)["test"]
+    return f"{cell.strategy} n={cell.train_size} seed {cell.seed}: accuracy {test['accuracy']:.3f}"
+
+
+def run_grid(folder: Path, spec: GridSpec, console: Console, progress: bool = True) -> GridOutcome:
+    """Train every unfinished cell. A strategy refused with a one-line error (exit code 2: the model cannot take
+    it) is not tried on its other cells in this invocation; a crash costs only its cell. Failures are kept in
+    failures.json; the next invocation tries them again."""
+    validate(spec)
+    prepare_folder(folder, spec)
+    cells = plan(spec)
+    outcome = GridOutcome(len(cells), [], [cell for cell in cells if is_finished(folder, cell)], {})
+    refused: dict[str, str] = {}
+    todo = [cell for cell in cells if not is_finished(folder, cell)]
+    with _progress(progress, console) as bar:
+        task = bar.add_task("grid", total=len(cells), completed=len(outcome.skipped))
+        try:
+            for cell in todo:
+                bar.update(task, description=f"training {cell.name}")
+                code, reason = (2, refused[cell.strategy]) if cell.strategy in refused else run_cell(folder, spec, cell)
+                if code == 0:
+                    outcome.trained.append(cell)
+                    bar.console.print(f"  done   {_cell_line(folder, cell)}")
+                else:
+                    outcome.failed[cell.name] = reason
+                    if code == 2:
+                        refused[cell.strategy] = reason
+                    bar.console.print(f"  failed {cell.name}: {reason}", markup=False)
+                write_json(folder / FAILURES_FILE, outcome.failed)
+                bar.advance(task)
+        except KeyboardInterrupt:
+            finished = sum(is_finished(folder, cell) for cell in cells)
+            raise TunelabError(f"interrupted with {finished} of {len(cells)} cells finished; run the same "
+                               f"command again to resume") from None
+    return outcome

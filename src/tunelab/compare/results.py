@@ -1,0 +1,62 @@
+"""A grid's finished cells as one table, and that table summarised over seeds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tunelab.compare.grid import CELLS, FAILURES_FILE, GridSpec, is_finished, plan, read_spec
+from tunelab.runs import METRICS_FILE, RESOURCES_FILE, read_json
+from tunelab.strategies.registry import get_strategy
+
+
+@dataclass
+class GridResults:
+    folder: Path
+    spec: GridSpec
+    cells: pd.DataFrame  # one row per finished cell
+    failures: dict[str, str]  # cell name -> reason, from the last `tunelab compare`
+    planned: int
+
+
+def _cell_row(path: Path, strategy: str, train_size: int, seed: int) -> dict:
+    metrics, resources = read_json(path / METRICS_FILE), read_json(path / RESOURCES_FILE)
+    return {
+        "strategy": strategy, "family": get_strategy(strategy).family, "train_size": train_size, "seed": seed,
+        "train_examples": metrics["train_examples"], "accuracy": metrics["test"]["accuracy"],
+        "macro_f1": metrics["test"]["macro_f1"], "trainable_parameters": resources["trainable_parameters"],
+        "trainable_share": resources["trainable_share"], "train_s": resources["train_s"],
+        "peak_memory_bytes": resources["peak_memory_bytes"], "delta_bytes": resources["delta_bytes"],
+        "full_copy_bytes": resources["full_copy_bytes"], "latency_ms": resources["latency_ms_per_example"],
+    }
+
+
+def load_grid(folder: Path) -> GridResults:
+    spec = read_spec(folder)
+    cells = plan(spec)
+    rows = [_cell_row(folder / CELLS / cell.name, cell.strategy, cell.train_size, cell.seed)
+            for cell in cells if is_finished(folder, cell)]
+    failures = read_json(folder / FAILURES_FILE) if (folder / FAILURES_FILE).exists() else {}
+    return GridResults(folder, spec, pd.DataFrame(rows, columns=list(_COLUMNS)), failures, len(cells))
+
+
+_COLUMNS = ("strategy", "family", "train_size", "seed", "train_examples", "accuracy", "macro_f1",
+            "trainable_parameters", "trainable_share", "train_s", "peak_memory_bytes", "delta_bytes",
+            "full_copy_bytes", "latency_ms")
+
+
+def summarise(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per (strategy, training-set size): mean and standard deviation over seeds (std is NaN for one
+    seed), in the grid's strategy order."""
+    grouped = cells.groupby(["strategy", "train_size"], sort=False)
+    summary = grouped.agg(
+        family=("family", "first"), seeds=("seed", "count"), train_examples=("train_examples", "median"),
+        accuracy_mean=("accuracy", "mean"), accuracy_std=("accuracy", "std"), macro_f1_mean=("macro_f1", "mean"),
+        trainable_parameters=("trainable_parameters", "median"), trainable_share=("trainable_share", "median"),
+        train_s_mean=("train_s", "mean"), peak_memory_bytes=("peak_memory_bytes", "mean"),
+        delta_bytes=("delta_bytes", "median"), full_copy_bytes=("full_copy_bytes", "median"),
+        latency_ms=("latency_ms", "mean"),
+    ).reset_index()
+    return summary.sort_values("train_size", kind="stable").reset_index(drop=True)

@@ -1,0 +1,220 @@
+"""`tunelab compare` and `tunelab report`: the grid's plan and budget, resuming, failures, the summary over seeds,
+the claims' verdicts on hand-made numbers, and the HTML page as a browser renders it."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from tunelab.compare.claims import NOISE_FLOOR, check_claims, noise
+from tunelab.compare.grid import CELLS, GRID_FILE, Cell, GridSpec, cell_config, cell_epochs, plan, run_grid
+from tunelab.compare.page import REPORT_FILE
+from tunelab.compare.results import load_grid, summarise
+from tunelab.errors import TunelabError
+
+QUIET = Console(file=open("/dev/null", "w"))  # noqa: SIM115 - lives as long as the test session
+
+
+def spec_for(model: Path, data: Path, **changes) -> GridSpec:
+    settings = {"base": {"model": str(model), "data": {"source": str(data)},
+                         "training": {"max_length": 16, "batch_size": 8, "eval_batch_size": 16}},
+                "strategies": ["linear-probe", "lora", "pet"], "train_sizes": [16, 32], "seeds": [1],
+                "epochs": 2, "min_steps": 0}
+    return GridSpec(**{**settings, **changes})
+
+
+# --- plan and budget -------------------------------------------------------------------------------------------
+
+
+def test_plan_is_seed_major_and_names_every_cell():
+    spec = GridSpec(strategies=["full", "lora"], train_sizes=[64, 512], seeds=[1, 2])
+    cells = plan(spec)
+    assert [cell.name for cell in cells[:4]] == ["full-n64-s1", "lora-n64-s1", "full-n512-s1", "lora-n512-s1"]
+    assert len(cells) == 8 and cells[4].seed == 2
+
+
+@pytest.mark.parametrize(("strategy", "size", "epochs", "min_steps", "expected"), [
+    ("full", 512, None, 50, 4.0),  # 16 steps an epoch: 3 default epochs make 48 < 50 steps
+    ("full", 2000, None, 50, 3.0),  # 63 steps an epoch: the default stands
+    ("full", 64, None, 50, 25.0),  # 2 steps an epoch
+    ("linear-probe", 64, None, 50, 30.0),  # its own default is already more
+    ("lora", 64, 5, 0, 5.0),  # the grid's epochs, no minimum
+])
+def test_cell_epochs_reach_the_minimum_steps(strategy, size, epochs, min_steps, expected):
+    spec = GridSpec(strategies=[strategy], train_sizes=[size], seeds=[1], epochs=epochs, min_steps=min_steps)
+    assert cell_epochs(spec, Cell(strategy, size, 1), batch_size=32) == expected
+
+
+def test_cell_config_sets_size_validation_cap_seed_and_output(tmp_path: Path):
+    spec = GridSpec(base={"training": {"batch_size": 16}}, strategies=["lora"], train_sizes=[64], seeds=[7],
+                    min_steps=40)
+    config = cell_config(spec, Cell("lora", 64, 7), tmp_path)
+    assert (config.strategy.name, config.data.limit_train, config.data.limit_validation) == ("lora", 64, 64)
+    assert config.training.seed == 7 and config.training.epochs == 10.0  # 4 steps an epoch at batch 16
+    assert config.output == tmp_path / CELLS / "lora-n64-s7"
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"strategies": ["lora-typo"]}, "unknown strategy 'lora-typo'"),
+    ({"train_sizes": []}, "compare: no train sizes given"),
+    ({"train_sizes": [0, 64]}, "--train-sizes must be positive"),
+    ({"base": {"task": "generation"}}, "compare measures classification grids"),
+])
+def test_bad_grids_fail_before_anything_is_written(tmp_path: Path, changes: dict, message: str):
+    with pytest.raises(TunelabError, match=re.escape(message)):
+        run_grid(tmp_path / "grid", GridSpec(**{"strategies": ["full"], "train_sizes": [64], "seeds": [1],
+                                                **changes}), QUIET)
+    assert not (tmp_path / "grid").exists()
+
+
+def test_a_folder_that_is_not_a_grid_is_refused(tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(TunelabError, match="exists and is not a tunelab compare grid"):
+        run_grid(tmp_path, GridSpec(strategies=["full"], train_sizes=[64], seeds=[1]), QUIET)
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+
+
+# --- a real grid on the tiny model -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, sentiment_csv: Path):
+    folder = tmp_path_factory.mktemp("compare") / "grid"
+    outcome = run_grid(folder, spec_for(tiny_bert, sentiment_csv), QUIET, progress=False)
+    return folder, outcome
+
+
+def test_grid_trains_every_cell_as_a_run_and_reports_refused_ones(tiny_grid):
+    folder, outcome = tiny_grid
+    assert sorted(cell.name for cell in outcome.trained) == ["linear-probe-n16-s1", "linear-probe-n32-s1",
+                                                             "lora-n16-s1", "lora-n32-s1"]
+    assert set(outcome.failed) == {"pet-n16-s1", "pet-n32-s1"}
+    assert "has no trained masked-LM head" in outcome.failed["pet-n16-s1"]
+    assert not (folder / CELLS / "pet-n16-s1").exists()
+    results = load_grid(folder)
+    assert len(results.cells) == 4 and results.planned == 6
+    assert results.cells.set_index(["strategy", "train_size"])["train_examples"].to_dict() == {
+        ("linear-probe", 16): 16, ("lora", 16): 16, ("linear-probe", 32): 32, ("lora", 32): 32}
+
+
+def test_grid_resumes_only_what_is_missing_and_refuses_other_settings(tiny_grid, tiny_bert, sentiment_csv):
+    folder, _ = tiny_grid
+    spec = spec_for(tiny_bert, sentiment_csv)
+    shutil.rmtree(folder / CELLS / "lora-n32-s1")
+    (folder / CELLS / ".linear-probe-n99-s1.partial").mkdir()  # what a killed run leaves behind
+    outcome = run_grid(folder, spec, QUIET, progress=False)
+    assert [cell.name for cell in outcome.trained] == ["lora-n32-s1"]
+    assert len(outcome.skipped) == 3
+    with pytest.raises(TunelabError, match="holds a grid with other train sizes, seeds"):
+        run_grid(folder, spec.model_copy(update={"seeds": [1, 2], "train_sizes": [16]}), QUIET)
+    assert "seeds:\n- 1\n" in (folder / GRID_FILE).read_text(encoding="utf-8")  # untouched
+
+
+# --- summary and claims on hand-made numbers -------------------------------------------------------------------
+
+
+def _cells(accuracies: dict[tuple[str, int], list[float]]) -> pd.DataFrame:
+    families = {"full": "full", "linear-probe": "feature extraction", "lora": "parameter-efficient",
+                "adapter": "parameter-efficient", "pet": "prompt-based"}
+    rows = [{"strategy": strategy, "family": families[strategy], "train_size": size, "seed": seed,
+             "train_examples": size, "accuracy": accuracy, "macro_f1": accuracy, "trainable_parameters": 1000,
+             "trainable_share": 0.01, "train_s": 10.0 + seed, "peak_memory_bytes": 2**30, "delta_bytes": 4096,
+             "full_copy_bytes": 2**20, "latency_ms": 5.0}
+            for (strategy, size), values in accuracies.items() for seed, accuracy in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def test_summary_gives_mean_and_sample_std_over_seeds():
+    summary = summarise(_cells({("full", 64): [0.6, 0.7, 0.8], ("lora", 64): [0.75]}))
+    full = summary[summary["strategy"] == "full"].iloc[0]
+    assert full["seeds"] == 3 and full["accuracy_mean"] == pytest.approx(0.7)
+    assert full["accuracy_std"] == pytest.approx(0.1)  # sample std (n - 1)
+    assert full["train_s_mean"] == pytest.approx(11.0)
+    assert math.isnan(summary[summary["strategy"] == "lora"].iloc[0]["accuracy_std"])
+
+
+def test_noise_is_two_standard_errors_with_three_seeds_else_the_floor():
+    summary = summarise(_cells({("full", 64): [0.6, 0.7, 0.8], ("lora", 64): [0.7, 0.7, 0.7], ("pet", 64): [0.7]}))
+    full, lora, pet = (summary[summary["strategy"] == name].iloc[0] for name in ("full", "lora", "pet"))
+    assert noise(full, lora) == pytest.approx(2 * math.sqrt(0.01 / 3))
+    assert noise(full, pet) == NOISE_FLOOR
+
+
+def test_claims_verdicts():
+    summary = summarise(_cells({
+        ("full", 64): [0.60, 0.61, 0.62], ("linear-probe", 64): [0.70, 0.70, 0.71], ("lora", 64): [0.61, 0.60, 0.62],
+        ("pet", 64): [0.80, 0.81, 0.79],
+        ("full", 2000): [0.85, 0.85, 0.86], ("linear-probe", 2000): [0.77, 0.78, 0.78],
+        ("lora", 2000): [0.85, 0.86, 0.85], ("adapter", 2000): [0.80, 0.80, 0.81],
+    }))
+    verdicts = {(claim.statement.split(" ")[0], claim.train_size, claim.evidence.split(" ")[0]): claim.verdict
+                for claim in check_claims(summary)}
+    assert verdicts[("fine-tuning", 64, "full")] == "does not hold"
+    assert verdicts[("fine-tuning", 2000, "full")] == "holds"
+    assert verdicts[("lora", 2000, "lora")] == "holds"
+    assert verdicts[("adapter", 2000, "adapter")] == "does not hold"  # 5 points below full
+    assert verdicts[("in", 64, "pet")] == "holds"
+    assert verdicts[("in", 64, "lora")] == "within noise"
+
+
+def test_claims_about_missing_strategies_say_not_measured():
+    claims = check_claims(summarise(_cells({("lora", 64): [0.7]})))
+    assert {claim.verdict for claim in claims} == {"not measured"}
+
+
+# --- the report ------------------------------------------------------------------------------------------------
+
+
+def test_report_page_is_self_contained_with_every_plot(tiny_grid):
+    from tunelab.cli import _print_grid_report
+
+    folder, _ = tiny_grid
+    _print_grid_report(folder)
+    page = (folder / REPORT_FILE).read_text(encoding="utf-8")
+    assert page.count("<svg") == 5
+    assert "<script" not in page and "<link" not in page
+    assert not re.search(r"(src|href)=\"https?:", page)  # nothing to fetch
+    assert "pet-n16-s1" in page and "has no trained masked-LM head" in page  # failures are shown
+    assert "fine-tuning beats feature extraction" in page
+
+
+def _png_colours(path: Path) -> int:
+    """How many distinct pixel rows a PNG has: a blank page has one."""
+    data = path.read_bytes()
+    chunks, offset = [], 8
+    while offset < len(data):
+        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        chunks.append((kind, data[offset + 8:offset + 8 + length]))
+        offset += 12 + length
+    width, height = struct.unpack(">II", dict(chunks)[b"IHDR"][:8])
+    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    row = len(raw) // height
+    return len({raw[index * row + 1:(index + 1) * row] for index in range(height)})
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_report_page_renders_in_headless_chromium_without_console_errors(tiny_grid, tmp_path: Path):
+    from tunelab.cli import _print_grid_report
+
+    folder, _ = tiny_grid
+    _print_grid_report(folder)
+    page = (folder / REPORT_FILE).resolve().as_uri()
+    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+               f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*browser, "--dump-dom", page], capture_output=True, text=True, timeout=120)
+    shot = subprocess.run([*browser, f"--screenshot={tmp_path / 'page.png'}", "--window-size=1200,3000", page],
+                          capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0 and shot.returncode == 0, dom.stderr[-2000:] + shot.stderr[-2000:]
+    assert dom.stdout.count("<svg") == 5 and "Accuracy against training-set size" in dom.stdout
+    console = [line for line in dom.stderr.splitlines() + shot.stderr.splitlines() if "CONSOLE" in line]
+    assert console == []
+    assert _png_colours(tmp_path / "page.png") > 100  # tables and plots drew, not a blank page
