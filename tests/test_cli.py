@@ -248,6 +248,17 @@ def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_prob
         "prompt without an LM head": (["prompt", "--model", str(tiny_bert), "--data", str(sentiment_csv)],
                                       "has no trained masked-LM head"),
         "too many shots": ([*train, "--shots", "40"], "--shots 40: the training split has only 30 examples"),
+        "compare without --output": (["compare", "--strategies", "full"], "no output folder: pass --output DIR"),
+        "compare with bad sizes": (["compare", "--train-sizes", "64,lots", "--output", str(tmp_path / "run")],
+                                   "--train-sizes '64,lots' is not a comma-separated list"),
+        "compare with an unknown strategy": (["compare", "--strategies", "full,lora-typo", "--output",
+                                              str(tmp_path / "run")], "unknown strategy 'lora-typo'"),
+        "report of a non-grid": (["report", str(tmp_path)], "is not a tunelab compare grid (no compare.yaml)"),
+        "recommend without samples": (["recommend"], "how many labelled examples? pass --samples N"),
+        "recommend with a bad memory": (["recommend", "--samples", "50", "--memory", "lots"],
+                                        "--memory 'lots' is not a size; write it like 8GB"),
+        "recommend with a bad latency": (["recommend", "--samples", "50", "--latency", "fast"],
+                                         "latency 'fast' is unknown; use one of strict, normal"),
     }
 
 
@@ -256,7 +267,9 @@ def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_prob
     "unknown --set key", "invalid --set value", "bad strategy option", "missing config file",
     "predict with a non-run", "summary of a non-run", "bracketed path", "export without --merge",
     "export of a non-run", "verbalizer without =", "--tune with a head strategy", "template with a head strategy",
-    "prompt without an LM head", "too many shots",
+    "prompt without an LM head", "too many shots", "compare without --output", "compare with bad sizes",
+    "compare with an unknown strategy", "report of a non-grid", "recommend without samples",
+    "recommend with a bad memory", "recommend with a bad latency",
 ])
 def test_more_user_errors_in_process(case: str, error_inputs: dict, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
@@ -268,6 +281,31 @@ def test_more_user_errors_in_process(case: str, error_inputs: dict, tmp_path: Pa
     assert lines[0].startswith("error: ")
     assert expected in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("args", "first"), [
+    (["--samples", "50"], "pet"),
+    (["--samples", "50000", "--gpu", "--memory", "80GB", "--model-size", "110M"], "full"),
+    (["--samples", "2000", "--tasks-to-serve", "20"], "adapter"),
+    (["--samples", "5000", "--model-size", "7B", "--causal", "--gpu", "--memory", "16GB"], "lora"),
+])
+def test_recommend_explains_its_first_choice_with_a_command(args: list[str], first: str,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture):
+    code, stdout, _ = run_main(["recommend", *args], monkeypatch, capsys)
+    assert code == 0
+    flat = " ".join(stdout.split())
+    assert flat.startswith(f"1. {first} (score")
+    assert f"--strategy {first}" in flat.split("2. ")[0]  # the command to run is part of the first choice
+    assert "every strategy, ranked" in flat
+
+
+def test_recommend_says_why_a_strategy_cannot_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    code, stdout, _ = run_main(["recommend", "--samples", "5000", "--model-size", "7B", "--causal", "--gpu",
+                                "--memory", "16GB"], monkeypatch, capsys)
+    assert code == 0
+    assert "no: full needs ~134.4 GB, you have 16 GB" in " ".join(stdout.split())
+    assert "QLoRA" in stdout
 
 
 def test_eval_table(bert_probe: TrainedRun, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
