@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 # report lists them), then the report and a recommendation.
 # A second `make demo` resumes the grid (finished runs are kept); `rm -rf runs/demo` starts over.
 demo: $(STAMP)
-	$(VENV)/bin/tunelab compare --model minilm --data movie-snippets --train-sizes 64,512 --seeds 1 --min-steps 30 \
+	$(VENV)/bin/tunelab compare --model minilm --data movie-snippets --train-sizes 64,512 --seeds 1 --batch-size 16 \
 		--output runs/demo
 	$(VENV)/bin/tunelab recommend --from runs/demo --memory 8GB
 	@echo "report: runs/demo/report.html"

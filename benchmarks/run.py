@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import compare_grid
 import few_shot
 import probe_cache
 import prompt_templates
@@ -78,6 +79,15 @@ def template_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
              "chosen" if row["template"] == result["best_on_first_split"] else "") for row in result["candidates"]]
 
 
+def grid_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = [(f"grid: {row['strategy']} n={row['train_size']}", f"{row['accuracy_mean']:.4f} ± "
+             f"{row['accuracy_std'] or 0:.4f} ({row['seeds']} seeds), train {row['train_s_mean']:.0f} s", "")
+            for row in result["summary"]]
+    claims = [(f"claim n={claim['train_size']}: {claim['statement']}", claim["evidence"], claim["verdict"])
+              for claim in result["claims"]]
+    return [*rows, *claims]
+
+
 DRIVERS = {
     "full": (lambda args: vs_plain_rows(vs_plain.run_benchmark(args.repeats or 3, args.quick, args.keep, "full"),
                                         "full")),
@@ -88,6 +98,7 @@ DRIVERS = {
     "accuracy": lambda args: accuracy_rows(strategy_accuracy.run_benchmark(args.repeats or 3, args.quick, args.keep)),
     "templates": lambda args: template_rows(prompt_templates.run_benchmark(1, args.quick, args.keep)),
     "few-shot": lambda args: few_shot_rows(few_shot.run_benchmark(args.repeats or 5, args.quick, args.keep)),
+    "grid": lambda args: grid_rows(compare_grid.run_benchmark(args.repeats or 3, args.quick, args.keep)),
 }
 
 

@@ -3,12 +3,15 @@ the claims' verdicts on hand-made numbers, and the HTML page as a browser render
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import shutil
 import struct
 import subprocess
+import sys
 import zlib
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pandas as pd
@@ -21,15 +24,7 @@ from tunelab.compare.page import REPORT_FILE
 from tunelab.compare.results import load_grid, summarise
 from tunelab.errors import TunelabError
 
-QUIET = Console(file=open("/dev/null", "w"))  # noqa: SIM115 - lives as long as the test session
-
-
-def spec_for(model: Path, data: Path, **changes) -> GridSpec:
-    settings = {"base": {"model": str(model), "data": {"source": str(data)},
-                         "training": {"max_length": 16, "batch_size": 8, "eval_batch_size": 16}},
-                "strategies": ["linear-probe", "lora", "pet"], "train_sizes": [16, 32], "seeds": [1],
-                "epochs": 2, "min_steps": 0}
-    return GridSpec(**{**settings, **changes})
+QUIET = Console(quiet=True)
 
 
 # --- plan and budget -------------------------------------------------------------------------------------------
@@ -86,37 +81,63 @@ def test_a_folder_that_is_not_a_grid_is_refused(tmp_path: Path):
 # --- a real grid on the tiny model -----------------------------------------------------------------------------
 
 
+def tunelab(*args: str) -> tuple[int, str]:
+    """`tunelab ARGS...` in-process through the console script's entry point: (exit code, all it printed)."""
+    from tunelab import cli
+
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(printed), redirect_stderr(printed):
+        patch.setattr(sys, "argv", ["tunelab", *args])
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+    return exited.value.code or 0, " ".join(printed.getvalue().split())
+
+
 @pytest.fixture(scope="module")
-def tiny_grid(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, sentiment_csv: Path):
+def grid_args(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, sentiment_csv: Path) -> list[str]:
     folder = tmp_path_factory.mktemp("compare") / "grid"
-    outcome = run_grid(folder, spec_for(tiny_bert, sentiment_csv), QUIET, progress=False)
-    return folder, outcome
+    return ["compare", "--model", str(tiny_bert), "--data", str(sentiment_csv), "--strategies", "linear-probe,lora,pet",
+            "--train-sizes", "16,32", "--seeds", "1", "--seed", "1", "--epochs", "2", "--min-steps", "0",
+            "--max-length", "16", "--batch-size", "8", "--output", str(folder), "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(grid_args: list[str]) -> tuple[Path, str]:
+    code, printed = tunelab(*grid_args)
+    assert code == 0, printed
+    return Path(grid_args[grid_args.index("--output") + 1]), printed
 
 
 def test_grid_trains_every_cell_as_a_run_and_reports_refused_ones(tiny_grid):
-    folder, outcome = tiny_grid
-    assert sorted(cell.name for cell in outcome.trained) == ["linear-probe-n16-s1", "linear-probe-n32-s1",
-                                                             "lora-n16-s1", "lora-n32-s1"]
-    assert set(outcome.failed) == {"pet-n16-s1", "pet-n32-s1"}
-    assert "has no trained masked-LM head" in outcome.failed["pet-n16-s1"]
+    folder, printed = tiny_grid
+    assert "4 runs trained, 0 already finished, 2 failed" in printed
+    assert "failed pet-n16-s1, pet-n32-s1: " in printed and "has no trained masked-LM head" in printed
     assert not (folder / CELLS / "pet-n16-s1").exists()
     results = load_grid(folder)
     assert len(results.cells) == 4 and results.planned == 6
     assert results.cells.set_index(["strategy", "train_size"])["train_examples"].to_dict() == {
         ("linear-probe", 16): 16, ("lora", 16): 16, ("linear-probe", 32): 32, ("lora", 32): 32}
+    assert set(results.failures) == {"pet-n16-s1", "pet-n32-s1"}
+    assert f"report: {folder / REPORT_FILE}" in printed and "the article's claims, measured" in printed
 
 
-def test_grid_resumes_only_what_is_missing_and_refuses_other_settings(tiny_grid, tiny_bert, sentiment_csv):
+def test_grid_resumes_only_what_is_missing_and_refuses_other_settings(tiny_grid, grid_args):
     folder, _ = tiny_grid
-    spec = spec_for(tiny_bert, sentiment_csv)
     shutil.rmtree(folder / CELLS / "lora-n32-s1")
     (folder / CELLS / ".linear-probe-n99-s1.partial").mkdir()  # what a killed run leaves behind
-    outcome = run_grid(folder, spec, QUIET, progress=False)
-    assert [cell.name for cell in outcome.trained] == ["lora-n32-s1"]
-    assert len(outcome.skipped) == 3
-    with pytest.raises(TunelabError, match="holds a grid with other train sizes, seeds"):
-        run_grid(folder, spec.model_copy(update={"seeds": [1, 2], "train_sizes": [16]}), QUIET)
+    code, printed = tunelab(*grid_args)
+    assert code == 0 and "1 runs trained, 3 already finished, 2 failed" in printed
+    code, printed = tunelab(*grid_args, "--seeds", "2", "--train-sizes", "16")
+    assert code == 2 and "holds a grid with other train sizes, seeds; repeat its settings" in printed
     assert "seeds:\n- 1\n" in (folder / GRID_FILE).read_text(encoding="utf-8")  # untouched
+
+
+def test_recommend_from_a_grid_uses_what_it_measured(tiny_grid):
+    folder, _ = tiny_grid
+    code, printed = tunelab("recommend", "--from", str(folder))
+    assert code == 0, printed
+    assert "measured at 32 labels: accuracy" in printed  # samples default to the grid's largest size
+    assert re.search(r"best measured accuracy at 32 labels", printed)
 
 
 # --- summary and claims on hand-made numbers -------------------------------------------------------------------
@@ -175,10 +196,7 @@ def test_claims_about_missing_strategies_say_not_measured():
 
 
 def test_report_page_is_self_contained_with_every_plot(tiny_grid):
-    from tunelab.cli import _print_grid_report
-
     folder, _ = tiny_grid
-    _print_grid_report(folder)
     page = (folder / REPORT_FILE).read_text(encoding="utf-8")
     assert page.count("<svg") == 5
     assert "<script" not in page and "<link" not in page
@@ -203,10 +221,8 @@ def _png_colours(path: Path) -> int:
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_report_page_renders_in_headless_chromium_without_console_errors(tiny_grid, tmp_path: Path):
-    from tunelab.cli import _print_grid_report
-
     folder, _ = tiny_grid
-    _print_grid_report(folder)
+    assert tunelab("report", str(folder))[0] == 0
     page = (folder / REPORT_FILE).resolve().as_uri()
     browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
                f"--user-data-dir={tmp_path / 'profile'}"]

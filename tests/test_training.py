@@ -209,3 +209,15 @@ def test_cached_and_uncached_probe_share_the_frozen_backbone(bert_probe: Trained
                                                              bert_probe_uncached: TrainedRun):
     cached, uncached = bert_probe.predictor.model.backbone.state_dict(), bert_probe_uncached.predictor.model.backbone
     assert all(torch.equal(tensor, cached[name]) for name, tensor in uncached.state_dict().items())
+
+
+def test_evaluation_in_length_order_gives_back_the_split_order():
+    import datasets
+
+    from tunelab.training.trainer import by_length, in_original_order
+
+    dataset = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [1], [1, 2, 3, 4], [1, 2]], "labels": [0, 1, 0, 1]})
+    ordered, order = by_length(dataset)
+    assert [len(ids) for ids in ordered["input_ids"]] == [1, 2, 3, 4]
+    per_example = np.array([[10.0], [20.0], [30.0], [40.0]])  # what a model would say of each example, in order
+    assert np.array_equal(in_original_order(per_example[order], order), per_example)

@@ -46,7 +46,14 @@ from tunelab.tasks.inputs import input_encoder
 from tunelab.training.features import extract_features
 from tunelab.training.generation import fit_generator
 from tunelab.training.resources import PeakMemory, bytes_on_disk, latency_per_example_ms
-from tunelab.training.trainer import FeatureDataset, build_trainer, encode_examples, training_arguments
+from tunelab.training.trainer import (
+    FeatureDataset,
+    build_trainer,
+    by_length,
+    encode_examples,
+    in_original_order,
+    training_arguments,
+)
 
 
 @dataclass
@@ -100,15 +107,15 @@ def _fit(model, tokenizer, splits: Splits, label_map: LabelMap, config: RunConfi
                    for name, data in encoded.items()}
         timings["feature_extraction_s"] = time.perf_counter() - start
         trainer = build_trainer(FeatureClassifier(model.head), args, vectors["train"], vectors["validation"], None)
-        test = vectors["test"]
+        test, order = vectors["test"], np.arange(len(vectors["test"]))
     else:
-        trainer = build_trainer(model, args, encoded["train"], encoded["validation"],
-                                DataCollatorWithPadding(tokenizer))
-        test = encoded["test"]
+        validation, _ = by_length(encoded["validation"])  # accuracy does not depend on the order
+        trainer = build_trainer(model, args, encoded["train"], validation, DataCollatorWithPadding(tokenizer))
+        test, order = by_length(encoded["test"])
     start = time.perf_counter()
     trainer.train()
     timings["train_s"] = timings["feature_extraction_s"] + time.perf_counter() - start
-    return trainer.predict(test).predictions, timings
+    return in_original_order(trainer.predict(test).predictions, order), timings
 
 
 def _resources(model: nn.Module, timings: dict[str, float], memory: PeakMemory, delta_files: list[Path],

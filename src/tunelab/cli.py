@@ -251,7 +251,7 @@ def _print_grid_report(folder: Path) -> None:
     """The grid's summary and claims in the terminal, and its HTML page written beside the runs."""
     from tunelab.compare.claims import check_claims
     from tunelab.compare.page import write_page
-    from tunelab.compare.results import load_grid, summarise
+    from tunelab.compare.results import failures_by_reason, load_grid, summarise
     from tunelab.report import claims_table, grid_table
 
     results = load_grid(folder)
@@ -261,8 +261,8 @@ def _print_grid_report(folder: Path) -> None:
     claims = check_claims(summary)
     console.print(grid_table(summary, title=f"{len(results.cells)} of {results.planned} runs in {folder}"))
     console.print(claims_table(claims))
-    for name, reason in results.failures.items():
-        console.print(f"[red]failed[/red] {escape(name)}: {escape(reason)}")
+    for reason, cells in failures_by_reason(results.failures).items():
+        console.print(f"[red]failed[/red] {escape(', '.join(cells))}: {escape(reason)}")
     console.print(f"report: [bold]{escape(str(write_page(results, summary, claims)))}[/bold]")
 
 
@@ -291,12 +291,13 @@ def compare(
     quiet: Annotated[bool, typer.Option(help="no progress display")] = False,
 ) -> None:
     """Train a grid of strategies x training-set sizes x seeds, each an ordinary run; resumable."""
-    from tunelab.compare.grid import GridSpec, run_grid, usable_strategies
+    from tunelab.compare.grid import GridSpec, run_grid
+    from tunelab.strategies.registry import STRATEGIES
 
     if output is None:
         raise TunelabError("no output folder: pass --output DIR (the grid's runs and report go there)")
     base = _config(config_file, locals(), set_, None, None, None)
-    names = usable_strategies(base.task) if strategies == "all" else _comma_list(strategies, "strategies")
+    names = list(STRATEGIES) if strategies == "all" else _comma_list(strategies, "strategies")
     spec = GridSpec(base=base.model_dump(mode="json", exclude={"strategy", "output"}, exclude_defaults=True),
                     strategies=names, train_sizes=_comma_list(train_sizes, "train-sizes", int),
                     seeds=list(range(seed, seed + seeds)), epochs=epochs, min_steps=min_steps)
@@ -360,13 +361,14 @@ def recommend(
     """Which strategy to use: ranked choices, each with its reasons, expected trade-off and the command to run."""
     from tunelab.compare.advisor import Situation
     from tunelab.compare.advisor import recommend as advise
+    from tunelab.config import build_config
 
     measured = None
     if grid is not None:
         results, measured = _measured_summary(grid)
         samples = samples or int(measured["train_size"].max())
-        model = model or results.spec.base.get("model", "minilm")
-        data = data or results.spec.base.get("data", {}).get("source")
+        base = build_config(results.spec.base)
+        model, data = model or base.model, data or base.data.source
     if samples is None:
         raise TunelabError("how many labelled examples? pass --samples N (or --from a compare grid)")
     parameters, known_causal, known_head = EMBEDDED_MODEL_FACTS.get(model or "", (110e6, False, False))

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tunelab.config import RunConfig, build_config, to_yaml
 from tunelab.errors import TunelabError
 from tunelab.runs import METRICS_FILE, read_json, write_json, write_text_atomic
-from tunelab.strategies.registry import STRATEGIES, get_strategy, parse_options
+from tunelab.strategies.registry import get_strategy, parse_options
 
 GRID_FILE = "compare.yaml"
 FAILURES_FILE = "failures.json"
@@ -54,11 +54,6 @@ class Cell:
     @property
     def name(self) -> str:
         return f"{self.strategy}-n{self.train_size}-s{self.seed}"
-
-
-def usable_strategies(task: str) -> list[str]:
-    """`--strategies all`: every registered strategy that serves the task (a model may still refuse some)."""
-    return [name for name, strategy in STRATEGIES.items() if task != "generation" or strategy.serves_generation]
 
 
 def plan(spec: GridSpec) -> list[Cell]:
@@ -188,6 +183,7 @@ def run_grid(folder: Path, spec: GridSpec, console: Console, progress: bool = Tr
                     bar.console.print(f"  failed {cell.name}: {reason}", markup=False)
                 write_json(folder / FAILURES_FILE, outcome.failed)
                 bar.advance(task)
+            bar.update(task, description="grid")
         except KeyboardInterrupt:
             finished = sum(is_finished(folder, cell) for cell in cells)
             raise TunelabError(f"interrupted with {finished} of {len(cells)} cells finished; run the same "

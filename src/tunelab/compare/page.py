@@ -15,7 +15,8 @@ import pandas as pd
 
 from tunelab.compare.claims import NOISE_FLOOR, Claim
 from tunelab.compare.plots import all_plots
-from tunelab.compare.results import GridResults
+from tunelab.compare.results import GridResults, failures_by_reason
+from tunelab.config import build_config
 from tunelab.runs import write_text_atomic
 from tunelab.units import human_bytes, human_count
 
@@ -65,12 +66,12 @@ def _claims(claims: list[Claim]) -> str:
 
 def render(results: GridResults, summary: pd.DataFrame, claims: list[Claim]) -> str:
     spec = results.spec
-    base = spec.base
-    title = f"tunelab compare: {base.get('model', 'minilm')} on {base.get('data', {}).get('source', 'movie-snippets')}"
-    failures = "".join(f"<li><code>{html.escape(name)}</code>: {html.escape(reason)}</li>"
-                       for name, reason in results.failures.items())
+    base = build_config(spec.base)
+    title = f"tunelab compare: {base.model} on {base.data.source}"
+    failures = "".join(f"<li>{', '.join(f'<code>{html.escape(cell)}</code>' for cell in cells)}: "
+                       f"{html.escape(reason)}</li>" for reason, cells in failures_by_reason(results.failures).items())
     figures = "".join(f'<figure aria-label="{html.escape(name)}">{svg}</figure>'
-                      for name, svg in all_plots(summary).items()) if len(summary) else ""
+                      for name, svg in all_plots(summary).items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body>

@@ -48,6 +48,7 @@ def accuracy_vs_parameters(summary: pd.DataFrame, train_size: int) -> str:
                       markersize=8, label=row["strategy"])
         axes.annotate(row["strategy"], (row["trainable_parameters"], row["accuracy_mean"]),
                       textcoords="offset points", xytext=(6, 4), fontsize=8)
+    axes.margins(x=0.12)  # room for the names of the points at either end
     axes.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="test accuracy",
              title=f"accuracy against trainable parameters, {train_size} training examples")
     axes.grid(alpha=0.3)

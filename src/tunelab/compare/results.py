@@ -47,6 +47,14 @@ _COLUMNS = ("strategy", "family", "train_size", "seed", "train_examples", "accur
             "full_copy_bytes", "latency_ms")
 
 
+def failures_by_reason(failures: dict[str, str]) -> dict[str, list[str]]:
+    """The same refusal for six cells is one line with six names, not six lines."""
+    grouped: dict[str, list[str]] = {}
+    for cell, reason in failures.items():
+        grouped.setdefault(reason, []).append(cell)
+    return grouped
+
+
 def summarise(cells: pd.DataFrame) -> pd.DataFrame:
     """One row per (strategy, training-set size): mean and standard deviation over seeds (std is NaN for one
     seed), in the grid's strategy order."""

@@ -49,6 +49,20 @@ class FeatureDataset(torch.utils.data.Dataset):
         return {"features": self.features[index], "labels": self.labels[index]}
 
 
+def by_length(dataset: datasets.Dataset) -> tuple[datasets.Dataset, np.ndarray]:
+    """The examples in order of length, and that order: evaluation batches then pad to similar lengths instead
+    of each to its longest (about twice as fast on short, varied texts)."""
+    order = np.argsort([len(ids) for ids in dataset["input_ids"]], kind="stable")
+    return dataset.select(order), order
+
+
+def in_original_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Undo `by_length`: row i of `values` belongs to example `order[i]`."""
+    restored = np.empty_like(values)
+    restored[order] = values
+    return restored
+
+
 def accuracy(prediction: EvalPrediction) -> dict[str, float]:
     return {"accuracy": float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())}
 
