@@ -187,6 +187,16 @@ def test_claims_verdicts():
     assert verdicts[("in", 64, "lora")] == "within noise"
 
 
+@pytest.mark.parametrize(("lora", "verdict"), [
+    (0.835, "holds"),  # 1.5 points below: within the claim's 2
+    (0.825, "within noise"),  # 2.5 points below, but one seed cannot tell 0.5 points apart
+    (0.79, "does not hold"),  # 6 points below
+])
+def test_within_two_points_of_full_is_a_bound(lora: float, verdict: str):
+    claims = check_claims(summarise(_cells({("full", 512): [0.85], ("lora", 512): [lora]})))
+    assert [claim.verdict for claim in claims if claim.statement.startswith("lora comes within")] == [verdict]
+
+
 def test_claims_about_missing_strategies_say_not_measured():
     claims = check_claims(summarise(_cells({("lora", 64): [0.7]})))
     assert {claim.verdict for claim in claims} == {"not measured"}

@@ -247,17 +247,24 @@ def _comma_list(text: str, what: str, cast: type = str) -> list:
         raise TunelabError(f"--{what} '{text}' is not a comma-separated list, e.g. --{what} 64,512") from None
 
 
-def _print_grid_report(folder: Path) -> None:
-    """The grid's summary and claims in the terminal, and its HTML page written beside the runs."""
-    from tunelab.compare.claims import check_claims
-    from tunelab.compare.page import write_page
-    from tunelab.compare.results import failures_by_reason, load_grid, summarise
-    from tunelab.report import claims_table, grid_table
+def _grid_summary(folder: Path) -> tuple[Any, Any]:
+    """The grid's results and their summary over seeds; a grid with no finished run is an error."""
+    from tunelab.compare.results import load_grid, summarise
 
     results = load_grid(folder)
     if results.cells.empty:
         raise TunelabError(f"{folder} has no finished runs yet; run `tunelab compare` with --output {folder}")
-    summary = summarise(results.cells)
+    return results, summarise(results.cells)
+
+
+def _print_grid_report(folder: Path) -> None:
+    """The grid's summary and claims in the terminal, and its HTML page written beside the runs."""
+    from tunelab.compare.claims import check_claims
+    from tunelab.compare.page import write_page
+    from tunelab.compare.results import failures_by_reason
+    from tunelab.report import claims_table, grid_table
+
+    results, summary = _grid_summary(folder)
     claims = check_claims(summary)
     console.print(grid_table(summary, title=f"{len(results.cells)} of {results.planned} runs in {folder}"))
     console.print(claims_table(claims))
@@ -315,26 +322,18 @@ def report(grid: Annotated[Path, typer.Argument(help="grid folder from `tunelab 
 
 # What the advisor must know of the embedded models: parameters, causal, LM head.
 EMBEDDED_MODEL_FACTS = {"minilm": (22.7e6, False, False), "smollm2": (135e6, True, True)}
-SIZE_SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+PARAMETER_UNITS = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+MEMORY_UNITS_GB = {"MB": 1e-3, "M": 1e-3, "GB": 1.0, "G": 1.0, "TB": 1e3, "T": 1e3}
 
 
-def _amount(text: str, what: str, example: str) -> float:
-    """'7B' -> 7e9, '350M' -> 3.5e8, '16GB' / '16G' -> 16 (memory is read in GB), '7e9' -> 7e9."""
-    value = text.strip().upper().removesuffix("B") if what == "--memory" else text.strip().upper()
-    scale = SIZE_SUFFIXES.get(value[-1:], 1.0) if what != "--memory" else {"M": 1e-3, "T": 1e3}.get(value[-1:], 1.0)
+def _amount(text: str, units: dict[str, float], option: str, example: str) -> float:
+    """'7B' -> 7e9 with PARAMETER_UNITS, '16GB' -> 16 with MEMORY_UNITS_GB; a bare number is taken as it is."""
+    value = text.strip().upper()
+    unit = max((suffix for suffix in units if value.endswith(suffix)), key=len, default="")
     try:
-        return float(value.rstrip("KMBGT")) * scale
+        return float(value.removesuffix(unit)) * units.get(unit, 1.0)
     except ValueError:
-        raise TunelabError(f"{what} '{text}' is not a size; write it like {example}") from None
-
-
-def _measured_summary(grid: Path) -> tuple[Any, Any]:
-    from tunelab.compare.results import load_grid, summarise
-
-    results = load_grid(grid)
-    if results.cells.empty:
-        raise TunelabError(f"{grid} has no finished runs yet; finish `tunelab compare` first or drop --from")
-    return results, summarise(results.cells)
+        raise TunelabError(f"{option} '{text}' is not a size; write it like {example}") from None
 
 
 @app.command()
@@ -365,18 +364,20 @@ def recommend(
 
     measured = None
     if grid is not None:
-        results, measured = _measured_summary(grid)
+        results, measured = _grid_summary(grid)
         samples = samples or int(measured["train_size"].max())
         base = build_config(results.spec.base)
         model, data = model or base.model, data or base.data.source
     if samples is None:
         raise TunelabError("how many labelled examples? pass --samples N (or --from a compare grid)")
     parameters, known_causal, known_head = EMBEDDED_MODEL_FACTS.get(model or "", (110e6, False, False))
+    if model_size is not None:
+        parameters = _amount(model_size, PARAMETER_UNITS, "--model-size", "350M or 7B")
     situation = Situation(
-        samples=samples, task=task, model=model,
-        model_parameters=_amount(model_size, "--model-size", "350M or 7B") if model_size else parameters,
+        samples=samples, task=task, model=model, model_parameters=parameters,
         causal=known_causal if causal is None else causal, has_lm_head=known_head or lm_head,
-        memory_gb=_amount(memory, "--memory", "8GB"), gpu=gpu, tasks_to_serve=tasks_to_serve, latency=latency)
+        memory_gb=_amount(memory, MEMORY_UNITS_GB, "--memory", "8GB"), gpu=gpu, tasks_to_serve=tasks_to_serve,
+        latency=latency)
     ranked = advise(situation, measured, data or "movie-snippets")
     for rank, choice in enumerate([choice for choice in ranked if choice.feasible][:top], start=1):
         console.print(f"\n[bold]{rank}. {choice.strategy}[/bold] (score {choice.score:g})")
