@@ -4,6 +4,7 @@ the claims' verdicts on hand-made numbers, and the HTML page as a browser render
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 import shutil
@@ -18,6 +19,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from tunelab.compare import grid
 from tunelab.compare.claims import NOISE_FLOOR, check_claims, noise
 from tunelab.compare.grid import CELLS, GRID_FILE, Cell, GridSpec, cell_config, cell_epochs, plan, run_grid
 from tunelab.compare.page import REPORT_FILE
@@ -76,6 +78,33 @@ def test_a_folder_that_is_not_a_grid_is_refused(tmp_path: Path):
     with pytest.raises(TunelabError, match="exists and is not a tunelab compare grid"):
         run_grid(tmp_path, GridSpec(strategies=["full"], train_sizes=[64], seeds=[1]), QUIET)
     assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize(("exit_code", "attempts"), [(2, ["full-n8-s1", "lora-n8-s1"]),  # refused: once each
+                                                     (1, ["full-n8-s1", "lora-n8-s1", "full-n16-s1", "lora-n16-s1"])])
+def test_a_refused_strategy_is_tried_once_a_crash_costs_only_its_cell(tmp_path: Path, monkeypatch, exit_code: int,
+                                                                        attempts: list[str]):
+    tried = []
+
+    def fail(folder: Path, spec: GridSpec, cell: Cell) -> tuple[int, str]:
+        tried.append(cell.name)
+        return exit_code, f"reason {exit_code}"
+
+    monkeypatch.setattr(grid, "run_cell", fail)
+    spec = GridSpec(strategies=["full", "lora"], train_sizes=[8, 16], seeds=[1])
+    outcome = run_grid(tmp_path / "grid", spec, QUIET, progress=False)
+    assert tried == attempts
+    assert outcome.failed == {cell.name: f"reason {exit_code}" for cell in plan(spec)}
+    assert json.loads((tmp_path / "grid" / "failures.json").read_text()) == outcome.failed
+
+
+def test_an_interrupted_grid_says_how_to_resume(tmp_path: Path, monkeypatch):
+    def interrupt(*args) -> tuple[int, str]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grid, "run_cell", interrupt)
+    with pytest.raises(TunelabError, match="interrupted with 0 of 2 cells finished; run the same command again"):
+        run_grid(tmp_path / "grid", GridSpec(strategies=["full"], train_sizes=[8, 16], seeds=[1]), QUIET)
 
 
 # --- a real grid on the tiny model -----------------------------------------------------------------------------

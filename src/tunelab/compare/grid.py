@@ -141,7 +141,6 @@ def run_cell(folder: Path, spec: GridSpec, cell: Cell) -> tuple[int, str]:
 
 @dataclass
 class GridOutcome:
-    cells: int
     trained: list[Cell]
     skipped: list[Cell]  # finished before this invocation
     failed: dict[str, str]  # cell name -> reason
@@ -164,7 +163,7 @@ def run_grid(folder: Path, spec: GridSpec, console: Console, progress: bool = Tr
     validate(spec)
     prepare_folder(folder, spec)
     cells = plan(spec)
-    outcome = GridOutcome(len(cells), [], [cell for cell in cells if is_finished(folder, cell)], {})
+    outcome = GridOutcome([], [cell for cell in cells if is_finished(folder, cell)], {})
     refused: dict[str, str] = {}
     todo = [cell for cell in cells if not is_finished(folder, cell)]
     with _progress(progress, console) as bar:

@@ -79,10 +79,12 @@ def render(results: GridResults, summary: pd.DataFrame, claims: list[Claim]) -> 
 <p class="muted">{len(results.cells)} of {results.planned} runs finished ·
 strategies {html.escape(", ".join(spec.strategies))} ·
 training sizes {", ".join(map(str, spec.train_sizes))} · seeds {", ".join(map(str, spec.seeds))} ·
-written {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>
+{f"{spec.epochs:g} epochs" if spec.epochs else "each strategy's epochs"}, at least {spec.min_steps} steps,
+batch {base.training.batch_size} · written {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>
 <h2>The article's claims, measured</h2>
 <p class="muted">A difference counts when it exceeds two standard errors over seeds (with 3 or more seeds), else
-{NOISE_FLOOR * 100:.0f} accuracy points, the seed-to-seed spread measured on this task.</p>
+{NOISE_FLOOR * 100:.0f} accuracy points, the seed-to-seed spread measured on this task. "Within 1-2% of full" is a
+bound: it holds when the measured gap is at most 2 points.</p>
 {_claims(claims)}
 <h2>Results</h2>
 <p class="muted">Test accuracy: mean ± standard deviation over seeds. Train time includes the per-epoch validation.

@@ -11,6 +11,10 @@ from tunelab.compare.grid import CELLS, FAILURES_FILE, GridSpec, is_finished, pl
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, read_json
 from tunelab.strategies.registry import get_strategy
 
+CELL_COLUMNS = ("strategy", "family", "train_size", "seed", "train_examples", "accuracy", "macro_f1",
+                "trainable_parameters", "trainable_share", "train_s", "peak_memory_bytes", "delta_bytes",
+                "full_copy_bytes", "latency_ms")
+
 
 @dataclass
 class GridResults:
@@ -39,12 +43,7 @@ def load_grid(folder: Path) -> GridResults:
     rows = [_cell_row(folder / CELLS / cell.name, cell.strategy, cell.train_size, cell.seed)
             for cell in cells if is_finished(folder, cell)]
     failures = read_json(folder / FAILURES_FILE) if (folder / FAILURES_FILE).exists() else {}
-    return GridResults(folder, spec, pd.DataFrame(rows, columns=list(_COLUMNS)), failures, len(cells))
-
-
-_COLUMNS = ("strategy", "family", "train_size", "seed", "train_examples", "accuracy", "macro_f1",
-            "trainable_parameters", "trainable_share", "train_s", "peak_memory_bytes", "delta_bytes",
-            "full_copy_bytes", "latency_ms")
+    return GridResults(folder, spec, pd.DataFrame(rows, columns=list(CELL_COLUMNS)), failures, len(cells))
 
 
 def failures_by_reason(failures: dict[str, str]) -> dict[str, list[str]]:
