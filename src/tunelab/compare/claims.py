@@ -75,7 +75,7 @@ def close_to_full(summary: pd.DataFrame, strategy: str, train_size: int) -> Clai
 
 def check_claims(summary: pd.DataFrame) -> list[Claim]:
     """The article's claims that a classification grid can test, at the sizes where they are made."""
-    sizes = sorted(summary["train_size"].unique())
+    sizes = sorted(int(size) for size in summary["train_size"].unique())
     if not sizes:
         return []
     smallest, largest = sizes[0], sizes[-1]
