@@ -259,6 +259,11 @@ def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_prob
                                         "--memory 'lots' is not a size; write it like 8GB"),
         "recommend with a bad latency": (["recommend", "--samples", "50", "--latency", "fast"],
                                          "latency 'fast' is unknown; use one of strict, normal"),
+        "reward model on classification data": (["rlhf", "reward", "--model", str(tiny_bert), "--data",
+                                                 str(sentiment_csv), "--output", str(tmp_path / "run")],
+                                                "holds language-modelling data (columns text); rlhf reward needs "
+                                                "preference"),
+        "reward model without --output": (["rlhf", "reward"], "no output directory: pass --output DIR"),
     }
 
 
@@ -269,7 +274,8 @@ def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_prob
     "export of a non-run", "verbalizer without =", "--tune with a head strategy", "template with a head strategy",
     "prompt without an LM head", "too many shots", "compare without --output", "compare with bad sizes",
     "compare with an unknown strategy", "report of a non-grid", "recommend without samples",
-    "recommend with a bad memory", "recommend with a bad latency",
+    "recommend with a bad memory", "recommend with a bad latency", "reward model on classification data",
+    "reward model without --output",
 ])
 def test_more_user_errors_in_process(case: str, error_inputs: dict, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):

@@ -18,8 +18,11 @@ from tunelab.errors import TunelabError
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="The embedded datasets, and a look at any dataset.", no_args_is_help=True)
 models_app = typer.Typer(help="The embedded and cached models.", no_args_is_help=True)
+rlhf_app = typer.Typer(help="RLHF, the stages built so far: a reward model from preference pairs.",
+                       no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.add_typer(rlhf_app, name="rlhf")
 # Piped output has no terminal width; a wide table beats one with every cell cut short.
 console = Console(width=None if sys.stdout.isatty() else 140)
 
@@ -471,6 +474,43 @@ def models_list() -> None:
         table.add_row(name, entry.description, "yes" if installed else "no", ready, entry.install)
     console.print(table)
     console.print("Any local Hugging Face model folder, or a hub id when online, works as --model too.")
+
+
+@rlhf_app.command("reward")
+def rlhf_reward(
+    output: Annotated[Path | None, typer.Option(help="run directory to create")] = None,
+    model: Annotated[str, typer.Option(help="a sequence-classification backbone (minilm, a folder, a hub id)")]
+    = "minilm",
+    data: Annotated[str, typer.Option(help="movie-sentiment (pairs of human-rated snippets), or a file of chosen, "
+                                           "rejected (and prompt) columns")] = "movie-sentiment",
+    epochs: Annotated[float, typer.Option(min=0.01, help="passes over the training pairs")] = 2.0,
+    lr: Annotated[float, typer.Option(min=0.0, help="peak learning rate")] = 3e-5,
+    batch_size: Annotated[int, typer.Option(min=1, help="pairs per step")] = 16,
+    max_length: Annotated[int, typer.Option(min=1, help="tokens per text; longer ones are truncated")] = 128,
+    seed: Annotated[int, typer.Option(help="seed of the new head, the data order and a file's held-out split")] = 42,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Train a reward model on preference pairs (TRL RewardTrainer) and report its pairwise accuracy on held-out
+    pairs."""
+    from tunelab.rlhf.data import preference_splits
+    from tunelab.rlhf.reward import RewardSettings, train_reward_model
+
+    if output is None:
+        raise TunelabError("no output directory: pass --output DIR")
+    settings = RewardSettings(model=model, data=data, epochs=epochs, learning_rate=lr, batch_size=batch_size,
+                              max_length=max_length, seed=seed)
+    train_pairs, test_pairs = preference_splits(data, seed=seed)
+    _quiet_libraries()
+    metrics = train_reward_model(settings, train_pairs, test_pairs, output, overwrite, progress=not quiet)
+    table = Table(title=f"reward model {model} on {data}: {metrics['train_pairs']} training pairs")
+    for column in ("held-out pairs", "pairwise accuracy", "mean margin", "loss"):
+        table.add_column(column, justify="right")
+    for name, row in (("untrained", metrics["untrained_test"]), ("trained", metrics["test"])):
+        table.add_row(f"{row['pairs']} ({name})", f"{row['pairwise_accuracy']:.3f}", f"{row['mean_margin']:+.3f}",
+                      f"{row['loss']:.3f}")
+    console.print(table)
+    console.print(f"run saved to [bold]{escape(str(output))}[/bold]")
 
 
 def main() -> None:

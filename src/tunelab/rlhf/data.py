@@ -115,3 +115,23 @@ def movie_sentiment(ratings: pd.DataFrame, train_pairs: int = 2000, test_pairs: 
         sft=train[["text"]], pairs_train=preference_pairs(train, train_pairs, gap, seed),
         pairs_test=preference_pairs(test, test_pairs, gap, seed + 1),
         prompts_train=prompt_prefixes(train, prompt_words), prompts_test=prompt_prefixes(test, prompt_words))
+
+
+def load_movie_sentiment() -> SentimentPreset:
+    """The preset from the embedded movie-review ratings (fetched and cached on first use, like movie-snippets)."""
+    from tunelab.assets.datasets import read_vader_ratings, vader_archive
+
+    return movie_sentiment(read_vader_ratings(vader_archive(), "movieReviewSnippets"))
+
+
+def preference_splits(source: str, test_share: float = 0.1, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and held-out preference pairs: the preset's own, or a file's pairs split at random."""
+    if source == "movie-sentiment":
+        preset = load_movie_sentiment()
+        return preset.pairs_train, preset.pairs_test
+    pairs = load_stage_data(source, "reward").sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    held_out = max(1, int(round(len(pairs) * test_share)))
+    if len(pairs) - held_out < 1:
+        raise TunelabError(f"{source} has {len(pairs)} preference pair(s): too few to hold some out for testing")
+    return pairs.iloc[held_out:].reset_index(drop=True), pairs.iloc[:held_out].reset_index(drop=True)
+
