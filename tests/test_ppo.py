@@ -1,0 +1,92 @@
+"""One PPO iteration end to end on tiny random models: a LoRA policy on a Llama-shaped LM, scored by a BERT-shaped
+reward model with another tokenizer. Only the LoRA and value-head weights may change; the logged statistics are
+finite and the KL controller moves."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tunelab.rlhf.ppo import (
+    PolicyWithValue,
+    PPOSettings,
+    generate_rollout,
+    ppo_iteration,
+    response_logprobs,
+    response_mask,
+    with_lora,
+)
+from tunelab.rlhf.ppo_math import AdaptiveKLController
+from tunelab.rlhf.reward import load_reward_backbone, score_texts
+
+PROMPTS = ["the film was", "a story of", "it is a", "one of the"]
+
+
+@pytest.fixture
+def policy_and_tokenizer(tiny_llama_lm: Path) -> tuple[PolicyWithValue, object]:
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_llama_lm, dtype=torch.float32)
+    return PolicyWithValue(with_lora(lm)), AutoTokenizer.from_pretrained(tiny_llama_lm)
+
+
+def test_a_response_ends_at_its_first_end_of_sequence():
+    eos = 102
+    generated = torch.tensor([[5, eos, 7, eos], [5, 6, 7, 8], [eos, eos, eos, eos]])
+    assert response_mask(generated, eos).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_a_rollout_joins_left_padded_prompts_and_their_responses(policy_and_tokenizer):
+    policy, tokenizer = policy_and_tokenizer
+    rollout = generate_rollout(policy, tokenizer, ["the film was", "a"], PPOSettings(max_new_tokens=6))
+    prompt = tokenizer(["the film was", "a"], add_special_tokens=False)["input_ids"]
+    assert rollout.prompt_length == max(map(len, prompt)) and rollout.response_ids.shape == (2, 6)
+    assert rollout.mask[1, :rollout.prompt_length].tolist() == [0] * (rollout.prompt_length - 1) + [1]  # left pad
+    assert rollout.ids[1, rollout.prompt_length - 1] == prompt[1][-1]
+    assert tokenizer.padding_side == "right"  # left padding was only for generation
+
+
+def test_response_logprobs_read_the_token_each_position_predicts():
+    logits = torch.randn(1, 5, 7)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    expected = torch.stack([logits[0, t - 1].log_softmax(-1)[ids[0, t]] for t in (3, 4)])
+    torch.testing.assert_close(response_logprobs(logits, ids, prompt_length=3)[0], expected)
+
+
+def test_one_iteration_changes_only_the_lora_and_value_weights(policy_and_tokenizer, tiny_bert: Path):
+    policy, tokenizer = policy_and_tokenizer
+    reward_model, reward_tokenizer = load_reward_backbone(str(tiny_bert))
+    reward = lambda texts: torch.from_numpy(score_texts(reward_model, reward_tokenizer, texts, 32))  # noqa: E731
+    settings = PPOSettings(rollout_size=4, minibatch_size=2, ppo_epochs=2, max_new_tokens=8, learning_rate=1e-2)
+    before = {name: tensor.clone() for name, tensor in policy.state_dict().items()}
+    trainable = {name for name, parameter in policy.named_parameters() if parameter.requires_grad}
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=settings.learning_rate)
+    controller = AdaptiveKLController(settings.init_kl_coef, target=settings.target_kl, horizon=settings.kl_horizon)
+
+    stats = ppo_iteration(policy, optimizer, tokenizer, PROMPTS, reward, controller, settings)
+
+    changed = {name for name, tensor in policy.state_dict().items() if not torch.equal(tensor, before[name])}
+    assert changed and changed <= trainable
+    assert all("lora_" in name or name.startswith("value_head.") for name in changed)
+    assert {name for name in changed if name.startswith("value_head.")} == {"value_head.weight", "value_head.bias"}
+    assert set(stats) == {"reward", "kl", "kl_coef", "entropy", "explained_variance", "clip_fraction",
+                          "value_loss", "policy_loss"}
+    assert all(math.isfinite(value) for name, value in stats.items() if name != "explained_variance")
+    assert stats["kl_coef"] != settings.init_kl_coef  # the controller moved (KL 0 < target: it shrank)
+
+
+def test_the_reference_is_the_base_without_the_delta(policy_and_tokenizer, tiny_llama_lm: Path):
+    policy, tokenizer = policy_and_tokenizer
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.5)  # make the delta non-zero
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_lm, dtype=torch.float32)
+    ids = tokenizer(PROMPTS[:2], return_tensors="pt", padding=True)
+    reference = policy.reference_logits(ids["input_ids"], ids["attention_mask"])
+    expected = base(**ids).logits
+    torch.testing.assert_close(reference, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(policy(ids["input_ids"], ids["attention_mask"])[0], expected, atol=1e-3)
