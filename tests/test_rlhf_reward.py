@@ -12,7 +12,7 @@ import pytest
 from tiny import WORDS
 
 from tunelab.errors import TunelabError
-from tunelab.rlhf.data import preference_splits
+from tunelab.rlhf.data import stage_splits
 from tunelab.rlhf.reward import RewardSettings, load_reward_model, pair_texts, score_texts, train_reward_model
 
 
@@ -72,11 +72,11 @@ def test_an_explicit_prompt_goes_before_each_answer():
 def test_a_file_of_pairs_is_split_and_a_tiny_one_refused(tmp_path: Path):
     path = tmp_path / "prefs.jsonl"
     path.write_text("".join(json.dumps({"chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n" for i in range(20)))
-    train, test = preference_splits(str(path), test_share=0.1, seed=0)
+    train, test = stage_splits(str(path), "reward", test_share=0.1, seed=0)
     assert (len(train), len(test)) == (18, 2) and not set(train["chosen"]) & set(test["chosen"])
     path.write_text(json.dumps({"chosen": "good", "rejected": "bad"}) + "\n")
     with pytest.raises(TunelabError, match="too few to hold some out"):
-        preference_splits(str(path))
+        stage_splits(str(path), "reward")
 
 
 def test_the_cli_trains_and_reports(tmp_path: Path, tiny_bert: Path, monkeypatch, capsys):

@@ -18,7 +18,8 @@ from tunelab.errors import TunelabError
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="The embedded datasets, and a look at any dataset.", no_args_is_help=True)
 models_app = typer.Typer(help="The embedded and cached models.", no_args_is_help=True)
-rlhf_app = typer.Typer(help="RLHF, the stages built so far: a reward model from preference pairs.",
+rlhf_app = typer.Typer(help="RLHF, the stages built so far: supervised fine-tuning, and a reward model from "
+                            "preference pairs.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
@@ -476,6 +477,42 @@ def models_list() -> None:
     console.print("Any local Hugging Face model folder, or a hub id when online, works as --model too.")
 
 
+@rlhf_app.command("sft")
+def rlhf_sft(
+    output: Annotated[Path | None, typer.Option(help="run directory to create")] = None,
+    model: Annotated[str, typer.Option(help="a causal LM (smollm2, a folder, a hub id)")] = "smollm2",
+    data: Annotated[str, typer.Option(help="movie-sentiment (the training snippets), or a file of text, messages, "
+                                           "or prompt + completion")] = "movie-sentiment",
+    strategy: Annotated[str, typer.Option(help="full, lora or ia3")] = "lora",
+    limit_train: Annotated[int | None, typer.Option(min=1, help="train on the first N examples")] = None,
+    epochs: Annotated[float | None, typer.Option(help="passes over the data (default: the strategy's)")] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate (default: the strategy's)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="examples per step")] = 8,
+    max_length: Annotated[int, typer.Option(min=1, help="tokens per example")] = 64,
+    seed: Annotated[int, typer.Option(help="seed of the data order and a file's held-out split")] = 42,
+    option: Annotated[list[str] | None, typer.Option(help="strategy option KEY=VALUE (repeatable)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Supervised fine-tuning of a causal LM (TRL SFTTrainer); held-out loss and perplexity before and after."""
+    from tunelab.rlhf.data import stage_splits
+    from tunelab.rlhf.sft import train_sft
+
+    if output is None:
+        raise TunelabError("no output directory: pass --output DIR")
+    config = _config(None, {"model": model, "task": "generation", "data": data, "strategy": strategy,
+                            "output": output, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+                            "max_length": max_length, "seed": seed}, None, option, None, None)
+    train, test = stage_splits(data, "sft", seed=seed)
+    _quiet_libraries()
+    metrics = train_sft(config, train.iloc[:limit_train], test, overwrite, progress=not quiet)
+    test, base = metrics["test"], metrics["base_test"]
+    console.print(f"sft {strategy} on {escape(data)}: {metrics['train_examples']} examples; held-out loss "
+                  f"{base['loss']:.3f} -> {test['loss']:.3f} (perplexity {base['perplexity']:.1f} -> "
+                  f"{test['perplexity']:.1f})")
+    console.print(f"run saved to [bold]{escape(str(output))}[/bold]")
+
+
 @rlhf_app.command("reward")
 def rlhf_reward(
     output: Annotated[Path | None, typer.Option(help="run directory to create")] = None,
@@ -493,14 +530,14 @@ def rlhf_reward(
 ) -> None:
     """Train a reward model on preference pairs (TRL RewardTrainer) and report its pairwise accuracy on held-out
     pairs."""
-    from tunelab.rlhf.data import preference_splits
+    from tunelab.rlhf.data import stage_splits
     from tunelab.rlhf.reward import RewardSettings, train_reward_model
 
     if output is None:
         raise TunelabError("no output directory: pass --output DIR")
     settings = RewardSettings(model=model, data=data, epochs=epochs, learning_rate=lr, batch_size=batch_size,
                               max_length=max_length, seed=seed)
-    train_pairs, test_pairs = preference_splits(data, seed=seed)
+    train_pairs, test_pairs = stage_splits(data, "reward", test_share=0.1, seed=seed)
     _quiet_libraries()
     metrics = train_reward_model(settings, train_pairs, test_pairs, output, overwrite, progress=not quiet)
     table = Table(title=f"reward model {model} on {data}: {metrics['train_pairs']} training pairs")

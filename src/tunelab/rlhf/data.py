@@ -67,6 +67,7 @@ class SentimentPreset:
     """The movie-sentiment task: what each stage trains and is evaluated on."""
 
     sft: pd.DataFrame  # text: training snippets
+    sft_test: pd.DataFrame  # text: held-out snippets
     pairs_train: pd.DataFrame  # chosen, rejected (implicit prompt): two training snippets, the higher-rated chosen
     pairs_test: pd.DataFrame  # the same from held-out snippets
     prompts_train: pd.DataFrame  # prompt: the first words of training snippets
@@ -112,7 +113,7 @@ def movie_sentiment(ratings: pd.DataFrame, train_pairs: int = 2000, test_pairs: 
     cut = int(round(len(shuffled) * (1 - test_share)))
     train, test = shuffled.iloc[:cut].reset_index(drop=True), shuffled.iloc[cut:].reset_index(drop=True)
     return SentimentPreset(
-        sft=train[["text"]], pairs_train=preference_pairs(train, train_pairs, gap, seed),
+        sft=train[["text"]], sft_test=test[["text"]], pairs_train=preference_pairs(train, train_pairs, gap, seed),
         pairs_test=preference_pairs(test, test_pairs, gap, seed + 1),
         prompts_train=prompt_prefixes(train, prompt_words), prompts_test=prompt_prefixes(test, prompt_words))
 
@@ -124,14 +125,19 @@ def load_movie_sentiment() -> SentimentPreset:
     return movie_sentiment(read_vader_ratings(vader_archive(), "movieReviewSnippets"))
 
 
-def preference_splits(source: str, test_share: float = 0.1, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Training and held-out preference pairs: the preset's own, or a file's pairs split at random."""
+# stage -> the preset's (training, held-out) parts
+PRESET_PARTS = {"sft": ("sft", "sft_test"), "reward": ("pairs_train", "pairs_test"),
+                "dpo": ("pairs_train", "pairs_test"), "ppo": ("prompts_train", "prompts_test")}
+
+
+def stage_splits(source: str, stage: str, test_share: float = 0.05, seed: int = 0) -> tuple[pd.DataFrame,
+                                                                                                pd.DataFrame]:
+    """A stage's training and held-out examples: the preset's own parts, or a file's rows split at random."""
     if source == "movie-sentiment":
         preset = load_movie_sentiment()
-        return preset.pairs_train, preset.pairs_test
-    pairs = load_stage_data(source, "reward").sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    held_out = max(1, int(round(len(pairs) * test_share)))
-    if len(pairs) - held_out < 1:
-        raise TunelabError(f"{source} has {len(pairs)} preference pair(s): too few to hold some out for testing")
-    return pairs.iloc[held_out:].reset_index(drop=True), pairs.iloc[:held_out].reset_index(drop=True)
-
+        return tuple(getattr(preset, part) for part in PRESET_PARTS[stage])
+    rows = load_stage_data(source, stage).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    held_out = max(1, int(round(len(rows) * test_share)))
+    if len(rows) - held_out < 1:
+        raise TunelabError(f"{source} has {len(rows)} example(s): too few to hold some out for testing")
+    return rows.iloc[held_out:].reset_index(drop=True), rows.iloc[:held_out].reset_index(drop=True)
