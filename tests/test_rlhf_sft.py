@@ -67,10 +67,11 @@ def test_the_cli_trains_and_generate_reads_the_run(tiny_llama_lm: Path, tmp_path
     output = tmp_path / "sft"
     for args in (["rlhf", "sft", "--model", str(tiny_llama_lm), "--data", str(path), "--output", str(output),
                   "--epochs", "1", "--max-length", "24", "--quiet"],
-                 ["generate", str(output), "say: ", "--max-new-tokens", "3"]):
+                 ["generate", str(output), "say good", "--max-new-tokens", "3", "--continue"]):
         monkeypatch.setattr("sys.argv", ["tunelab", *args])
         with pytest.raises(SystemExit) as exited:
             cli.main()
         assert exited.value.code in (0, None), capsys.readouterr().err
-    printed = " ".join(capsys.readouterr().out.split())
-    assert "sft lora on" in printed and "46 examples; held-out loss" in printed
+    printed = capsys.readouterr().out
+    assert "sft lora on" in printed and "46 examples; held-out loss" in " ".join(printed.split())
+    assert printed.splitlines()[-1].startswith("say good ")  # the prompt, continued as plain text

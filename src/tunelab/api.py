@@ -220,12 +220,13 @@ def load_predictor(run_dir: Path) -> Predictor:
 
 
 def generate_text(run_dir: Path, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
-                  seed: int = 0) -> str:
-    """The answer of a generation run's model to one prompt (greedy at temperature 0)."""
+                  seed: int = 0, continuation: bool = False) -> str:
+    """The answer of a generation run's model to one prompt (greedy at temperature 0); with `continuation`, the
+    text that follows the prompt, without the chat template."""
     run = load_run(run_dir)
     if run.config.task != "generation":
         raise TunelabError(f"{run_dir} is a {run.config.task} run; generate needs one trained with --task generation")
-    return generate(run.model, run.tokenizer, prompt, max_new_tokens, temperature, seed)
+    return generate(run.model, run.tokenizer, prompt, max_new_tokens, temperature, seed, continuation)
 
 
 def _evaluate_generator(run: LoadedRun, source: str | None, limit: int | None) -> dict[str, Any]:

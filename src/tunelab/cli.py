@@ -202,12 +202,16 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="stop after this many tokens")] = 64,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy; above 0 = sampled")] = 0.0,
     seed: Annotated[int, typer.Option(help="seed for sampling")] = 0,
+    continuation: Annotated[bool, typer.Option("--continue", help="continue the prompt as plain text, without the "
+                                                                 "chat template (models trained on plain text, "
+                                                                 "e.g. `rlhf sft` on movie-sentiment)")] = False,
 ) -> None:
     """Generate an answer to a prompt with a trained causal LM (base model + the run's delta)."""
     from tunelab import api
 
     _quiet_libraries()
-    print(api.generate_text(run, prompt, max_new_tokens, temperature, seed))
+    text = api.generate_text(run, prompt, max_new_tokens, temperature, seed, continuation)
+    print(f"{prompt} {text}" if continuation else text)
 
 
 @app.command()
@@ -485,6 +489,8 @@ def rlhf_sft(
                                            "or prompt + completion")] = "movie-sentiment",
     strategy: Annotated[str, typer.Option(help="full, lora or ia3")] = "lora",
     limit_train: Annotated[int | None, typer.Option(min=1, help="train on the first N examples")] = None,
+    limit_eval: Annotated[int, typer.Option(min=1, help="held-out loss on the first N held-out examples (an LM's "
+                                                        "full-vocabulary pass is slow on a CPU)")] = 256,
     epochs: Annotated[float | None, typer.Option(help="passes over the data (default: the strategy's)")] = None,
     lr: Annotated[float | None, typer.Option(help="peak learning rate (default: the strategy's)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="examples per step")] = 8,
@@ -502,10 +508,11 @@ def rlhf_sft(
         raise TunelabError("no output directory: pass --output DIR")
     config = _config(None, {"model": model, "task": "generation", "data": data, "strategy": strategy,
                             "output": output, "epochs": epochs, "lr": lr, "batch_size": batch_size,
-                            "max_length": max_length, "seed": seed}, None, option, None, None)
+                            "max_length": max_length, "seed": seed, "limit_train": limit_train,
+                            "limit_eval": limit_eval}, None, option, None, None)
     train, test = stage_splits(data, "sft", seed=seed)
     _quiet_libraries()
-    metrics = train_sft(config, train.iloc[:limit_train], test, overwrite, progress=not quiet)
+    metrics = train_sft(config, train.iloc[:limit_train], test.iloc[:limit_eval], overwrite, progress=not quiet)
     test, base = metrics["test"], metrics["base_test"]
     console.print(f"sft {strategy} on {escape(data)}: {metrics['train_examples']} examples; held-out loss "
                   f"{base['loss']:.3f} -> {test['loss']:.3f} (perplexity {base['perplexity']:.1f} -> "

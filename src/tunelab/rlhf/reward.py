@@ -25,6 +25,7 @@ from tunelab.assets.models import resolve_model
 from tunelab.errors import TunelabError
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json, write_text_atomic
 from tunelab.training.resources import PeakMemory
+from tunelab.training.trainer import quiet_when_asked
 
 REWARD_CONFIG_FILE = "reward.yaml"
 MODEL_FOLDER = "model"
@@ -113,8 +114,9 @@ def train_reward_model(settings: RewardSettings, train_pairs: pd.DataFrame, test
                             # TRL's defaults are bf16 and gradient checkpointing: neither suits a small model on a CPU
                             bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
                             gradient_checkpointing=False, dataloader_pin_memory=torch.cuda.is_available())
-        trainer = RewardTrainer(model=model, args=args, processing_class=tokenizer,
-                                train_dataset=tokenize_pairs(train_pairs, tokenizer, settings.max_length))
+        trainer = quiet_when_asked(RewardTrainer(model=model, args=args, processing_class=tokenizer,
+                                                 train_dataset=tokenize_pairs(train_pairs, tokenizer,
+                                                                              settings.max_length)))
         base = pairwise_accuracy(model, tokenizer, test_pairs, settings.max_length)
         start = time.perf_counter()
         with PeakMemory() as memory:

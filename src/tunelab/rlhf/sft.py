@@ -32,6 +32,7 @@ from tunelab.runs import (
 from tunelab.strategies.base import count_parameters
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.training.resources import PeakMemory, bytes_on_disk
+from tunelab.training.trainer import quiet_when_asked
 
 # Strategies whose trainable weights live inside the LM that TRL's trainer optimises (adapters hang off it by hooks).
 SFT_STRATEGIES = ("full", "lora", "ia3")
@@ -67,9 +68,9 @@ def train_sft(config: RunConfig, train: pd.DataFrame, test: pd.DataFrame, overwr
                          # TRL's defaults are bf16 and gradient checkpointing: neither suits a small model on a CPU
                          bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
                          gradient_checkpointing=False, dataloader_pin_memory=torch.cuda.is_available())
-        trainer = SFTTrainer(model=model.backbone, args=args, processing_class=tokenizer,
-                             train_dataset=datasets.Dataset.from_pandas(train),
-                             eval_dataset=datasets.Dataset.from_pandas(test))
+        trainer = quiet_when_asked(SFTTrainer(model=model.backbone, args=args, processing_class=tokenizer,
+                                              train_dataset=datasets.Dataset.from_pandas(train),
+                                              eval_dataset=datasets.Dataset.from_pandas(test)))
         base = _held_out(trainer)
         start = time.perf_counter()
         with PeakMemory() as memory:

@@ -100,10 +100,12 @@ def held_out_loss(model: nn.Module, data: datasets.Dataset, tokenizer: PreTraine
 
 @torch.no_grad()
 def generate(model: CausalLM, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int = 64,
-             temperature: float = 0.0, seed: int = 0) -> str:
-    """The model's answer to `prompt`: greedy at temperature 0, else sampled (seeded)."""
+             temperature: float = 0.0, seed: int = 0, continuation: bool = False) -> str:
+    """The model's answer to `prompt` (or with `continuation`, what follows the prompt as plain text, as a model
+    trained on plain text expects): greedy at temperature 0, else sampled (seeded)."""
     model.eval()
-    ids = torch.tensor([prompt_ids(tokenizer, prompt)])
+    plain = tokenizer(prompt, add_special_tokens=False)["input_ids"] if continuation else None
+    ids = torch.tensor([plain or prompt_ids(tokenizer, prompt)])
     torch.manual_seed(seed)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     output = model.backbone.generate(input_ids=ids, attention_mask=torch.ones_like(ids),

@@ -117,8 +117,13 @@ def build_trainer(model: nn.Module, args: TrainingArguments, train: torch.utils.
                   validation: torch.utils.data.Dataset, collator: Callable | None,
                   compute_metrics: Callable[[EvalPrediction], dict] | None = accuracy) -> Trainer:
     """A Trainer on token ids (with a padding collator) or, without a collator, on feature vectors."""
-    trainer = TrainableOnlyTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
-                                   data_collator=collator, compute_metrics=compute_metrics)
-    if args.disable_tqdm:  # quiet means quiet: no per-step log lines either
+    return quiet_when_asked(TrainableOnlyTrainer(model=model, args=args, train_dataset=train,
+                                                 eval_dataset=validation, data_collator=collator,
+                                                 compute_metrics=compute_metrics))
+
+
+def quiet_when_asked(trainer: Trainer) -> Trainer:
+    """Without progress bars, the Trainer prints each log line instead; quiet means quiet."""
+    if trainer.args.disable_tqdm:
         trainer.remove_callback(PrinterCallback)
     return trainer
