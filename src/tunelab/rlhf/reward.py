@@ -25,7 +25,7 @@ from tunelab.assets.models import resolve_model
 from tunelab.errors import TunelabError
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json, write_text_atomic
 from tunelab.training.resources import PeakMemory
-from tunelab.training.trainer import quiet_when_asked
+from tunelab.training.trainer import quiet_when_asked, trl_device_settings
 
 REWARD_CONFIG_FILE = "reward.yaml"
 MODEL_FOLDER = "model"
@@ -111,9 +111,7 @@ def train_reward_model(settings: RewardSettings, train_pairs: pd.DataFrame, test
                             learning_rate=settings.learning_rate, per_device_train_batch_size=settings.batch_size,
                             max_length=settings.max_length, seed=settings.seed, save_strategy="no",
                             eval_strategy="no", report_to="none", disable_tqdm=not progress, logging_steps=50,
-                            # TRL's defaults are bf16 and gradient checkpointing: neither suits a small model on a CPU
-                            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-                            gradient_checkpointing=False, dataloader_pin_memory=torch.cuda.is_available())
+                            **trl_device_settings())
         trainer = quiet_when_asked(RewardTrainer(model=model, args=args, processing_class=tokenizer,
                                                  train_dataset=tokenize_pairs(train_pairs, tokenizer,
                                                                               settings.max_length)))

@@ -32,7 +32,7 @@ from tunelab.runs import (
 from tunelab.strategies.base import count_parameters
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.training.resources import PeakMemory, bytes_on_disk
-from tunelab.training.trainer import quiet_when_asked
+from tunelab.training.trainer import quiet_when_asked, trl_device_settings
 
 # Strategies whose trainable weights live inside the LM that TRL's trainer optimises (adapters hang off it by hooks).
 SFT_STRATEGIES = ("full", "lora", "ia3")
@@ -64,10 +64,7 @@ def train_sft(config: RunConfig, train: pd.DataFrame, test: pd.DataFrame, overwr
                          per_device_train_batch_size=training.batch_size,
                          per_device_eval_batch_size=training.eval_batch_size, max_length=training.max_length,
                          seed=training.seed, save_strategy="no", eval_strategy="no", report_to="none",
-                         disable_tqdm=not progress, logging_steps=training.logging_steps,
-                         # TRL's defaults are bf16 and gradient checkpointing: neither suits a small model on a CPU
-                         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-                         gradient_checkpointing=False, dataloader_pin_memory=torch.cuda.is_available())
+                         disable_tqdm=not progress, logging_steps=training.logging_steps, **trl_device_settings())
         trainer = quiet_when_asked(SFTTrainer(model=model.backbone, args=args, processing_class=tokenizer,
                                               train_dataset=datasets.Dataset.from_pandas(train),
                                               eval_dataset=datasets.Dataset.from_pandas(test)))

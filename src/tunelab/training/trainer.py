@@ -122,6 +122,14 @@ def build_trainer(model: nn.Module, args: TrainingArguments, train: torch.utils.
                                                  compute_metrics=compute_metrics))
 
 
+def trl_device_settings() -> dict[str, Any]:
+    """TRL's configs default to bf16 and gradient checkpointing; on a CPU neither helps a small model (bf16 fails
+    outright), so both follow the hardware, and so does pinned memory."""
+    gpu = torch.cuda.is_available()
+    return {"bf16": gpu and torch.cuda.is_bf16_supported(), "gradient_checkpointing": gpu,
+            "dataloader_pin_memory": gpu}
+
+
 def quiet_when_asked(trainer: Trainer) -> Trainer:
     """Without progress bars, the Trainer prints each log line instead; quiet means quiet."""
     if trainer.args.disable_tqdm:
