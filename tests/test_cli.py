@@ -264,6 +264,11 @@ def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_prob
                                                 "holds language-modelling data (columns text); rlhf reward needs "
                                                 "preference"),
         "reward model without --output": (["rlhf", "reward"], "no output directory: pass --output DIR"),
+        "ppo from a non-run": (["rlhf", "ppo", "--policy", str(tmp_path), "--reward", str(bert_probe.path),
+                                "--output", str(tmp_path / "run")], "is not a tunelab run directory"),
+        "ppo with a classifier as the reward": (["rlhf", "ppo", "--policy", str(bert_probe.path), "--reward",
+                                                 str(bert_probe.path), "--output", str(tmp_path / "run")],
+                                                "is not a reward model run (no reward.yaml)"),
     }
 
 
@@ -275,7 +280,7 @@ def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_prob
     "prompt without an LM head", "too many shots", "compare without --output", "compare with bad sizes",
     "compare with an unknown strategy", "report of a non-grid", "recommend without samples",
     "recommend with a bad memory", "recommend with a bad latency", "reward model on classification data",
-    "reward model without --output",
+    "reward model without --output", "ppo from a non-run", "ppo with a classifier as the reward",
 ])
 def test_more_user_errors_in_process(case: str, error_inputs: dict, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):

@@ -90,3 +90,34 @@ def test_the_reference_is_the_base_without_the_delta(policy_and_tokenizer, tiny_
     expected = base(**ids).logits
     torch.testing.assert_close(reference, expected, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(policy(ids["input_ids"], ids["attention_mask"])[0], expected, atol=1e-3)
+
+
+def test_a_ppo_run_starts_at_the_sft_policy_and_writes_its_delta(tiny_llama_lm: Path, tiny_bert: Path,
+                                                                  tmp_path: Path):
+    import json
+
+    import pandas as pd
+    from tiny import sentiment_frame
+
+    from tunelab.config import build_config
+    from tunelab.rlhf.ppo_train import train_ppo
+    from tunelab.rlhf.reward import RewardSettings, train_reward_model
+    from tunelab.rlhf.sft import train_sft
+
+    text = pd.DataFrame({"text": sentiment_frame(24)["text"]})
+    sft = build_config({"model": str(tiny_llama_lm), "task": "generation", "strategy": {"name": "lora"},
+                        "output": str(tmp_path / "sft"), "training": {"max_length": 16, "epochs": 1}})
+    train_sft(sft, text, text.iloc[:4], progress=False)
+    pairs = pd.DataFrame({"chosen": ["good great"] * 8, "rejected": ["bad awful"] * 8})
+    train_reward_model(RewardSettings(model=str(tiny_bert), epochs=1, max_length=16), pairs, pairs.iloc[:2],
+                       tmp_path / "rm", progress=False)
+    settings = PPOSettings(iterations=2, rollout_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6)
+
+    metrics = train_ppo(settings, tmp_path / "sft", tmp_path / "rm", PROMPTS * 2, PROMPTS[:2], tmp_path / "ppo",
+                        progress=False)
+
+    assert metrics["sft_test"]["kl"] == pytest.approx(0.0, abs=1e-5)  # a fresh LoRA on the merged SFT model
+    assert len(metrics["iterations"]) == 2 and metrics["test"]["prompts"] == 2
+    assert {path.name for path in (tmp_path / "ppo").iterdir()} == {"adapter", "value_head.safetensors", "ppo.yaml",
+                                                                     "metrics.json", "resources.json"}
+    assert json.loads((tmp_path / "ppo" / "metrics.json").read_text())["iterations"][0]["kl_coef"] > 0

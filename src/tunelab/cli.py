@@ -18,8 +18,8 @@ from tunelab.errors import TunelabError
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="The embedded datasets, and a look at any dataset.", no_args_is_help=True)
 models_app = typer.Typer(help="The embedded and cached models.", no_args_is_help=True)
-rlhf_app = typer.Typer(help="RLHF, the stages built so far: supervised fine-tuning, and a reward model from "
-                            "preference pairs.",
+rlhf_app = typer.Typer(help="RLHF, the stages built so far: supervised fine-tuning, a reward model from "
+                            "preference pairs, and PPO.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
@@ -517,6 +517,52 @@ def rlhf_sft(
     console.print(f"sft {strategy} on {escape(data)}: {metrics['train_examples']} examples; held-out loss "
                   f"{base['loss']:.3f} -> {test['loss']:.3f} (perplexity {base['perplexity']:.1f} -> "
                   f"{test['perplexity']:.1f})")
+    console.print(f"run saved to [bold]{escape(str(output))}[/bold]")
+
+
+@rlhf_app.command("ppo")
+def rlhf_ppo(
+    policy: Annotated[Path, typer.Option(help="the SFT run to start from (`tunelab rlhf sft`)")],
+    reward: Annotated[Path, typer.Option(help="the reward model run (`tunelab rlhf reward`)")],
+    output: Annotated[Path | None, typer.Option(help="run directory to create")] = None,
+    prompts: Annotated[str, typer.Option(help="movie-sentiment (first words of snippets), or a file with a prompt "
+                                              "column")] = "movie-sentiment",
+    iterations: Annotated[int, typer.Option(min=1, help="PPO iterations")] = 20,
+    rollout_size: Annotated[int, typer.Option(min=1, help="prompts per iteration")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="response length")] = 24,
+    lr: Annotated[float, typer.Option(min=0.0, help="learning rate of the LoRA delta and the value head")] = 1e-4,
+    target_kl: Annotated[float, typer.Option(min=0.0, help="the adaptive KL controller's target (nats per "
+                                                           "response)")] = 6.0,
+    limit_eval: Annotated[int, typer.Option(min=1, help="held-out prompts to score before and after")] = 64,
+    seed: Annotated[int, typer.Option(help="seed of sampling and the prompt order")] = 42,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress display")] = False,
+) -> None:
+    """PPO against the reward model, with a per-token KL penalty to the SFT policy (Ziegler et al. 2019)."""
+    from tunelab.rlhf.data import stage_splits
+    from tunelab.rlhf.ppo import PPOSettings
+    from tunelab.rlhf.ppo_train import train_ppo
+    from tunelab.rlhf.reward import require_reward_run
+    from tunelab.runs import require_run
+
+    if output is None:
+        raise TunelabError("no output directory: pass --output DIR")
+    require_run(policy)  # before the prompts load: a typo should not wait for data
+    require_reward_run(reward)
+    settings = PPOSettings(iterations=iterations, rollout_size=rollout_size, max_new_tokens=max_new_tokens,
+                           learning_rate=lr, target_kl=target_kl, seed=seed)
+    train, test = stage_splits(prompts, "ppo", seed=seed)
+    _quiet_libraries()
+    metrics = train_ppo(settings, policy, reward, train["prompt"].tolist(), test["prompt"][:limit_eval].tolist(),
+                        output, overwrite, progress=not quiet)
+    table = Table(title=f"PPO: {iterations} iterations of {rollout_size} prompts; {limit_eval} held-out prompts")
+    for column in ("policy", "mean reward", "KL to SFT"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for name, row in (("SFT", metrics["sft_test"]), ("PPO", metrics["test"])):
+        table.add_row(name, f"{row['reward']:+.3f}", f"{row['kl']:.2f}")
+    console.print(table)
+    for text in metrics["test"]["samples"][:3]:
+        console.print(f"  {escape(text)}")
     console.print(f"run saved to [bold]{escape(str(output))}[/bold]")
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from tunelab.errors import TunelabError
 from tunelab.rlhf.ppo_math import (
     KLController,
     entropy_from_logits,
@@ -28,6 +31,8 @@ from tunelab.rlhf.ppo_math import (
     value_loss,
     whiten,
 )
+from tunelab.runs import load_run
+from tunelab.strategies.registry import get_strategy
 
 
 class PPOSettings(BaseModel):
@@ -161,8 +166,8 @@ def ppo_step(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, rollout:
             nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], settings.max_grad_norm)
             optimizer.step()
             stats["clip_fraction"].append(pg_stats["clip_fraction"])
-            stats["value_loss"].append(float(vf_loss))
-            stats["policy_loss"].append(float(pg_loss))
+            stats["value_loss"].append(vf_loss.item())
+            stats["policy_loss"].append(pg_loss.item())
     mean_kl = float(kl.sum(1).mean())  # summed over a response's tokens (0 in the padding), mean over responses
     kl_controller.update(mean_kl, len(scores))
     return {"reward": float(scores.mean()), "kl": mean_kl, "kl_coef": kl_controller.value, "entropy": float(entropy),
@@ -175,6 +180,40 @@ def ppo_iteration(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, tok
                   settings: PPOSettings) -> dict[str, float]:
     """Generate, score the decoded prompt + response texts, step."""
     rollout = generate_rollout(policy, tokenizer, prompts, settings)
-    texts = [tokenizer.decode(ids[keep.bool()], skip_special_tokens=True)
-             for ids, keep in zip(rollout.ids, rollout.mask, strict=True)]
-    return ppo_step(policy, optimizer, rollout, reward(texts), kl_controller, settings)
+    return ppo_step(policy, optimizer, rollout, reward(decode(tokenizer, rollout)), kl_controller, settings)
+
+
+def policy_from_sft(run: Path) -> tuple[PolicyWithValue, Any]:
+    """The SFT run's model with its delta folded into the base, and a fresh LoRA on top: disabling that LoRA then
+    gives back the SFT policy itself, the reference that the KL penalty holds PPO to (Ziegler et al.)."""
+    loaded = load_run(run)
+    if loaded.config.task != "generation":
+        raise TunelabError(f"{run} is a {loaded.config.task} run; PPO starts from a causal LM (`tunelab rlhf sft`)")
+    get_strategy(loaded.config.strategy.name).merge(loaded.model)
+    return PolicyWithValue(with_lora(loaded.model.backbone)), loaded.tokenizer
+
+
+@torch.no_grad()
+def evaluate_policy(policy: PolicyWithValue, tokenizer, prompts: list[str], reward: Callable[[list[str]], Tensor],
+                    settings: PPOSettings) -> dict[str, Any]:
+    """Mean reward of sampled responses to held-out prompts, and their KL to the reference (summed over each
+    response's tokens, k1), with a few samples to read."""
+    torch.manual_seed(settings.seed)  # the same draws before and after training
+    rewards, kls, samples = [], [], []
+    for start in range(0, len(prompts), settings.rollout_size):
+        rollout = generate_rollout(policy, tokenizer, prompts[start:start + settings.rollout_size], settings)
+        texts = decode(tokenizer, rollout)
+        logprobs = response_logprobs(policy(rollout.ids, rollout.mask)[0], rollout.ids, rollout.prompt_length)
+        reference = response_logprobs(policy.reference_logits(rollout.ids, rollout.mask), rollout.ids,
+                                      rollout.prompt_length)
+        rewards.append(reward(texts))
+        kls.append(((logprobs - reference) * rollout.response_mask).sum(1))
+        samples += texts
+    return {"reward": float(torch.cat(rewards).mean()), "kl": float(torch.cat(kls).mean()),
+            "prompts": len(prompts), "samples": samples[:5]}
+
+
+def decode(tokenizer, rollout: Rollout) -> list[str]:
+    """Prompt + response texts without padding: what the reward model reads, in its own tokenizer."""
+    return [tokenizer.decode(ids[keep.bool()], skip_special_tokens=True)
+            for ids, keep in zip(rollout.ids, rollout.mask, strict=True)]

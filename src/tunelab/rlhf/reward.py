@@ -133,11 +133,15 @@ def train_reward_model(settings: RewardSettings, train_pairs: pd.DataFrame, test
     return metrics
 
 
-def load_reward_model(run: Path) -> tuple[PreTrainedModel, Any, RewardSettings]:
-    """A trained reward model, its tokenizer and settings, from its run directory."""
+def require_reward_run(run: Path) -> None:
     if not (run / REWARD_CONFIG_FILE).exists():
         raise TunelabError(f"{run} is not a reward model run (no {REWARD_CONFIG_FILE}); pass the --output of "
                            f"`tunelab rlhf reward`")
+
+
+def load_reward_model(run: Path) -> tuple[PreTrainedModel, Any, RewardSettings]:
+    """A trained reward model, its tokenizer and settings, from its run directory."""
+    require_reward_run(run)
     settings = RewardSettings.model_validate(yaml.safe_load((run / REWARD_CONFIG_FILE).read_text(encoding="utf-8")))
     model = AutoModelForSequenceClassification.from_pretrained(run / MODEL_FOLDER, dtype=torch.float32)
     return model.eval(), AutoTokenizer.from_pretrained(run / MODEL_FOLDER), settings
