@@ -67,6 +67,7 @@ def test_the_cli_trains_and_generate_reads_the_run(tiny_llama_lm: Path, tmp_path
     output = tmp_path / "sft"
     for args in (["rlhf", "sft", "--model", str(tiny_llama_lm), "--data", str(path), "--output", str(output),
                   "--epochs", "1", "--max-length", "24", "--quiet"],
+                 ["summary", str(output)],
                  ["generate", str(output), "say good", "--max-new-tokens", "3", "--continue"]):
         monkeypatch.setattr("sys.argv", ["tunelab", *args])
         with pytest.raises(SystemExit) as exited:
@@ -75,3 +76,4 @@ def test_the_cli_trains_and_generate_reads_the_run(tiny_llama_lm: Path, tmp_path
     printed = capsys.readouterr().out
     assert "sft lora on" in printed and "46 examples; held-out loss" in " ".join(printed.split())
     assert printed.splitlines()[-1].startswith("say good ")  # the prompt, continued as plain text
+    assert "ppl" in printed and "sft" in printed  # `tunelab summary` reads an SFT run like any generation run

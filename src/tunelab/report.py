@@ -21,6 +21,12 @@ def on_disk(resources: dict[str, Any]) -> str:
     return f"{human_bytes(delta)} ({delta / full:.2%} of full)" if full else human_bytes(delta)
 
 
+def latency(resources: dict[str, Any]) -> str:
+    """Per-example latency at batch 1; runs trained through TRL (`rlhf sft`) do not measure it."""
+    value = resources.get("latency_ms_per_example")
+    return "-" if value is None else f"{value:.1f} ms"
+
+
 def quality_columns(metrics: dict[str, Any]) -> tuple[str, str]:
     """The two quality columns: accuracy and macro-F1, or for generation the test loss and perplexity, each
     with the untrained model's value beside it."""
@@ -47,7 +53,7 @@ def runs_table(run_dirs: list[Path], title: str = "runs") -> Table:
             run_dir.name, config.strategy.name, str(metrics["train_examples"]), *quality_columns(metrics),
             f"{human_count(resources['trainable_parameters'])} ({resources['trainable_share'] * 100:.3g}%)",
             f"{resources['train_s']:.1f} s", human_bytes(resources["peak_memory_bytes"]),
-            on_disk(resources), f"{resources['latency_ms_per_example']:.1f} ms",
+            on_disk(resources), latency(resources),
         )
     return table
 
