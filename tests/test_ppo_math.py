@@ -298,3 +298,13 @@ def test_padding_never_changes_a_result(name: str):
     per_token = [part for part in (padded_output if isinstance(padded_output, tuple) else (padded_output,))
                  if isinstance(part, torch.Tensor) and part.dim() == 2]
     assert all((part[:, 5:] == 0).all() for part in per_token)  # appended padding comes out as 0
+
+
+def test_sequence_kl_sums_the_real_tokens_only():
+    from tunelab.rlhf.ppo_math import sequence_kl
+
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, float("nan"), 7.0]], dtype=torch.float64)
+    reference = torch.tensor([[-1.5, -1.0, -2.0], [-1.0, 3.0, 1.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(sequence_kl(logprobs, reference, mask), torch.tensor([-1.5, 0.5], dtype=torch.float64))
+

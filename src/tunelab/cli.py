@@ -328,8 +328,6 @@ def report(grid: Annotated[Path, typer.Argument(help="grid folder from `tunelab 
     _print_grid_report(grid)
 
 
-# What the advisor must know of the embedded models: parameters, causal, LM head.
-EMBEDDED_MODEL_FACTS = {"minilm": (22.7e6, False, False), "smollm2": (135e6, True, True)}
 PARAMETER_UNITS = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
 MEMORY_UNITS_GB = {"MB": 1e-3, "M": 1e-3, "GB": 1.0, "G": 1.0, "TB": 1e3, "T": 1e3}
 
@@ -366,6 +364,7 @@ def recommend(
     top: Annotated[int, typer.Option(min=1, help="how many choices to explain")] = 3,
 ) -> None:
     """Which strategy to use: ranked choices, each with its reasons, expected trade-off and the command to run."""
+    from tunelab.assets.models import EMBEDDED
     from tunelab.compare.advisor import Situation
     from tunelab.compare.advisor import recommend as advise
     from tunelab.config import build_config
@@ -378,7 +377,9 @@ def recommend(
         model, data = model or base.model, data or base.data.source
     if samples is None:
         raise TunelabError("how many labelled examples? pass --samples N (or --from a compare grid)")
-    parameters, known_causal, known_head = EMBEDDED_MODEL_FACTS.get(model or "", (110e6, False, False))
+    embedded = EMBEDDED.get(model or "")
+    parameters, known_causal, known_head = ((embedded.parameters, embedded.causal, embedded.has_lm_head) if embedded
+                                            else (110e6, False, False))  # unnamed: a BERT-base-sized encoder
     if model_size is not None:
         parameters = _amount(model_size, PARAMETER_UNITS, "--model-size", "350M or 7B")
     situation = Situation(

@@ -12,6 +12,12 @@ from tunelab.tasks.classification import LabelMap
 from tunelab.tasks.inputs import input_encoder
 
 
+def length_ordered_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
+    """Indices in batches of similar length, so that little of each batch is padding."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 class Predictor:
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, label_map: LabelMap, max_length: int):
         self.model, self.tokenizer, self.label_map = model, tokenizer, label_map
@@ -24,10 +30,8 @@ class Predictor:
         self.model.eval()
         device = next(self.model.parameters()).device
         encoded = self.encoder(rows)
-        order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")
         logits = np.zeros((len(rows), len(self.label_map.labels)), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            chosen = order[start:start + batch_size]
+        for chosen in length_ordered_batches([len(ids) for ids in encoded["input_ids"]], batch_size):
             batch = self.tokenizer.pad({key: [values[i] for i in chosen] for key, values in encoded.items()},
                                        return_tensors="pt").to(device)
             output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

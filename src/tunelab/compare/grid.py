@@ -165,7 +165,7 @@ def run_grid(folder: Path, spec: GridSpec, console: Console, progress: bool = Tr
     cells = plan(spec)
     outcome = GridOutcome([], [cell for cell in cells if is_finished(folder, cell)], {})
     refused: dict[str, str] = {}
-    todo = [cell for cell in cells if not is_finished(folder, cell)]
+    todo = [cell for cell in cells if cell not in outcome.skipped]
     with _progress(progress, console) as bar:
         task = bar.add_task("grid", total=len(cells), completed=len(outcome.skipped))
         try:

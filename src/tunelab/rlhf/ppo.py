@@ -27,6 +27,7 @@ from tunelab.rlhf.ppo_math import (
     estimate_advantages,
     explained_variance,
     policy_loss,
+    sequence_kl,
     token_rewards,
     value_loss,
     whiten,
@@ -207,7 +208,7 @@ def evaluate_policy(policy: PolicyWithValue, tokenizer, prompts: list[str], rewa
         reference = response_logprobs(policy.reference_logits(rollout.ids, rollout.mask), rollout.ids,
                                       rollout.prompt_length)
         rewards.append(reward(texts))
-        kls.append(((logprobs - reference) * rollout.response_mask).sum(1))
+        kls.append(sequence_kl(logprobs, reference, rollout.response_mask))
         samples += texts
     return {"reward": float(torch.cat(rewards).mean()), "kl": float(torch.cat(kls).mean()),
             "prompts": len(prompts), "samples": samples[:5]}

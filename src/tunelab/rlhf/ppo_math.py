@@ -77,6 +77,11 @@ def per_token_kl(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") 
     return KL_ESTIMATORS[estimator](logprobs, ref_logprobs)
 
 
+def sequence_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: str = "k1") -> Tensor:
+    """(B,) KL of each response to the reference: the per-token estimates summed over its real tokens."""
+    return _real(per_token_kl(logprobs, ref_logprobs, estimator), mask).sum(1)
+
+
 def last_token_index(mask: Tensor) -> Tensor:
     """(B,) index of each row's last real token in `mask` (B, T)."""
     return mask.size(1) - 1 - mask.flip(1).argmax(1)  # argmax returns the first maximum: the last 1 unflipped

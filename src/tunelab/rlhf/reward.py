@@ -23,6 +23,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from tunelab.assets.models import resolve_model
 from tunelab.errors import TunelabError
+from tunelab.modeling import load_tokenizer
+from tunelab.predict import length_ordered_batches
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json, write_text_atomic
 from tunelab.training.resources import PeakMemory
 from tunelab.training.trainer import quiet_when_asked, trl_device_settings
@@ -62,10 +64,8 @@ def score_texts(model: PreTrainedModel, tokenizer: Any, texts: list[str], max_le
                 batch_size: int = 64) -> np.ndarray:
     """(N,) rewards, scored in batches of similar length and returned in the texts' order."""
     model.eval()
-    order = np.argsort([len(text) for text in texts], kind="stable")
     scores = np.empty(len(texts), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
-        chunk = order[start:start + batch_size]
+    for chunk in length_ordered_batches([len(text) for text in texts], batch_size):
         batch = tokenizer([texts[i] for i in chunk], truncation=True, max_length=max_length, padding=True,
                           return_tensors="pt").to(model.device)
         scores[chunk] = model(**batch).logits[:, 0].float().cpu().numpy()
@@ -85,9 +85,7 @@ def pairwise_accuracy(model: PreTrainedModel, tokenizer: Any, pairs: pd.DataFram
 def load_reward_backbone(name: str) -> tuple[PreTrainedModel, Any]:
     """Any sequence-classification backbone with a single output (a new head on top of the pre-trained model)."""
     spec = resolve_model(name)
-    tokenizer = AutoTokenizer.from_pretrained(spec.path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(spec)
     model = AutoModelForSequenceClassification.from_pretrained(spec.path, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id  # causal backbones score the last non-pad token
     return model, tokenizer

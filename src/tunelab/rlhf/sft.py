@@ -8,6 +8,7 @@ and `tunelab generate` read it, and the later stages can start from it.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ SFT_STRATEGIES = ("full", "lora", "ia3")
 
 def _held_out(trainer: SFTTrainer) -> dict[str, float]:
     loss = trainer.evaluate()["eval_loss"]
-    return {"loss": loss, "perplexity": float(torch.tensor(loss).exp())}
+    return {"loss": loss, "perplexity": math.exp(loss)}
 
 
 def train_sft(config: RunConfig, train: pd.DataFrame, test: pd.DataFrame, overwrite: bool = False,

@@ -104,8 +104,8 @@ def generate(model: CausalLM, tokenizer: PreTrainedTokenizerBase, prompt: str, m
     """The model's answer to `prompt` (or with `continuation`, what follows the prompt as plain text, as a model
     trained on plain text expects): greedy at temperature 0, else sampled (seeded)."""
     model.eval()
-    plain = tokenizer(prompt, add_special_tokens=False)["input_ids"] if continuation else None
-    ids = torch.tensor([plain or prompt_ids(tokenizer, prompt)])
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"] if continuation
+                        else prompt_ids(tokenizer, prompt)])
     torch.manual_seed(seed)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     output = model.backbone.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
