@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny import STRATEGY_TRAINING, TrainedRun, sentiment_frame, write_table
+from tiny import STRATEGY_TRAINING, TrainedRun, run_main, sentiment_frame, write_table
 
-from tunelab import cli
 from tunelab.api import evaluate
 
 TUNELAB = Path(sys.executable).parent / "tunelab"
@@ -205,19 +204,13 @@ def test_strategies(cli_session: dict):
 # --- the same entry point in-process: cheap enough for every remaining error and the table outputs -------------
 
 
-def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    """`tunelab ARGS...` through `tunelab.cli.main`, as the console script calls it; (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["tunelab", *args])
-    with pytest.raises(SystemExit) as exited:
-        cli.main()
-    captured = capsys.readouterr()
-    return exited.value.code or 0, captured.out, captured.err
-
-
 @pytest.fixture
 def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_probe: TrainedRun) -> dict[str, list]:
     train = ["train", "--model", str(tiny_bert), "--data", str(sentiment_csv), "--output", str(tmp_path / "run"),
              "--quiet"]
+    prompts_csv, pairs_csv = tmp_path / "prompts.csv", tmp_path / "pairs.csv"
+    prompts_csv.write_text("prompt\nThe film\nA story\n")
+    pairs_csv.write_text("chosen,rejected\n" + "great film,awful film\n" * 20)
     return {
         "unknown label column": ([*train, "--label-column", "sentiment"],
                                  "no label column 'sentiment'; its columns are text, label"),
@@ -269,6 +262,21 @@ def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_prob
         "ppo with a classifier as the reward": (["rlhf", "ppo", "--policy", str(bert_probe.path), "--reward",
                                                  str(bert_probe.path), "--output", str(tmp_path / "run")],
                                                 "is not a reward model run (no reward.yaml)"),
+        "dpo from a non-run": (["rlhf", "dpo", "--policy", str(tmp_path), "--output", str(tmp_path / "run")],
+                               "is not a tunelab run directory"),
+        "dpo on prompt-only data": (["rlhf", "dpo", "--policy", str(bert_probe.path), "--data", str(prompts_csv),
+                                     "--output", str(tmp_path / "run")],
+                                    "holds prompt-only data (columns prompt); rlhf dpo needs preference"),
+        "dpo from a classifier run": (["rlhf", "dpo", "--policy", str(bert_probe.path), "--data", str(pairs_csv),
+                                       "--output", str(tmp_path / "run")],
+                                      "is a classification run; the policy starts from a causal LM"),
+        "judge a non-policy run": (["rlhf", "judge", str(bert_probe.path), "--reward", str(bert_probe.path)],
+                                   "is not a PPO or DPO run (no policy.yaml)"),
+        "pipeline with an unknown preset": (["rlhf", "pipeline", "--preset", "imdb", "--output",
+                                             str(tmp_path / "run")], "unknown preset 'imdb'; presets: "
+                                                                     "movie-sentiment"),
+        "generate from a classifier": (["generate", str(bert_probe.path), "The film"],
+                                       "is a classification run; generate needs one trained with --task generation"),
     }
 
 
@@ -281,6 +289,8 @@ def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_prob
     "compare with an unknown strategy", "report of a non-grid", "recommend without samples",
     "recommend with a bad memory", "recommend with a bad latency", "reward model on classification data",
     "reward model without --output", "ppo from a non-run", "ppo with a classifier as the reward",
+    "dpo from a non-run", "dpo on prompt-only data", "dpo from a classifier run", "judge a non-policy run",
+    "pipeline with an unknown preset", "generate from a classifier",
 ])
 def test_more_user_errors_in_process(case: str, error_inputs: dict, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):

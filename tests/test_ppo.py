@@ -9,16 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tunelab.rlhf.policy import policy_lora
 from tunelab.rlhf.ppo import (
     PolicyWithValue,
     PPOSettings,
     generate_rollout,
     ppo_iteration,
+    ppo_optimizer,
+    reference_logits,
     response_logprobs,
     response_mask,
-    with_lora,
 )
 from tunelab.rlhf.ppo_math import AdaptiveKLController
 from tunelab.rlhf.reward import load_reward_backbone, score_texts
@@ -30,7 +33,7 @@ PROMPTS = ["the film was", "a story of", "it is a", "one of the"]
 def policy_and_tokenizer(tiny_llama_lm: Path) -> tuple[PolicyWithValue, object]:
     torch.manual_seed(0)
     lm = AutoModelForCausalLM.from_pretrained(tiny_llama_lm, dtype=torch.float32)
-    return PolicyWithValue(with_lora(lm)), AutoTokenizer.from_pretrained(tiny_llama_lm)
+    return PolicyWithValue(get_peft_model(lm, policy_lora())), AutoTokenizer.from_pretrained(tiny_llama_lm)
 
 
 def test_a_response_ends_at_its_first_end_of_sequence():
@@ -41,7 +44,7 @@ def test_a_response_ends_at_its_first_end_of_sequence():
 
 def test_a_rollout_joins_left_padded_prompts_and_their_responses(policy_and_tokenizer):
     policy, tokenizer = policy_and_tokenizer
-    rollout = generate_rollout(policy, tokenizer, ["the film was", "a"], PPOSettings(max_new_tokens=6))
+    rollout = generate_rollout(policy.lm, tokenizer, ["the film was", "a"], max_new_tokens=6)
     prompt = tokenizer(["the film was", "a"], add_special_tokens=False)["input_ids"]
     assert rollout.prompt_length == max(map(len, prompt)) and rollout.response_ids.shape == (2, 6)
     assert rollout.mask[1, :rollout.prompt_length].tolist() == [0] * (rollout.prompt_length - 1) + [1]  # left pad
@@ -63,7 +66,7 @@ def test_one_iteration_changes_only_the_lora_and_value_weights(policy_and_tokeni
     settings = PPOSettings(rollout_size=4, minibatch_size=2, ppo_epochs=2, max_new_tokens=8, learning_rate=1e-2)
     before = {name: tensor.clone() for name, tensor in policy.state_dict().items()}
     trainable = {name for name, parameter in policy.named_parameters() if parameter.requires_grad}
-    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=settings.learning_rate)
+    optimizer = ppo_optimizer(policy, settings)
     controller = AdaptiveKLController(settings.init_kl_coef, target=settings.target_kl, horizon=settings.kl_horizon)
 
     stats = ppo_iteration(policy, optimizer, tokenizer, PROMPTS, reward, controller, settings)
@@ -86,7 +89,7 @@ def test_the_reference_is_the_base_without_the_delta(policy_and_tokenizer, tiny_
                 parameter.add_(0.5)  # make the delta non-zero
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_lm, dtype=torch.float32)
     ids = tokenizer(PROMPTS[:2], return_tensors="pt", padding=True)
-    reference = policy.reference_logits(ids["input_ids"], ids["attention_mask"])
+    reference = reference_logits(policy.lm, ids["input_ids"], ids["attention_mask"])
     expected = base(**ids).logits
     torch.testing.assert_close(reference, expected, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(policy(ids["input_ids"], ids["attention_mask"])[0], expected, atol=1e-3)
@@ -96,28 +99,86 @@ def test_a_ppo_run_starts_at_the_sft_policy_and_writes_its_delta(tiny_llama_lm: 
                                                                   tmp_path: Path):
     import json
 
+    from tunelab.rlhf.ppo_train import train_ppo
+
+    sft, rm = _sft_and_reward_runs(tiny_llama_lm, tiny_bert, tmp_path)
+    settings = PPOSettings(iterations=2, rollout_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6)
+
+    metrics = train_ppo(settings, sft, rm, PROMPTS * 2, PROMPTS[:2], tmp_path / "ppo", progress=False)
+
+    assert metrics["sft_test"]["kl"] == pytest.approx(0.0, abs=1e-5)  # a fresh LoRA on the merged SFT model
+    assert len(metrics["iterations"]) == 2 and metrics["test"]["prompts"] == 2
+    assert {path.name for path in (tmp_path / "ppo").iterdir()} == {"adapter", "value_head.safetensors", "policy.yaml",
+                                                                     "metrics.json", "resources.json"}
+    assert json.loads((tmp_path / "ppo" / "metrics.json").read_text())["iterations"][0]["kl_coef"] > 0
+
+
+def _sft_and_reward_runs(tiny_llama_lm: Path, tiny_bert: Path, folder: Path) -> tuple[Path, Path]:
     import pandas as pd
     from tiny import sentiment_frame
 
     from tunelab.config import build_config
-    from tunelab.rlhf.ppo_train import train_ppo
     from tunelab.rlhf.reward import RewardSettings, train_reward_model
     from tunelab.rlhf.sft import train_sft
 
     text = pd.DataFrame({"text": sentiment_frame(24)["text"]})
     sft = build_config({"model": str(tiny_llama_lm), "task": "generation", "strategy": {"name": "lora"},
-                        "output": str(tmp_path / "sft"), "training": {"max_length": 16, "epochs": 1}})
+                        "output": str(folder / "sft"), "training": {"max_length": 16, "epochs": 1}})
     train_sft(sft, text, text.iloc[:4], progress=False)
     pairs = pd.DataFrame({"chosen": ["good great"] * 8, "rejected": ["bad awful"] * 8})
     train_reward_model(RewardSettings(model=str(tiny_bert), epochs=1, max_length=16), pairs, pairs.iloc[:2],
-                       tmp_path / "rm", progress=False)
-    settings = PPOSettings(iterations=2, rollout_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6)
+                       folder / "rm", progress=False)
+    return folder / "sft", folder / "rm"
 
-    metrics = train_ppo(settings, tmp_path / "sft", tmp_path / "rm", PROMPTS * 2, PROMPTS[:2], tmp_path / "ppo",
-                        progress=False)
 
-    assert metrics["sft_test"]["kl"] == pytest.approx(0.0, abs=1e-5)  # a fresh LoRA on the merged SFT model
-    assert len(metrics["iterations"]) == 2 and metrics["test"]["prompts"] == 2
-    assert {path.name for path in (tmp_path / "ppo").iterdir()} == {"adapter", "value_head.safetensors", "ppo.yaml",
-                                                                     "metrics.json", "resources.json"}
-    assert json.loads((tmp_path / "ppo" / "metrics.json").read_text())["iterations"][0]["kl_coef"] > 0
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(tiny_llama_lm: Path, tiny_bert: Path,
+                                                                              tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch):
+    from safetensors.torch import load_file
+
+    from tunelab.rlhf import ppo_train
+    from tunelab.rlhf.ppo_checkpoint import checkpoint_folder
+
+    sft, rm = _sft_and_reward_runs(tiny_llama_lm, tiny_bert, tmp_path)
+    settings = PPOSettings(iterations=4, rollout_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6,
+                           checkpoint_every=2)
+    run = lambda output: ppo_train.train_ppo(settings, sft, rm, PROMPTS * 2, PROMPTS[:2], output,  # noqa: E731
+                                             progress=False, announce=lines.append)
+    lines: list[str] = []
+    whole = run(tmp_path / "whole")
+    real_iteration, calls = ppo_train.ppo_iteration, []
+
+    def interrupted_at_the_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_iteration(*args, **kwargs)
+
+    monkeypatch.setattr(ppo_train, "ppo_iteration", interrupted_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut")
+    assert not (tmp_path / "cut").exists() and checkpoint_folder(tmp_path / "cut").exists()
+    monkeypatch.setattr(ppo_train, "ppo_iteration", real_iteration)
+
+    resumed = run(tmp_path / "cut")
+
+    assert lines == ["resuming PPO from its checkpoint after iteration 2"]
+    assert resumed["iterations"] == whole["iterations"] and resumed["test"] == whole["test"]
+    weights = [load_file(path / "adapter" / "adapter_model.safetensors") for path in (tmp_path / "whole",
+                                                                                     tmp_path / "cut")]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    assert not checkpoint_folder(tmp_path / "cut").exists()
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tiny_llama_lm: Path, tiny_bert: Path, tmp_path: Path):
+    from tunelab.errors import TunelabError
+    from tunelab.rlhf.ppo_checkpoint import checkpoint_folder
+    from tunelab.rlhf.ppo_train import train_ppo
+
+    sft, rm = _sft_and_reward_runs(tiny_llama_lm, tiny_bert, tmp_path)
+    settings = PPOSettings(iterations=2, rollout_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6,
+                           checkpoint_every=1)
+    checkpoint_folder(tmp_path / "ppo").mkdir()
+    torch.save({"identity": {"learning_rate": 1.0}}, checkpoint_folder(tmp_path / "ppo") / "state.pt")
+    with pytest.raises(TunelabError, match="holds a checkpoint of a PPO run with other .*learning_rate"):
+        train_ppo(settings, sft, rm, PROMPTS, PROMPTS[:2], tmp_path / "ppo", progress=False)

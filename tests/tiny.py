@@ -6,12 +6,14 @@ Imported by conftest.py after it has put the hub clients offline.
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from tunelab import api, build_config
+from tunelab import api, build_config, cli
 from tunelab.config import RunConfig
 from tunelab.predict import Predictor
 
@@ -91,3 +93,12 @@ def train_recording(config: RunConfig) -> TrainedRun:
     """tunelab.api.train, keeping hold of the in-memory trained model through the result's predictor."""
     result = api.train(config, progress=False)
     return TrainedRun(result.path, config, result.metrics, result.resources, result.predictor)
+
+
+def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """`tunelab ARGS...` through `tunelab.cli.main`, as the console script calls it; (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["tunelab", *args])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    captured = capsys.readouterr()
+    return exited.value.code or 0, captured.out, captured.err

@@ -223,6 +223,11 @@ def generate_text(run_dir: Path, prompt: str, max_new_tokens: int = 64, temperat
                   seed: int = 0, continuation: bool = False) -> str:
     """The answer of a generation run's model to one prompt (greedy at temperature 0); with `continuation`, the
     text that follows the prompt, without the chat template."""
+    from tunelab.rlhf.policy import is_policy_run, load_policy
+
+    if is_policy_run(run_dir):
+        policy = load_policy(run_dir)
+        return generate(policy.model, policy.tokenizer, prompt, max_new_tokens, temperature, seed, continuation)
     run = load_run(run_dir)
     if run.config.task != "generation":
         raise TunelabError(f"{run_dir} is a {run.config.task} run; generate needs one trained with --task generation")

@@ -18,8 +18,8 @@ from tunelab.errors import TunelabError
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="The embedded datasets, and a look at any dataset.", no_args_is_help=True)
 models_app = typer.Typer(help="The embedded and cached models.", no_args_is_help=True)
-rlhf_app = typer.Typer(help="RLHF, the stages built so far: supervised fine-tuning, a reward model from "
-                            "preference pairs, and PPO.",
+rlhf_app = typer.Typer(help="RLHF: supervised fine-tuning, a reward model from preference pairs, PPO, DPO beside "
+                            "it, the whole pipeline on a preset, and a judge of the policies.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
@@ -197,7 +197,8 @@ def predict(
 
 @app.command()
 def generate(
-    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train --task generation`")],
+    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train --task generation` or any RLHF "
+                                            "stage (`rlhf sft`, `rlhf ppo`, `rlhf dpo`)")],
     prompt: Annotated[str, typer.Argument(help="the prompt (the chat template is applied when the model has one)")],
     max_new_tokens: Annotated[int, typer.Option(min=1, help="stop after this many tokens")] = 64,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy; above 0 = sampled")] = 0.0,
@@ -602,6 +603,118 @@ def rlhf_reward(
                       f"{row['loss']:.3f}")
     console.print(table)
     console.print(f"run saved to [bold]{escape(str(output))}[/bold]")
+
+
+@rlhf_app.command("dpo")
+def rlhf_dpo(
+    policy: Annotated[Path, typer.Option(help="the SFT run to start from (`tunelab rlhf sft`)")],
+    output: Annotated[Path | None, typer.Option(help="run directory to create")] = None,
+    data: Annotated[str, typer.Option(help="movie-sentiment (pairs of human-rated snippets), or a file of chosen, "
+                                           "rejected (and prompt) columns")] = "movie-sentiment",
+    beta: Annotated[float, typer.Option(min=0.0, help="pull towards the SFT policy (higher: stay closer)")] = 0.1,
+    epochs: Annotated[float, typer.Option(min=0.01, help="passes over the training pairs")] = 1.0,
+    lr: Annotated[float, typer.Option(min=0.0, help="peak learning rate of the LoRA delta")] = 5e-4,
+    batch_size: Annotated[int, typer.Option(min=1, help="pairs per step")] = 8,
+    max_length: Annotated[int, typer.Option(min=1, help="tokens per prompt + answer")] = 64,
+    limit_eval: Annotated[int, typer.Option(min=1, help="held-out pairs to evaluate on")] = 200,
+    seed: Annotated[int, typer.Option(help="seed of the data order and a file's held-out split")] = 42,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Direct preference optimisation of the SFT policy (TRL DPOTrainer, LoRA; the reference is the SFT policy)."""
+    from tunelab.rlhf.data import stage_splits
+    from tunelab.rlhf.dpo import DPOSettings, train_dpo
+    from tunelab.runs import require_run
+
+    if output is None:
+        raise TunelabError("no output directory: pass --output DIR")
+    require_run(policy)
+    settings = DPOSettings(data=data, beta=beta, epochs=epochs, learning_rate=lr, batch_size=batch_size,
+                           max_length=max_length, seed=seed)
+    train_pairs, test_pairs = stage_splits(data, "dpo", test_share=0.1, seed=seed)
+    _quiet_libraries()
+    metrics = train_dpo(settings, policy, train_pairs, test_pairs.iloc[:limit_eval], output, overwrite,
+                        progress=not quiet)
+    test = metrics["test"]
+    console.print(f"dpo on {escape(data)}: {metrics['train_pairs']} training pairs; on {test['pairs']} held-out "
+                  f"pairs: DPO loss {test['loss']:.3f} (log 2 = 0.693 at the start), preference accuracy "
+                  f"{test['preference_accuracy']:.3f}, reward margin {test['reward_margin']:+.3f}")
+    console.print(f"run saved to [bold]{escape(str(output))}[/bold]")
+
+
+def _print_judgement(judged: dict[str, Any], target_kl: float | None) -> None:
+    table = Table(title=f"policies on {next(iter(judged.values()))['prompts']} held-out prompts (same sampling seed)")
+    for column in ("policy", "mean reward", "KL to SFT", "SFT perplexity", "VADER", "VADER win vs SFT"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for name, row in judged.items():
+        win = "-" if row["vader_win_rate"] is None else f"{row['vader_win_rate']:.0%}"
+        table.add_row(name.upper(), f"{row['reward']:+.3f}", f"{row['kl']:.2f}", f"{row['reference_perplexity']:.1f}",
+                      f"{row['vader']:+.3f}", win)
+    console.print(table)
+    if target_kl is not None:
+        console.print(f"KL in nats per response, summed over its tokens; PPO's target: {target_kl:g}")
+    for name, row in judged.items():
+        console.print(f"[bold]{name.upper()}[/bold]: {escape(row['samples'][0])}")
+
+
+@rlhf_app.command("judge")
+def rlhf_judge(
+    runs: Annotated[list[Path], typer.Argument(help="PPO and DPO runs trained from the same SFT run")],
+    reward: Annotated[Path, typer.Option(help="the reward model run that scores the samples")],
+    prompts: Annotated[str, typer.Option(help="movie-sentiment (the held-out first words), or a file with a prompt "
+                                              "column (every row)")] = "movie-sentiment",
+    limit: Annotated[int, typer.Option(min=1, help="prompts every policy answers (the first N)")] = 128,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="response length")] = 24,
+    seed: Annotated[int, typer.Option(help="the sampling seed, the same for every policy")] = 42,
+) -> None:
+    """Judge policies against their SFT policy: reward, KL, SFT's perplexity of their samples, VADER win rate."""
+    from tunelab.rlhf.data import load_movie_sentiment, load_stage_data
+    from tunelab.rlhf.evaluation import evaluate_policies
+    from tunelab.rlhf.policy import read_policy_settings
+    from tunelab.rlhf.reward import require_reward_run, reward_function
+
+    sft_runs = {Path(read_policy_settings(run)["sft_run"]) for run in runs}
+    require_reward_run(reward)
+    if len(sft_runs) > 1:
+        raise TunelabError("the runs were trained from different SFT runs; judge the policies of one SFT run together")
+    names = [run.name for run in runs]
+    if len(set(names)) < len(names) or "sft" in names:
+        raise TunelabError("give runs with distinct folder names other than 'sft': they name the policies")
+    table = load_movie_sentiment().prompts_test if prompts == "movie-sentiment" else load_stage_data(prompts, "ppo")
+    _quiet_libraries()
+    judged = evaluate_policies(sft_runs.pop(), dict(zip(names, runs, strict=True)), reward_function(reward),
+                               table["prompt"][:limit].tolist(), max_new_tokens, seed)
+    _print_judgement(judged, None)
+
+
+@rlhf_app.command("pipeline")
+def rlhf_pipeline(
+    output: Annotated[Path | None, typer.Option(help="folder for the stages' runs and the report")] = None,
+    preset: Annotated[str, typer.Option(help="the embedded task: movie-sentiment")] = "movie-sentiment",
+    sft_examples: Annotated[int, typer.Option(min=1, help="SFT training snippets")] = 1000,
+    ppo_iterations: Annotated[int, typer.Option(min=1, help="PPO iterations of 16 prompts")] = 40,
+    judge_prompts: Annotated[int, typer.Option(min=1, help="held-out prompts every policy answers")] = 128,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """SFT, reward model, PPO and DPO on a preset, then every policy judged on the same held-out prompts. Running
+    the same command again resumes after the last finished stage."""
+    from tunelab.rlhf.pipeline import PipelineSettings, run_pipeline
+
+    if output is None:
+        raise TunelabError("no output directory: pass --output DIR")
+    defaults = PipelineSettings()
+    settings = PipelineSettings(preset=preset, sft_examples=sft_examples, judge_prompts=judge_prompts,
+                                ppo=defaults.ppo.model_copy(update={"iterations": ppo_iterations}))
+    _quiet_libraries()
+    report = run_pipeline(settings, output, progress=not quiet, announce=console.print)
+    stages = report["stages"]
+    console.print(f"SFT held-out perplexity {stages['sft']['base_test']['perplexity']:.1f} -> "
+                  f"{stages['sft']['test']['perplexity']:.1f}; reward model pairwise accuracy "
+                  f"{stages['reward']['test']['pairwise_accuracy']:.3f} on {stages['reward']['test']['pairs']} "
+                  f"held-out human-rated pairs; DPO preference accuracy "
+                  f"{stages['dpo']['test']['preference_accuracy']:.3f}")
+    _print_judgement(report["policies"], report["target_kl"])
+    console.print(f"report saved to [bold]{escape(str(output / 'report.json'))}[/bold]")
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tunelab.assets.datasets import default_template
 from tunelab.assets.models import resolve_model
 from tunelab.config import RunConfig, build_config, read_yaml
@@ -39,6 +41,22 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def open_resumable(folder: Path, settings_file: str, settings: dict[str, Any], kind: str) -> None:
+    """Create a folder of resumable work (a grid, a pipeline) with its settings, or check that an existing one was
+    started with these very settings, so that running the same command again resumes it and nothing else does."""
+    stored_file = folder / settings_file
+    if folder.exists() and not stored_file.exists() and any(folder.iterdir()):
+        raise TunelabError(f"{folder} exists and is not a tunelab {kind}; choose another --output")
+    if stored_file.exists():
+        stored = yaml.safe_load(stored_file.read_text(encoding="utf-8"))
+        changed = [key.replace("_", " ") for key, value in settings.items() if stored.get(key) != value]
+        if changed:
+            raise TunelabError(f"{folder} holds a {kind.split()[-1]} with other {', '.join(changed)}; repeat its "
+                               f"settings to resume it (see {stored_file}), or choose another --output")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(stored_file, yaml.safe_dump(settings, sort_keys=False))
 
 
 def read_json(path: Path) -> Any:

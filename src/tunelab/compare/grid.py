@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tunelab.config import RunConfig, build_config, to_yaml
 from tunelab.errors import TunelabError
-from tunelab.runs import METRICS_FILE, read_json, write_json, write_text_atomic
+from tunelab.runs import METRICS_FILE, open_resumable, read_json, write_json, write_text_atomic
 from tunelab.strategies.registry import get_strategy, parse_options
 
 GRID_FILE = "compare.yaml"
@@ -94,17 +94,9 @@ def read_spec(folder: Path) -> GridSpec:
 
 def prepare_folder(folder: Path, spec: GridSpec) -> None:
     """Create the grid folder, or check that an existing one holds this very grid (then it resumes)."""
-    if folder.exists() and not (folder / GRID_FILE).exists() and any(folder.iterdir()):
-        raise TunelabError(f"{folder} exists and is not a tunelab compare grid; choose another --output")
-    if (folder / GRID_FILE).exists():
-        stored = read_spec(folder).model_dump()
-        changed = [key.replace("_", " ") for key, value in spec.model_dump().items() if stored[key] != value]
-        if changed:
-            raise TunelabError(f"{folder} holds a grid with other {', '.join(changed)}; repeat its settings to "
-                               f"resume it (see {folder / GRID_FILE}), or choose another --output")
+    open_resumable(folder, GRID_FILE, spec.model_dump(), "compare grid")
     for part in (CELLS, CONFIGS, LOGS):
         (folder / part).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / GRID_FILE, yaml.safe_dump(spec.model_dump(), sort_keys=False))
 
 
 def validate(spec: GridSpec) -> None:

@@ -11,29 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from tunelab.errors import TunelabError
 from tunelab.rlhf.ppo_math import (
     KLController,
     entropy_from_logits,
     estimate_advantages,
     explained_variance,
     policy_loss,
-    sequence_kl,
     token_rewards,
     value_loss,
     whiten,
 )
-from tunelab.runs import load_run
-from tunelab.strategies.registry import get_strategy
 
 
 class PPOSettings(BaseModel):
@@ -47,7 +41,8 @@ class PPOSettings(BaseModel):
     ppo_epochs: int = Field(4, gt=0, description="passes over each rollout")
     max_new_tokens: int = Field(24, gt=0)
     temperature: float = Field(1.0, gt=0)
-    learning_rate: float = Field(1e-4, gt=0)
+    learning_rate: float = Field(1e-4, gt=0, description="the policy's LoRA delta")
+    value_learning_rate: float = Field(1e-3, gt=0, description="the value head: a fresh linear layer learns faster")
     clip_range: float = Field(0.2, gt=0)
     clip_range_value: float = Field(0.2, gt=0)
     value_coef: float = Field(0.1, ge=0)
@@ -58,6 +53,7 @@ class PPOSettings(BaseModel):
     kl_horizon: int = Field(10_000, gt=0)
     whiten_rewards: bool = True
     max_grad_norm: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(10, gt=0, description="iterations between the checkpoints a run resumes from")
     seed: int = 42
 
 
@@ -76,15 +72,25 @@ class PolicyWithValue(nn.Module):
         out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions(mask), output_hidden_states=True)
         return out.logits, self.value_head(out.hidden_states[-1]).squeeze(-1)
 
-    @torch.no_grad()
-    def reference_logits(self, ids: Tensor, mask: Tensor) -> Tensor:
-        with self.lm.disable_adapter():
-            return self.lm(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
 
 
-def with_lora(lm: PreTrainedModel, r: int = 8, alpha: int = 16) -> PeftModel:
-    """The policy's delta: LoRA on PEFT's default targets for the architecture; the base stays frozen."""
-    return get_peft_model(lm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, task_type="CAUSAL_LM"))
+def policy_logits(lm: PreTrainedModel | PeftModel, ids: Tensor, mask: Tensor) -> Tensor:
+    """(B, L, V) logits of left-padded sequences, positions counted as generation counted them."""
+    return lm(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+
+
+@torch.no_grad()
+def reference_logits(lm: PeftModel, ids: Tensor, mask: Tensor) -> Tensor:
+    """The logits of the model without its LoRA delta: the reference policy."""
+    with lm.disable_adapter():
+        return policy_logits(lm, ids, mask)
+
+
+def ppo_optimizer(policy: PolicyWithValue, settings: PPOSettings) -> torch.optim.Optimizer:
+    """Adam over the LoRA delta and the value head, each at its own learning rate."""
+    delta = [p for p in policy.lm.parameters() if p.requires_grad]
+    return torch.optim.Adam([{"params": delta, "lr": settings.learning_rate},
+                             {"params": policy.value_head.parameters(), "lr": settings.value_learning_rate}])
 
 
 def positions(mask: Tensor) -> Tensor:
@@ -105,18 +111,20 @@ class Rollout:
 
 
 @torch.no_grad()
-def generate_rollout(policy: PolicyWithValue, tokenizer, prompts: list[str], settings: PPOSettings) -> Rollout:
-    """Sample one response per prompt from the policy (pure sampling: no top-k or top-p, so the samples come from
-    the distribution the KL and the ratios are computed on)."""
+def generate_rollout(lm: PreTrainedModel | PeftModel, tokenizer, prompts: list[str], max_new_tokens: int,
+                     temperature: float = 1.0) -> Rollout:
+    """Sample one response per prompt from `lm` as it is (a PeftModel under `disable_adapter()` samples the
+    reference); pure sampling, no top-k or top-p, so the samples come from the distribution the KL and the ratios
+    are computed on."""
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # prompts end where the responses begin
     try:
         batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     finally:
         tokenizer.padding_side = side
-    policy.eval()
-    ids = policy.lm.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=True,
-                             temperature=settings.temperature, top_k=0, top_p=1.0,
-                             max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    lm.eval()
+    ids = lm.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=True,
+                      temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                      pad_token_id=tokenizer.pad_token_id)
     prompt_length = batch["input_ids"].size(1)
     response = response_mask(ids[:, prompt_length:], tokenizer.eos_token_id)
     return Rollout(ids, torch.cat([batch["attention_mask"], response.long()], dim=1), prompt_length, response)
@@ -143,7 +151,7 @@ def ppo_step(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, rollout:
     with torch.no_grad():
         logits, values = policy(rollout.ids, rollout.mask)
         old_logprobs = response_logprobs(logits, rollout.ids, start)
-        ref_logprobs = response_logprobs(policy.reference_logits(rollout.ids, rollout.mask), rollout.ids, start)
+        ref_logprobs = response_logprobs(reference_logits(policy.lm, rollout.ids, rollout.mask), rollout.ids, start)
         old_values = values[:, start - 1:-1]  # the value of the state before each response token
         rewards, kl = token_rewards(scores, old_logprobs, ref_logprobs, mask, kl_controller.value)
         if settings.whiten_rewards:
@@ -180,38 +188,8 @@ def ppo_iteration(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, tok
                   reward: Callable[[list[str]], Tensor], kl_controller: KLController,
                   settings: PPOSettings) -> dict[str, float]:
     """Generate, score the decoded prompt + response texts, step."""
-    rollout = generate_rollout(policy, tokenizer, prompts, settings)
+    rollout = generate_rollout(policy.lm, tokenizer, prompts, settings.max_new_tokens, settings.temperature)
     return ppo_step(policy, optimizer, rollout, reward(decode(tokenizer, rollout)), kl_controller, settings)
-
-
-def policy_from_sft(run: Path) -> tuple[PolicyWithValue, Any]:
-    """The SFT run's model with its delta folded into the base, and a fresh LoRA on top: disabling that LoRA then
-    gives back the SFT policy itself, the reference that the KL penalty holds PPO to (Ziegler et al.)."""
-    loaded = load_run(run)
-    if loaded.config.task != "generation":
-        raise TunelabError(f"{run} is a {loaded.config.task} run; PPO starts from a causal LM (`tunelab rlhf sft`)")
-    get_strategy(loaded.config.strategy.name).merge(loaded.model)
-    return PolicyWithValue(with_lora(loaded.model.backbone)), loaded.tokenizer
-
-
-@torch.no_grad()
-def evaluate_policy(policy: PolicyWithValue, tokenizer, prompts: list[str], reward: Callable[[list[str]], Tensor],
-                    settings: PPOSettings) -> dict[str, Any]:
-    """Mean reward of sampled responses to held-out prompts, and their KL to the reference (summed over each
-    response's tokens, k1), with a few samples to read."""
-    torch.manual_seed(settings.seed)  # the same draws before and after training
-    rewards, kls, samples = [], [], []
-    for start in range(0, len(prompts), settings.rollout_size):
-        rollout = generate_rollout(policy, tokenizer, prompts[start:start + settings.rollout_size], settings)
-        texts = decode(tokenizer, rollout)
-        logprobs = response_logprobs(policy(rollout.ids, rollout.mask)[0], rollout.ids, rollout.prompt_length)
-        reference = response_logprobs(policy.reference_logits(rollout.ids, rollout.mask), rollout.ids,
-                                      rollout.prompt_length)
-        rewards.append(reward(texts))
-        kls.append(sequence_kl(logprobs, reference, rollout.response_mask))
-        samples += texts
-    return {"reward": float(torch.cat(rewards).mean()), "kl": float(torch.cat(kls).mean()),
-            "prompts": len(prompts), "samples": samples[:5]}
 
 
 def decode(tokenizer, rollout: Rollout) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,12 @@ def require_reward_run(run: Path) -> None:
     if not (run / REWARD_CONFIG_FILE).exists():
         raise TunelabError(f"{run} is not a reward model run (no {REWARD_CONFIG_FILE}); pass the --output of "
                            f"`tunelab rlhf reward`")
+
+
+def reward_function(run: Path) -> Callable[[list[str]], torch.Tensor]:
+    """The reward model of a run as a function of texts, for the policies that learn from it or are judged by it."""
+    model, tokenizer, settings = load_reward_model(run)
+    return lambda texts: torch.from_numpy(score_texts(model, tokenizer, texts, settings.max_length))
 
 
 def load_reward_model(run: Path) -> tuple[PreTrainedModel, Any, RewardSettings]:

@@ -1,0 +1,100 @@
+"""Direct preference optimisation (Rafailov et al. 2023) with TRL's `DPOTrainer`: the policy learns from preference
+pairs directly, with no reward model and no sampling, under the loss -log σ(β·(Δ_chosen − Δ_rejected)), Δ being the
+policy's log-probability gain over the reference.
+
+The policy is a fresh LoRA on the merged SFT model (`rlhf/policy.py`), handed to TRL as a `peft_config`, so TRL's
+reference is the adapter-disabled model, the SFT policy, with no second copy. The reference's log-probabilities never
+change, so they are computed once before training (`precompute_ref_log_probs`) instead of at every step.
+
+Pairs with an implicit prompt (two whole texts, as in the movie-sentiment preset) get the tokenizer's
+beginning-of-text token as their prompt: TRL would otherwise take the texts' longest common prefix, which for two
+unrelated snippets is a few stray characters or nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunelab.errors import TunelabError
+from tunelab.rlhf.policy import POLICY_FILE, merged_sft, policy_lora, save_policy
+from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json
+from tunelab.training.resources import PeakMemory
+from tunelab.training.trainer import quiet_when_asked, trl_device_settings
+
+
+class DPOSettings(BaseModel):
+    """How a DPO policy trains; saved with the run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = "movie-sentiment"
+    beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference (the paper's default)")
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(5e-4, gt=0, description="the LoRA delta's peak learning rate")
+    batch_size: int = Field(8, gt=0, description="pairs per step")
+    max_length: int = Field(64, gt=0, description="tokens per prompt + answer")
+    seed: int = 42
+
+
+def with_explicit_prompt(pairs: pd.DataFrame, tokenizer: Any) -> pd.DataFrame:
+    """`prompt`, `chosen`, `rejected`: an implicit prompt becomes the beginning-of-text token (EOS where a tokenizer
+    has no BOS, as GPT-style models separate documents with it)."""
+    if "prompt" in pairs.columns:
+        return pairs[["prompt", "chosen", "rejected"]]
+    start = tokenizer.bos_token or tokenizer.eos_token
+    if start is None:
+        raise TunelabError("the pairs have no prompt column and the tokenizer has no BOS or EOS token to start them "
+                           "with; add a prompt column")
+    return pd.DataFrame({"prompt": start, "chosen": pairs["chosen"], "rejected": pairs["rejected"]})
+
+
+def _held_out(trainer: Any) -> dict[str, float]:
+    """DPO loss, and the share of pairs whose implicit reward ranks the chosen answer first, on the held-out pairs."""
+    scores = trainer.evaluate()
+    return {"loss": scores["eval_loss"], "preference_accuracy": scores["eval_rewards/accuracies"],
+            "reward_margin": scores["eval_rewards/margins"]}
+
+
+def train_dpo(settings: DPOSettings, sft_run: Path, train_pairs: pd.DataFrame, test_pairs: pd.DataFrame,
+              output: Path, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train a LoRA policy on `train_pairs` from the SFT run; held-out DPO loss and preference accuracy after."""
+    from trl import DPOConfig, DPOTrainer
+
+    if train_pairs.empty or test_pairs.empty:
+        raise TunelabError("DPO needs training and held-out preference pairs; the data has too few")
+    staged = StagedRun(output, overwrite, marker=POLICY_FILE, kind="tunelab policy run")
+    if not progress:
+        datasets.disable_progress_bars()
+    torch.manual_seed(settings.seed)
+    model, tokenizer = merged_sft(sft_run)
+    as_dataset = lambda pairs: datasets.Dataset.from_pandas(  # noqa: E731
+        with_explicit_prompt(pairs, tokenizer).reset_index(drop=True))
+    with staged:
+        args = DPOConfig(output_dir=str(staged.path / "checkpoints"), beta=settings.beta,
+                         num_train_epochs=settings.epochs, learning_rate=settings.learning_rate,
+                         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=32,
+                         max_length=settings.max_length, precompute_ref_log_probs=True, seed=settings.seed,
+                         save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=not progress,
+                         logging_steps=25, **trl_device_settings())
+        trainer = quiet_when_asked(DPOTrainer(model=model.backbone, args=args, processing_class=tokenizer,
+                                              train_dataset=as_dataset(train_pairs),
+                                              eval_dataset=as_dataset(test_pairs), peft_config=policy_lora()))
+        start = time.perf_counter()
+        with PeakMemory() as memory:
+            trainer.train()
+        train_s = time.perf_counter() - start
+        shutil.rmtree(staged.path / "checkpoints", ignore_errors=True)  # nothing is checkpointed; TRL made the folder
+        metrics = {"test": {**_held_out(trainer), "pairs": len(test_pairs)}, "train_pairs": len(train_pairs)}
+        save_policy(staged.path, trainer.model, "dpo", sft_run, settings.model_dump())
+        write_json(staged.path / METRICS_FILE, metrics)
+        write_json(staged.path / RESOURCES_FILE, {"train_s": round(train_s, 3), "peak_memory_bytes": memory.peak_bytes})
+        staged.commit()
+    return metrics
