@@ -45,7 +45,7 @@ def test_the_pipeline_runs_every_stage_and_judges_the_policies(tiny_settings, tm
     report = pipeline.run_pipeline(tiny_settings, tmp_path / "rlhf", progress=False, announce=lines.append)
 
     assert {path.name for path in (tmp_path / "rlhf").iterdir()} == {
-        "sft", "reward", "ppo", "dpo", "pipeline.yaml", "seconds.json", "report.json"}
+        "sft", "reward", "ppo", "dpo", "pipeline.yaml", "seconds.json", "report.json", "ppo_curves.svg"}
     assert list(report["policies"]) == ["sft", "ppo", "dpo"]
     sft, ppo = report["policies"]["sft"], report["policies"]["ppo"]
     assert sft["kl"] == pytest.approx(0.0, abs=1e-5) and sft["vader_win_rate"] is None
@@ -53,6 +53,8 @@ def test_the_pipeline_runs_every_stage_and_judges_the_policies(tiny_settings, tm
     assert set(report["seconds"]) == {"sft", "reward", "ppo", "dpo", "judge"}
     assert json.loads((tmp_path / "rlhf" / "report.json").read_text())["policies"]["dpo"]["prompts"] == 4
     assert lines[0] == "[1/5] sft" and lines[-1].startswith("[5/5] judging")
+    curves = (tmp_path / "rlhf" / "ppo_curves.svg").read_text()
+    assert curves.startswith("<svg") and "explained variance" in curves and curves.count("<path") > 3
 
 
 def test_running_it_again_resumes_after_the_finished_stages(tiny_settings, tmp_path: Path):
@@ -106,6 +108,8 @@ def test_the_stages_runs_serve_generate_judge_and_dpo_from_the_cli(tiny_settings
     flat = " ".join(stdout.split())
     assert "policies on 3 held-out prompts" in flat and "VADER win vs SFT" in flat
     assert all(f"│ {name} " in stdout for name in ("SFT", "PPO", "DPO"))
+    code, _, stderr = run_main(["eval", str(output / "sft")], monkeypatch, capsys)
+    assert code == 2 and "is an `rlhf sft` run of the movie-sentiment preset: its held-out loss is in" in stderr
     code, stdout, stderr = run_main(["rlhf", "dpo", "--policy", str(output / "sft"), "--data", str(pairs),
                                      "--output", str(tmp_path / "dpo2"), "--max-length", "16", "--epochs", "2",
                                      "--quiet"], monkeypatch, capsys)

@@ -234,9 +234,13 @@ def generate_text(run_dir: Path, prompt: str, max_new_tokens: int = 64, temperat
     return generate(run.model, run.tokenizer, prompt, max_new_tokens, temperature, seed, continuation)
 
 
-def _evaluate_generator(run: LoadedRun, source: str | None, limit: int | None) -> dict[str, Any]:
+def _evaluate_generator(run_dir: Path, run: LoadedRun, source: str | None, limit: int | None) -> dict[str, Any]:
     """Held-out loss and perplexity on the completions of the run's test split, or of every row of `source`."""
     data = run.config.data
+    if source is None and data.source == "movie-sentiment":
+        raise TunelabError(f"{run_dir} is an `rlhf sft` run of the movie-sentiment preset: its held-out loss "
+                           f"is in its metrics.json (`tunelab summary`); pass --data FILE with prompt and completion "
+                           f"columns to evaluate it on other data")
     if source is None:
         examples = load_generation_splits(run.config).test
     else:
@@ -253,7 +257,7 @@ def evaluate(run_dir: Path, source: str | None = None, text_column: str = "text"
     """Metrics of a trained run on a dataset: its own test split by default, else every row of `source`."""
     run = load_run(run_dir)
     if run.config.task == "generation":
-        return _evaluate_generator(run, source, limit)
+        return _evaluate_generator(run_dir, run, source, limit)
     if source is None:
         splits, _ = load_splits(run.config)
         examples, name = splits.test, f"{run.config.data.source} (test split)"

@@ -483,6 +483,21 @@ def models_list() -> None:
     console.print("Any local Hugging Face model folder, or a hub id when online, works as --model too.")
 
 
+def _print_judgement(judged: dict[str, Any], target_kl: float | None) -> None:
+    table = Table(title=f"policies on {next(iter(judged.values()))['prompts']} held-out prompts (same sampling seed)")
+    for column in ("policy", "mean reward", "KL to SFT", "SFT perplexity", "VADER", "VADER win vs SFT"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for name, row in judged.items():
+        win = "-" if row["vader_win_rate"] is None else f"{row['vader_win_rate']:.0%}"
+        table.add_row(name.upper(), f"{row['reward']:+.3f}", f"{row['kl']:.2f}", f"{row['reference_perplexity']:.1f}",
+                      f"{row['vader']:+.3f}", win)
+    console.print(table)
+    if target_kl is not None:
+        console.print(f"KL in nats per response, summed over its tokens; PPO's target: {target_kl:g}")
+    for name, row in judged.items():
+        console.print(f"[bold]{name.upper()}[/bold]: {escape(row['samples'][0])}")
+
+
 @rlhf_app.command("sft")
 def rlhf_sft(
     output: Annotated[Path | None, typer.Option(help="run directory to create")] = None,
@@ -556,15 +571,9 @@ def rlhf_ppo(
     train, test = stage_splits(prompts, "ppo", seed=seed)
     _quiet_libraries()
     metrics = train_ppo(settings, policy, reward, train["prompt"].tolist(), test["prompt"][:limit_eval].tolist(),
-                        output, overwrite, progress=not quiet)
-    table = Table(title=f"PPO: {iterations} iterations of {rollout_size} prompts; {limit_eval} held-out prompts")
-    for column in ("policy", "mean reward", "KL to SFT"):
-        table.add_column(column, justify="left" if column == "policy" else "right")
-    for name, row in (("SFT", metrics["sft_test"]), ("PPO", metrics["test"])):
-        table.add_row(name, f"{row['reward']:+.3f}", f"{row['kl']:.2f}")
-    console.print(table)
-    for text in metrics["test"]["samples"][:3]:
-        console.print(f"  {escape(text)}")
+                        output, overwrite, progress=not quiet, announce=console.print)
+    console.print(f"PPO: {iterations} iterations of {rollout_size} prompts")
+    _print_judgement({"sft": metrics["sft_test"], "ppo": metrics["test"]}, target_kl)
     console.print(f"run saved to [bold]{escape(str(output))}[/bold]")
 
 
@@ -642,21 +651,6 @@ def rlhf_dpo(
     console.print(f"run saved to [bold]{escape(str(output))}[/bold]")
 
 
-def _print_judgement(judged: dict[str, Any], target_kl: float | None) -> None:
-    table = Table(title=f"policies on {next(iter(judged.values()))['prompts']} held-out prompts (same sampling seed)")
-    for column in ("policy", "mean reward", "KL to SFT", "SFT perplexity", "VADER", "VADER win vs SFT"):
-        table.add_column(column, justify="left" if column == "policy" else "right")
-    for name, row in judged.items():
-        win = "-" if row["vader_win_rate"] is None else f"{row['vader_win_rate']:.0%}"
-        table.add_row(name.upper(), f"{row['reward']:+.3f}", f"{row['kl']:.2f}", f"{row['reference_perplexity']:.1f}",
-                      f"{row['vader']:+.3f}", win)
-    console.print(table)
-    if target_kl is not None:
-        console.print(f"KL in nats per response, summed over its tokens; PPO's target: {target_kl:g}")
-    for name, row in judged.items():
-        console.print(f"[bold]{name.upper()}[/bold]: {escape(row['samples'][0])}")
-
-
 @rlhf_app.command("judge")
 def rlhf_judge(
     runs: Annotated[list[Path], typer.Argument(help="PPO and DPO runs trained from the same SFT run")],
@@ -714,7 +708,8 @@ def rlhf_pipeline(
                   f"held-out human-rated pairs; DPO preference accuracy "
                   f"{stages['dpo']['test']['preference_accuracy']:.3f}")
     _print_judgement(report["policies"], report["target_kl"])
-    console.print(f"report saved to [bold]{escape(str(output / 'report.json'))}[/bold]")
+    console.print(f"report saved to [bold]{escape(str(output / 'report.json'))}[/bold]; PPO's training curves: "
+                  f"[bold]{escape(str(output / 'ppo_curves.svg'))}[/bold]")
 
 
 def main() -> None:

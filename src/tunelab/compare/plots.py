@@ -25,7 +25,7 @@ def _colours(strategies: list[str]) -> dict[str, tuple]:
     return {name: palette(index) for index, name in enumerate(strategies)}
 
 
-def _svg(figure: Figure) -> str:
+def svg_text(figure: Figure) -> str:
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", bbox_inches="tight")
     plt.close(figure)
@@ -52,7 +52,7 @@ def accuracy_vs_parameters(summary: pd.DataFrame, train_size: int) -> str:
     axes.set(xscale="log", xlabel="trainable parameters (log scale)", ylabel="test accuracy",
              title=f"accuracy against trainable parameters, {train_size} training examples")
     axes.grid(alpha=0.3)
-    return _svg(figure)
+    return svg_text(figure)
 
 
 def accuracy_vs_train_size(summary: pd.DataFrame) -> str:
@@ -70,7 +70,7 @@ def accuracy_vs_train_size(summary: pd.DataFrame) -> str:
     axes.xaxis.set_minor_formatter(NullFormatter())
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return _svg(figure)
+    return svg_text(figure)
 
 
 def _grouped_bars(summary: pd.DataFrame, column: str, scale: float, ylabel: str, title: str, log: bool) -> str:
@@ -88,7 +88,7 @@ def _grouped_bars(summary: pd.DataFrame, column: str, scale: float, ylabel: str,
     axes.set(ylabel=ylabel, title=title, yscale="log" if log else "linear")
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8)
-    return _svg(figure)
+    return svg_text(figure)
 
 
 def training_time(summary: pd.DataFrame) -> str:
@@ -110,7 +110,7 @@ def storage_per_task(summary: pd.DataFrame) -> str:
     axes.tick_params(axis="x", rotation=30)
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8)
-    return _svg(figure)
+    return svg_text(figure)
 
 
 def all_plots(summary: pd.DataFrame) -> dict[str, str]:

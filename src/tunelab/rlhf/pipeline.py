@@ -1,5 +1,5 @@
 """The whole RLHF pipeline on a preset, one command: SFT, the reward model, PPO from both, DPO from SFT beside it,
-then every policy judged on the same held-out prompts (`evaluation.py`), with a report.
+then every policy judged on the same held-out prompts (`evaluation.py`), with a report and PPO's training curves.
 
 Each stage is an ordinary run under the pipeline's folder (`sft/`, `reward/`, `ppo/`, `dpo/`), usable on its own.
 A stage whose run exists is finished (runs are committed atomically), so running the same command again resumes
@@ -20,6 +20,7 @@ from tunelab.errors import TunelabError
 from tunelab.rlhf.data import SentimentPreset, load_movie_sentiment
 from tunelab.rlhf.dpo import DPOSettings, train_dpo
 from tunelab.rlhf.evaluation import evaluate_policies
+from tunelab.rlhf.plots import ppo_curves
 from tunelab.rlhf.ppo import PPOSettings
 from tunelab.rlhf.ppo_train import train_ppo
 from tunelab.rlhf.reward import RewardSettings, reward_function, train_reward_model
@@ -28,6 +29,7 @@ from tunelab.runs import METRICS_FILE, open_resumable, read_json, write_json
 
 PIPELINE_FILE = "pipeline.yaml"
 REPORT_FILE = "report.json"
+CURVES_FILE = "ppo_curves.svg"
 TIMINGS_FILE = "seconds.json"  # per stage, kept across resumed invocations
 PRESETS = ("movie-sentiment",)
 STAGES = ("sft", "reward", "ppo", "dpo")
@@ -110,4 +112,6 @@ def run_pipeline(settings: PipelineSettings, output: Path, progress: bool = True
     report = {"policies": judged, "stages": {stage: read_json(output / stage / METRICS_FILE) for stage in STAGES},
               "seconds": stage_seconds, "target_kl": settings.ppo.target_kl}
     write_json(output / REPORT_FILE, report)
+    (output / CURVES_FILE).write_text(ppo_curves(report["stages"]["ppo"]["iterations"], settings.ppo.target_kl),
+                                      encoding="utf-8")
     return report
