@@ -115,3 +115,27 @@ def test_the_stages_runs_serve_generate_judge_and_dpo_from_the_cli(tiny_settings
                                      "--quiet"], monkeypatch, capsys)
     assert code == 0, stderr
     assert "dpo on" in stdout and "18 training pairs" in stdout and (tmp_path / "dpo2" / "policy.yaml").exists()
+
+
+def test_the_pipeline_command_prints_the_judged_table(tiny_settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture):
+    class TinyDefaults(pipeline.PipelineSettings):  # what the command has no options for
+        reward: RewardSettings = tiny_settings.reward
+        ppo: PPOSettings = tiny_settings.ppo
+        dpo: DPOSettings = tiny_settings.dpo
+        sft_held_out: int = 4
+        dpo_held_out: int = 4
+
+    monkeypatch.setattr(pipeline, "PipelineSettings", TinyDefaults)
+    args = ["rlhf", "pipeline", "--output", str(tmp_path / "rlhf"), "--policy-model", tiny_settings.policy_model,
+            "--reward-model", tiny_settings.reward_model, "--sft-examples", "16", "--judge-prompts", "4",
+            "--ppo-iterations", "1", "--quiet"]
+
+    code, stdout, stderr = run_main(args, monkeypatch, capsys)
+
+    assert code == 0, stderr
+    flat = " ".join(stdout.split())
+    assert flat.startswith("[1/5] sft [2/5] reward [3/5] ppo [4/5] dpo [5/5] judging")
+    assert "reward model pairwise accuracy" in flat and "policies on 4 held-out prompts" in flat
+    assert "KL in nats per response, summed over its tokens; PPO's target: 6" in flat
+    assert len(json.loads((tmp_path / "rlhf" / "report.json").read_text())["stages"]["ppo"]["iterations"]) == 1

@@ -685,9 +685,14 @@ def rlhf_judge(
 def rlhf_pipeline(
     output: Annotated[Path | None, typer.Option(help="folder for the stages' runs and the report")] = None,
     preset: Annotated[str, typer.Option(help="the embedded task: movie-sentiment")] = "movie-sentiment",
-    sft_examples: Annotated[int, typer.Option(min=1, help="SFT training snippets")] = 1000,
-    ppo_iterations: Annotated[int, typer.Option(min=1, help="PPO iterations of 16 prompts")] = 40,
-    judge_prompts: Annotated[int, typer.Option(min=1, help="held-out prompts every policy answers")] = 128,
+    policy_model: Annotated[str | None, typer.Option(help="the causal LM to align [default: smollm2]")] = None,
+    reward_model: Annotated[str | None, typer.Option(help="the reward model's backbone [default: minilm]")] = None,
+    sft_examples: Annotated[int | None, typer.Option(min=1, help="SFT's training snippets [default: 1000]")] = None,
+    ppo_iterations: Annotated[int | None, typer.Option(min=1, help="PPO iterations of 16 prompts [default: 50]")]
+    = None,
+    dpo_pairs: Annotated[int | None, typer.Option(min=1, help="DPO's training pairs [default: 1000]")] = None,
+    judge_prompts: Annotated[int | None, typer.Option(min=1, help="held-out prompts every policy answers "
+                                                                  "[default: 256]")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """SFT, reward model, PPO and DPO on a preset, then every policy judged on the same held-out prompts. Running
@@ -696,9 +701,11 @@ def rlhf_pipeline(
 
     if output is None:
         raise TunelabError("no output directory: pass --output DIR")
-    defaults = PipelineSettings()
-    settings = PipelineSettings(preset=preset, sft_examples=sft_examples, judge_prompts=judge_prompts,
-                                ppo=defaults.ppo.model_copy(update={"iterations": ppo_iterations}))
+    given = {"preset": preset, "policy_model": policy_model, "reward_model": reward_model,
+             "sft_examples": sft_examples, "dpo_pairs": dpo_pairs, "judge_prompts": judge_prompts}
+    settings = PipelineSettings(**{key: value for key, value in given.items() if value is not None})
+    if ppo_iterations is not None:
+        settings.ppo = settings.ppo.model_copy(update={"iterations": ppo_iterations})
     _quiet_libraries()
     report = run_pipeline(settings, output, progress=not quiet, announce=console.print)
     stages = report["stages"]

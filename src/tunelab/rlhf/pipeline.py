@@ -46,12 +46,13 @@ class PipelineSettings(BaseModel):
     reward_model: str = "minilm"
     sft_examples: int = Field(1000, gt=0, description="training snippets for SFT (one epoch of LoRA)")
     sft_held_out: int = Field(256, gt=0)
-    train_pairs: int = Field(2000, gt=0, description="preference pairs for the reward model and for DPO")
+    reward_pairs: int = Field(2000, gt=0, description="training pairs of the reward model")
+    dpo_pairs: int = Field(1000, gt=0, description="training pairs of DPO (0.6 s a pair with SmolLM2 on 2 cores)")
     reward: RewardSettings = RewardSettings()
     ppo: PPOSettings = PPOSettings(iterations=40, learning_rate=5e-4)
     dpo: DPOSettings = DPOSettings()
     dpo_held_out: int = Field(200, gt=0, description="held-out pairs for DPO's loss and preference accuracy")
-    judge_prompts: int = Field(128, gt=0, description="held-out prompts every policy answers")
+    judge_prompts: int = Field(256, gt=0, description="held-out prompts every policy answers")
     seed: int = 42
 
 
@@ -65,7 +66,7 @@ def _sft(settings: PipelineSettings, preset: SentimentPreset, output: Path, prog
 
 def _reward(settings: PipelineSettings, preset: SentimentPreset, output: Path, progress: bool) -> dict[str, Any]:
     reward = settings.reward.model_copy(update={"model": settings.reward_model, "data": settings.preset})
-    return train_reward_model(reward, preset.pairs_train.iloc[:settings.train_pairs], preset.pairs_test, output,
+    return train_reward_model(reward, preset.pairs_train.iloc[:settings.reward_pairs], preset.pairs_test, output,
                               progress=progress)
 
 
@@ -76,7 +77,7 @@ def _ppo(settings: PipelineSettings, preset: SentimentPreset, output: Path, prog
 
 
 def _dpo(settings: PipelineSettings, preset: SentimentPreset, output: Path, progress: bool) -> dict[str, Any]:
-    return train_dpo(settings.dpo, output.parent / "sft", preset.pairs_train.iloc[:settings.train_pairs],
+    return train_dpo(settings.dpo, output.parent / "sft", preset.pairs_train.iloc[:settings.dpo_pairs],
                      preset.pairs_test.iloc[:settings.dpo_held_out], output, progress=progress)
 
 
