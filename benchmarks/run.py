@@ -9,6 +9,7 @@ import compare_grid
 import few_shot
 import probe_cache
 import prompt_templates
+import rlhf_pipeline
 import strategy_accuracy
 import strategy_costs
 import vs_plain
@@ -88,6 +89,15 @@ def grid_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [*rows, *claims]
 
 
+def rlhf_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = [(f"rlhf: {name}", f"reward {row['reward']:+.3f}, KL {row['kl']:.2f}, SFT perplexity "
+             f"{row['reference_perplexity']:.1f}, VADER win vs SFT "
+             f"{'-' if row['vader_win_rate'] is None else format(row['vader_win_rate'], '.1%')}", "")
+            for name, row in result["report"]["policies"].items()]
+    rows.append(("rlhf: pipeline wall time", f"{result['wall_s'] / 60:.1f} min", ""))
+    return [*rows, *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
+
+
 DRIVERS = {
     "full": (lambda args: vs_plain_rows(vs_plain.run_benchmark(args.repeats or 3, args.quick, args.keep, "full"),
                                         "full")),
@@ -99,6 +109,7 @@ DRIVERS = {
     "templates": lambda args: template_rows(prompt_templates.run_benchmark(1, args.quick, args.keep)),
     "few-shot": lambda args: few_shot_rows(few_shot.run_benchmark(args.repeats or 5, args.quick, args.keep)),
     "grid": lambda args: grid_rows(compare_grid.run_benchmark(args.repeats or 3, args.quick, args.keep)),
+    "rlhf": lambda args: rlhf_rows(rlhf_pipeline.run_benchmark(1, args.quick, args.keep)),
 }
 
 

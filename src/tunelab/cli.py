@@ -544,10 +544,11 @@ def rlhf_ppo(
     output: Annotated[Path | None, typer.Option(help="run directory to create")] = None,
     prompts: Annotated[str, typer.Option(help="movie-sentiment (first words of snippets), or a file with a prompt "
                                               "column")] = "movie-sentiment",
-    iterations: Annotated[int, typer.Option(min=1, help="PPO iterations")] = 20,
+    iterations: Annotated[int, typer.Option(min=1, help="PPO iterations")] = 60,
     rollout_size: Annotated[int, typer.Option(min=1, help="prompts per iteration")] = 16,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="response length")] = 24,
-    lr: Annotated[float, typer.Option(min=0.0, help="learning rate of the LoRA delta and the value head")] = 1e-4,
+    lr: Annotated[float, typer.Option(min=0.0, help="learning rate of the LoRA delta (the value head's: 1e-3)")]
+    = 5e-4,
     target_kl: Annotated[float, typer.Option(min=0.0, help="the adaptive KL controller's target (nats per "
                                                            "response)")] = 6.0,
     limit_eval: Annotated[int, typer.Option(min=1, help="held-out prompts to score before and after")] = 64,
@@ -688,7 +689,7 @@ def rlhf_pipeline(
     policy_model: Annotated[str | None, typer.Option(help="the causal LM to align [default: smollm2]")] = None,
     reward_model: Annotated[str | None, typer.Option(help="the reward model's backbone [default: minilm]")] = None,
     sft_examples: Annotated[int | None, typer.Option(min=1, help="SFT's training snippets [default: 1000]")] = None,
-    ppo_iterations: Annotated[int | None, typer.Option(min=1, help="PPO iterations of 16 prompts [default: 50]")]
+    ppo_iterations: Annotated[int | None, typer.Option(min=1, help="PPO iterations of 16 prompts [default: 60]")]
     = None,
     dpo_pairs: Annotated[int | None, typer.Option(min=1, help="DPO's training pairs [default: 1000]")] = None,
     judge_prompts: Annotated[int | None, typer.Option(min=1, help="held-out prompts every policy answers "
