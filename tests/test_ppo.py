@@ -63,11 +63,13 @@ def test_one_iteration_changes_only_the_lora_and_value_weights(policy_and_tokeni
     policy, tokenizer = policy_and_tokenizer
     reward_model, reward_tokenizer = load_reward_backbone(str(tiny_bert))
     reward = lambda texts: torch.from_numpy(score_texts(reward_model, reward_tokenizer, texts, 32))  # noqa: E731
-    settings = PPOSettings(rollout_size=4, minibatch_size=2, ppo_epochs=2, max_new_tokens=8, learning_rate=1e-2)
+    settings = PPOSettings(rollout_size=4, minibatch_size=2, ppo_epochs=2, max_new_tokens=8, learning_rate=1e-2,
+                           min_kl_coef=0.0)
     before = {name: tensor.clone() for name, tensor in policy.state_dict().items()}
     trainable = {name for name, parameter in policy.named_parameters() if parameter.requires_grad}
     optimizer = ppo_optimizer(policy, settings)
-    controller = AdaptiveKLController(settings.init_kl_coef, target=settings.target_kl, horizon=settings.kl_horizon)
+    controller = AdaptiveKLController(settings.init_kl_coef, settings.target_kl, settings.kl_horizon,
+                                      settings.min_kl_coef)
 
     stats = ppo_iteration(policy, optimizer, tokenizer, PROMPTS, reward, controller, settings)
 

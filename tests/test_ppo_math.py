@@ -185,6 +185,17 @@ def test_adaptive_kl_controller_moves_towards_the_target():
     assert controller.value < before  # KL below target: penalise it less
 
 
+def test_the_floor_keeps_the_coefficient_from_falling_below_it():
+    controller = AdaptiveKLController(init_kl_coef=0.2, target=6.0, horizon=100, floor=0.2)
+    controller.update(0.0, n_steps=16)  # a run's start: KL 0, far under the target
+    assert controller.value == 0.2
+    controller.update(9.0, n_steps=16)
+    assert controller.value == pytest.approx(0.2 * (1 + 0.2 * 16 / 100))  # above the target it still rises
+    for _ in range(50):
+        controller.update(1.0, n_steps=16)
+    assert controller.value == 0.2
+
+
 def test_fixed_kl_controller_never_moves():
     controller: KLController = FixedKLController(0.05)
     controller.update(100.0, n_steps=512)

@@ -32,11 +32,14 @@ def sft_run(tiny_llama_lm: Path, tmp_path: Path) -> Path:
     return tmp_path / "sft"
 
 
-def test_dpo_lowers_the_held_out_loss_and_writes_a_policy_run(sft_run: Path, tmp_path: Path):
+def test_dpo_lowers_the_held_out_loss_and_writes_a_policy_run(sft_run: Path, tmp_path: Path,
+                                                               capfd: pytest.CaptureFixture):
     settings = DPOSettings(epochs=4, learning_rate=5e-3, batch_size=4, max_length=16)
+    capfd.readouterr()
 
     metrics = train_dpo(settings, sft_run, PAIRS, PAIRS.iloc[:4], tmp_path / "dpo", progress=False)
 
+    assert "Computing reference log probs" not in capfd.readouterr().err  # no bar when progress is off
     assert metrics["test"]["loss"] < math.log(2) - 0.1  # log 2: the loss of a policy equal to its reference
     assert metrics["test"]["preference_accuracy"] == 1.0 and metrics["test"]["pairs"] == 4
     assert {path.name for path in (tmp_path / "dpo").iterdir()} == {"adapter", POLICY_FILE, "metrics.json",

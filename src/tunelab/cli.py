@@ -65,7 +65,12 @@ def _label_words(text: str) -> tuple[str, str]:
 
 
 def _quiet_libraries() -> None:
+    import warnings
+
     import transformers
+
+    # the libraries' deprecation notices about their own defaults (TRL sets a renamed TrainingArguments field)
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # weight-loading bars; training keeps its own

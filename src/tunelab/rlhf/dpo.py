@@ -13,10 +13,12 @@ unrelated snippets is a few stray characters or nothing.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import datasets
 import pandas as pd
@@ -77,7 +79,9 @@ def train_dpo(settings: DPOSettings, sft_run: Path, train_pairs: pd.DataFrame, t
     model, tokenizer = merged_sft(sft_run)
     as_dataset = lambda pairs: datasets.Dataset.from_pandas(  # noqa: E731
         with_explicit_prompt(pairs, tokenizer).reset_index(drop=True))
-    with staged:
+    # TRL's precomputation of the reference's log-probabilities has a bar of its own that only this variable turns off
+    quiet = patch.dict(os.environ, {} if progress else {"TQDM_DISABLE": "1"})
+    with staged, quiet:
         args = DPOConfig(output_dir=str(staged.path / "checkpoints"), beta=settings.beta,
                          num_train_epochs=settings.epochs, learning_rate=settings.learning_rate,
                          per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=32,

@@ -26,6 +26,7 @@ from tunelab.rlhf.judge import vader_scores, win_rate
 from tunelab.rlhf.policy import ADAPTER_FOLDER, merged_sft, read_policy_settings
 from tunelab.rlhf.ppo import decode, generate_rollout, policy_logits, reference_logits, response_logprobs
 from tunelab.rlhf.ppo_math import sequence_kl
+from tunelab.training.trainer import best_device
 
 SFT = "sft"  # the baseline every policy is judged against
 
@@ -57,7 +58,7 @@ def sample_policy(lm: PeftModel, tokenizer: Any, prompts: list[str], max_new_tok
         reference = response_logprobs(reference_logits(lm, rollout.ids, rollout.mask), rollout.ids,
                                       rollout.prompt_length)
         texts += decode(tokenizer, rollout)
-        kls.append(sequence_kl(logprobs, reference, rollout.response_mask))
+        kls.append(sequence_kl(logprobs, reference, rollout.response_mask).cpu())
         nll -= float((reference * rollout.response_mask).sum())
         tokens += int(rollout.response_mask.sum())
     return PolicySamples(texts, torch.cat(kls), nll, tokens)
@@ -78,6 +79,7 @@ def evaluate_policies(sft_run: Path, policy_runs: dict[str, Path], reward: Calla
                       prompts: list[str], max_new_tokens: int, seed: int) -> dict[str, dict[str, Any]]:
     """SFT and each named PPO or DPO run (all trained from `sft_run`) on the same prompts, judged."""
     model, tokenizer = merged_sft(sft_run)
+    model.to(best_device())
     lm: PeftModel | None = None
     for name, run in policy_runs.items():
         if Path(read_policy_settings(run)["sft_run"]) != sft_run.resolve():

@@ -54,6 +54,8 @@ class PPOSettings(BaseModel):
     init_kl_coef: float = Field(0.2, ge=0)
     target_kl: float | None = Field(6.0, gt=0, description="adaptive KL controller's target; None: fixed coefficient")
     kl_horizon: int = Field(100, gt=0, description="episodes over which the KL coefficient may change by ~20 %")
+    min_kl_coef: float = Field(0.2, ge=0, description="the adaptive controller never lowers the coefficient below "
+                                                      "this (0: no floor, as in Ziegler et al.)")
     whiten_rewards: bool = True
     max_grad_norm: float = Field(1.0, gt=0)
     checkpoint_every: int = Field(10, gt=0, description="iterations between the checkpoints a run resumes from")
@@ -122,7 +124,7 @@ def generate_rollout(lm: PreTrainedModel | PeftModel, tokenizer, prompts: list[s
     are computed on."""
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # prompts end where the responses begin
     try:
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
     finally:
         tokenizer.padding_side = side
     lm.eval()
@@ -150,7 +152,7 @@ def response_logprobs(logits: Tensor, rollout_ids: Tensor, prompt_length: int) -
 def ppo_step(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, rollout: Rollout, scores: Tensor,
              kl_controller: KLController, settings: PPOSettings) -> dict[str, float]:
     """One PPO update on a scored rollout; returns what Ziegler et al. log per iteration."""
-    mask, start = rollout.response_mask, rollout.prompt_length
+    mask, start, scores = rollout.response_mask, rollout.prompt_length, scores.to(rollout.ids.device)
     policy.eval()
     with torch.no_grad():
         logits, values = policy(rollout.ids, rollout.mask)
@@ -167,7 +169,7 @@ def ppo_step(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, rollout:
     stats: dict[str, list[float]] = {"clip_fraction": [], "value_loss": [], "policy_loss": []}
     generator = torch.Generator().manual_seed(settings.seed)
     for _ in range(settings.ppo_epochs):
-        for batch in torch.randperm(len(scores), generator=generator).split(settings.minibatch_size):
+        for batch in torch.randperm(len(scores), generator=generator).to(scores.device).split(settings.minibatch_size):
             logits, values = policy(rollout.ids[batch], rollout.mask[batch])
             logprobs = response_logprobs(logits, rollout.ids[batch], start)
             pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[batch], advantages[batch], mask[batch],

@@ -1,5 +1,5 @@
 """PPO checkpoints: everything an interrupted run needs to go on exactly where it stopped (the trainable weights,
-Adam's moments, the KL coefficient, the log so far, the random-number state that sampling draws from, and the SFT
+Adam's moments, the KL coefficient, the log so far, the random-number states that sampling draws from, and the SFT
 policy's held-out samples drawn before training).
 
 They live beside the run being written, in `.<name>.checkpoint/`, because a failed run's staging folder is removed;
@@ -37,7 +37,8 @@ def save_checkpoint(output: Path, identity: dict[str, Any], iteration: int, poli
     folder.mkdir(parents=True, exist_ok=True)
     state = {"identity": identity, "iteration": iteration, "kl_coef": controller.value, "history": history,
              "trainable": {name: p.detach().clone() for name, p in policy.named_parameters() if p.requires_grad},
-             "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "before": asdict(before)}
+             "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "before": asdict(before),
+             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     torch.save(state, folder / f"{STATE_FILE}.tmp")
     os.replace(folder / f"{STATE_FILE}.tmp", folder / STATE_FILE)
 
@@ -59,6 +60,8 @@ def restore_checkpoint(output: Path, identity: dict[str, Any], policy: PolicyWit
     optimizer.load_state_dict(state["optimizer"])
     controller.value = state["kl_coef"]
     torch.set_rng_state(state["rng"])
+    if state["rng_cuda"] is not None:
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
     return state["iteration"], state["history"], PolicySamples(**state["before"])
 
 

@@ -193,18 +193,19 @@ class KLController(Protocol):
 class AdaptiveKLController:
     """Steers beta so that the policy's KL to the reference tracks `target` (Ziegler et al. 2019, eq. 3).
 
-    e = clip(KL / target - 1, -0.2, 0.2) and beta <- beta (1 + e n_steps / horizon): a proportional
-    controller whose clip keeps one unusual batch from moving beta far.
+    e = clip(KL / target - 1, -0.2, 0.2) and beta <- max(floor, beta (1 + e n_steps / horizon)): a proportional
+    controller whose clip keeps one unusual batch from moving beta far. The floor (0: none, as in the paper) keeps
+    a short run, which starts at KL 0 far under any target, from spending its first iterations lowering beta.
     """
 
-    def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
+    def __init__(self, init_kl_coef: float, target: float, horizon: int, floor: float = 0.0) -> None:
         if target <= 0 or horizon <= 0:
             raise ValueError(f"target and horizon must be positive, got target={target}, horizon={horizon}")
-        self.value, self.target, self.horizon = init_kl_coef, target, horizon
+        self.value, self.target, self.horizon, self.floor = init_kl_coef, target, horizon, floor
 
     def update(self, current_kl: float, n_steps: int) -> None:
         proportional_error = min(max(current_kl / self.target - 1, -0.2), 0.2)
-        self.value *= 1 + proportional_error * n_steps / self.horizon
+        self.value = max(self.floor, self.value * (1 + proportional_error * n_steps / self.horizon))
 
 
 class FixedKLController:

@@ -21,12 +21,13 @@ from tunelab.rlhf.ppo_math import AdaptiveKLController, FixedKLController, KLCon
 from tunelab.rlhf.reward import reward_function
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json
 from tunelab.training.resources import PeakMemory
+from tunelab.training.trainer import best_device
 
 
 def kl_controller(settings: PPOSettings) -> KLController:
     if settings.target_kl is None:
         return FixedKLController(settings.init_kl_coef)
-    return AdaptiveKLController(settings.init_kl_coef, settings.target_kl, settings.kl_horizon)
+    return AdaptiveKLController(settings.init_kl_coef, settings.target_kl, settings.kl_horizon, settings.min_kl_coef)
 
 
 def train_ppo(settings: PPOSettings, sft_run: Path, reward_run: Path, prompts_train: list[str],
@@ -38,7 +39,7 @@ def train_ppo(settings: PPOSettings, sft_run: Path, reward_run: Path, prompts_tr
     staged = StagedRun(output, overwrite, marker=POLICY_FILE, kind="tunelab policy run")
     torch.manual_seed(settings.seed)
     start = policy_from_sft(sft_run)
-    policy, tokenizer = PolicyWithValue(start.lm), start.tokenizer
+    policy, tokenizer = PolicyWithValue(start.lm).to(best_device()), start.tokenizer
     reward = reward_function(reward_run)
     order = torch.randperm(len(prompts_train), generator=torch.Generator().manual_seed(settings.seed)).tolist()
     optimizer = ppo_optimizer(policy, settings)

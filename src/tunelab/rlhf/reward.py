@@ -28,7 +28,7 @@ from tunelab.modeling import load_tokenizer
 from tunelab.predict import length_ordered_batches
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json, write_text_atomic
 from tunelab.training.resources import PeakMemory
-from tunelab.training.trainer import quiet_when_asked, trl_device_settings
+from tunelab.training.trainer import best_device, quiet_when_asked, trl_device_settings
 
 REWARD_CONFIG_FILE = "reward.yaml"
 MODEL_FOLDER = "model"
@@ -141,6 +141,7 @@ def require_reward_run(run: Path) -> None:
 def reward_function(run: Path) -> Callable[[list[str]], torch.Tensor]:
     """The reward model of a run as a function of texts, for the policies that learn from it or are judged by it."""
     model, tokenizer, settings = load_reward_model(run)
+    model.to(best_device())
     return lambda texts: torch.from_numpy(score_texts(model, tokenizer, texts, settings.max_length))
 
 

@@ -122,6 +122,11 @@ def build_trainer(model: nn.Module, args: TrainingArguments, train: torch.utils.
                                                  compute_metrics=compute_metrics))
 
 
+def best_device() -> torch.device:
+    """Where tunelab's own loops (PPO, the policy judge) run; the Trainer places its models itself."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def trl_device_settings() -> dict[str, Any]:
     """TRL's configs default to bf16 and gradient checkpointing; on a CPU neither helps a small model (bf16 fails
     outright), so both follow the hardware, and so does pinned memory."""
