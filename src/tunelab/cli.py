@@ -556,6 +556,8 @@ def rlhf_ppo(
     = 5e-4,
     target_kl: Annotated[float, typer.Option(min=0.0, help="the adaptive KL controller's target (nats per "
                                                            "response)")] = 6.0,
+    min_kl_coef: Annotated[float, typer.Option(min=0.0, help="the KL coefficient's floor (0: Ziegler et al.'s "
+                                                             "controller, free to fall)")] = 0.2,
     limit_eval: Annotated[int, typer.Option(min=1, help="held-out prompts to score before and after")] = 64,
     seed: Annotated[int, typer.Option(help="seed of sampling and the prompt order")] = 42,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
@@ -573,7 +575,7 @@ def rlhf_ppo(
     require_run(policy)  # before the prompts load: a typo should not wait for data
     require_reward_run(reward)
     settings = PPOSettings(iterations=iterations, rollout_size=rollout_size, max_new_tokens=max_new_tokens,
-                           learning_rate=lr, target_kl=target_kl, seed=seed)
+                           learning_rate=lr, target_kl=target_kl, min_kl_coef=min_kl_coef, seed=seed)
     train, test = stage_splits(prompts, "ppo", seed=seed)
     _quiet_libraries()
     metrics = train_ppo(settings, policy, reward, train["prompt"].tolist(), test["prompt"][:limit_eval].tolist(),
@@ -663,7 +665,7 @@ def rlhf_judge(
     reward: Annotated[Path, typer.Option(help="the reward model run that scores the samples")],
     prompts: Annotated[str, typer.Option(help="movie-sentiment (the held-out first words), or a file with a prompt "
                                               "column (every row)")] = "movie-sentiment",
-    limit: Annotated[int, typer.Option(min=1, help="prompts every policy answers (the first N)")] = 128,
+    limit: Annotated[int, typer.Option(min=1, help="prompts every policy answers (the first N)")] = 256,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="response length")] = 24,
     seed: Annotated[int, typer.Option(help="the sampling seed, the same for every policy")] = 42,
 ) -> None:
