@@ -675,16 +675,14 @@ def rlhf_judge(
     from tunelab.rlhf.policy import read_policy_settings
     from tunelab.rlhf.reward import require_reward_run, reward_function
 
-    sft_runs = {Path(read_policy_settings(run)["sft_run"]) for run in runs}
+    sft_run = Path(read_policy_settings(runs[0])["sft_run"])  # evaluate_policies checks that the others share it
     require_reward_run(reward)
-    if len(sft_runs) > 1:
-        raise TunelabError("the runs were trained from different SFT runs; judge the policies of one SFT run together")
     names = [run.name for run in runs]
     if len(set(names)) < len(names) or "sft" in names:
         raise TunelabError("give runs with distinct folder names other than 'sft': they name the policies")
     table = load_movie_sentiment().prompts_test if prompts == "movie-sentiment" else load_stage_data(prompts, "ppo")
     _quiet_libraries()
-    judged = evaluate_policies(sft_runs.pop(), dict(zip(names, runs, strict=True)), reward_function(reward),
+    judged = evaluate_policies(sft_run, dict(zip(names, runs, strict=True)), reward_function(reward),
                                table["prompt"][:limit].tolist(), max_new_tokens, seed)
     _print_judgement(judged, None)
 

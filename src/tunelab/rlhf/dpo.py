@@ -13,12 +13,10 @@ unrelated snippets is a few stray characters or nothing.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
-from unittest.mock import patch
 
 import datasets
 import pandas as pd
@@ -29,7 +27,7 @@ from tunelab.errors import TunelabError
 from tunelab.rlhf.policy import POLICY_FILE, merged_sft, policy_lora, save_policy
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json
 from tunelab.training.resources import PeakMemory
-from tunelab.training.trainer import quiet_when_asked, trl_device_settings
+from tunelab.training.trainer import TRL_SCRATCH, quiet_when_asked, trl_quiet, trl_stage_settings
 
 
 class DPOSettings(BaseModel):
@@ -73,21 +71,16 @@ def train_dpo(settings: DPOSettings, sft_run: Path, train_pairs: pd.DataFrame, t
     if train_pairs.empty or test_pairs.empty:
         raise TunelabError("DPO needs training and held-out preference pairs; the data has too few")
     staged = StagedRun(output, overwrite, marker=POLICY_FILE, kind="tunelab policy run")
-    if not progress:
-        datasets.disable_progress_bars()
     torch.manual_seed(settings.seed)
     model, tokenizer = merged_sft(sft_run)
     as_dataset = lambda pairs: datasets.Dataset.from_pandas(  # noqa: E731
         with_explicit_prompt(pairs, tokenizer).reset_index(drop=True))
-    # TRL's precomputation of the reference's log-probabilities has a bar of its own that only this variable turns off
-    quiet = patch.dict(os.environ, {} if progress else {"TQDM_DISABLE": "1"})
-    with staged, quiet:
-        args = DPOConfig(output_dir=str(staged.path / "checkpoints"), beta=settings.beta,
+    with staged, trl_quiet(progress):
+        args = DPOConfig(beta=settings.beta,
                          num_train_epochs=settings.epochs, learning_rate=settings.learning_rate,
                          per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=32,
                          max_length=settings.max_length, precompute_ref_log_probs=True, seed=settings.seed,
-                         save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=not progress,
-                         logging_steps=25, **trl_device_settings())
+                         logging_steps=25, **trl_stage_settings(staged.path, progress))
         trainer = quiet_when_asked(DPOTrainer(model=model.backbone, args=args, processing_class=tokenizer,
                                               train_dataset=as_dataset(train_pairs),
                                               eval_dataset=as_dataset(test_pairs), peft_config=policy_lora()))
@@ -95,7 +88,7 @@ def train_dpo(settings: DPOSettings, sft_run: Path, train_pairs: pd.DataFrame, t
         with PeakMemory() as memory:
             trainer.train()
         train_s = time.perf_counter() - start
-        shutil.rmtree(staged.path / "checkpoints", ignore_errors=True)  # nothing is checkpointed; TRL made the folder
+        shutil.rmtree(staged.path / TRL_SCRATCH, ignore_errors=True)  # nothing is checkpointed; TRL made the folder
         metrics = {"test": {**_held_out(trainer), "pairs": len(test_pairs)}, "train_pairs": len(train_pairs)}
         save_policy(staged.path, trainer.model, "dpo", sft_run, settings.model_dump())
         write_json(staged.path / METRICS_FILE, metrics)

@@ -28,7 +28,13 @@ from tunelab.modeling import load_tokenizer
 from tunelab.predict import length_ordered_batches
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json, write_text_atomic
 from tunelab.training.resources import PeakMemory
-from tunelab.training.trainer import best_device, quiet_when_asked, trl_device_settings
+from tunelab.training.trainer import (
+    TRL_SCRATCH,
+    best_device,
+    quiet_when_asked,
+    trl_quiet,
+    trl_stage_settings,
+)
 
 REWARD_CONFIG_FILE = "reward.yaml"
 MODEL_FOLDER = "model"
@@ -101,16 +107,13 @@ def train_reward_model(settings: RewardSettings, train_pairs: pd.DataFrame, test
     if train_pairs.empty or test_pairs.empty:
         raise TunelabError("the reward model needs training and held-out preference pairs; the data has too few")
     staged = StagedRun(output, overwrite, marker=REWARD_CONFIG_FILE, kind="tunelab reward model run")
-    if not progress:
-        datasets.disable_progress_bars()  # TRL's own passes over the data
     torch.manual_seed(settings.seed)
     model, tokenizer = load_reward_backbone(settings.model)
-    with staged:
-        args = RewardConfig(output_dir=str(staged.path / "checkpoints"), num_train_epochs=settings.epochs,
+    with staged, trl_quiet(progress):
+        args = RewardConfig(num_train_epochs=settings.epochs,
                             learning_rate=settings.learning_rate, per_device_train_batch_size=settings.batch_size,
-                            max_length=settings.max_length, seed=settings.seed, save_strategy="no",
-                            eval_strategy="no", report_to="none", disable_tqdm=not progress, logging_steps=50,
-                            **trl_device_settings())
+                            max_length=settings.max_length, seed=settings.seed, logging_steps=50,
+                            **trl_stage_settings(staged.path, progress))
         trainer = quiet_when_asked(RewardTrainer(model=model, args=args, processing_class=tokenizer,
                                                  train_dataset=tokenize_pairs(train_pairs, tokenizer,
                                                                               settings.max_length)))
@@ -119,7 +122,7 @@ def train_reward_model(settings: RewardSettings, train_pairs: pd.DataFrame, test
         with PeakMemory() as memory:
             trainer.train()
         train_s = time.perf_counter() - start
-        shutil.rmtree(staged.path / "checkpoints", ignore_errors=True)  # nothing is checkpointed; TRL made the folder
+        shutil.rmtree(staged.path / TRL_SCRATCH, ignore_errors=True)  # nothing is checkpointed; TRL made the folder
         metrics = {"test": pairwise_accuracy(model, tokenizer, test_pairs, settings.max_length),
                    "untrained_test": base, "train_pairs": len(train_pairs)}
         model.save_pretrained(staged.path / MODEL_FOLDER)

@@ -33,7 +33,7 @@ from tunelab.runs import (
 from tunelab.strategies.base import count_parameters
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.training.resources import PeakMemory, bytes_on_disk
-from tunelab.training.trainer import quiet_when_asked, trl_device_settings
+from tunelab.training.trainer import TRL_SCRATCH, quiet_when_asked, trl_quiet, trl_stage_settings
 
 # Strategies whose trainable weights live inside the LM that TRL's trainer optimises (adapters hang off it by hooks).
 SFT_STRATEGIES = ("full", "lora", "ia3")
@@ -53,19 +53,17 @@ def train_sft(config: RunConfig, train: pd.DataFrame, test: pd.DataFrame, overwr
     strategy = get_strategy(config.strategy.name)
     options = parse_options(strategy, config.strategy.options)
     staged = StagedRun(Path(config.output), overwrite)
-    if not progress:
-        datasets.disable_progress_bars()  # TRL's own passes over the data
     torch.manual_seed(config.training.seed)
     model, tokenizer = build_generator(config)
     learning_rate, epochs = strategy.training_defaults(options)
     training = config.training
-    with staged:
-        args = SFTConfig(output_dir=str(staged.path / "checkpoints"), num_train_epochs=training.epochs or epochs,
+    with staged, trl_quiet(progress):
+        args = SFTConfig(num_train_epochs=training.epochs or epochs,
                          learning_rate=training.learning_rate or learning_rate,
                          per_device_train_batch_size=training.batch_size,
                          per_device_eval_batch_size=training.eval_batch_size, max_length=training.max_length,
-                         seed=training.seed, save_strategy="no", eval_strategy="no", report_to="none",
-                         disable_tqdm=not progress, logging_steps=training.logging_steps, **trl_device_settings())
+                         seed=training.seed, logging_steps=training.logging_steps,
+                         **trl_stage_settings(staged.path, progress))
         trainer = quiet_when_asked(SFTTrainer(model=model.backbone, args=args, processing_class=tokenizer,
                                               train_dataset=datasets.Dataset.from_pandas(train),
                                               eval_dataset=datasets.Dataset.from_pandas(test)))
@@ -74,7 +72,7 @@ def train_sft(config: RunConfig, train: pd.DataFrame, test: pd.DataFrame, overwr
         with PeakMemory() as memory:
             trainer.train()
         train_s = time.perf_counter() - start
-        shutil.rmtree(staged.path / "checkpoints", ignore_errors=True)
+        shutil.rmtree(staged.path / TRL_SCRATCH, ignore_errors=True)
         metrics = {"test": _held_out(trainer), "base_test": base, "train_examples": len(train),
                    "validation_examples": 0}
         delta = strategy.save_delta(model, options, staged.path)

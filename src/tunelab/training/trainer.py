@@ -7,9 +7,11 @@ logging; tunelab only decides the arguments and the data it sees.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import datasets
 import numpy as np
@@ -127,12 +129,30 @@ def best_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def trl_device_settings() -> dict[str, Any]:
-    """TRL's configs default to bf16 and gradient checkpointing; on a CPU neither helps a small model (bf16 fails
-    outright), so both follow the hardware, and so does pinned memory."""
+TRL_SCRATCH = "checkpoints"  # TRL's output_dir; nothing is saved in it, and a stage removes it before committing
+
+
+def trl_stage_settings(run_path: Path, progress: bool) -> dict[str, Any]:
+    """The config fields every TRL stage (SFT, reward model, DPO) shares: no checkpoints or evaluation during
+    training (each stage evaluates before and after itself), no reporting, bars as asked, and the hardware's
+    precision: TRL's configs default to bf16 and gradient checkpointing, and on a CPU neither helps a small model
+    (bf16 fails outright)."""
     gpu = torch.cuda.is_available()
-    return {"bf16": gpu and torch.cuda.is_bf16_supported(), "gradient_checkpointing": gpu,
-            "dataloader_pin_memory": gpu}
+    return {"output_dir": str(run_path / TRL_SCRATCH), "save_strategy": "no", "eval_strategy": "no",
+            "report_to": "none", "disable_tqdm": not progress, "bf16": gpu and torch.cuda.is_bf16_supported(),
+            "gradient_checkpointing": gpu, "dataloader_pin_memory": gpu}
+
+
+@contextmanager
+def trl_quiet(progress: bool) -> Iterator[None]:
+    """Without progress, also silence the bars TRL draws outside the Trainer: the datasets library's passes over
+    the data and the reference log-probabilities DPO precomputes (which only TQDM_DISABLE turns off)."""
+    if progress:
+        yield
+        return
+    datasets.disable_progress_bars()
+    with patch.dict(os.environ, {"TQDM_DISABLE": "1"}):
+        yield
 
 
 def quiet_when_asked(trainer: Trainer) -> Trainer:
