@@ -77,7 +77,7 @@ def test_unknown_key_is_named(overrides, named):
     ({"training.batch_size": "many"}, "training.batch_size"),
     ({"data.test_size": -0.1}, "data.test_size"),
     ({"model": "  "}, "model"),
-    ({"task": "regression"}, "task"),
+    ({"task": "translation"}, "task"),
 ])
 def test_invalid_value_names_the_setting(overrides, named):
     with pytest.raises(TunelabError, match=rf"^config: {named}: "):

@@ -98,7 +98,8 @@ def test_weight_level_strategies_train_generation(tiny_llama_lm: Path, writing_j
 
 def test_generation_errors(lora_run: api.RunResult, tiny_llama_lm: Path, writing_jsonl: Path, tmp_path: Path,
                            sentiment_csv: Path, tiny_bert: Path):
-    with pytest.raises(TunelabError, match="^strategy prefix does not apply to generation; use one of full, lora"):
+    with pytest.raises(TunelabError, match="^strategy prefix does not apply to generation: its virtual tokens .*; "
+                                           "use one of full, lora"):
         api.train(_generation_config(tiny_llama_lm, writing_jsonl, tmp_path / "run", "prefix"), progress=False)
     with pytest.raises(TunelabError, match="is a generation run: use `tunelab generate"):
         api.load_predictor(lora_run.path)

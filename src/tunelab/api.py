@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +13,19 @@ import pandas as pd
 import torch
 import transformers
 from pydantic import BaseModel
-from torch import nn
 from transformers import DataCollatorWithPadding
 
 from tunelab.assets.datasets import CATALOG
-from tunelab.config import PromptConfig, RunConfig, StrategyConfig, to_yaml
+from tunelab.config import PromptConfig, RunConfig, StrategyConfig
 from tunelab.data.loading import load_examples, load_prompt_completions
 from tunelab.data.splits import Splits, few_shot, split_examples
 from tunelab.errors import TunelabError
 from tunelab.export import is_export, load_export
 from tunelab.predict import Predictor
 from tunelab.runs import (
-    CONFIG_FILE,
     LABELS_FILE,
-    METRICS_FILE,
-    RESOURCES_FILE,
     LoadedRun,
+    RunResult,
     StagedRun,
     build_classifier,
     build_generator,
@@ -36,16 +33,17 @@ from tunelab.runs import (
     resolve_prompt,
     template_fields,
     write_json,
-    write_text_atomic,
+    write_run,
 )
 from tunelab.strategies.base import Strategy, count_parameters
-from tunelab.strategies.registry import check_prompt_settings, check_serves_task, get_strategy, parse_options
+from tunelab.strategies.registry import check_prompt_settings, get_strategy, parse_options
 from tunelab.tasks.classification import FeatureClassifier, LabelMap, classification_metrics
 from tunelab.tasks.generation import generate, held_out_loss, prompt_ids, tokenize_pairs
 from tunelab.tasks.inputs import input_encoder
+from tunelab.tasks.support import check_serves_task
 from tunelab.training.features import extract_features
 from tunelab.training.generation import fit_generator
-from tunelab.training.resources import PeakMemory, bytes_on_disk, latency_per_example_ms
+from tunelab.training.resources import PeakMemory, latency_per_example_ms, run_resources
 from tunelab.training.trainer import (
     FeatureDataset,
     build_trainer,
@@ -54,14 +52,6 @@ from tunelab.training.trainer import (
     in_original_order,
     training_arguments,
 )
-
-
-@dataclass
-class RunResult:
-    path: Path
-    metrics: dict[str, Any]
-    resources: dict[str, Any]
-    predictor: Predictor | None  # a classifier, ready to use without reloading the run; None for generation
 
 
 def load_generation_splits(config: RunConfig) -> Splits:
@@ -118,26 +108,6 @@ def _fit(model, tokenizer, splits: Splits, label_map: LabelMap, config: RunConfi
     return in_original_order(trainer.predict(test).predictions, order), timings
 
 
-def _resources(model: nn.Module, timings: dict[str, float], memory: PeakMemory, delta_files: list[Path],
-               latency: float) -> dict[str, Any]:
-    """What the run cost: parameters, time, peak memory, bytes on disk, latency at batch size 1."""
-    trainable, total = count_parameters(model)
-    return {
-        "trainable_parameters": trainable, "total_parameters": total, "trainable_share": trainable / total,
-        **{key: round(value, 3) for key, value in timings.items()},
-        "peak_memory_bytes": memory.peak_bytes, "peak_gpu_memory_bytes": memory.peak_gpu_bytes,
-        "delta_bytes": bytes_on_disk(delta_files), "latency_ms_per_example": round(latency, 3),
-        # what a task would cost on disk as a full model copy instead of a delta
-        "full_copy_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
-    }
-
-
-def _write_run(folder: Path, config: RunConfig, metrics: dict[str, Any], resources: dict[str, Any]) -> None:
-    write_text_atomic(folder / CONFIG_FILE, to_yaml(config))
-    write_json(folder / METRICS_FILE, metrics)
-    write_json(folder / RESOURCES_FILE, resources)
-
-
 def _train_generator(config: RunConfig, strategy: Strategy, options: BaseModel, staged: StagedRun,
                      progress: bool) -> RunResult:
     splits = load_generation_splits(config)
@@ -152,8 +122,8 @@ def _train_generator(config: RunConfig, strategy: Strategy, options: BaseModel, 
         prompts = [torch.tensor([prompt_ids(tokenizer, prompt)]) for prompt in splits.test["prompt"][:32]]
         latency = latency_per_example_ms(lambda ids: model(input_ids=ids, attention_mask=torch.ones_like(ids)),
                                          prompts)
-        resources = _resources(model, timings, memory, delta_files, latency)
-        _write_run(staged.path, config, metrics, resources)
+        resources = run_resources(model, timings, memory, delta_files, latency)
+        write_run(staged.path, config, metrics, resources)
         path = staged.commit()
     return RunResult(path, metrics, resources, None)
 
@@ -164,11 +134,14 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
         raise TunelabError("no output directory: pass --output DIR")
     strategy = get_strategy(config.strategy.name)
     options = parse_options(strategy, config.strategy.options)
-    check_serves_task(strategy, config.task)
+    check_serves_task(strategy.name, config.task)
     check_prompt_settings(strategy, config.prompt != PromptConfig())
     staged = StagedRun(Path(config.output), overwrite)
-    if config.task == "generation":
-        return _train_generator(config, strategy, options, staged, progress)
+    return TRAINERS[config.task](config, strategy, options, staged, progress)
+
+
+def _train_classifier(config: RunConfig, strategy: Strategy, options: BaseModel, staged: StagedRun,
+                      progress: bool) -> RunResult:
     splits, label_map = load_splits(config)
     config = resolve_prompt(config, label_map.labels)
     transformers.set_seed(config.training.seed)
@@ -187,11 +160,19 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
         predictor = Predictor(model, tokenizer, label_map, config.training.max_length)
         one_at_a_time = [splits.test.iloc[[index]] for index in range(min(32, len(splits.test)))]
         latency = latency_per_example_ms(predictor.logits, one_at_a_time)
-        resources = _resources(model, timings, memory, delta_files, latency)
+        resources = run_resources(model, timings, memory, delta_files, latency)
         write_json(staged.path / LABELS_FILE, label_map.labels)
-        _write_run(staged.path, config, metrics, resources)
+        write_run(staged.path, config, metrics, resources)
         path = staged.commit()
     return RunResult(path, metrics, resources, predictor)
+
+
+Trainer = Callable[[RunConfig, Strategy, BaseModel, StagedRun, bool], RunResult]
+# task -> how a run of it trains; every one stages its run directory and commits it only when complete
+TRAINERS: dict[str, Trainer] = {
+    "classification": _train_classifier,
+    "generation": _train_generator,
+}
 
 
 def _score(predictor: Predictor, examples: pd.DataFrame, name: str) -> dict[str, Any]:
@@ -252,12 +233,18 @@ def _evaluate_generator(run_dir: Path, run: LoadedRun, source: str | None, limit
     return held_out_loss(run.model, pairs, run.tokenizer, run.config.training.eval_batch_size)
 
 
+# task -> how its runs are scored on their own test split or on every row of a file; classification is the default
+EVALUATORS: dict[str, Callable[[Path, LoadedRun, str | None, int | None], dict[str, Any]]] = {
+    "generation": _evaluate_generator,
+}
+
+
 def evaluate(run_dir: Path, source: str | None = None, text_column: str = "text", label_column: str = "label",
              limit: int | None = None) -> dict[str, Any]:
     """Metrics of a trained run on a dataset: its own test split by default, else every row of `source`."""
     run = load_run(run_dir)
-    if run.config.task == "generation":
-        return _evaluate_generator(run_dir, run, source, limit)
+    if run.config.task in EVALUATORS:
+        return EVALUATORS[run.config.task](run_dir, run, source, limit)
     if source is None:
         splits, _ = load_splits(run.config)
         examples, name = splits.test, f"{run.config.data.source} (test split)"

@@ -68,8 +68,10 @@ class TrainingConfig(_Section):
 
 class RunConfig(_Section):
     model: str = Field("minilm", description="embedded name (minilm, smollm2), local folder, or hub id")
-    task: Literal["classification", "generation"] = Field(
-        "classification", description="classification (encoder or causal LM + head) or generation (causal LM)")
+    task: Literal["classification", "regression", "token-classification", "question-answering", "generation"] = Field(
+        "classification", description="classification or regression (a head on a sentence vector), "
+                                      "token-classification (NER, tagging), question-answering (extractive spans), "
+                                      "or generation (causal LM)")
     data: DataConfig = Field(default_factory=DataConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 
 from tunelab.assets.datasets import default_template
 from tunelab.assets.models import resolve_model
-from tunelab.config import RunConfig, build_config, read_yaml
+from tunelab.config import RunConfig, build_config, read_yaml, to_yaml
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone, load_tokenizer
 from tunelab.prompting.model import PromptClassifier, build_prompt_classifier
@@ -57,6 +58,21 @@ def open_resumable(folder: Path, settings_file: str, settings: dict[str, Any], k
                                f"settings to resume it (see {stored_file}), or choose another --output")
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(stored_file, yaml.safe_dump(settings, sort_keys=False))
+
+
+def write_run(folder: Path, config: RunConfig, metrics: dict[str, Any], resources: dict[str, Any]) -> None:
+    """The files every trained run holds besides its delta: the resolved config, metrics and costs."""
+    write_text_atomic(folder / CONFIG_FILE, to_yaml(config))
+    write_json(folder / METRICS_FILE, metrics)
+    write_json(folder / RESOURCES_FILE, resources)
+
+
+@dataclass
+class RunResult:
+    path: Path
+    metrics: dict[str, Any]
+    resources: dict[str, Any]
+    predictor: Any | None  # ready to use without reloading the run (classification, regression); None otherwise
 
 
 def read_json(path: Path) -> Any:
@@ -102,8 +118,8 @@ def require_run(path: Path) -> None:
 @dataclass
 class LoadedRun:
     config: RunConfig
-    label_map: LabelMap | None  # None for generation
-    model: SequenceClassifier | PromptClassifier | CausalLM
+    label_map: LabelMap | None  # the labels (or tags) of the tasks that have them
+    model: nn.Module
     tokenizer: Any
 
 
@@ -152,16 +168,19 @@ def build_generator(config: RunConfig) -> tuple[CausalLM, Any]:
     return model, load_tokenizer(spec)
 
 
+def build_model(config: RunConfig, label_map: LabelMap | None) -> tuple[nn.Module, Any]:
+    """The task's model for this config (labels for the tasks that have them), with its strategy applied."""
+    if config.task == "generation":
+        return build_generator(config)
+    return build_classifier(config, label_map)
+
+
 def load_run(path: Path) -> LoadedRun:
     """Rebuild a trained model from its run directory: base model + saved delta."""
     require_run(path)
     config = build_config(read_yaml(path / CONFIG_FILE))
-    if config.task == "generation":
-        label_map = None
-        model, tokenizer = build_generator(config)
-    else:
-        label_map = LabelMap(read_json(path / LABELS_FILE))
-        model, tokenizer = build_classifier(config, label_map)
+    label_map = LabelMap(read_json(path / LABELS_FILE)) if (path / LABELS_FILE).exists() else None
+    model, tokenizer = build_model(config, label_map)
     strategy = get_strategy(config.strategy.name)
     strategy.load_delta(model, parse_options(strategy, config.strategy.options), path)
     model.eval()

@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import TunelabError
+from tunelab.tasks.support import SUPPORT, TASKS
 from tunelab.units import human_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
 
-TASKS = ("classification", "generation")
 LATENCIES = ("strict", "normal")
 GB = 1e9
 
@@ -31,7 +31,7 @@ class Situation:
     """What the user has and needs; the guide chooses by data size, hardware, task and deployment."""
 
     samples: int  # labelled examples
-    task: str = "classification"  # classification | generation
+    task: str = "classification"  # one of tasks.support.TASKS
     model: str | None = None  # a name/path when the user named one
     model_parameters: float = 22.7e6
     causal: bool = False  # causal LM (else encoder)
@@ -59,28 +59,26 @@ class StrategyFacts:
     """What the advisor needs to know about a registry strategy, without importing it (and torch)."""
 
     name: str
-    serves_generation: bool  # can adapt a causal LM for generation
     prompt_based: bool  # classifies through a template and the LM head
     trains: str  # "all" | "some" | "none": the weights whose training state the memory estimate counts
 
 
 # Registry order (ties in the ranking follow it). pet trains the whole LM by default (`--tune full`).
 STRATEGY_FACTS: tuple[StrategyFacts, ...] = (
-    StrategyFacts("full", True, False, "all"),
-    StrategyFacts("linear-probe", False, False, "none"),
-    StrategyFacts("lora", True, False, "some"),
-    StrategyFacts("ia3", True, False, "some"),
-    StrategyFacts("adapter", True, False, "some"),
-    StrategyFacts("prefix", False, False, "some"),
-    StrategyFacts("prompt-tuning", False, False, "some"),
-    StrategyFacts("p-tuning", False, False, "some"),
-    StrategyFacts("zero-shot", False, True, "none"),
-    StrategyFacts("pet", False, True, "all"),
-    StrategyFacts("soft-template", False, True, "some"),
+    StrategyFacts("full", False, "all"),
+    StrategyFacts("linear-probe", False, "none"),
+    StrategyFacts("lora", False, "some"),
+    StrategyFacts("ia3", False, "some"),
+    StrategyFacts("adapter", False, "some"),
+    StrategyFacts("prefix", False, "some"),
+    StrategyFacts("prompt-tuning", False, "some"),
+    StrategyFacts("p-tuning", False, "some"),
+    StrategyFacts("zero-shot", True, "none"),
+    StrategyFacts("pet", True, "all"),
+    StrategyFacts("soft-template", True, "some"),
 )
 STRATEGY_NAMES = tuple(facts.name for facts in STRATEGY_FACTS)
 _FACTS = {facts.name: facts for facts in STRATEGY_FACTS}
-GENERATION_STRATEGIES = tuple(facts.name for facts in STRATEGY_FACTS if facts.serves_generation)
 
 # Expected trade-offs when no measured grid is given. Measured in tunelab on a CPU: MiniLM on movie-snippets,
 # 2,000 labels, 3 seeds (test accuracy, trainable share, delta per task, train time against full); the prompt-based
@@ -223,8 +221,8 @@ class Constraint:
 
 
 CONSTRAINTS: tuple[Constraint, ...] = (
-    Constraint("serves-task", lambda f, s: s.task == "generation" and not f.serves_generation,
-               f"{{strategy}} cannot adapt a causal LM for generation; {', '.join(GENERATION_STRATEGIES)} can"),
+    Constraint("serves-task", lambda f, s: SUPPORT[f.name][s.task] is not None,
+               "{strategy} does not apply to {task}: {task_reason}"),
     Constraint("generation-needs-causal-lm", lambda f, s: s.task == "generation" and s.model is not None
                and not s.causal, "generation needs a causal LM and {model} is an encoder; name one, e.g. smollm2"),
     Constraint("lm-head", lambda f, s: f.prompt_based and s.model is not None and not (s.causal or s.has_lm_head),
@@ -358,7 +356,8 @@ def _points(rule: Rule, situation: Situation, grid: MeasuredGrid | None) -> dict
 def _recommendation(facts: StrategyFacts, situation: Situation, grid: MeasuredGrid | None,
                     moves: list[tuple[Rule, dict[str, float]]], data: str) -> Recommendation:
     fields = {**_fields(situation, grid), "strategy": facts.name,
-              "needed_gb": estimate_training_memory_gb(facts.name, situation)}
+              "needed_gb": estimate_training_memory_gb(facts.name, situation),
+              "task_reason": SUPPORT[facts.name][situation.task]}
     moved = sorted(((points[facts.name], rule) for rule, points in moves if points.get(facts.name)),
                    key=lambda move: -abs(move[0]))
     blocked = [constraint.because.format(**fields) for constraint in CONSTRAINTS if constraint.blocks(facts, situation)]

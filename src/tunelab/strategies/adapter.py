@@ -36,7 +36,6 @@ class BottleneckAdapters(PartialTraining):
     Options = AdapterOptions
     default_learning_rate = 2e-3
     default_epochs = 3.0
-    serves_generation = True
     family = "parameter-efficient"
 
     def trainable_prefixes(self, options: BaseModel) -> tuple[str, ...]:

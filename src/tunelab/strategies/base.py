@@ -30,7 +30,6 @@ class Strategy(Protocol):
     name: str
     summary: str
     Options: type[BaseModel]
-    serves_generation: bool  # whether it can adapt a causal LM that has no task head (`task: generation`)
     prompt_based: bool  # classifies through a template and label words (PromptClassifier), not a new head
     family: str  # full | feature extraction | parameter-efficient | prompt-based: how `compare` groups them
 
@@ -145,7 +144,6 @@ class PromptBased:
     (`PromptClassifier`), never on cached sentence vectors, and have no generation form."""
 
     prompt_based = True
-    serves_generation = False
     family = "prompt-based"
 
     def trains_on_features(self, options: BaseModel) -> bool:

@@ -13,7 +13,6 @@ class FullFineTuning(PartialTraining):
     Options = NoOptions
     default_learning_rate = 5e-5
     default_epochs = 3.0
-    serves_generation = True
     family = "full"
 
     def trainable_prefixes(self, options: BaseModel) -> tuple[str, ...]:

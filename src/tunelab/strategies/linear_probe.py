@@ -22,7 +22,6 @@ class LinearProbe(PartialTraining):
     Options = LinearProbeOptions
     default_learning_rate = 1e-2
     default_epochs = 30.0
-    serves_generation = False  # it trains only a head, and generation has none
     family = "feature extraction"
 
     def trainable_prefixes(self, options: BaseModel) -> tuple[str, ...]:

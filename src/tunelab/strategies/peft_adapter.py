@@ -34,7 +34,6 @@ class PeftAdapter(FixedDefaults):
     """Base of the PEFT strategies: a subclass says which `peft` config to build."""
 
     name: str
-    serves_generation = True
     family = "parameter-efficient"
 
     def peft_config(self, backbone: nn.Module, options: BaseModel) -> PeftConfig:

@@ -47,7 +47,6 @@ def check_prompt_reaches_output(backbone: nn.Module, strategy: str) -> None:
 class PromptLearning(PeftAdapter):
     """Base of the virtual-token strategies; a subclass builds the `peft` prompt-learning config."""
 
-    serves_generation = False  # wrapped for feature extraction, which prepends nothing while generating
     def apply(self, model: nn.Module, options: BaseModel) -> None:
         super().apply(model, options)
         check_prompt_reaches_output(model.backbone, self.name)

@@ -16,7 +16,7 @@ from tunelab.strategies.prompt_tuning import PromptTuning
 from tunelab.strategies.soft_template import SoftTemplate
 from tunelab.strategies.zero_shot import ZeroShot
 
-__all__ = ["STRATEGIES", "check_prompt_settings", "check_serves_task", "get_strategy", "parse_options"]
+__all__ = ["STRATEGIES", "check_prompt_settings", "get_strategy", "parse_options"]
 
 STRATEGIES: dict[str, Strategy] = {
     strategy.name: strategy for strategy in [FullFineTuning(), LinearProbe(), Lora(), Ia3(), BottleneckAdapters(),
@@ -29,13 +29,6 @@ def get_strategy(name: str) -> Strategy:
     if name not in STRATEGIES:
         raise TunelabError(f"unknown strategy '{name}'; choose one of {', '.join(STRATEGIES)}")
     return STRATEGIES[name]
-
-
-def check_serves_task(strategy: Strategy, task: str) -> None:
-    """Fail before any data or weights load when the strategy cannot adapt a model for `task`."""
-    if task == "generation" and not strategy.serves_generation:
-        usable = [name for name, candidate in STRATEGIES.items() if candidate.serves_generation]
-        raise TunelabError(f"strategy {strategy.name} does not apply to generation; use one of {', '.join(usable)}")
 
 
 def check_prompt_settings(strategy: Strategy, prompt_settings_given: bool) -> None:

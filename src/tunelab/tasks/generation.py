@@ -2,7 +2,7 @@
 template when it has one, held-out loss and perplexity, and sampling from a trained run.
 
 The model is the causal LM itself under `backbone` (no task head), so every weight-level strategy adapts it
-through the same code as for classification; which strategies can is each strategy's `serves_generation`.
+through the same code as for classification; which strategies can is `tasks.support.SUPPORT`.
 """
 
 from __future__ import annotations
