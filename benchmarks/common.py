@@ -80,6 +80,21 @@ def tunelab_train(run_dir: Path, options: list[str], log: Path) -> tuple[Timed, 
     return timed, read_run(run_dir)
 
 
+def write_splits(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """tunelab's own split of a dataset (as `config` loads it) as CSVs of text and label, so that a plain script
+    trains and tests on the very rows tunelab does; also the size of each split."""
+    from tunelab.api import load_splits
+    from tunelab.config import build_config
+
+    splits, _ = load_splits(build_config(config))
+    paths: dict[str, Any] = {}
+    for name in ("train", "validation", "test"):
+        paths[name] = folder / f"{name}.csv"
+        getattr(splits, name)[["text", "label"]].to_csv(paths[name], index=False)
+    paths["sizes"] = {name: len(getattr(splits, name)) for name in ("train", "validation", "test")}
+    return paths
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 

@@ -9,6 +9,7 @@ import compare_grid
 import few_shot
 import probe_cache
 import prompt_templates
+import regression
 import rlhf_pipeline
 import strategy_accuracy
 import strategy_costs
@@ -98,6 +99,15 @@ def rlhf_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [*rows, *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
 
 
+def regression_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    s = result["summary"]
+    rows = [(f"regression: {side} Pearson (median of {len(result['seeds'])} seeds)", f"{s[f'{side}_pearson']:.4f}",
+             "") for side in ("full", "lora", "plain")]
+    rows.append(("regression: lora - full, full - plain (medians per seed)",
+                 f"{s['lora_minus_full']:+.4f}, {s['full_minus_plain']:+.4f}", ""))
+    return [*rows, *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
+
+
 DRIVERS = {
     "full": (lambda args: vs_plain_rows(vs_plain.run_benchmark(args.repeats or 3, args.quick, args.keep, "full"),
                                         "full")),
@@ -110,6 +120,7 @@ DRIVERS = {
     "few-shot": lambda args: few_shot_rows(few_shot.run_benchmark(args.repeats or 5, args.quick, args.keep)),
     "grid": lambda args: grid_rows(compare_grid.run_benchmark(args.repeats or 3, args.quick, args.keep)),
     "rlhf": lambda args: rlhf_rows(rlhf_pipeline.run_benchmark(1, args.quick, args.keep)),
+    "regression": lambda args: regression_rows(regression.run_benchmark(args.repeats or 3, args.quick, args.keep)),
 }
 
 

@@ -25,27 +25,13 @@ from common import (
     tunelab_train,
     working_folder,
     write_result,
+    write_splits,
 )
 
 SETTINGS = {"limit_train": 2000, "limit_eval": None, "epochs": 3, "batch_size": 32, "max_length": 128, "seed": 42}
 LEARNING_RATES = {"full": 5e-5, "lora": 5e-3}  # tunelab's defaults, given to both sides
 QUICK = {**SETTINGS, "limit_train": 128, "limit_eval": 200, "epochs": 1}
 ACCURACY_TOLERANCE = 0.005  # tunelab may trail the plain script by at most half a point of accuracy
-
-
-def write_splits(folder: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """tunelab's own split of movie-snippets as CSVs, so that the plain script trains and tests on the same rows."""
-    from tunelab.api import load_splits
-    from tunelab.config import build_config
-
-    data = {"source": "movie-snippets", "limit_train": settings["limit_train"], "limit_eval": settings["limit_eval"]}
-    splits, _ = load_splits(build_config({"data": data}))
-    paths: dict[str, Any] = {}
-    for name in ("train", "validation", "test"):
-        paths[name] = folder / f"{name}.csv"
-        getattr(splits, name)[["text", "label"]].to_csv(paths[name], index=False)
-    paths["sizes"] = {name: len(getattr(splits, name)) for name in ("train", "validation", "test")}
-    return paths
 
 
 def run_tunelab(folder: Path, repeat: int, settings: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +93,8 @@ def run_benchmark(repeats: int = 3, quick: bool = False, keep: bool = False, str
     settings = {**(QUICK if quick else SETTINGS), "strategy": strategy, "lr": LEARNING_RATES[strategy]}
     host = machine()  # before the runs, so that its load average is the machine's, not ours
     with working_folder(name, keep) as folder:
-        splits = write_splits(folder, settings)
+        limits = {"limit_train": settings["limit_train"], "limit_eval": settings["limit_eval"]}
+        splits = write_splits(folder, {"data": {"source": "movie-snippets", **limits}})
         log(f"{name}: splits {splits['sizes']}")
         rows = []
         def run_side(side: str, repeat: int) -> dict[str, Any]:

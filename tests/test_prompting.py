@@ -284,7 +284,7 @@ def test_prompt_strategies_train_save_and_reload(strategy: str, options: dict, t
     result = api.train(config, progress=False)
     train_frame = api.load_splits(config)[0].train
     untrained = Predictor(_classifier(tiny_llama_lm, "{text} It was {label}", max_length=24),
-                          result.predictor.tokenizer, result.predictor.label_map, 24)
+                          result.predictor.tokenizer, result.predictor.targets, 24)
     assert _training_loss(result.predictor, train_frame) < 0.9 * _training_loss(untrained, train_frame)
     assert result.metrics["test"]["examples"] == zero["examples"]
     loaded = load_run(result.path)
@@ -309,7 +309,7 @@ def test_zero_shot_run_has_no_delta_and_predicts_like_the_base_model(tiny_llama_
     assert result.metrics["test"] == api.zero_shot(config)
     predictor = api.load_predictor(result.path)
     base = Predictor(_classifier(tiny_llama_lm, "{text} It was {label}", max_length=24), predictor.tokenizer,
-                     predictor.label_map, 24)
+                     predictor.targets, 24)
     np.testing.assert_allclose(predictor.logits(TEXTS), base.logits(TEXTS), rtol=0, atol=1e-6)
 
 

@@ -78,6 +78,13 @@ def tiny_config(model: Path, data: Path, output: Path | None, strategy: str = "f
     })
 
 
+def generation_config(model: Path, data: Path, output: Path, strategy: str = "lora", **training) -> RunConfig:
+    """A generation RunConfig for the tiny causal LM: settings under which lora learns the made-up answers."""
+    settings = {"max_length": 24, "batch_size": 8, "epochs": 4, "learning_rate": 2e-2, **training}
+    return build_config({"model": str(model), "task": "generation", "data": {"source": str(data)},
+                         "strategy": {"name": strategy}, "training": settings, "output": str(output)})
+
+
 @dataclass
 class TrainedRun:
     """A finished run, its config, and the predictor `train` built around the in-memory trained model."""

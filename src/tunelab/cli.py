@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.table import Table
 from rich.text import Text
 
 from tunelab.errors import TunelabError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="The embedded datasets, and a look at any dataset.", no_args_is_help=True)
@@ -32,6 +35,7 @@ FLAG_KEYS = {
     "model": "model", "task": "task", "data": "data.source", "strategy": "strategy.name", "output": "output",
     "text_column": "data.text_column", "label_column": "data.label_column",
     "prompt_column": "data.prompt_column", "completion_column": "data.completion_column",
+    "messages_column": "data.messages_column",
     "limit_train": "data.limit_train", "limit_eval": "data.limit_eval", "epochs": "training.epochs",
     "lr": "training.learning_rate", "batch_size": "training.batch_size", "max_length": "training.max_length",
     "seed": "training.seed", "shots": "data.shots", "tune": "strategy.options.tune", "calibrate": "prompt.calibrate",
@@ -80,7 +84,8 @@ def _quiet_libraries() -> None:
 def train(
     config_file: Annotated[Path | None, typer.Argument(help="YAML run config; flags and --set override it")] = None,
     model: Annotated[str | None, typer.Option(help="embedded name (minilm, smollm2), HF folder or hub id")] = None,
-    task: Annotated[str | None, typer.Option(help="classification (default) or generation (causal LMs)")] = None,
+    task: Annotated[str | None, typer.Option(help="classification (default), regression, token-classification, "
+                                                  "question-answering or generation (causal LMs)")] = None,
     data: Annotated[str | None, typer.Option(help="embedded dataset, CSV/TSV/JSONL/Parquet file, or HF id")] = None,
     strategy: Annotated[str | None, typer.Option(help="fine-tuning strategy: see `tunelab strategies`")] = None,
     output: Annotated[Path | None, typer.Option(help="run directory to create")] = None,
@@ -88,6 +93,8 @@ def train(
     label_column: Annotated[str | None, typer.Option(help="column with the label")] = None,
     prompt_column: Annotated[str | None, typer.Option(help="generation: column with the prompt")] = None,
     completion_column: Annotated[str | None, typer.Option(help="generation: column with the completion")] = None,
+    messages_column: Annotated[str | None, typer.Option(help="generation: column with chat conversations "
+                                                             "[default: messages]")] = None,
     limit_train: Annotated[int | None, typer.Option(help="train on at most N examples (the test set stays)")] = None,
     limit_eval: Annotated[int | None, typer.Option(help="evaluate on at most N examples")] = None,
     epochs: Annotated[float | None, typer.Option(help="passes over the data (default: the strategy's)")] = None,
@@ -109,12 +116,15 @@ def train(
 ) -> None:
     """Fine-tune a model on a dataset with one strategy and write a run directory."""
     from tunelab import api
-    from tunelab.report import runs_table
+    from tunelab.report import generation_scores, runs_table
 
     config = _config(config_file, locals(), set_, option, template, verbalizer)
     _quiet_libraries()
     result = api.train(config, overwrite=overwrite, progress=not quiet)
     console.print(runs_table([result.path], title=f"{config.strategy.name} on {config.data.source}"))
+    if config.task == "generation":
+        console.print(f"held-out, untrained -> trained: "
+                      f"{generation_scores(result.metrics['test'], result.metrics['base_test'])}")
     console.print(f"run saved to [bold]{escape(str(result.path))}[/bold]")
 
 
@@ -160,18 +170,25 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="score at most N examples")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
 ) -> None:
-    """Score a trained run on labelled data: accuracy, macro-F1, per-class report."""
+    """Score a trained run on labelled data with its task's metrics (accuracy and per-class report, Pearson, entity
+    F1, exact match and F1, or perplexity and ROUGE-L)."""
     from tunelab import api
-    from tunelab.report import metrics_table
+    from tunelab.report import entity_metrics_table, generation_scores, metrics_table, squad_table
 
     _quiet_libraries()
     metrics = api.evaluate(run, data, text_column, label_column, limit)
     if as_json:
         print(json.dumps(metrics, indent=2))
     elif "perplexity" in metrics:
-        console.print(f"{escape(str(run))} on {escape(data or 'its test split')}: loss {metrics['loss']:.3f} · "
-                      f"perplexity {metrics['perplexity']:.2f} · {metrics['examples']} examples, "
-                      f"{metrics['tokens']} completion tokens")
+        console.print(f"{escape(str(run))} on {escape(data or 'its test split')}: {generation_scores(metrics)}")
+    elif "pearson" in metrics:
+        console.print(f"{escape(str(run))} on {escape(data or 'its test split')}: Pearson {metrics['pearson']:.3f} · "
+                      f"Spearman {metrics['spearman']:.3f} · MAE {metrics['mae']:.3f} · RMSE {metrics['rmse']:.3f} · "
+                      f"{metrics['examples']} examples")
+    elif "exact_match" in metrics:
+        console.print(squad_table(metrics, title=f"{run} on {data or 'its test split'} (SQuAD scores, %)"))
+    elif "per_type" in metrics:
+        console.print(entity_metrics_table(metrics, title=f"{run} on {data or 'its test split'} (entities)"))
     else:
         console.print(metrics_table(metrics, title=f"{run} on {data or 'its test split'}"))
 
@@ -181,12 +198,75 @@ def predict(
     run: Annotated[Path, typer.Argument(help="run directory from `tunelab train`, or a merged export")],
     texts: Annotated[list[str], typer.Argument(help="one or more texts to classify")],
     as_json: Annotated[bool, typer.Option("--json", help="print predictions as JSON lines")] = False,
+    context: Annotated[str | None, typer.Option(help="question-answering runs: the passage the questions (the "
+                                                     "texts) are about")] = None,
 ) -> None:
-    """Classify texts with a trained run: the label and every label's probability."""
+    """Predict with a trained run: the label and every label's probability, the value of a regression run, or the
+    entities a token-classification run finds (with character spans), or a question-answering run's answers to
+    questions about the `--context` passage."""
     from tunelab import api
+    from tunelab.tasks.regression import TargetScale
+    from tunelab.tasks.token_classification import Tagger
 
     _quiet_libraries()
-    predictions = api.load_predictor(run).predict(texts)
+    if context is not None:
+        _print_answers(run, texts, api.answer_questions(run, texts, context), as_json)
+        return
+    predictor = api.load_predictor(run)
+    if isinstance(predictor, Tagger):
+        _print_entities(run, texts, predictor.entities(texts), as_json)
+    elif isinstance(predictor.targets, TargetScale):
+        _print_values(run, texts, predictor.predict_values(texts), as_json)
+    else:
+        _print_classes(run, texts, predictor.predict(texts), as_json)
+
+
+def _print_answers(run: Path, questions: list[str], answers: list[Any], as_json: bool) -> None:
+    """Each question's answer with its character span in the context (end exclusive), or "no answer"."""
+    if as_json:
+        for question, answer in zip(questions, answers, strict=True):
+            print(json.dumps({"question": question, "answer": answer.text, "start": answer.start, "end": answer.end,
+                              "score": answer.score, "probability": answer.probability}))
+        return
+    table = Table(title=str(run))
+    for column in ("question", "answer", "characters", "probability", "score"):
+        table.add_column(column, justify="right" if column in ("probability", "score") else "left")
+    for question, answer in zip(questions, answers, strict=True):
+        found = answer.start is not None
+        table.add_row(escape(question), f"[bold]{escape(answer.text)}[/bold]" if found else "[dim]no answer[/dim]",
+                      f"{answer.start}-{answer.end}" if found else "-", f"{answer.probability:.3f}",
+                      f"{answer.score:.2f}")
+    console.print(table)
+
+
+def _print_entities(run: Path, texts: list[str], found: list[list[Any]], as_json: bool) -> None:
+    """Each text's entities: words, type, character span (end exclusive) and confidence."""
+    from dataclasses import asdict
+
+    from tunelab.report import entities_table
+
+    if as_json:
+        for text, entities in zip(texts, found, strict=True):
+            print(json.dumps({"text": text, "entities": [asdict(entity) for entity in entities]}))
+        return
+    console.print(entities_table(texts, found, title=str(run)))
+
+
+def _print_values(run: Path, texts: list[str], values: list[float], as_json: bool) -> None:
+    if as_json:
+        for text, value in zip(texts, values, strict=True):
+            print(json.dumps({"text": text, "value": value}))
+        return
+    table = Table(title=str(run))
+    table.add_column("text")
+    table.add_column("value", justify="right")
+    for text, value in zip(texts, values, strict=True):
+        table.add_row(text, f"[bold]{value:+.3f}[/bold]")
+    console.print(table)
+
+
+def _print_classes(run: Path, texts: list[str], predictions: list[tuple[str, dict[str, float]]],
+                   as_json: bool) -> None:
     if as_json:
         for text, (label, probabilities) in zip(texts, predictions, strict=True):
             print(json.dumps({"text": text, "label": label, "probabilities": probabilities}))
@@ -218,6 +298,24 @@ def generate(
     _quiet_libraries()
     text = api.generate_text(run, prompt, max_new_tokens, temperature, seed, continuation)
     print(f"{prompt} {text}" if continuation else text)
+
+
+@app.command()
+def chat(
+    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train --task generation` or any RLHF "
+                                            "stage (`rlhf sft`, `rlhf ppo`, `rlhf dpo`)")],
+    system: Annotated[str | None, typer.Option(help="a system message at the start of the conversation")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="the longest answer, in tokens")] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy; above 0 = sampled")] = 0.0,
+    seed: Annotated[int, typer.Option(help="seed for sampling")] = 0,
+) -> None:
+    """Talk with a trained causal LM in the terminal: multi-turn, through its chat template, answers streamed."""
+    from tunelab import api
+    from tunelab.chat import chat as converse
+
+    _quiet_libraries()
+    model, tokenizer = api.load_generator(run, purpose="chat")
+    converse(model, tokenizer, system, max_new_tokens, temperature, seed)
 
 
 @app.command()
@@ -352,7 +450,8 @@ def _amount(text: str, units: dict[str, float], option: str, example: str) -> fl
 def recommend(
     samples: Annotated[int | None, typer.Option(min=1, help="labelled examples you have (default with --from: the "
                                                            "grid's largest training size)")] = None,
-    task: Annotated[str, typer.Option(help="classification or generation")] = "classification",
+    task: Annotated[str, typer.Option(help="classification, regression, token-classification, "
+                                           "question-answering or generation")] = "classification",
     model: Annotated[str | None, typer.Option(help="the model you will tune (default: one the advice picks)")] = None,
     model_size: Annotated[str | None, typer.Option(help="its parameters, e.g. 350M or 7B (known for minilm and "
                                                         "smollm2)")] = None,
@@ -437,8 +536,8 @@ def data_list() -> None:
     for name, entry in CATALOG.items():
         frame = entry.load()
         balance = frame["label"].value_counts()
-        table.add_row(name, str(len(frame)), ", ".join(f"{label} {balance.get(label, 0)}" for label in entry.labels),
-                      entry.description)
+        labels = ", ".join(f"{label} {balance.get(label, 0)}" for label in entry.labels)
+        table.add_row(name, str(len(frame)), labels or _target_summary(frame["label"]), entry.description)
     console.print(table)
 
 
@@ -450,6 +549,8 @@ def data_show(
     examples: Annotated[int, typer.Option(help="how many examples to print")] = 5,
 ) -> None:
     """Size, label balance, default splits and a few examples of one dataset."""
+    import pandas as pd
+
     from tunelab.config import DataConfig
     from tunelab.data.loading import load_examples
     from tunelab.data.splits import split_examples
@@ -457,16 +558,34 @@ def data_show(
     frame = load_examples(source, text_column, label_column)
     defaults = DataConfig()
     splits = split_examples(frame, defaults.test_size, defaults.validation_size, defaults.split_seed)
-    table = Table(title=f"{source}: {len(frame)} examples · splits train {len(splits.train)} / "
-                        f"validation {len(splits.validation)} / test {len(splits.test)}")
+    title = (f"{source}: {len(frame)} examples · splits train {len(splits.train)} / "
+             f"validation {len(splits.validation)} / test {len(splits.test)}")
+    values = pd.to_numeric(frame["label"], errors="coerce")
+    if values.notna().all() and values.nunique() > MAX_LABELS_SHOWN:  # a regression target
+        console.print(f"{title}\ntargets: {_target_summary(values)}")
+        frame = frame.assign(label=values.map(lambda value: f"{value:+.2f}"))
+    else:
+        _print_balance(frame, title)
+    for _, row in frame.sample(min(examples, len(frame)), random_state=0).iterrows():
+        console.print(Text.assemble((str(row["label"]), "bold"), "  ", str(row["text"])))
+
+
+MAX_LABELS_SHOWN = 50  # more distinct numeric labels than this are a regression target, summarised
+
+
+def _target_summary(values: pd.Series) -> str:
+    values = values.astype(float)
+    return f"numeric: mean {values.mean():+.2f}, std {values.std():.2f}, {values.min():+.2f} to {values.max():+.2f}"
+
+
+def _print_balance(frame: pd.DataFrame, title: str) -> None:
+    table = Table(title=title)
     table.add_column("label")
     table.add_column("count", justify="right")
     table.add_column("share", justify="right")
     for label, count in frame["label"].value_counts().items():
         table.add_row(str(label), str(count), f"{count / len(frame):.1%}")
     console.print(table)
-    for _, row in frame.sample(min(examples, len(frame)), random_state=0).iterrows():
-        console.print(Text.assemble((str(row["label"]), "bold"), "  ", str(row["text"])))
 
 
 @models_app.command("list")

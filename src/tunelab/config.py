@@ -22,6 +22,14 @@ class DataConfig(_Section):
     label_column: str = Field("label", description="column holding the label")
     prompt_column: str = Field("prompt", description="generation: column holding the prompt")
     completion_column: str = Field("completion", description="generation: column holding the target completion")
+    messages_column: str = Field("messages", description="generation: column holding chat conversations (lists of "
+                                                         "{role, content}); a source with it is chat data")
+    tokens_column: str = Field("tokens", description="token-classification: column holding each sentence's words, "
+                                                     "a list (JSONL, Parquet; CoNLL files have columns instead)")
+    tags_column: str = Field("tags", description="token-classification: column holding each word's tag, a list")
+    tag_scheme: Literal["auto", "IOB1", "IOB2", "BIOES"] = Field(
+        "auto", description="token-classification: the data's tag scheme (BIO is IOB2, IOBES is BIOES); auto detects "
+                            "it and reads the tags as conlleval does, a named scheme is checked strictly")
     test_size: float = Field(0.15, gt=0, description="test split: a fraction (< 1) or a count of examples")
     validation_size: float = Field(0.1, gt=0, description="validation split: a fraction (< 1) or a count")
     split_seed: int = Field(0, description="seed of the split; fixed apart from the training seed")
@@ -31,6 +39,15 @@ class DataConfig(_Section):
     limit_eval: int | None = Field(None, gt=0, description="evaluate on at most N validation/test examples")
     shots: int | None = Field(None, gt=0, description="few-shot: train on K examples per label and validate on K "
                                                       "per label, drawn with the training seed; the test split stays")
+
+    @field_validator("tag_scheme", mode="before")
+    @classmethod
+    def _scheme_name(cls, value: Any) -> Any:
+        """Scheme names in any case, and their other names: BIO (IOB2) and IOBES (BIOES)."""
+        if not isinstance(value, str):
+            return value
+        name = value.upper()
+        return {"AUTO": "auto", "BIO": "IOB2", "IOBES": "BIOES"}.get(name, name)
 
 
 class StrategyConfig(_Section):
@@ -66,6 +83,27 @@ class TrainingConfig(_Section):
                                                       "optimizer state) in the run; the delta is always kept")
 
 
+class GenerationConfig(_Section):
+    """How a generation run's own answers are scored, next to the loss of the reference answers."""
+
+    rouge_examples: int = Field(64, ge=0, description="ROUGE-L of greedy answers to the first N test examples, "
+                                                      "before and after training (0: loss and perplexity only)")
+    max_new_tokens: int = Field(64, gt=0, description="ROUGE-L: tokens each greedy answer may take")
+
+
+class QuestionAnsweringConfig(_Section):
+    """How extractive question answering windows long contexts and picks an answer span (as Hugging Face's run_qa)."""
+
+    doc_stride: int = Field(128, ge=0, description="tokens of overlap between the windows of a context longer than "
+                                                   "max_length; capped at half of a window's room for context")
+    n_best: int = Field(20, gt=0, description="start and end candidates per window whose spans are scored")
+    max_answer_length: int = Field(30, gt=0, description="longest answer span, in tokens")
+    null_threshold: float = Field(0.0, description="SQuAD 2.0: answer nothing when the null score beats the best "
+                                                   "span's score by more than this")
+    no_answer: bool | None = Field(None, description="may answer nothing (SQuAD 2.0); default: when the data has "
+                                                     "unanswerable questions (the run saves the choice)")
+
+
 class RunConfig(_Section):
     model: str = Field("minilm", description="embedded name (minilm, smollm2), local folder, or hub id")
     task: Literal["classification", "regression", "token-classification", "question-answering", "generation"] = Field(
@@ -76,6 +114,8 @@ class RunConfig(_Section):
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    qa: QuestionAnsweringConfig = Field(default_factory=QuestionAnsweringConfig)
     output: Path | None = Field(None, description="run directory")
 
     @field_validator("model")

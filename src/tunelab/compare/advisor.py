@@ -332,8 +332,8 @@ def _model_name(facts: StrategyFacts, situation: Situation) -> str:
 
 def _command(facts: StrategyFacts, situation: Situation, data: str) -> str:
     words = ["tunelab", "train", "--model", _model_name(facts, situation), "--data", data, "--strategy", facts.name]
-    if situation.task == "generation":
-        words += ["--task", "generation"]
+    if situation.task != "classification":
+        words += ["--task", situation.task]
     return " ".join(shlex.quote(word) for word in words)
 
 

@@ -98,14 +98,3 @@ def to_examples(frame: pd.DataFrame, text_column: str, label_column: str, source
 def load_examples(source: str, text_column: str = "text", label_column: str = "label",
                   fields: tuple[str, ...] = ()) -> pd.DataFrame:
     return to_examples(read_source(source), text_column, label_column, source, fields)
-
-
-def load_prompt_completions(source: str, prompt_column: str = "prompt",
-                            completion_column: str = "completion") -> pd.DataFrame:
-    """Generation data: a table with columns `prompt` and `completion` (and `label` when the source has one,
-    so that the splits stay stratified by it)."""
-    frame = read_source(source)
-    examples = select_columns(frame, {"prompt": prompt_column, "completion": completion_column}, source)
-    if "label" in frame.columns:
-        examples["label"] = frame["label"].astype(str)
-    return examples

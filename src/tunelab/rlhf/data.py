@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tunelab.data.loading import read_source, select_columns
+from tunelab.data.messages import check_messages
 from tunelab.errors import TunelabError
 
 # format -> the column sets that make it, first match wins (a `prompt` column makes a preference explicit)
@@ -41,14 +42,6 @@ def detect_format(columns: list[str]) -> tuple[str, tuple[str, ...]]:
                        f"prompt + completion, chosen + rejected (+ prompt), or prompt")
 
 
-def _check_messages(frame: pd.DataFrame, source: str) -> None:
-    for row, messages in enumerate(frame["messages"], start=1):
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages):
-            raise TunelabError(f"{source}: row {row}: messages must be a non-empty list of {{role, content}} "
-                               f"objects (JSONL)")
-
-
 def load_stage_data(source: str, stage: str) -> pd.DataFrame:
     """The table a stage trains on, in the first of its formats the source's columns make, validated."""
     frame = read_source(source)
@@ -57,8 +50,7 @@ def load_stage_data(source: str, stage: str) -> pd.DataFrame:
         wanted = " or ".join(STAGE_FORMATS[stage])
         raise TunelabError(f"{source} holds {name} data (columns {', '.join(columns)}); rlhf {stage} needs {wanted}")
     if columns == ("messages",):
-        _check_messages(frame, source)
-        return frame[["messages"]].reset_index(drop=True)
+        return pd.DataFrame({"messages": check_messages(frame["messages"], source)})
     return select_columns(frame, {column: column for column in columns}, source)
 
 

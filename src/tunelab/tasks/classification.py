@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 from torch import nn
+from transformers import EvalPrediction
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from tunelab.assets.models import Pooling
 from tunelab.errors import TunelabError
 from tunelab.modeling import pool
+
+LABELS_FILE = "labels.json"  # the label order, saved with the run
 
 
 class LabelMap:
@@ -29,6 +34,23 @@ class LabelMap:
             raise TunelabError(f"classification needs at least 2 labels, the data has {len(present)}")
         ordered = [label for label in preferred if label in present]
         return cls(ordered + sorted(present - set(ordered)))
+
+    best_metric = "accuracy"  # the epoch kept
+
+    @property
+    def width(self) -> int:
+        """Outputs of the head: one logit per label."""
+        return len(self.labels)
+
+    def metrics(self, outputs: np.ndarray, values: Sequence[str], source: str) -> dict:
+        return classification_metrics(outputs, np.array(self.encode(values, source)), self)
+
+    def validation_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
+        """What the Trainer computes each epoch."""
+        return {"accuracy": float((prediction.predictions.argmax(axis=-1) == prediction.label_ids).mean())}
+
+    def save(self, folder: Path) -> None:
+        (folder / LABELS_FILE).write_text(json.dumps(self.labels, indent=2) + "\n", encoding="utf-8")
 
     def encode(self, values: Sequence[str], source: str) -> list[int]:
         unknown = sorted(set(values) - self.ids.keys())
@@ -78,9 +100,15 @@ class FeatureClassifier(nn.Module):
 
 
 def head_output(head: nn.Module, features: torch.Tensor, labels: torch.Tensor | None) -> SequenceClassifierOutput:
-    """(B, H) sentence vectors -> (B, C) logits, and the cross-entropy loss when labels are given."""
+    """(B, H) sentence vectors -> (B, C) logits, and the loss when labels are given: cross-entropy for label ids,
+    mean squared error for float targets (regression: one output), as transformers infers its `problem_type`."""
     logits = head(features)
-    loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+    if labels is None:
+        loss = None
+    elif labels.is_floating_point():
+        loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+    else:
+        loss = nn.functional.cross_entropy(logits, labels)
     return SequenceClassifierOutput(loss=loss, logits=logits)
 
 

@@ -1,5 +1,5 @@
-"""Generation with a causal LM: prompt -> completion pairs, loss on the completion only, the tokenizer's chat
-template when it has one, held-out loss and perplexity, and sampling from a trained run.
+"""Generation with a causal LM: prompt -> completion pairs and chat conversations, loss on the answers only, the
+tokenizer's chat template when it has one, held-out loss and perplexity, and generating from a trained run.
 
 The model is the causal LM itself under `backbone` (no task head), so every weight-level strategy adapts it
 through the same code as for classification; which strategies can is `tasks.support.SUPPORT`.
@@ -10,13 +10,16 @@ from __future__ import annotations
 import math
 
 import datasets
+import pandas as pd
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import CausalLMOutput
 
 from tunelab.assets.models import ModelSpec
 from tunelab.errors import TunelabError
+from tunelab.tasks.conversation import Message, assistant_spans, context_ids, user
 
 IGNORE = -100  # label id that cross-entropy skips: prompt tokens and padding
 
@@ -44,10 +47,7 @@ def load_causal_lm(spec: ModelSpec) -> PreTrainedModel:
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """The prompt as the model sees it before its answer: through the chat template, or plain text + newline."""
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=True, return_dict=True)["input_ids"]
-    return tokenizer(prompt + "\n", add_special_tokens=True)["input_ids"]
+    return context_ids(tokenizer, [user(prompt)])
 
 
 def completion_ids(tokenizer: PreTrainedTokenizerBase, completion: str) -> list[int]:
@@ -62,17 +62,67 @@ def tokenize_pairs(prompts: list[str], completions: list[str], tokenizer: PreTra
 
     Long pairs lose the end of the completion, never the prompt: a pair whose prompt alone fills `max_length`
     is an error, since nothing of its answer would be learnt."""
-    rows: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
+    sequences = []
     for index, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
         head = prompt_ids(tokenizer, prompt)
         if len(head) >= max_length:
             raise TunelabError(f"example {index + 1}: the prompt takes {len(head)} tokens, max_length is {max_length}; "
                                f"raise --max-length or shorten the prompt")
-        ids = (head + completion_ids(tokenizer, completion))[:max_length]
-        rows["input_ids"].append(ids)
-        rows["attention_mask"].append([1] * len(ids))
-        rows["labels"].append([IGNORE] * len(head) + ids[len(head):])
+        answer = completion_ids(tokenizer, completion)
+        sequences.append((head + answer, [IGNORE] * len(head) + answer))
+    return _labelled(sequences, max_length)
+
+
+def tokenize_conversations(conversations: list[list[Message]], rows: list[int], tokenizer: PreTrainedTokenizerBase,
+                           max_length: int, source: str) -> datasets.Dataset:
+    """Conversations through the chat template; labels copy every assistant turn (with its end-of-turn token) and
+    mask the rest, so only the answers are learnt, each in the context of the turns before it.
+
+    Long conversations lose their end: one whose first answer starts beyond `max_length` is an error naming its
+    `row` in `source`, since nothing of it would be learnt."""
+    sequences = []
+    for conversation, row in zip(conversations, rows, strict=True):
+        ids, spans = assistant_spans(tokenizer, conversation, f"{source}: row {row}")
+        if spans[0][0] >= max_length:
+            raise TunelabError(f"{source}: row {row}: the conversation before its first assistant turn takes "
+                               f"{spans[0][0]} tokens, max_length is {max_length}; raise --max-length or shorten it")
+        labels = [IGNORE] * len(ids)
+        for start, end in spans:
+            labels[start:end] = ids[start:end]
+        sequences.append((ids, labels))
+    return _labelled(sequences, max_length)
+
+
+def _labelled(sequences: list[tuple[list[int], list[int]]], max_length: int) -> datasets.Dataset:
+    """(ids, labels) pairs cut to their first `max_length` tokens, with attention masks."""
+    rows: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
+    for ids, labels in sequences:
+        rows["input_ids"].append(ids[:max_length])
+        rows["attention_mask"].append([1] * len(ids[:max_length]))
+        rows["labels"].append(labels[:max_length])
     return datasets.Dataset.from_dict(rows)
+
+
+def tokenize_examples(examples: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                      source: str) -> datasets.Dataset:
+    """Generation examples (`data.messages.load_generation_examples`), chat or prompt/completion, tokenised."""
+    if "messages" in examples.columns:
+        return tokenize_conversations(examples["messages"].tolist(), examples["row"].tolist(), tokenizer, max_length,
+                                      source)
+    return tokenize_pairs(examples["prompt"].tolist(), examples["completion"].tolist(), tokenizer, max_length)
+
+
+def contexts_and_references(examples: pd.DataFrame) -> tuple[list[list[Message]], list[str]]:
+    """What the model is asked and the answer written for it: the prompt and its completion, or a conversation up
+    to its last assistant turn and that turn."""
+    if "messages" not in examples.columns:
+        return [[user(prompt)] for prompt in examples["prompt"]], examples["completion"].tolist()
+    contexts, references = [], []
+    for conversation in examples["messages"]:
+        last = max(index for index, message in enumerate(conversation) if message["role"] == "assistant")
+        contexts.append(conversation[:last])
+        references.append(conversation[last]["content"])
+    return contexts, references
 
 
 def pair_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
@@ -86,9 +136,10 @@ def held_out_loss(model: nn.Module, data: datasets.Dataset, tokenizer: PreTraine
     """Mean cross-entropy per completion token (and its perplexity) over `data`, in eval mode."""
     model.eval()
     collate = pair_collator(tokenizer)
+    device = next(model.parameters()).device
     total, tokens = 0.0, 0
     for start in range(0, len(data), batch_size):
-        batch = collate([data[index] for index in range(start, min(start + batch_size, len(data)))])
+        batch = collate([data[index] for index in range(start, min(start + batch_size, len(data)))]).to(device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         targets = batch["labels"][:, 1:]  # position t predicts token t + 1
         total += nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
@@ -99,16 +150,27 @@ def held_out_loss(model: nn.Module, data: datasets.Dataset, tokenizer: PreTraine
 
 
 @torch.no_grad()
+def complete(model: CausalLM, tokenizer: PreTrainedTokenizerBase, contexts: list[list[int]], max_new_tokens: int,
+             temperature: float = 0.0, seed: int = 0, streamer: BaseStreamer | None = None) -> list[str]:
+    """The model's answers to token-id contexts, generated as one left-padded batch: greedy at temperature 0, else
+    sampled (seeded). `streamer` receives the tokens as they come (one context only). Every path that generates
+    (`generate`, `tunelab chat`, ROUGE-L) comes through here."""
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(ids) for ids in contexts)
+    device = next(model.parameters()).device
+    ids = torch.tensor([[pad] * (width - len(row)) + row for row in contexts], device=device)  # (B, T)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in contexts], device=device)
+    torch.manual_seed(seed)
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    output = model.backbone.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                     pad_token_id=pad, streamer=streamer, **sampling)
+    return [text.strip() for text in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]
+
+
 def generate(model: CausalLM, tokenizer: PreTrainedTokenizerBase, prompt: str, max_new_tokens: int = 64,
              temperature: float = 0.0, seed: int = 0, continuation: bool = False) -> str:
     """The model's answer to `prompt` (or with `continuation`, what follows the prompt as plain text, as a model
     trained on plain text expects): greedy at temperature 0, else sampled (seeded)."""
-    model.eval()
-    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"] if continuation
-                        else prompt_ids(tokenizer, prompt)])
-    torch.manual_seed(seed)
-    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    output = model.backbone.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                     max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                     **sampling)
-    return tokenizer.decode(output[0, ids.size(1):], skip_special_tokens=True).strip()
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if continuation else prompt_ids(tokenizer, prompt)
+    return complete(model, tokenizer, [ids], max_new_tokens, temperature, seed)[0]

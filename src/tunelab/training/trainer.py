@@ -65,10 +65,6 @@ def in_original_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
     return restored
 
 
-def accuracy(prediction: EvalPrediction) -> dict[str, float]:
-    return {"accuracy": float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())}
-
-
 def training_arguments(config: TrainingConfig, output_dir: Path, learning_rate: float, epochs: float,
                        progress: bool, best_metric: str = "accuracy") -> TrainingArguments:
     """Evaluate and checkpoint every epoch; keep the best epoch on `best_metric` (a loss: lower is better)."""
@@ -117,7 +113,7 @@ class TrainableOnlyTrainer(Trainer):
 
 def build_trainer(model: nn.Module, args: TrainingArguments, train: torch.utils.data.Dataset,
                   validation: torch.utils.data.Dataset, collator: Callable | None,
-                  compute_metrics: Callable[[EvalPrediction], dict] | None = accuracy) -> Trainer:
+                  compute_metrics: Callable[[EvalPrediction], dict] | None) -> Trainer:
     """A Trainer on token ids (with a padding collator) or, without a collator, on feature vectors."""
     return quiet_when_asked(TrainableOnlyTrainer(model=model, args=args, train_dataset=train,
                                                  eval_dataset=validation, data_collator=collator,
