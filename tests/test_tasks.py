@@ -10,7 +10,7 @@ from tunelab.api import train
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.strategies.registry import STRATEGIES
-from tunelab.tasks.support import SUPPORT, TASKS, check_serves_task, support_table
+from tunelab.tasks.support import SUPPORT, TASKS, check_serves_task, check_shots, support_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -42,3 +42,22 @@ def test_train_refuses_before_loading_anything(strategy: str, task: str, tmp_pat
     with pytest.raises(TunelabError, match=f"^strategy {strategy} does not apply to {task}: "):
         train(config)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_advisor_knows_every_task_and_refuses_others():
+    from tunelab.compare.advisor import Situation, recommend
+
+    for task in TASKS:
+        feasible = {advice.strategy for advice in recommend(Situation(samples=500, task=task)) if advice.feasible}
+        assert feasible <= {name for name, tasks in SUPPORT.items() if tasks[task] is None}
+    with pytest.raises(TunelabError, match="^unknown task 'translation'"):
+        Situation(samples=500, task="translation")
+
+
+@pytest.mark.parametrize("task", [task for task in TASKS if task != "classification"])
+def test_shots_are_for_labels_only(task: str):
+    check_shots("classification", 8)
+    check_shots(task, None)
+    with pytest.raises(TunelabError, match=f"^--shots draws K examples per label, and {task} has no labels: use "
+                                           f"--limit-train N$"):
+        check_shots(task, 8)

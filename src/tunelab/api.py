@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,6 @@ import numpy as np
 import pandas as pd
 import torch
 import transformers
-from pydantic import BaseModel
 from transformers import DataCollatorWithPadding
 
 from tunelab.assets.datasets import CATALOG
@@ -24,17 +22,18 @@ from tunelab.errors import TunelabError
 from tunelab.export import is_export, load_export
 from tunelab.predict import Predictor
 from tunelab.runs import (
+    CHECKPOINTS,
     LoadedRun,
     RunResult,
     StagedRun,
     build_classifier,
     build_generator,
+    commit_run,
     load_run,
     resolve_prompt,
     template_fields,
-    write_run,
 )
-from tunelab.strategies.base import Strategy, count_parameters
+from tunelab.strategies.base import count_parameters
 from tunelab.strategies.registry import check_prompt_settings, get_strategy, parse_options
 from tunelab.tasks.classification import FeatureClassifier, LabelMap
 from tunelab.tasks.conversation import context_ids
@@ -43,15 +42,16 @@ from tunelab.tasks.generation_scores import held_out_set, score
 from tunelab.tasks.inputs import input_encoder
 from tunelab.tasks.regression import TargetScale, numeric_targets
 from tunelab.tasks.span_postprocess import Answer
-from tunelab.tasks.support import check_serves_task
+from tunelab.tasks.support import check_serves_task, check_shots
 from tunelab.tasks.token_classification import Tagger
 from tunelab.training.features import extract_features
 from tunelab.training.generation import fit_generator
 from tunelab.training.question_answering import evaluate_span_extractor, run_answerer, train_span_extractor
-from tunelab.training.resources import PeakMemory, latency_per_example_ms, run_resources
+from tunelab.training.resources import PeakMemory, latency_per_example_ms
 from tunelab.training.tagging import evaluate_tagger, load_tagger, train_tagger
 from tunelab.training.trainer import (
     FeatureDataset,
+    best_device,
     build_trainer,
     by_length,
     encode_examples,
@@ -77,8 +77,6 @@ def load_sentence_examples(source: str, text_column: str, label_column: str, tas
 def load_splits(config: RunConfig) -> tuple[Splits, LabelMap | TargetScale]:
     """The splits of a sentence task, and its targets: the label map, or the regression targets' scale."""
     data = config.data
-    if data.shots is not None and config.task == "regression":
-        raise TunelabError("--shots draws K examples per label, and regression has no labels: use --limit-train N")
     examples = load_sentence_examples(data.source, data.text_column, data.label_column, config.task,
                                       template_fields(config))
     splits = split_examples(examples, data.test_size, data.validation_size, data.split_seed,
@@ -91,8 +89,8 @@ def load_splits(config: RunConfig) -> tuple[Splits, LabelMap | TargetScale]:
     return splits, LabelMap.from_values(examples["label"].tolist(), preferred)
 
 
-def _fit(model, tokenizer, splits: Splits, targets: LabelMap | TargetScale, config: RunConfig, on_features: bool,
-         checkpoints: Path, progress: bool) -> tuple[np.ndarray, dict[str, float]]:
+def _fit(model, tokenizer, splits: Splits, targets: LabelMap | TargetScale, config: RunConfig, checkpoints: Path,
+         progress: bool) -> tuple[np.ndarray, dict[str, float]]:
     """Train on token ids, or on cached sentence vectors when the strategy freezes the encoder.
 
     Returns the test logits and the timings; a model with nothing to train (zero-shot) only predicts."""
@@ -101,15 +99,13 @@ def _fit(model, tokenizer, splits: Splits, targets: LabelMap | TargetScale, conf
         start = time.perf_counter()
         logits = Predictor(model, tokenizer, targets, training.max_length).logits(splits.test)
         return logits, {"feature_extraction_s": 0.0, "train_s": 0.0, "predict_s": time.perf_counter() - start}
-    strategy = get_strategy(config.strategy.name)
-    default_lr, default_epochs = strategy.training_defaults(parse_options(strategy, config.strategy.options))
-    args = training_arguments(training, checkpoints, training.learning_rate or default_lr,
-                              training.epochs or default_epochs, progress, targets.best_metric)
+    args = training_arguments(config, checkpoints, progress, targets.best_metric)
     encode = input_encoder(model, tokenizer, training.max_length)
     encoded = {name: encode_examples(encode, part, targets.encode(part["label"].tolist(), name))
                for name, part in vars(splits).items()}
     timings = {"feature_extraction_s": 0.0}
-    if on_features:
+    strategy = get_strategy(config.strategy.name)
+    if strategy.trains_on_features(parse_options(strategy, config.strategy.options)):
         start = time.perf_counter()
         vectors = {name: FeatureDataset(extract_features(model, data, tokenizer, training.eval_batch_size,
                                                          f"encoding {name}", progress), data["labels"])
@@ -129,26 +125,19 @@ def _fit(model, tokenizer, splits: Splits, targets: LabelMap | TargetScale, conf
     return in_original_order(trainer.predict(test).predictions, order), timings
 
 
-def _train_generator(config: RunConfig, strategy: Strategy, options: BaseModel, staged: StagedRun,
-                     progress: bool) -> RunResult:
+def _train_generator(config: RunConfig, staged: StagedRun, progress: bool) -> RunResult:
     splits = load_generation_splits(config)
     transformers.set_seed(config.training.seed)
     model, tokenizer = build_generator(config)
     with staged:
         with PeakMemory() as memory:
-            metrics, timings = fit_generator(model, tokenizer, splits, config, staged.path / "checkpoints", progress)
-        if not config.training.keep_checkpoints:
-            shutil.rmtree(staged.path / "checkpoints", ignore_errors=True)
-        delta_files = strategy.save_delta(model, options, staged.path)
+            metrics, timings = fit_generator(model, tokenizer, splits, config, staged.path / CHECKPOINTS, progress)
         device = next(model.parameters()).device
         prompts = [torch.tensor([context_ids(tokenizer, context)], device=device)
                    for context in contexts_and_references(splits.test.iloc[:32])[0]]
         latency = latency_per_example_ms(lambda ids: model(input_ids=ids, attention_mask=torch.ones_like(ids)),
                                          prompts)
-        resources = run_resources(model, timings, memory, delta_files, latency)
-        write_run(staged.path, config, metrics, resources)
-        path = staged.commit()
-    return RunResult(path, metrics, resources, None)
+        return commit_run(staged, config, model, metrics, timings, memory, latency)
 
 
 def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> RunResult:
@@ -156,15 +145,15 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> 
     if config.output is None:
         raise TunelabError("no output directory: pass --output DIR")
     strategy = get_strategy(config.strategy.name)
-    options = parse_options(strategy, config.strategy.options)
+    parse_options(strategy, config.strategy.options)  # a bad option fails before anything loads
     check_serves_task(strategy.name, config.task)
+    check_shots(config.task, config.data.shots)
     check_prompt_settings(strategy, config.prompt != PromptConfig())
     staged = StagedRun(Path(config.output), overwrite)
-    return TRAINERS[config.task](config, strategy, options, staged, progress)
+    return TRAINERS[config.task](config, staged, progress)
 
 
-def _train_sentence_task(config: RunConfig, strategy: Strategy, options: BaseModel, staged: StagedRun,
-                         progress: bool) -> RunResult:
+def _train_sentence_task(config: RunConfig, staged: StagedRun, progress: bool) -> RunResult:
     """Classification and regression: one vector per text, a head on it; they differ only in their targets."""
     splits, targets = load_splits(config)
     labels = targets if isinstance(targets, LabelMap) else None
@@ -174,27 +163,21 @@ def _train_sentence_task(config: RunConfig, strategy: Strategy, options: BaseMod
     model, tokenizer = build_classifier(config, labels)
     with staged:
         with PeakMemory() as memory:
-            test_logits, timings = _fit(model, tokenizer, splits, targets, config,
-                                        strategy.trains_on_features(options), staged.path / "checkpoints", progress)
-        if not config.training.keep_checkpoints:  # the delta holds what was learned; these are full copies
-            shutil.rmtree(staged.path / "checkpoints", ignore_errors=True)
+            test_logits, timings = _fit(model, tokenizer, splits, targets, config, staged.path / CHECKPOINTS,
+                                        progress)
         model.eval()
         metrics = {"test": targets.metrics(test_logits, splits.test["label"].tolist(), "test split"),
                    "train_examples": len(splits.train), "validation_examples": len(splits.validation)}
-        delta_files = strategy.save_delta(model, options, staged.path)
         predictor = Predictor(model, tokenizer, targets, config.training.max_length)
         one_at_a_time = [splits.test.iloc[[index]] for index in range(min(32, len(splits.test)))]
         latency = latency_per_example_ms(predictor.logits, one_at_a_time)
-        resources = run_resources(model, timings, memory, delta_files, latency)
         targets.save(staged.path)
-        write_run(staged.path, config, metrics, resources)
-        path = staged.commit()
-    return RunResult(path, metrics, resources, predictor)
+        return commit_run(staged, config, model, metrics, timings, memory, latency, predictor)
 
 
-Trainer = Callable[[RunConfig, Strategy, BaseModel, StagedRun, bool], RunResult]
+TaskTrainer = Callable[[RunConfig, StagedRun, bool], RunResult]
 # task -> how a run of it trains; every one stages its run directory and commits it only when complete
-TRAINERS: dict[str, Trainer] = {
+TRAINERS: dict[str, TaskTrainer] = {
     "classification": _train_sentence_task,
     "regression": _train_sentence_task,
     "generation": _train_generator,
@@ -243,17 +226,17 @@ def _sentence_predictor(run_dir: Path, run: LoadedRun) -> Predictor:
 
 def load_generator(run_dir: Path, purpose: str = "generate") -> tuple[CausalLM, Any]:
     """The causal LM of a generation run (`train --task generation`, `rlhf sft`) or of a PPO/DPO policy run, and its
-    tokenizer; `purpose` names the command in the error for any other run."""
+    tokenizer, the model on the fastest device there is; `purpose` names the command in the error for any other run."""
     from tunelab.rlhf.policy import is_policy_run, load_policy
 
     if is_policy_run(run_dir):
         policy = load_policy(run_dir)
-        return policy.model, policy.tokenizer
+        return policy.model.to(best_device()), policy.tokenizer
     run = load_run(run_dir)
     if run.config.task != "generation":
         raise TunelabError(f"{run_dir} is a {run.config.task} run; {purpose} needs one trained with --task generation "
                            f"or an RLHF run")
-    return run.model, run.tokenizer
+    return run.model.to(best_device()), run.tokenizer
 
 
 def generate_text(run_dir: Path, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
@@ -280,7 +263,8 @@ def _evaluate_generator(run_dir: Path, run: LoadedRun, source: str | None, limit
         examples = examples.iloc[:limit]
     held_out = held_out_set(examples, run.tokenizer, training.max_length, source or data.source,
                             generation.rouge_examples)
-    return score(run.model, run.tokenizer, held_out, training.eval_batch_size, generation.max_new_tokens)
+    return score(run.model.to(best_device()), run.tokenizer, held_out, training.eval_batch_size,
+                 generation.max_new_tokens)
 
 
 # task -> how its runs are scored on their own test split or on every row of a file; classification is the default

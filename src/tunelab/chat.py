@@ -52,6 +52,8 @@ def chat(model: CausalLM, tokenizer: Any, system: str | None, max_new_tokens: in
     with contextlib.suppress(ImportError):  # line editing and history for input(); Windows has no readline
         import readline  # noqa: F401
     conversation = Conversation(system)
+    if system:  # a template that takes no system message says so now, not at the first answer
+        context_ids(tokenizer, [*conversation.messages(), user("")], "--system")
     print(HELP)
     while True:
         try:

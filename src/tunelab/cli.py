@@ -167,13 +167,13 @@ def evaluate(
     data: Annotated[str | None, typer.Option(help="dataset to score (default: the run's own test split)")] = None,
     text_column: Annotated[str, typer.Option(help="column with the input text")] = "text",
     label_column: Annotated[str, typer.Option(help="column with the label")] = "label",
-    limit: Annotated[int | None, typer.Option(help="score at most N examples")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="score at most N examples")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
 ) -> None:
     """Score a trained run on labelled data with its task's metrics (accuracy and per-class report, Pearson, entity
     F1, exact match and F1, or perplexity and ROUGE-L)."""
     from tunelab import api
-    from tunelab.report import entity_metrics_table, generation_scores, metrics_table, squad_table
+    from tunelab.report import entity_metrics_table, generation_scores, metrics_table, regression_scores, squad_table
 
     _quiet_libraries()
     metrics = api.evaluate(run, data, text_column, label_column, limit)
@@ -182,9 +182,7 @@ def evaluate(
     elif "perplexity" in metrics:
         console.print(f"{escape(str(run))} on {escape(data or 'its test split')}: {generation_scores(metrics)}")
     elif "pearson" in metrics:
-        console.print(f"{escape(str(run))} on {escape(data or 'its test split')}: Pearson {metrics['pearson']:.3f} · "
-                      f"Spearman {metrics['spearman']:.3f} · MAE {metrics['mae']:.3f} · RMSE {metrics['rmse']:.3f} · "
-                      f"{metrics['examples']} examples")
+        console.print(f"{escape(str(run))} on {escape(data or 'its test split')}: {regression_scores(metrics)}")
     elif "exact_match" in metrics:
         console.print(squad_table(metrics, title=f"{run} on {data or 'its test split'} (SQuAD scores, %)"))
     elif "per_type" in metrics:
@@ -510,18 +508,20 @@ def recommend(
 
 @app.command()
 def strategies() -> None:
-    """List the fine-tuning strategies and their defaults."""
+    """List the fine-tuning strategies, their defaults and the tasks they serve."""
     from tunelab.strategies.registry import STRATEGIES
+    from tunelab.tasks.support import SUPPORT
 
     table = Table(title="strategies")
-    for column in ("name", "what it does", "default lr", "default epochs", "options"):
+    for column in ("name", "what it does", "default lr", "default epochs", "options", "tasks"):
         table.add_column(column)
     for name, strategy in STRATEGIES.items():
         defaults = strategy.Options()
         options = ", ".join(f"{key}={value}" for key, value in defaults.model_dump().items())
         learning_rate, epochs = strategy.training_defaults(defaults)
+        tasks = ", ".join(task for task, reason in SUPPORT[name].items() if reason is None)
         table.add_row(name, strategy.summary, f"{learning_rate:g}" if epochs else "-", f"{epochs:g}" if epochs else "-",
-                      options or "-")
+                      options or "-", tasks)
     console.print(table)
 
 

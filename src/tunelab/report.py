@@ -101,6 +101,12 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
     return table
 
 
+def regression_scores(scores: dict[str, Any]) -> str:
+    """A regression run's scores on one line, in the data's units."""
+    return (f"Pearson {scores['pearson']:.3f} · Spearman {scores['spearman']:.3f} · MAE {scores['mae']:.3f} · "
+            f"RMSE {scores['rmse']:.3f} · {scores['examples']} examples")
+
+
 def generation_scores(scores: dict[str, Any], base: dict[str, Any] | None = None) -> str:
     """A generation run's held-out scores on one line; with `base`, each after the untrained model's."""
 
@@ -129,11 +135,11 @@ def squad_table(metrics: dict[str, Any], title: str) -> Table:
 
 def entity_metrics_table(metrics: dict[str, Any], title: str) -> Table:
     """Entity-level precision, recall and F1 per type and over all entities (micro, as CoNLL reports them), with
-    token accuracy and the words beyond max_length in the caption."""
+    token accuracy and the words the model did not read in the caption."""
     unread = metrics["unread_words"]
     caption = (f"macro-F1 {metrics['macro_f1']:.3f} · token accuracy {metrics['accuracy']:.3f} · "
                f"{metrics['sentences']} sentences, {metrics['words']} words"
-               + (f" · {unread} words beyond max_length, tagged O" if unread else ""))
+               + (f" · {unread} words unread (cut by max_length or given no token), tagged O" if unread else ""))
     table = Table(title=title, caption=caption, min_width=len(caption))  # the caption on one line
     for column in ("type", "precision", "recall", "F1", "entities"):
         table.add_column(column, justify="left" if column == "type" else "right")

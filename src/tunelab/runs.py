@@ -29,6 +29,7 @@ from tunelab.tasks.classification import LABELS_FILE, LabelMap, SequenceClassifi
 from tunelab.tasks.generation import CausalLM, load_causal_lm
 from tunelab.tasks.question_answering import SpanExtractor
 from tunelab.tasks.token_classification import TokenClassifier, require_offsets
+from tunelab.training.resources import PeakMemory, run_resources
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -73,7 +74,25 @@ class RunResult:
     path: Path
     metrics: dict[str, Any]
     resources: dict[str, Any]
-    predictor: Any | None  # ready to use without reloading the run (classification, regression); None otherwise
+    predictor: Any | None  # the task's predictor around the in-memory model (Predictor, Tagger, Answerer); None
+    # for generation
+
+
+CHECKPOINTS = "checkpoints"  # the Trainer's, inside the staged run; removed when the run commits unless kept
+
+
+def commit_run(staged: StagedRun, config: RunConfig, model: nn.Module, metrics: dict[str, Any],
+               timings: dict[str, float], memory: PeakMemory, latency_ms: float, predictor: Any = None) -> RunResult:
+    """What every run ends with, whatever its task: the Trainer's checkpoints removed unless kept (the delta holds
+    what was learned; checkpoints may be full copies), the strategy's delta saved, the costs, the config and the
+    metrics written, and the staged folder committed."""
+    if not config.training.keep_checkpoints:
+        shutil.rmtree(staged.path / CHECKPOINTS, ignore_errors=True)
+    strategy = get_strategy(config.strategy.name)
+    delta_files = strategy.save_delta(model, parse_options(strategy, config.strategy.options), staged.path)
+    resources = run_resources(model, timings, memory, delta_files, latency_ms)
+    write_run(staged.path, config, metrics, resources)
+    return RunResult(staged.commit(), metrics, resources, predictor)
 
 
 def read_json(path: Path) -> Any:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import TunelabError
-from tunelab.tasks.support import SUPPORT, TASKS
+from tunelab.tasks.support import SUPPORT, check_task
 from tunelab.units import human_bytes
 
 if TYPE_CHECKING:
@@ -44,8 +44,7 @@ class Situation:
     def __post_init__(self) -> None:
         if self.samples < 1:
             raise TunelabError(f"samples must be at least 1 (got {self.samples}); give the number of labelled examples")
-        if self.task not in TASKS:
-            raise TunelabError(f"task '{self.task}' is not supported yet; use one of {', '.join(TASKS)}")
+        check_task(self.task)
         if self.latency not in LATENCIES:
             raise TunelabError(f"latency '{self.latency}' is unknown; use one of {', '.join(LATENCIES)}")
         if self.model_parameters <= 0 or self.memory_gb <= 0:

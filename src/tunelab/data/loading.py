@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from tunelab.assets.datasets import CATALOG, load_catalog_dataset
 from tunelab.errors import TunelabError
+
+if TYPE_CHECKING:
+    import datasets
 
 FILE_READERS = {
     ".csv": lambda path: pd.read_csv(path, encoding="utf-8", dtype=str, keep_default_na=False),
@@ -17,6 +21,18 @@ FILE_READERS = {
                                        encoding="utf-8", dtype=False),
     ".parquet": pd.read_parquet,
 }
+
+
+def not_utf8(path: Path, error: UnicodeDecodeError) -> TunelabError:
+    return TunelabError(f"{path} is not UTF-8 text (byte {error.start}): re-save it as UTF-8")
+
+
+def read_text_utf8(path: Path) -> str:
+    """A text file's contents, with the one-line error every reader gives for a file that is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise not_utf8(path, error) from None
 
 
 def read_file(path: Path) -> pd.DataFrame:
@@ -31,7 +47,7 @@ def read_file(path: Path) -> pd.DataFrame:
     try:
         return reader(path)
     except UnicodeDecodeError as error:
-        raise TunelabError(f"{path} is not UTF-8 text (byte {error.start}): re-save it as UTF-8") from None
+        raise not_utf8(path, error) from None
     except (ValueError, pd.errors.ParserError, OSError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise TunelabError(f"cannot parse {path}: {message}") from None
@@ -48,7 +64,28 @@ def _read_hub(name: str) -> pd.DataFrame:
             f"data '{name}' is not an embedded dataset ({', '.join(CATALOG)}), not a file, and could not be "
             f"loaded from the Hugging Face hub ({type(error).__name__}); pass a local CSV/JSONL/Parquet file"
         ) from None
-    return pd.concat([split.to_pandas() for split in loaded.values()], ignore_index=True)
+    return pd.concat([_with_class_names(split) for split in loaded.values()], ignore_index=True)
+
+
+def _class_name(label: datasets.ClassLabel, value: Any) -> str | None:
+    """A class id's name; None for a missing id and for -1, the hub's 'no label' (as in unlabelled test splits)."""
+    return label.names[int(value)] if pd.notna(value) and value >= 0 else None
+
+
+def _with_class_names(split: datasets.Dataset) -> pd.DataFrame:
+    """A hub split as a table, with class ids written as their names (ner_tags [3, 0] -> ['B-ORG', 'O']), since
+    tunelab reads labels and tags by name and `to_pandas` keeps only the ids."""
+    import datasets
+
+    frame = split.to_pandas()
+    for column, feature in split.features.items():
+        inner = getattr(feature, "feature", None)  # Sequence/List(ClassLabel): a label per token
+        if isinstance(feature, datasets.ClassLabel):
+            frame[column] = [_class_name(feature, value) for value in frame[column]]
+        elif isinstance(inner, datasets.ClassLabel):
+            frame[column] = [None if values is None else [_class_name(inner, value) for value in values]
+                             for values in frame[column]]
+    return frame
 
 
 def read_source(source: str) -> pd.DataFrame:

@@ -57,17 +57,17 @@ def check_messages(column: Iterable[Any], source: str) -> list[list[dict[str, st
 
 def load_generation_examples(source: str, prompt_column: str = "prompt", completion_column: str = "completion",
                              messages_column: str = "messages") -> pd.DataFrame:
-    """Generation data: chat conversations when the source has `messages_column` (columns `messages` and `row`, the
-    row in the source, for errors found later), else prompt/completion pairs (columns `prompt`, `completion`). A
-    `label` column is kept, so the splits stay stratified by it."""
+    """Generation data: chat conversations when the source has `messages_column` (column `messages`), else
+    prompt/completion pairs (columns `prompt`, `completion`); either with `row`, the row in the source, so errors
+    found after the shuffled split still name it. A `label` column is kept, so the splits stay stratified by it."""
     frame = read_source(source)
     if messages_column in frame.columns:
         if frame.empty:
             raise TunelabError(f"{source} holds no examples")
-        examples = pd.DataFrame({"messages": check_messages(frame[messages_column], source),
-                                 "row": np.arange(1, len(frame) + 1)})
+        examples = pd.DataFrame({"messages": check_messages(frame[messages_column], source)})
     else:
         examples = select_columns(frame, {"prompt": prompt_column, "completion": completion_column}, source)
+    examples["row"] = np.arange(1, len(frame) + 1)
     if "label" in frame.columns:
         examples["label"] = frame["label"].astype(str).to_numpy()
     return examples

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from tunelab.config import DataConfig
-from tunelab.data.loading import read_source
+from tunelab.data.loading import read_source, read_text_utf8
 from tunelab.data.splits import Splits, split_examples
 from tunelab.errors import TunelabError
 
@@ -30,10 +30,7 @@ Record = tuple[str, dict[str, Any]]  # (where it is, said in errors; the questio
 def _read_text(path: Path) -> str:
     if path.stat().st_size == 0:
         raise TunelabError(f"data file {path} is empty: it holds no questions")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise TunelabError(f"{path} is not UTF-8 text (byte {error.start}): re-save it as UTF-8") from None
+    return read_text_utf8(path)
 
 
 def _parse(text: str, where: str) -> Any:
@@ -50,15 +47,23 @@ def _field(fields: Any, name: str, where: str, needs: str) -> Any:
     return fields[name]
 
 
+def _list(fields: Any, name: str, path: Path, place: str, what: str) -> list[Any]:
+    """`fields[name]`, which must be a list of `what`; `place` says where `fields` stands (data[0], "" at the top)."""
+    value = _field(fields, name, f"{path}: {place}" if place else str(path), f"a list of {what}")
+    if not isinstance(value, list):
+        kind = "null" if value is None else type(value).__name__
+        raise TunelabError(f"{path}: {place + '.' if place else ''}{name} is {kind}, not a list; give a list of {what}")
+    return value
+
+
 def _squad_records(tree: dict[str, Any], path: Path) -> Iterator[Record]:
     """The questions of the official format, data[].paragraphs[].qas[], each with its paragraph's context."""
-    articles = _field(tree, "data", str(path), "a list of articles")
-    for a, article in enumerate(articles if isinstance(articles, list) else []):
-        for p, paragraph in enumerate(_field(article, "paragraphs", f"{path}: data[{a}]", "a list of paragraphs")):
-            at = f"{path}: data[{a}].paragraphs[{p}]"
-            context = _field(paragraph, "context", at, "context and qas")
-            for q, qa in enumerate(_field(paragraph, "qas", at, "context and qas")):
-                where = f"{at}.qas[{q}]"
+    for a, article in enumerate(_list(tree, "data", path, "", "articles")):
+        for p, paragraph in enumerate(_list(article, "paragraphs", path, f"data[{a}]", "paragraphs")):
+            place = f"data[{a}].paragraphs[{p}]"
+            context = _field(paragraph, "context", f"{path}: {place}", "context and qas")
+            for q, qa in enumerate(_list(paragraph, "qas", path, place, "questions")):
+                where = f"{path}: {place}.qas[{q}]"
                 if not isinstance(qa, dict):
                     raise TunelabError(f"{where} is not an object with id, question and answers")
                 where += f" (question id {qa['id']!r})" if "id" in qa else ""
@@ -109,10 +114,16 @@ def _text(fields: dict[str, Any], name: str, where: str) -> str:
 
 
 def _answer_pairs(raw: Any, where: str) -> list[tuple[Any, Any]]:
-    """SQuAD's [{text, answer_start}] or the datasets' {text: [...], answer_start: [...]} as (text, start) pairs."""
+    """SQuAD's [{text, answer_start}], the datasets' {text: [...], answer_start: [...]}, or one {text, answer_start}
+    as (text, start) pairs."""
     needs = "text and answer_start"
     if isinstance(raw, dict):
-        texts, starts = (list(_field(raw, key, f"{where}: answers", needs)) for key in ("text", "answer_start"))
+        texts, starts = (_field(raw, key, f"{where}: answers", needs) for key in ("text", "answer_start"))
+        if isinstance(texts, str) and not isinstance(starts, (list, np.ndarray)):  # one answer
+            return [(texts, starts)]
+        if not isinstance(texts, (list, np.ndarray)) or not isinstance(starts, (list, np.ndarray)):
+            raise TunelabError(f"{where}: answers has text {texts!r} and answer_start {starts!r}; give two lists of "
+                               f"equal length, or one text and its start")
         if len(texts) != len(starts):
             raise TunelabError(f"{where}: answers has {len(texts)} texts but {len(starts)} answer_start values; "
                                f"give one start per text")
@@ -161,7 +172,15 @@ def _question(where: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 def load_squad(source: str) -> pd.DataFrame:
     """Every question of `source` with its context and gold answers, each answer checked against its context."""
-    examples = pd.DataFrame([_question(where, fields) for where, fields in _records(source)], columns=COLUMNS)
+    questions, seen = [], {}
+    for where, fields in _records(source):
+        question = _question(where, fields)
+        if question["id"] in seen:  # predictions are keyed by id: two questions would share one answer
+            raise TunelabError(f"{where} repeats the question id of {seen[question['id']]}; give each question its "
+                               f"own id")
+        seen[question["id"]] = where
+        questions.append(question)
+    examples = pd.DataFrame(questions, columns=COLUMNS)
     if examples.empty:
         raise TunelabError(f"{source} holds no questions")
     return examples
@@ -176,7 +195,14 @@ def split_by_context(examples: pd.DataFrame, data: DataConfig) -> Splits:
     paragraph share most of their input): `test_size` and `validation_size` count paragraphs. The limits then take
     the first N questions of a split, in the order in which the split shuffled its paragraphs."""
     contexts = pd.DataFrame({"context": examples["context"].unique()})
-    parts = split_examples(contexts, data.test_size, data.validation_size, data.split_seed)
+    try:
+        parts = split_examples(contexts, data.test_size, data.validation_size, data.split_seed)
+    except TunelabError:  # its message counts examples; here they are paragraphs
+        count = len(contexts)
+        fix = (f"give more paragraphs, or set the sizes as counts, e.g. --set data.test_size={max(1, count // 5)} "
+               f"--set data.validation_size={max(1, count // 10)}" if count >= 3 else "give at least 3 paragraphs")
+        raise TunelabError(f"cannot split the {count} paragraphs of {data.source} into test, validation and training "
+                           f"paragraphs (the sizes count paragraphs, whose questions stay together): {fix}") from None
     eval_limits = [limit for limit in (data.limit_validation, data.limit_eval) if limit is not None]
     limits = {"train": data.limit_train, "validation": min(eval_limits, default=None), "test": data.limit_eval}
     chosen = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tunelab.data.loading import read_source
+from tunelab.data.loading import read_source, read_text_utf8
 from tunelab.errors import TunelabError
 from tunelab.tasks.tags import OUTSIDE, convert, detect_scheme, parse_tag
 
@@ -35,10 +35,7 @@ def _sentences(tokens: list[list[str]], tags: list[list[str]], unit: str, at: li
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise TunelabError(f"data file {path} does not exist")
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise TunelabError(f"{path} is not UTF-8 text (byte {error.start}): re-save it as UTF-8") from None
+    return read_text_utf8(path).splitlines()
 
 
 def read_conll(path: Path) -> pd.DataFrame:

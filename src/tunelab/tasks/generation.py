@@ -19,9 +19,8 @@ from transformers.modeling_outputs import CausalLMOutput
 
 from tunelab.assets.models import ModelSpec
 from tunelab.errors import TunelabError
+from tunelab.tasks import IGNORE
 from tunelab.tasks.conversation import Message, assistant_spans, context_ids, user
-
-IGNORE = -100  # label id that cross-entropy skips: prompt tokens and padding
 
 
 class CausalLM(nn.Module):
@@ -56,18 +55,17 @@ def completion_ids(tokenizer: PreTrainedTokenizerBase, completion: str) -> list[
     return ids + [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else ids
 
 
-def tokenize_pairs(prompts: list[str], completions: list[str], tokenizer: PreTrainedTokenizerBase,
-                   max_length: int) -> datasets.Dataset:
+def tokenize_pairs(prompts: list[str], completions: list[str], rows: list[int], tokenizer: PreTrainedTokenizerBase,
+                   max_length: int, source: str) -> datasets.Dataset:
     """Prompt + completion token ids; labels copy the completion and mask the prompt, so only answers are learnt.
 
     Long pairs lose the end of the completion, never the prompt: a pair whose prompt alone fills `max_length`
-    is an error, since nothing of its answer would be learnt."""
+    is an error naming its `row` in `source`, since nothing of its answer would be learnt."""
     sequences = []
-    for index, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
-        head = prompt_ids(tokenizer, prompt)
-        if len(head) >= max_length:
-            raise TunelabError(f"example {index + 1}: the prompt takes {len(head)} tokens, max_length is {max_length}; "
-                               f"raise --max-length or shorten the prompt")
+    for prompt, completion, row in zip(prompts, completions, rows, strict=True):
+        where = f"{source}: row {row}"
+        head = context_ids(tokenizer, [user(prompt)], where)
+        _check_answer_fits(len(head), max_length, where)
         answer = completion_ids(tokenizer, completion)
         sequences.append((head + answer, [IGNORE] * len(head) + answer))
     return _labelled(sequences, max_length)
@@ -83,14 +81,19 @@ def tokenize_conversations(conversations: list[list[Message]], rows: list[int], 
     sequences = []
     for conversation, row in zip(conversations, rows, strict=True):
         ids, spans = assistant_spans(tokenizer, conversation, f"{source}: row {row}")
-        if spans[0][0] >= max_length:
-            raise TunelabError(f"{source}: row {row}: the conversation before its first assistant turn takes "
-                               f"{spans[0][0]} tokens, max_length is {max_length}; raise --max-length or shorten it")
+        _check_answer_fits(spans[0][0], max_length, f"{source}: row {row}")
         labels = [IGNORE] * len(ids)
         for start, end in spans:
             labels[start:end] = ids[start:end]
         sequences.append((ids, labels))
     return _labelled(sequences, max_length)
+
+
+def _check_answer_fits(start: int, max_length: int, where: str) -> None:
+    """The first answer must start within `max_length`, or nothing of the example would be learnt."""
+    if start >= max_length:
+        raise TunelabError(f"{where}: the text before the first answer takes {start} tokens, max_length is "
+                           f"{max_length}; raise --max-length or shorten it")
 
 
 def _labelled(sequences: list[tuple[list[int], list[int]]], max_length: int) -> datasets.Dataset:
@@ -105,11 +108,13 @@ def _labelled(sequences: list[tuple[list[int], list[int]]], max_length: int) -> 
 
 def tokenize_examples(examples: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int,
                       source: str) -> datasets.Dataset:
-    """Generation examples (`data.messages.load_generation_examples`), chat or prompt/completion, tokenised."""
+    """Generation examples (`data.messages.load_generation_examples`), chat or prompt/completion, tokenised; errors
+    name the example's row in `source`."""
+    rows = examples["row"].tolist()
     if "messages" in examples.columns:
-        return tokenize_conversations(examples["messages"].tolist(), examples["row"].tolist(), tokenizer, max_length,
-                                      source)
-    return tokenize_pairs(examples["prompt"].tolist(), examples["completion"].tolist(), tokenizer, max_length)
+        return tokenize_conversations(examples["messages"].tolist(), rows, tokenizer, max_length, source)
+    return tokenize_pairs(examples["prompt"].tolist(), examples["completion"].tolist(), rows, tokenizer, max_length,
+                          source)
 
 
 def contexts_and_references(examples: pd.DataFrame) -> tuple[list[list[Message]], list[str]]:

@@ -3,9 +3,10 @@
 
 An example's context may span several windows. In each one the `n_best` highest start and end logits pair into
 candidate spans that lie in the context, end at or after their start and take at most `max_answer_length` tokens;
-a span's score is its start logit plus its end logit, and the best span over all windows wins. Where unanswerable
-questions are allowed, the null score (start and end at the first token) is taken at its minimum over the windows,
-and the answer is nothing when it beats the best span's score by more than `null_threshold`.
+a span's score is its start logit plus its end logit, and the best span over all windows wins; a span of blank
+context (a byte-level token of spaces or newlines) is none. Where unanswerable questions are allowed, the null score
+(start and end at the window's null position) is taken at its minimum over the windows, and the answer is nothing
+when it beats the best span's score by more than `null_threshold`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NULL_POSITION = 0  # where a window without the answer points: the first token ([CLS] in BERT)
 Offsets = list[tuple[int, int] | None]  # per token of a window: its characters in the context; None outside it
-Window = tuple[np.ndarray, np.ndarray, Offsets]  # (T,) start logits, (T,) end logits, offsets of the T tokens
+# (T,) start logits, (T,) end logits, offsets of the T tokens, and the null position (where a window without the
+# answer points; see tasks.question_answering.encode_windows)
+Window = tuple[np.ndarray, np.ndarray, Offsets, int]
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,10 @@ def best_answer(windows: list[Window], context: str, n_best: int, max_answer_len
     spans: dict[tuple[int, int], float] = {}
     for window in windows:
         for span, score in window_spans(window, n_best, max_answer_length).items():
-            spans[span] = max(score, spans.get(span, -np.inf))
+            if context[span[0]:span[1]].strip():  # spaces alone are no answer
+                spans[span] = max(score, spans.get(span, -np.inf))
     ranked = sorted(spans.items(), key=lambda item: -item[1])[:n_best]
-    null_score = min(float(start[NULL_POSITION] + end[NULL_POSITION]) for start, end, _ in windows)
+    null_score = min(float(start[null] + end[null]) for start, end, _, null in windows)
     scores = np.array([score for _, score in ranked] + ([null_score] if no_answer or not ranked else []))
     probabilities = np.exp(scores - scores.max())
     probabilities /= probabilities.sum()

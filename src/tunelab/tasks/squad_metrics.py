@@ -1,9 +1,12 @@
 """Exact match and F1 exactly as the official SQuAD evaluation scripts define them, in percent as they report them.
 
 Ported from `evaluate-v2.0.py` (https://worksheets.codalab.org/rest/bundles/0x6b567e1cf2e041ec80d7098f031c5c9e/
-contents/blob/), whose `normalize_answer`, token F1 and exact match are those of `evaluate-v1.1.py`; v2.0 adds that
-an unanswerable question (no gold answer) scores 1 only for the empty prediction. On data without unanswerable
-questions the two scripts agree. Our own copy because the `evaluate` library fetches its metric scripts from the hub.
+contents/blob/), whose `normalize_answer`, token F1 and exact match are those of `evaluate-v1.1.py`. v2.0 differs in
+two rules: it drops the gold answers that normalise to nothing (v1.1 keeps them, where such a gold scores exact match
+1 and F1 0 against a prediction that also normalises to nothing), and a question left without gold answers is
+unanswerable, scoring 1 only for a prediction that normalises to nothing. So on data without unanswerable questions
+the two scripts agree except on a prediction that normalises to nothing for a question with such a gold answer. Our
+own copy because the `evaluate` library fetches its metric scripts from the hub.
 """
 
 from __future__ import annotations

@@ -49,6 +49,12 @@ def check_serves_task(strategy: str, task: str) -> None:
                            f"{', '.join(strategies_for(task))}")
 
 
+def check_shots(task: str, shots: int | None) -> None:
+    """`--shots` draws K examples per label, which only classification has."""
+    if shots is not None and task != "classification":
+        raise TunelabError(f"--shots draws K examples per label, and {task} has no labels: use --limit-train N")
+
+
 def support_table() -> str:
     """The table as Markdown, the way the README shows it (a test keeps the two equal)."""
     lines = ["| strategy | " + " | ".join(TASKS) + " |", "|---|" + "---|" * len(TASKS)]

@@ -16,14 +16,17 @@ from typing import Any
 from seqeval.metrics import accuracy_score, classification_report
 from seqeval.metrics.sequence_labeling import get_entities
 
-SCHEMES = ("IOB1", "IOB2", "BIOES")
 PREFIXES = {"IOB1": ("B", "I"), "IOB2": ("B", "I"), "BIOES": ("B", "I", "E", "S")}
 OUTSIDE = "O"
 TAG = re.compile(r"([BIES])-(\S+)")
 
-# Words as CoNLL corpora cut them: abbreviations (U.S.), numbers with separators (1,000.5), words with inner
-# hyphens, clitics ('s), and any other character that is not a space on its own (punctuation).
-WORD = re.compile(r"(?:[^\W\d_]\.){2,}|\d+(?:[.,]\d+)+|\w+(?:-\w+)*|'\w+|[^\w\s]")
+# Words as CoNLL corpora cut them (the Penn Treebank's way): abbreviations (U.S.), numbers with separators
+# (1,000.5), the clitics 's n't 're 'll 've 'd 'm on their own (Merkel 's, do n't), words with inner hyphens or
+# apostrophes (Jean-Luc, O'Neil), and any other character that is not a space on its own (punctuation).
+CLITIC = r"(?i:n['’]t|['’](?:s|re|ll|ve|d|m))(?!\w)"
+LETTERS = rf"(?:(?!{CLITIC})\w)+"  # a word's letters up to a clitic: 'do' of don't
+WORD = re.compile(rf"(?:[^\W\d_]\.){{2,}}|\d+(?:[.,]\d+)+|{CLITIC}|{LETTERS}(?:(?:-|(?!{CLITIC})['’]){LETTERS})*"
+                  r"|[^\w\s]")
 
 Entity = tuple[str, int, int]  # (type, first word, one past the last word)
 

@@ -23,8 +23,8 @@ from transformers.modeling_outputs import TokenClassifierOutput
 
 from tunelab.errors import TunelabError
 from tunelab.predict import length_ordered_batches
+from tunelab.tasks import IGNORE
 from tunelab.tasks.classification import LabelMap
-from tunelab.tasks.generation import IGNORE
 from tunelab.tasks.tags import OUTSIDE, convert, entity_metrics, scheme_of, split_words, to_entities
 
 Span = tuple[int, int]  # (start, end) characters
@@ -144,18 +144,20 @@ def found_entity(text: str, words: list[Span], kind: str, scores: list[float]) -
 class Tagger:
     """A trained token classifier, ready to tag pre-split words or find entities in raw text."""
 
-    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, tag_map: LabelMap, max_length: int):
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, tag_map: LabelMap, max_length: int,
+                 batch_size: int = 64):
         self.model, self.tokenizer, self.tag_map, self.max_length = model, tokenizer, tag_map, max_length
+        self.batch_size = batch_size
         self.scheme = scheme_of(tag_map.labels)
 
     @torch.no_grad()
-    def tag(self, sentences: list[list[str]], batch_size: int = 64) -> list[TaggedWords]:
+    def tag(self, sentences: list[list[str]]) -> list[TaggedWords]:
         """Each word's most probable tag (read at its first sub-token), in batches of similar length."""
         self.model.eval()
         device = next(self.model.parameters()).device
         encoded, firsts = encode_sentences(self.tokenizer, sentences, self.max_length)
         tagged: dict[int, TaggedWords] = {}
-        for chosen in length_ordered_batches([len(ids) for ids in encoded["input_ids"]], batch_size):
+        for chosen in length_ordered_batches([len(ids) for ids in encoded["input_ids"]], self.batch_size):
             batch = self.tokenizer.pad({key: [values[i] for i in chosen] for key, values in encoded.items()},
                                        return_tensors="pt").to(device)
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

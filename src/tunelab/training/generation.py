@@ -11,7 +11,6 @@ from transformers import PreTrainedTokenizerBase
 
 from tunelab.config import RunConfig
 from tunelab.data.splits import Splits
-from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.generation import CausalLM, pair_collator, tokenize_examples
 from tunelab.tasks.generation_scores import HeldOut, held_out_set, score
 from tunelab.training.trainer import best_device, build_trainer, training_arguments
@@ -23,11 +22,8 @@ def fit_generator(model: CausalLM, tokenizer: PreTrainedTokenizerBase, splits: S
 
     `base_test` is the untrained model's test scores (every strategy starts exactly at the base model), so a
     run shows by itself whether training helped."""
-    strategy = get_strategy(config.strategy.name)
     training = config.training
-    default_lr, default_epochs = strategy.training_defaults(parse_options(strategy, config.strategy.options))
-    args = training_arguments(training, checkpoints, training.learning_rate or default_lr,
-                              training.epochs or default_epochs, progress, best_metric="loss")
+    args = training_arguments(config, checkpoints, progress, best_metric="loss")
     source = config.data.source
     encoded = {name: tokenize_examples(getattr(splits, name), tokenizer, training.max_length, source)
                for name in ("train", "validation")}

@@ -3,7 +3,6 @@ answer questions, and score the answers with SQuAD's exact match and F1."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,20 +13,17 @@ import numpy as np
 import pandas as pd
 import torch
 import transformers
-from pydantic import BaseModel
 from transformers import DataCollatorWithPadding, EvalPrediction, PreTrainedTokenizerBase
 
 from tunelab.config import QuestionAnsweringConfig, RunConfig
 from tunelab.data.squad import has_unanswerable, load_squad, split_by_context
 from tunelab.errors import TunelabError
 from tunelab.predict import length_ordered_batches
-from tunelab.runs import LoadedRun, RunResult, StagedRun, build_span_extractor, write_json, write_run
-from tunelab.strategies.base import Strategy
-from tunelab.strategies.registry import get_strategy, parse_options
-from tunelab.tasks.question_answering import SpanExtractor, Windows, encode_windows, reads_segments
+from tunelab.runs import CHECKPOINTS, LoadedRun, RunResult, StagedRun, build_span_extractor, commit_run, write_json
+from tunelab.tasks.question_answering import SpanExtractor, Windows, encode_windows, is_causal, reads_segments
 from tunelab.tasks.span_postprocess import Answer, best_answer
 from tunelab.tasks.squad_metrics import squad_scores
-from tunelab.training.resources import PeakMemory, latency_per_example_ms, run_resources
+from tunelab.training.resources import PeakMemory, latency_per_example_ms
 from tunelab.training.trainer import build_trainer, training_arguments
 
 PREDICTIONS_FILE = "test_predictions.json"  # question id -> answer, as the official SQuAD scripts read them
@@ -42,8 +38,9 @@ class Answerer:
         self.settings, self.batch_size = settings, batch_size
 
     def windows(self, examples: pd.DataFrame) -> Windows:
+        backbone = self.model.backbone
         return encode_windows(self.tokenizer, examples, self.max_length, self.settings.doc_stride,
-                              reads_segments(self.model.backbone))
+                              reads_segments(backbone), is_causal(backbone))
 
     @torch.no_grad()
     def logits(self, windows: Windows) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +64,7 @@ class Answerer:
         """One answer per question from the (N, T) logits of the windows."""
         settings = self.settings
         grouped = windows.by_example()
-        return [best_answer([(start[w], end[w], windows.offsets[w]) for w in grouped[row]], context,
+        return [best_answer([(start[w], end[w], windows.offsets[w], windows.null[w]) for w in grouped[row]], context,
                             settings.n_best, settings.max_answer_length, settings.null_threshold,
                             bool(settings.no_answer))
                 for row, context in enumerate(examples["context"])]
@@ -107,25 +104,29 @@ def _validation_scores(answerer: Answerer, windows: Windows,
 
 
 def fit_span_extractor(answerer: Answerer, train: pd.DataFrame, validation: pd.DataFrame, config: RunConfig,
-                       checkpoints: Path, progress: bool) -> dict[str, float]:
-    """Train on every window of the training questions; keep the epoch with the best validation F1. A frozen-encoder
-    strategy (linear-probe) trains through the frozen encoder: its cached sentence vectors are of no use to spans."""
-    strategy = get_strategy(config.strategy.name)
-    training = config.training
-    default_lr, default_epochs = strategy.training_defaults(parse_options(strategy, config.strategy.options))
-    args = training_arguments(training, checkpoints, training.learning_rate or default_lr,
-                              training.epochs or default_epochs, progress, best_metric="f1")
+                       checkpoints: Path, progress: bool) -> tuple[dict[str, float], int]:
+    """Train on every window of the training questions; keep the epoch with the best validation F1. Returns the
+    timings and the number of training windows. A frozen-encoder strategy (linear-probe) trains through the frozen
+    encoder: its cached sentence vectors are of no use to spans."""
+    args = training_arguments(config, checkpoints, progress, best_metric="f1")
     train_windows, validation_windows = answerer.windows(train), answerer.windows(validation)
     trainer = build_trainer(answerer.model, args, _dataset(train_windows), _dataset(validation_windows),
                             DataCollatorWithPadding(answerer.tokenizer),
                             _validation_scores(answerer, validation_windows, validation))
     start = time.perf_counter()
     trainer.train()
-    return {"train_s": time.perf_counter() - start, "train_windows": len(train_windows.example)}
+    return {"train_s": time.perf_counter() - start}, len(train_windows.example)
 
 
 def resolve_no_answer(config: RunConfig, examples: pd.DataFrame) -> RunConfig:
-    """The config with `qa.no_answer` decided (from the data, unless set), so that the run says how it answers."""
+    """The config with `qa.no_answer` decided (from the data, unless set), so that the run says how it answers.
+    Unanswerable questions with `no_answer` false are refused: training would teach the null answer that prediction
+    never gives."""
+    if config.qa.no_answer is False and has_unanswerable(examples):
+        unanswerable = examples["id"][examples["answers"].map(len) == 0]
+        raise TunelabError(f"{config.data.source} has {len(unanswerable)} unanswerable questions (e.g. question id "
+                           f"{unanswerable.iloc[0]!r}) but qa.no_answer is false: leave qa.no_answer unset (or true) "
+                           f"to let the model answer nothing, or remove those questions")
     if config.qa.no_answer is not None:
         return config
     resolved = config.model_copy(deep=True)
@@ -133,36 +134,26 @@ def resolve_no_answer(config: RunConfig, examples: pd.DataFrame) -> RunConfig:
     return resolved
 
 
-def train_span_extractor(config: RunConfig, strategy: Strategy, options: BaseModel, staged: StagedRun,
-                         progress: bool) -> RunResult:
+def train_span_extractor(config: RunConfig, staged: StagedRun, progress: bool) -> RunResult:
     """`api.train` for question answering: a run whose metrics are SQuAD EM/F1 on the test split's questions."""
-    if config.data.shots is not None:
-        raise TunelabError("--shots draws K examples per label, and question answering has no labels: use "
-                           "--limit-train N")
     examples = load_squad(config.data.source)
-    splits = split_by_context(examples, config.data)
     config = resolve_no_answer(config, examples)
+    splits = split_by_context(examples, config.data)
     transformers.set_seed(config.training.seed)
     model, tokenizer = build_span_extractor(config)
     answerer = Answerer(model, tokenizer, config.training.max_length, config.qa, config.training.eval_batch_size)
     with staged:
         with PeakMemory() as memory:
-            timings = fit_span_extractor(answerer, splits.train, splits.validation, config,
-                                         staged.path / "checkpoints", progress)
-        if not config.training.keep_checkpoints:  # the delta holds what was learned
-            shutil.rmtree(staged.path / "checkpoints", ignore_errors=True)
+            timings, train_windows = fit_span_extractor(answerer, splits.train, splits.validation, config,
+                                                        staged.path / CHECKPOINTS, progress)
         answers = answerer.answer(splits.test)
         metrics = {"test": squad_metrics_of(answers, splits.test), "train_examples": len(splits.train),
-                   "validation_examples": len(splits.validation), "train_windows": timings.pop("train_windows")}
-        delta_files = strategy.save_delta(model, options, staged.path)
+                   "validation_examples": len(splits.validation), "train_windows": train_windows}
         one_at_a_time = [splits.test.iloc[[index]] for index in range(min(32, len(splits.test)))]
-        resources = run_resources(model, timings, memory, delta_files,
-                                  latency_per_example_ms(answerer.answer, one_at_a_time))
+        latency = latency_per_example_ms(answerer.answer, one_at_a_time)
         write_json(staged.path / PREDICTIONS_FILE, dict(zip(splits.test["id"], (a.text for a in answers),
                                                             strict=True)))
-        write_run(staged.path, config, metrics, resources)
-        path = staged.commit()
-    return RunResult(path, metrics, resources, answerer)
+        return commit_run(staged, config, model, metrics, timings, memory, latency, answerer)
 
 
 def run_answerer(run: LoadedRun) -> Answerer:

@@ -7,27 +7,22 @@ and a tagger needs one per token, so the frozen encoder runs each epoch instead.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import transformers
-from pydantic import BaseModel
 from transformers import DataCollatorForTokenClassification, PreTrainedTokenizerBase
 
 from tunelab.config import RunConfig
 from tunelab.data.splits import Splits, split_examples
 from tunelab.data.tagged import check_known, check_tags, load_tagged
-from tunelab.errors import TunelabError
-from tunelab.runs import LoadedRun, RunResult, StagedRun, build_model, write_run
-from tunelab.strategies.base import Strategy
-from tunelab.strategies.registry import get_strategy, parse_options
+from tunelab.runs import CHECKPOINTS, LoadedRun, RunResult, StagedRun, build_model, commit_run
 from tunelab.tasks.classification import LabelMap
 from tunelab.tasks.tags import model_scheme, parse_tag, tag_set
 from tunelab.tasks.token_classification import Tagger, TokenClassifier, tagged_dataset, validation_metrics
-from tunelab.training.resources import PeakMemory, latency_per_example_ms, run_resources
+from tunelab.training.resources import PeakMemory, latency_per_example_ms
 from tunelab.training.trainer import build_trainer, training_arguments
 
 
@@ -35,9 +30,6 @@ def load_tagged_splits(config: RunConfig) -> tuple[Splits, LabelMap, str]:
     """The run's sentences split as every task splits its examples, the tags the model learns (every entity type of
     the data, in the model's scheme), and the data's own scheme."""
     data = config.data
-    if data.shots is not None:
-        raise TunelabError("--shots draws K examples per label, and a tagged sentence has no one label: use "
-                           "--limit-train N")
     sentences = load_tagged(data.source, data.tokens_column, data.tags_column)
     scheme = check_tags(sentences, data.tag_scheme, data.source)
     kinds = {parse_tag(tag)[1] for tags in sentences["tags"] for tag in tags} - {""}
@@ -50,10 +42,7 @@ def fit_tagger(model: TokenClassifier, tokenizer: PreTrainedTokenizerBase, split
                config: RunConfig, checkpoints: Path, progress: bool) -> dict[str, float]:
     """Train on the training split; the Trainer restores the epoch with the best validation entity F1."""
     training = config.training
-    strategy = get_strategy(config.strategy.name)
-    default_lr, default_epochs = strategy.training_defaults(parse_options(strategy, config.strategy.options))
-    args = training_arguments(training, checkpoints, training.learning_rate or default_lr,
-                              training.epochs or default_epochs, progress, best_metric="f1")
+    args = training_arguments(config, checkpoints, progress, best_metric="f1")
     train, validation = (tagged_dataset(tokenizer, part, tag_map, training.max_length)
                          for part in (splits.train, splits.validation))
     trainer = build_trainer(model, args, train, validation, DataCollatorForTokenClassification(tokenizer),
@@ -63,30 +52,29 @@ def fit_tagger(model: TokenClassifier, tokenizer: PreTrainedTokenizerBase, split
     return {"train_s": time.perf_counter() - start}
 
 
-def train_tagger(config: RunConfig, strategy: Strategy, options: BaseModel, staged: StagedRun,
-                 progress: bool) -> RunResult:
+def train_tagger(config: RunConfig, staged: StagedRun, progress: bool) -> RunResult:
     splits, tag_map, scheme = load_tagged_splits(config)
     transformers.set_seed(config.training.seed)
     model, tokenizer = build_model(config, tag_map)
     with staged:
         with PeakMemory() as memory:
-            timings = fit_tagger(model, tokenizer, splits, tag_map, config, staged.path / "checkpoints", progress)
-        if not config.training.keep_checkpoints:  # the delta holds what was learned
-            shutil.rmtree(staged.path / "checkpoints", ignore_errors=True)
-        tagger = Tagger(model, tokenizer, tag_map, config.training.max_length)
+            timings = fit_tagger(model, tokenizer, splits, tag_map, config, staged.path / CHECKPOINTS, progress)
+        tagger = configured_tagger(model, tokenizer, tag_map, config)
         metrics = {"test": tagger.score(splits.test), "tag_scheme": scheme, "train_examples": len(splits.train),
                    "validation_examples": len(splits.validation)}
-        delta_files = strategy.save_delta(model, options, staged.path)
         latency = latency_per_example_ms(lambda words: tagger.tag([words]), splits.test["tokens"][:32].tolist())
-        resources = run_resources(model, timings, memory, delta_files, latency)
         tag_map.save(staged.path)
-        write_run(staged.path, config, metrics, resources)
-        path = staged.commit()
-    return RunResult(path, metrics, resources, tagger)
+        return commit_run(staged, config, model, metrics, timings, memory, latency, tagger)
+
+
+def configured_tagger(model: TokenClassifier, tokenizer: PreTrainedTokenizerBase, tag_map: LabelMap,
+                      config: RunConfig) -> Tagger:
+    """A tagger that reads as the run trained: its max_length, in batches of its eval batch size."""
+    return Tagger(model, tokenizer, tag_map, config.training.max_length, config.training.eval_batch_size)
 
 
 def load_tagger(run: LoadedRun) -> Tagger:
-    return Tagger(run.model, run.tokenizer, run.label_map, run.config.training.max_length)
+    return configured_tagger(run.model, run.tokenizer, run.label_map, run.config)
 
 
 def evaluate_tagger(run_dir: Path, run: LoadedRun, source: str | None, limit: int | None) -> dict[str, Any]:

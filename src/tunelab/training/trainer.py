@@ -26,8 +26,9 @@ from transformers import (
     TrainingArguments,
 )
 
-from tunelab.config import TrainingConfig
+from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
+from tunelab.strategies.registry import get_strategy, parse_options
 
 CHECKPOINT_WEIGHTS = "model.safetensors"  # the name Trainer looks for when it restores the best epoch
 
@@ -65,27 +66,30 @@ def in_original_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
     return restored
 
 
-def training_arguments(config: TrainingConfig, output_dir: Path, learning_rate: float, epochs: float,
-                       progress: bool, best_metric: str = "accuracy") -> TrainingArguments:
-    """Evaluate and checkpoint every epoch; keep the best epoch on `best_metric` (a loss: lower is better)."""
+def training_arguments(config: RunConfig, output_dir: Path, progress: bool, best_metric: str) -> TrainingArguments:
+    """Evaluate and checkpoint every epoch; keep the best epoch on `best_metric` (a loss: lower is better). The
+    learning rate and epochs are the config's, else its strategy's defaults."""
+    strategy = get_strategy(config.strategy.name)
+    default_lr, default_epochs = strategy.training_defaults(parse_options(strategy, config.strategy.options))
+    training = config.training
     return TrainingArguments(
         output_dir=str(output_dir),
-        learning_rate=learning_rate,
-        num_train_epochs=epochs,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.eval_batch_size,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_ratio,  # a float < 1 is a fraction of the training steps
+        learning_rate=training.learning_rate or default_lr,
+        num_train_epochs=training.epochs or default_epochs,
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=training.eval_batch_size,
+        weight_decay=training.weight_decay,
+        warmup_steps=training.warmup_ratio,  # a float < 1 is a fraction of the training steps
         eval_strategy="epoch",
         save_strategy="epoch",
         save_total_limit=1,
         # Checkpoints exist to restore the best epoch; optimizer state only matters to resume a kept checkpoint.
-        save_only_model=not config.keep_checkpoints,
+        save_only_model=not training.keep_checkpoints,
         load_best_model_at_end=True,
         metric_for_best_model=best_metric,
-        logging_steps=config.logging_steps,
-        seed=config.seed,
-        report_to=config.report_to or "none",
+        logging_steps=training.logging_steps,
+        seed=training.seed,
+        report_to=training.report_to or "none",
         disable_tqdm=not progress,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
