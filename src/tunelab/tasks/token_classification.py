@@ -22,7 +22,7 @@ from transformers import EvalPrediction, PreTrainedTokenizerBase
 from transformers.modeling_outputs import TokenClassifierOutput
 
 from tunelab.errors import TunelabError
-from tunelab.predict import length_ordered_batches
+from tunelab.predict import padded_batches
 from tunelab.tasks import IGNORE
 from tunelab.tasks.classification import LabelMap
 from tunelab.tasks.tags import OUTSIDE, convert, entity_metrics, scheme_of, split_words, to_entities
@@ -154,12 +154,9 @@ class Tagger:
     def tag(self, sentences: list[list[str]]) -> list[TaggedWords]:
         """Each word's most probable tag (read at its first sub-token), in batches of similar length."""
         self.model.eval()
-        device = next(self.model.parameters()).device
         encoded, firsts = encode_sentences(self.tokenizer, sentences, self.max_length)
         tagged: dict[int, TaggedWords] = {}
-        for chosen in length_ordered_batches([len(ids) for ids in encoded["input_ids"]], self.batch_size):
-            batch = self.tokenizer.pad({key: [values[i] for i in chosen] for key, values in encoded.items()},
-                                       return_tensors="pt").to(device)
+        for chosen, batch in padded_batches(self.model, self.tokenizer, encoded, self.batch_size):
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (B, T, C)
             for row, index in enumerate(chosen):

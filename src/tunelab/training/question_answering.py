@@ -18,7 +18,7 @@ from transformers import DataCollatorWithPadding, EvalPrediction, PreTrainedToke
 from tunelab.config import QuestionAnsweringConfig, RunConfig
 from tunelab.data.squad import has_unanswerable, load_squad, split_by_context
 from tunelab.errors import TunelabError
-from tunelab.predict import length_ordered_batches
+from tunelab.predict import padded_batches
 from tunelab.runs import CHECKPOINTS, LoadedRun, RunResult, StagedRun, build_span_extractor, commit_run, write_json
 from tunelab.tasks.question_answering import SpanExtractor, Windows, encode_windows, is_causal, reads_segments
 from tunelab.tasks.span_postprocess import Answer, best_answer
@@ -47,12 +47,8 @@ class Answerer:
         """(N, max_length) start and end logits of every window, in batches of similar length; a window's logits
         past its own length are zero and never read."""
         self.model.eval()
-        device = next(self.model.parameters()).device
         start, end = (np.zeros((len(windows.example), self.max_length), dtype=np.float32) for _ in range(2))
-        lengths = [len(ids) for ids in windows.inputs["input_ids"]]
-        for chosen in length_ordered_batches(lengths, self.batch_size):
-            batch = self.tokenizer.pad({key: [values[i] for i in chosen] for key, values in windows.inputs.items()},
-                                       return_tensors="pt").to(device)
+        for chosen, batch in padded_batches(self.model, self.tokenizer, windows.inputs, self.batch_size):
             output = self.model(**batch)
             width = batch["input_ids"].size(1)
             start[chosen, :width] = output.start_logits.float().cpu().numpy()
