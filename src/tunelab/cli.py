@@ -173,22 +173,14 @@ def evaluate(
     """Score a trained run on labelled data with its task's metrics (accuracy and per-class report, Pearson, entity
     F1, exact match and F1, or perplexity and ROUGE-L)."""
     from tunelab import api
-    from tunelab.report import entity_metrics_table, generation_scores, metrics_table, regression_scores, squad_table
+    from tunelab.report import evaluation_view
 
     _quiet_libraries()
     metrics = api.evaluate(run, data, text_column, label_column, limit)
     if as_json:
         print(json.dumps(metrics, indent=2))
-    elif "perplexity" in metrics:
-        console.print(f"{escape(str(run))} on {escape(data or 'its test split')}: {generation_scores(metrics)}")
-    elif "pearson" in metrics:
-        console.print(f"{escape(str(run))} on {escape(data or 'its test split')}: {regression_scores(metrics)}")
-    elif "exact_match" in metrics:
-        console.print(squad_table(metrics, title=f"{run} on {data or 'its test split'} (SQuAD scores, %)"))
-    elif "per_type" in metrics:
-        console.print(entity_metrics_table(metrics, title=f"{run} on {data or 'its test split'} (entities)"))
     else:
-        console.print(metrics_table(metrics, title=f"{run} on {data or 'its test split'}"))
+        console.print(evaluation_view(metrics, f"{run} on {data or 'its test split'}"))
 
 
 @app.command()

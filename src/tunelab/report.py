@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from rich.console import RenderableType
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -28,22 +30,31 @@ def latency(resources: dict[str, Any]) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
+def scores_task(scores: dict[str, Any]) -> str:
+    """Which task wrote these test scores, told by the metric only that task reports (runs and evaluations carry
+    no task name; exports and policy runs have no config to read it from)."""
+    for key, task in (("perplexity", "generation"), ("pearson", "regression"), ("exact_match", "question-answering"),
+                      ("per_type", "token-classification")):
+        if key in scores:
+            return task
+    return "classification"
+
+
+# task -> its two quality columns in `runs_table`, from a run's metrics.json
+QUALITY_COLUMNS: dict[str, Callable[[dict[str, Any]], tuple[str, str]]] = {
+    "classification": lambda m: (f"{m['test']['accuracy']:.3f}", f"{m['test']['macro_f1']:.3f}"),
+    "regression": lambda m: (f"Pearson {m['test']['pearson']:.3f}", f"Spearman {m['test']['spearman']:.3f}"),
+    "question-answering": lambda m: (f"EM {m['test']['exact_match']:.1f}", f"F1 {m['test']['f1']:.1f}"),  # percent
+    "token-classification": lambda m: (f"entity F1 {m['test']['f1']:.3f}", f"token acc {m['test']['accuracy']:.3f}"),
+    "generation": lambda m: (f"loss {m['test']['loss']:.3f} (base {m['base_test']['loss']:.3f})",
+                             f"ppl {m['test']['perplexity']:.2f} (base {m['base_test']['perplexity']:.2f})"),
+}
+
+
 def quality_columns(metrics: dict[str, Any]) -> tuple[str, str]:
-    """The two quality columns of a run, by task: accuracy and macro-F1 (classification), Pearson and Spearman
-    (regression), SQuAD exact match and F1 (question answering), entity F1 and token accuracy (token
-    classification), or the test loss and perplexity (generation) each with the untrained model's value beside it."""
-    test = metrics["test"]
-    if "perplexity" in test:
-        base = metrics["base_test"]
-        return (f"loss {test['loss']:.3f} (base {base['loss']:.3f})",
-                f"ppl {test['perplexity']:.2f} (base {base['perplexity']:.2f})")
-    if "pearson" in test:
-        return f"Pearson {test['pearson']:.3f}", f"Spearman {test['spearman']:.3f}"
-    if "exact_match" in test:  # question answering: SQuAD's scores, in percent
-        return f"EM {test['exact_match']:.1f}", f"F1 {test['f1']:.1f}"
-    if "per_type" in test:  # token classification: entity-level F1 (seqeval), and token accuracy
-        return f"entity F1 {test['f1']:.3f}", f"token acc {test['accuracy']:.3f}"
-    return f"{test['accuracy']:.3f}", f"{test['macro_f1']:.3f}"
+    """The two quality columns of a run, by task: accuracy and macro-F1, Pearson and Spearman, SQuAD exact match
+    and F1, entity F1 and token accuracy, or the test loss and perplexity beside the untrained model's."""
+    return QUALITY_COLUMNS[scores_task(metrics["test"])](metrics)
 
 
 def runs_table(run_dirs: list[Path], title: str = "runs") -> Table:
@@ -162,3 +173,15 @@ def entities_table(texts: list[str], found: list[list[Any]], title: str) -> Tabl
             table.add_row(escape(text) if index == 0 else "", f"[bold]{escape(entity.text)}[/bold]",
                           escape(entity.type), str(entity.start), str(entity.end), f"{entity.score:.3f}")
     return table
+
+
+def evaluation_view(metrics: dict[str, Any], title: str) -> RenderableType:
+    """What `tunelab eval` shows for its task's metrics: a line of scores, or a table per class, type or subset."""
+    views: dict[str, Callable[[], RenderableType]] = {
+        "generation": lambda: f"{escape(title)}: {generation_scores(metrics)}",
+        "regression": lambda: f"{escape(title)}: {regression_scores(metrics)}",
+        "question-answering": lambda: squad_table(metrics, title=f"{title} (SQuAD scores, %)"),
+        "token-classification": lambda: entity_metrics_table(metrics, title=f"{title} (entities)"),
+        "classification": lambda: metrics_table(metrics, title=title),
+    }
+    return views[scores_task(metrics)]()
