@@ -1,5 +1,5 @@
 """The selection guide: the four situations of the article, each rule moving what it says, hard limits, measured
-grids, and facts kept equal to the registry."""
+grids."""
 
 from __future__ import annotations
 
@@ -14,16 +14,13 @@ from tunelab.compare import advisor
 from tunelab.compare.advisor import (
     CONSTRAINTS,
     RULES,
-    STRATEGY_FACTS,
-    STRATEGY_NAMES,
-    TRADE_OFFS,
     Situation,
     estimate_training_memory_gb,
     qlora_note,
     recommend,
 )
 from tunelab.errors import TunelabError
-from tunelab.strategies.registry import STRATEGIES
+from tunelab.strategies.catalog import CATALOG, NAMES
 
 LAPTOP_FEW_LABELS = Situation(samples=50, gpu=False, memory_gb=8)
 BIG_GPU_MANY_LABELS = Situation(samples=50_000, gpu=True, memory_gb=80, model_parameters=110e6)
@@ -135,7 +132,7 @@ def test_infeasible_strategies_rank_after_all_feasible_ones() -> None:
 
 
 def test_equal_scores_keep_registry_order() -> None:
-    scores = [(r.score, STRATEGY_NAMES.index(r.strategy)) for r in recommend(MANY_TASKS)]
+    scores = [(r.score, NAMES.index(r.strategy)) for r in recommend(MANY_TASKS)]
     assert scores == sorted(scores, key=lambda pair: (-pair[0], pair[1]))
 
 
@@ -146,7 +143,7 @@ def test_a_measured_grid_changes_the_ranking() -> None:
     recommendations = by_name(situation, MEASURED)
     assert recommendations["ia3"].trade_off.startswith("measured at 2,000 labels: accuracy 0.860 ± 0.010 (3 seeds)")
     assert "308.0 KB per task" in recommendations["ia3"].trade_off
-    assert recommendations["prefix"].trade_off == TRADE_OFFS["prefix"]  # not in the grid
+    assert recommendations["prefix"].trade_off == CATALOG["prefix"].trade_off  # not in the grid
 
 
 def test_the_measured_rows_nearest_on_a_log_scale_are_used() -> None:
@@ -172,7 +169,7 @@ def test_each_rule_moves_the_scores_it_names(rule: advisor.Rule, monkeypatch: py
     with_rule = by_name(situation, measured)
     monkeypatch.setattr(advisor, "RULES", tuple(other for other in RULES if other is not rule))
     without_rule = by_name(situation, measured)
-    moved = {name: with_rule[name].score - without_rule[name].score for name in STRATEGY_NAMES}
+    moved = {name: with_rule[name].score - without_rule[name].score for name in NAMES}
     moved = {name: points for name, points in moved.items() if points}
     assert moved, f"{rule.name} moved no strategy in its example"
     if not callable(rule.points):
@@ -207,17 +204,6 @@ def test_commands_name_the_users_model_else_an_embedded_one_else_a_placeholder()
     assert model(SEVEN_B_ON_16_GB, "lora") == "MODEL"
     assert model(replace(SEVEN_B_ON_16_GB, model="meta/llama"), "lora") == "meta/llama"
     assert model(Situation(samples=500, task="generation"), "lora") == "smollm2"  # minilm cannot generate
-
-
-def test_every_registry_strategy_has_a_trade_off() -> None:
-    assert set(TRADE_OFFS) == set(STRATEGIES)
-
-
-def test_the_advisors_facts_equal_the_registrys() -> None:
-    assert list(STRATEGY_NAMES) == list(STRATEGIES)
-    for facts in STRATEGY_FACTS:
-        strategy = STRATEGIES[facts.name]
-        assert facts.prompt_based == strategy.prompt_based
 
 
 # constraint name -> a situation where it blocks some strategy

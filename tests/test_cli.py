@@ -241,7 +241,8 @@ def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_prob
         "prompt without an LM head": (["prompt", "--model", str(tiny_bert), "--data", str(sentiment_csv)],
                                       "has no trained masked-LM head"),
         "too many shots": ([*train, "--shots", "40"], "--shots 40: the training split has only 30 examples"),
-        "compare without --output": (["compare", "--strategies", "full"], "no output folder: pass --output DIR"),
+        "compare without --output": (["compare", "--strategies", "full"],
+                                     "tunelab compare: Missing option '--output' (see `tunelab compare --help`)"),
         "compare with bad sizes": (["compare", "--train-sizes", "64,lots", "--output", str(tmp_path / "run")],
                                    "--train-sizes '64,lots' is not a comma-separated list"),
         "compare with an unknown strategy": (["compare", "--strategies", "full,lora-typo", "--output",
@@ -256,7 +257,11 @@ def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_prob
                                                  str(sentiment_csv), "--output", str(tmp_path / "run")],
                                                 "holds language-modelling data (columns text); rlhf reward needs "
                                                 "preference"),
-        "reward model without --output": (["rlhf", "reward"], "no output directory: pass --output DIR"),
+        "reward model without --output": (["rlhf", "reward"],
+                                          "tunelab rlhf reward: Missing option '--output'"),
+        "a number option given a word": ([*train, "--epochs", "abc"], "tunelab train: Invalid value for '--epochs'"),
+        "a misspelt option": ([*train, "--epoch", "2"], "No such option: --epoch"),
+        "a misspelt command": (["trian"], "tunelab: No such command 'trian'. Did you mean 'train'?"),
         "ppo from a non-run": (["rlhf", "ppo", "--policy", str(tmp_path), "--reward", str(bert_probe.path),
                                 "--output", str(tmp_path / "run")], "is not a tunelab run directory"),
         "ppo with a classifier as the reward": (["rlhf", "ppo", "--policy", str(bert_probe.path), "--reward",
@@ -290,7 +295,8 @@ def error_inputs(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, bert_prob
     "recommend with a bad memory", "recommend with a bad latency", "reward model on classification data",
     "reward model without --output", "ppo from a non-run", "ppo with a classifier as the reward",
     "dpo from a non-run", "dpo on prompt-only data", "dpo from a classifier run", "judge a non-policy run",
-    "pipeline with an unknown preset", "generate from a classifier",
+    "pipeline with an unknown preset", "generate from a classifier", "a number option given a word",
+    "a misspelt option", "a misspelt command",
 ])
 def test_more_user_errors_in_process(case: str, error_inputs: dict, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):

@@ -13,7 +13,7 @@ from tiny import tiny_config, train_recording
 from tunelab.api import load_splits
 from tunelab.predict import Predictor
 from tunelab.runs import build_classifier, load_run
-from tunelab.strategies.registry import STRATEGIES
+from tunelab.strategies.catalog import CATALOG
 
 # The tiny Llama's residual stream is about a hundred times smaller than a trained model's (initializer range
 # 0.02), so an adapter's bias or a prefix swamps it at the learning rates the tiny BERT needs.
@@ -21,7 +21,7 @@ LLAMA_TRAINING = {"adapter": {"learning_rate": 2e-3}, "prefix": {"learning_rate"
 
 
 @pytest.mark.parametrize("architecture", ["bert", "llama"])
-@pytest.mark.parametrize("strategy", [name for name, strategy in STRATEGIES.items() if not strategy.prompt_based])
+@pytest.mark.parametrize("strategy", [name for name, row in CATALOG.items() if not row.prompt_based])
 def test_every_strategy_trains_and_reloads(strategy: str, architecture: str, tiny_bert: Path, tiny_llama: Path,
                                            sentiment_csv: Path, tmp_path: Path):
     model_dir = {"bert": tiny_bert, "llama": tiny_llama}[architecture]

@@ -9,7 +9,8 @@ from tunelab.assets.models import resolve_model
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone
 from tunelab.strategies.base import count_parameters, delta_state_dict, freeze_all_but
-from tunelab.strategies.registry import STRATEGIES, get_strategy, parse_options
+from tunelab.strategies.catalog import CATALOG
+from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import SequenceClassifier
 
 
@@ -25,14 +26,12 @@ def _applied(model: SequenceClassifier, name: str, options: dict | None = None) 
     return model
 
 
-def test_registry_names():
-    assert list(STRATEGIES) == ["full", "linear-probe", "lora", "ia3", "adapter", "prefix",
-                                "prompt-tuning", "p-tuning", "zero-shot", "pet", "soft-template"]
-    for name, strategy in STRATEGIES.items():
-        assert strategy.name == name
+def test_every_catalog_row_loads_its_strategy():
+    for name, row in CATALOG.items():
+        strategy = get_strategy(name)
+        assert strategy.name == name and strategy.entry is row and get_strategy(name) is strategy
         learning_rate, epochs = strategy.training_defaults(strategy.Options())
-        trains = name != "zero-shot"
-        assert (learning_rate > 0 and epochs > 0) == trains
+        assert (learning_rate > 0 and epochs > 0) == (row.epochs > 0)
 
 
 def test_unknown_strategy_lists_the_names():

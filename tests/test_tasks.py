@@ -1,5 +1,5 @@
-"""The one table of which strategy serves which task: the README shows it as it is in the code, every strategy
-and task is in it, and `train` refuses an unsupported pair before anything loads."""
+"""Which strategy serves which task, as the catalog says: `train` refuses an unsupported pair before anything
+loads, naming the reason and the alternatives."""
 
 from pathlib import Path
 
@@ -7,22 +7,15 @@ import pytest
 
 from tunelab import build_config
 from tunelab.api import train
-from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
-from tunelab.strategies.registry import STRATEGIES
-from tunelab.tasks.support import SUPPORT, TASKS, check_serves_task, check_shots, support_table
-
-README = Path(__file__).resolve().parents[1] / "README.md"
+from tunelab.strategies.catalog import CATALOG
+from tunelab.tasks.support import TASKS, check_serves_task, check_shots, strategies_for
 
 
-def test_the_readme_shows_the_table_in_the_code():
-    assert support_table() in README.read_text(encoding="utf-8")
-
-
-def test_every_strategy_has_a_row_and_every_task_a_column():
-    assert list(SUPPORT) == list(STRATEGIES)
-    assert all(list(tasks) == list(TASKS) for tasks in SUPPORT.values())
-    assert set(TASKS) == set(RunConfig.model_fields["task"].annotation.__args__)
+def test_the_config_takes_exactly_the_known_tasks():
+    build_config({"task": "regression"})
+    with pytest.raises(TunelabError, match="task"):
+        build_config({"task": "translation"})
 
 
 def test_an_unsupported_pair_names_the_reason_and_the_alternatives():
@@ -33,8 +26,8 @@ def test_an_unsupported_pair_names_the_reason_and_the_alternatives():
         check_serves_task("full", "translation")
 
 
-@pytest.mark.parametrize(("strategy", "task"), [(s, t) for s, tasks in SUPPORT.items() for t, why in tasks.items()
-                                                if why is not None])
+@pytest.mark.parametrize(("strategy", "task"), [(name, task) for name, row in CATALOG.items()
+                                                for task in row.not_served])
 def test_train_refuses_before_loading_anything(strategy: str, task: str, tmp_path: Path):
     config = build_config({"model": str(tmp_path / "no-such-model"), "task": task,
                            "data": {"source": str(tmp_path / "no-such-file.csv")}, "strategy": {"name": strategy},
@@ -49,7 +42,7 @@ def test_the_advisor_knows_every_task_and_refuses_others():
 
     for task in TASKS:
         feasible = {advice.strategy for advice in recommend(Situation(samples=500, task=task)) if advice.feasible}
-        assert feasible <= {name for name, tasks in SUPPORT.items() if tasks[task] is None}
+        assert feasible <= set(strategies_for(task))
     with pytest.raises(TunelabError, match="^unknown task 'translation'"):
         Situation(samples=500, task="translation")
 

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tunelab.errors import TunelabError
+from tunelab.tasks.names import TASKS
 
 
 class _Section(BaseModel):
@@ -106,7 +107,7 @@ class QuestionAnsweringConfig(_Section):
 
 class RunConfig(_Section):
     model: str = Field("minilm", description="embedded name (minilm, smollm2), local folder, or hub id")
-    task: Literal["classification", "regression", "token-classification", "question-answering", "generation"] = Field(
+    task: Literal[TASKS] = Field(
         "classification", description="classification or regression (a head on a sentence vector), "
                                       "token-classification (NER, tagging), question-answering (extractive spans), "
                                       "or generation (causal LM)")

@@ -24,6 +24,7 @@ from tunelab.modeling import load_backbone, load_tokenizer
 from tunelab.prompting.model import PromptClassifier, build_prompt_classifier
 from tunelab.prompting.template import Template
 from tunelab.prompting.verbalizer import Verbalizer
+from tunelab.strategies.catalog import entry
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import LABELS_FILE, LabelMap, SequenceClassifier
 from tunelab.tasks.generation import CausalLM, load_causal_lm
@@ -151,7 +152,7 @@ def apply_strategy(model: SequenceClassifier | PromptClassifier | CausalLM, conf
 def resolve_prompt(config: RunConfig, labels: list[str]) -> RunConfig:
     """For a prompt-based strategy: the config with its template and label words spelled out (the dataset's
     defaults where it names none), so that the saved run says exactly what the model was asked."""
-    if not get_strategy(config.strategy.name).prompt_based:
+    if not entry(config.strategy.name).prompt_based:
         return config
     resolved = config.model_copy(deep=True)
     resolved.prompt.template = config.prompt.template or default_template(config.data.source)
@@ -173,7 +174,7 @@ def build_classifier(config: RunConfig,
     (regression) the head has one output."""
     spec = resolve_model(config.model)
     tokenizer = load_tokenizer(spec)
-    if get_strategy(config.strategy.name).prompt_based:
+    if entry(config.strategy.name).prompt_based:
         prompt = resolve_prompt(config, label_map.labels).prompt
         model = build_prompt_classifier(spec, tokenizer, prompt, label_map.labels, config.training.max_length)
     else:

@@ -2,8 +2,7 @@
 
 Every scoring decision is a row of `RULES`, every hard limit a row of `CONSTRAINTS`; the rest of the module only adds
 the rows up and writes the result down. `tunelab recommend` must answer at once, so nothing here imports torch:
-the registry pulls it in, so the facts the advisor needs about each strategy are kept in `STRATEGY_FACTS` (a test
-holds them equal to the registry).
+what the advisor knows of a strategy is its catalog row.
 """
 
 from __future__ import annotations
@@ -16,7 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import TunelabError
-from tunelab.tasks.support import SUPPORT, check_task
+from tunelab.strategies.catalog import CATALOG, NAMES, StrategyEntry, entry
+from tunelab.tasks.names import check_task
 from tunelab.units import human_bytes
 
 if TYPE_CHECKING:
@@ -51,58 +51,6 @@ class Situation:
             raise TunelabError("model parameters and memory (GB) must be positive numbers")
         if self.tasks_to_serve < 1:
             raise TunelabError(f"tasks to serve must be at least 1 (got {self.tasks_to_serve})")
-
-
-@dataclass(frozen=True)
-class StrategyFacts:
-    """What the advisor needs to know about a registry strategy, without importing it (and torch)."""
-
-    name: str
-    prompt_based: bool  # classifies through a template and the LM head
-    trains: str  # "all" | "some" | "none": the weights whose training state the memory estimate counts
-
-
-# Registry order (ties in the ranking follow it). pet trains the whole LM by default (`--tune full`).
-STRATEGY_FACTS: tuple[StrategyFacts, ...] = (
-    StrategyFacts("full", False, "all"),
-    StrategyFacts("linear-probe", False, "none"),
-    StrategyFacts("lora", False, "some"),
-    StrategyFacts("ia3", False, "some"),
-    StrategyFacts("adapter", False, "some"),
-    StrategyFacts("prefix", False, "some"),
-    StrategyFacts("prompt-tuning", False, "some"),
-    StrategyFacts("p-tuning", False, "some"),
-    StrategyFacts("zero-shot", True, "none"),
-    StrategyFacts("pet", True, "all"),
-    StrategyFacts("soft-template", True, "some"),
-)
-STRATEGY_NAMES = tuple(facts.name for facts in STRATEGY_FACTS)
-_FACTS = {facts.name: facts for facts in STRATEGY_FACTS}
-
-# Expected trade-offs when no measured grid is given. Measured in tunelab on a CPU: MiniLM on movie-snippets,
-# 2,000 labels, 3 seeds (test accuracy, trainable share, delta per task, train time against full); the prompt-based
-# rows: SmolLM2-135M with 32 labels per class, where a head-based full fine-tune reached 0.780.
-_MINILM = "MiniLM sentiment, 2,000 labels: "
-_SMOLLM2 = "SmolLM2-135M, 32 labels per class: "
-TRADE_OFFS: dict[str, str] = {
-    "full": _MINILM + "accuracy 0.845, 100% trainable, 90.9 MB per task, train time 1.0x; ~16 bytes per parameter "
-            "with AdamW; only 0.780 head-based on " + _SMOLLM2,
-    "linear-probe": _MINILM + "accuracy 0.778, 0.003% trainable, 3 KB per task, train time 0.11x full: cheapest, "
-                    "least accurate",
-    "lora": _MINILM + "accuracy 0.854, 0.33% trainable, 308 KB per task, train time 0.74x full; merges: no added "
-            "latency",
-    "ia3": _MINILM + "accuracy 0.836, 0.07% trainable, 77 KB per task, train time 0.74x full; merges: no added latency",
-    "adapter": _MINILM + "accuracy 0.851, 0.99% trainable, 913 KB per task, train time 0.75x full; extra layers add "
-               "latency",
-    "prefix": _MINILM + "accuracy 0.802, 0.21% trainable, 193 KB per task, train time 0.73x full; a longer attention "
-              "context adds latency",
-    "prompt-tuning": _MINILM + "accuracy 0.786, 0.02% trainable, 25 KB per task, train time 0.87x full; longer inputs",
-    "p-tuning": _MINILM + "accuracy 0.785, 4.6% trainable (the prompt encoder), 25 KB per task, train time 0.86x "
-                "full; longer inputs",
-    "zero-shot": _SMOLLM2 + "accuracy 0.843 with no training at all, nothing to store; a template lengthens inputs",
-    "pet": _SMOLLM2 + "accuracy 0.887 against 0.780 for head-based full fine-tuning; trains the whole LM",
-    "soft-template": _SMOLLM2 + "accuracy 0.860 with the LM frozen; a template lengthens inputs",
-}
 
 
 @dataclass(frozen=True)
@@ -215,12 +163,12 @@ class Constraint:
     and `needed_gb` (the training-memory estimate)."""
 
     name: str
-    blocks: Callable[[StrategyFacts, Situation], bool]
+    blocks: Callable[[StrategyEntry, Situation], bool]
     because: str
 
 
 CONSTRAINTS: tuple[Constraint, ...] = (
-    Constraint("serves-task", lambda f, s: SUPPORT[f.name][s.task] is not None,
+    Constraint("serves-task", lambda f, s: not f.serves(s.task),
                "{strategy} does not apply to {task}: {task_reason}"),
     Constraint("generation-needs-causal-lm", lambda f, s: s.task == "generation" and s.model is not None
                and not s.causal, "generation needs a causal LM and {model} is an encoder; name one, e.g. smollm2"),
@@ -237,7 +185,7 @@ class Recommendation:
     strategy: str
     score: float
     reasons: list[str]  # blocking constraints first, then the rules that moved it, largest |points| first
-    trade_off: str  # from the measured grid when given, else `TRADE_OFFS`
+    trade_off: str  # from the measured grid when given, else the catalog row's
     command: str  # the exact `tunelab train ...` command line
     feasible: bool  # False when it cannot run here; ranked after all feasible ones
 
@@ -253,9 +201,7 @@ def estimate_training_memory_gb(strategy: str, situation: Situation) -> float:
       and QLoRA's 4-bit base (Dettmers et al. 2023) is the way below that.
     - forward only (linear-probe, zero-shot): the weights.
     """
-    if strategy not in _FACTS:
-        raise TunelabError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGY_NAMES)}")
-    parameters, trains = situation.model_parameters, _FACTS[strategy].trains
+    parameters, trains = situation.model_parameters, entry(strategy).trains
     if trains == "all":
         return parameters * 16 * 1.2 / GB
     weights = parameters * (2 if situation.gpu else 4)
@@ -285,12 +231,12 @@ def _measured_grid(measured: pd.DataFrame, samples: int) -> MeasuredGrid | None:
     if missing:
         raise TunelabError(f"the measured grid lacks the column(s) {', '.join(missing)}; pass the summary of a "
                            "finished `tunelab compare` grid")
-    known = measured[measured["strategy"].isin(STRATEGY_NAMES) & measured["accuracy_mean"].notna()]
+    known = measured[measured["strategy"].isin(NAMES) & measured["accuracy_mean"].notna()]
     if known.empty:
         return None
     nearest = min(known["train_size"].unique(), key=lambda size: (abs(math.log(size / samples)), size))
     rows = {row["strategy"]: row for row in known[known["train_size"] == nearest].to_dict("records")}
-    return MeasuredGrid(int(nearest), {name: rows[name] for name in STRATEGY_NAMES if name in rows})
+    return MeasuredGrid(int(nearest), {name: rows[name] for name in NAMES if name in rows})
 
 
 def _human_parameters(count: float) -> str:
@@ -310,7 +256,7 @@ def _trade_off(strategy: str, situation: Situation, grid: MeasuredGrid | None) -
     """The measured row when there is one, else the built-in text; near the memory budget (over 75% of it) say
     so, and for LoRA say what QLoRA would need."""
     in_grid = grid is not None and strategy in grid.rows
-    text = _measured_trade_off(grid.train_size, grid.rows[strategy]) if in_grid else TRADE_OFFS[strategy]
+    text = _measured_trade_off(grid.train_size, grid.rows[strategy]) if in_grid else CATALOG[strategy].trade_off
     needed = estimate_training_memory_gb(strategy, situation)
     if needed > 0.75 * situation.memory_gb:
         text += f"; needs ~{needed:.1f} GB of your {situation.memory_gb:g} GB"
@@ -319,7 +265,7 @@ def _trade_off(strategy: str, situation: Situation, grid: MeasuredGrid | None) -
     return text
 
 
-def _model_name(facts: StrategyFacts, situation: Situation) -> str:
+def _model_name(facts: StrategyEntry, situation: Situation) -> str:
     """The user's model; else an embedded one (smollm2, the causal LM, where an LM head or generation is needed;
     minilm otherwise), or the placeholder MODEL for a large model with no name."""
     if situation.model is not None:
@@ -329,7 +275,7 @@ def _model_name(facts: StrategyFacts, situation: Situation) -> str:
     return "smollm2" if facts.prompt_based or situation.task == "generation" else "minilm"
 
 
-def _command(facts: StrategyFacts, situation: Situation, data: str) -> str:
+def _command(facts: StrategyEntry, situation: Situation, data: str) -> str:
     words = ["tunelab", "train", "--model", _model_name(facts, situation), "--data", data, "--strategy", facts.name]
     if situation.task != "classification":
         words += ["--task", situation.task]
@@ -352,11 +298,11 @@ def _points(rule: Rule, situation: Situation, grid: MeasuredGrid | None) -> dict
     return rule.points
 
 
-def _recommendation(facts: StrategyFacts, situation: Situation, grid: MeasuredGrid | None,
+def _recommendation(facts: StrategyEntry, situation: Situation, grid: MeasuredGrid | None,
                     moves: list[tuple[Rule, dict[str, float]]], data: str) -> Recommendation:
     fields = {**_fields(situation, grid), "strategy": facts.name,
               "needed_gb": estimate_training_memory_gb(facts.name, situation),
-              "task_reason": SUPPORT[facts.name][situation.task]}
+              "task_reason": facts.not_served.get(situation.task)}
     moved = sorted(((points[facts.name], rule) for rule, points in moves if points.get(facts.name)),
                    key=lambda move: -abs(move[0]))
     blocked = [constraint.because.format(**fields) for constraint in CONSTRAINTS if constraint.blocks(facts, situation)]
@@ -373,6 +319,6 @@ def recommend(situation: Situation, measured: pd.DataFrame | None = None,
     per strategy and training-set size); its rows nearest the user's label count add the measured rules' points."""
     grid = _measured_grid(measured, situation.samples) if measured is not None else None
     moves = [(rule, _points(rule, situation, grid)) for rule in RULES]
-    recommendations = [_recommendation(facts, situation, grid, moves, data) for facts in STRATEGY_FACTS]
-    order = {name: index for index, name in enumerate(STRATEGY_NAMES)}
+    recommendations = [_recommendation(facts, situation, grid, moves, data) for facts in CATALOG.values()]
+    order = {name: index for index, name in enumerate(NAMES)}
     return sorted(recommendations, key=lambda r: (not r.feasible, -r.score, order[r.strategy]))

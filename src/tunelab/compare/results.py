@@ -9,7 +9,7 @@ import pandas as pd
 
 from tunelab.compare.grid import CELLS, FAILURES_FILE, GridSpec, is_finished, plan, read_spec
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, read_json
-from tunelab.strategies.registry import get_strategy
+from tunelab.strategies.catalog import CATALOG
 
 CELL_COLUMNS = ("strategy", "family", "train_size", "seed", "train_examples", "accuracy", "macro_f1",
                 "trainable_parameters", "trainable_share", "train_s", "peak_memory_bytes", "delta_bytes",
@@ -28,7 +28,7 @@ class GridResults:
 def _cell_row(path: Path, strategy: str, train_size: int, seed: int) -> dict:
     metrics, resources = read_json(path / METRICS_FILE), read_json(path / RESOURCES_FILE)
     return {
-        "strategy": strategy, "family": get_strategy(strategy).family, "train_size": train_size, "seed": seed,
+        "strategy": strategy, "family": CATALOG[strategy].family, "train_size": train_size, "seed": seed,
         "train_examples": metrics["train_examples"], "accuracy": metrics["test"]["accuracy"],
         "macro_f1": metrics["test"]["macro_f1"], "trainable_parameters": resources["trainable_parameters"],
         "trainable_share": resources["trainable_share"], "train_s": resources["train_s"],

@@ -31,12 +31,10 @@ from tunelab.runs import (
     write_text_atomic,
 )
 from tunelab.strategies.base import count_parameters
+from tunelab.strategies.catalog import TRL_STRATEGIES
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.training.resources import PeakMemory, bytes_on_disk
 from tunelab.training.trainer import TRL_SCRATCH, quiet_when_asked, trl_quiet, trl_stage_settings
-
-# Strategies whose trainable weights live inside the LM that TRL's trainer optimises (adapters hang off it by hooks).
-SFT_STRATEGIES = ("full", "lora", "ia3")
 
 
 def _held_out(trainer: SFTTrainer) -> dict[str, float]:
@@ -47,8 +45,8 @@ def _held_out(trainer: SFTTrainer) -> dict[str, float]:
 def train_sft(config: RunConfig, train: pd.DataFrame, test: pd.DataFrame, overwrite: bool = False,
               progress: bool = True) -> dict[str, Any]:
     """Fine-tune `config.model` with `config.strategy` on `train`; held-out loss before and after on `test`."""
-    if config.strategy.name not in SFT_STRATEGIES:
-        raise TunelabError(f"rlhf sft trains with {', '.join(SFT_STRATEGIES)}; strategy {config.strategy.name} keeps "
+    if config.strategy.name not in TRL_STRATEGIES:
+        raise TunelabError(f"rlhf sft trains with {', '.join(TRL_STRATEGIES)}; strategy {config.strategy.name} keeps "
                            f"weights outside the LM that TRL's trainer sees")
     strategy = get_strategy(config.strategy.name)
     options = parse_options(strategy, config.strategy.options)

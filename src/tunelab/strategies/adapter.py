@@ -32,11 +32,7 @@ class AdapterOptions(BaseModel):
 
 class BottleneckAdapters(PartialTraining):
     name = "adapter"
-    summary = "small bottleneck layers inside each block of a frozen backbone (Houlsby/Pfeiffer/parallel)"
     Options = AdapterOptions
-    default_learning_rate = 2e-3
-    default_epochs = 3.0
-    family = "parameter-efficient"
 
     def trainable_prefixes(self, options: BaseModel) -> tuple[str, ...]:
         return ("adapters.", "head.")

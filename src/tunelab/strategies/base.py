@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunelab.errors import TunelabError
+from tunelab.strategies.catalog import StrategyEntry, entry
 
 APPLIED_MARKER = "_tunelab_strategy"
 DELTA_FILE = "delta.safetensors"
@@ -28,10 +29,15 @@ class NoOptions(BaseModel):
 
 class Strategy(Protocol):
     name: str
-    summary: str
     Options: type[BaseModel]
-    prompt_based: bool  # classifies through a template and label words (PromptClassifier), not a new head
-    family: str  # full | feature extraction | parameter-efficient | prompt-based: how `compare` groups them
+
+    @property
+    def entry(self) -> StrategyEntry:
+        """The strategy's catalog row: summary, family, prompt-based, defaults and the rest."""
+
+    @property
+    def prompt_based(self) -> bool:
+        """Classifies through a template and label words (PromptClassifier), not a new head."""
 
     def training_defaults(self, options: BaseModel) -> tuple[float, float]:
         """(learning rate, epochs) to train with when the config sets neither."""
@@ -128,29 +134,40 @@ def parse_options(strategy: Strategy, options: dict) -> BaseModel:
         raise TunelabError(f"strategy {strategy.name}: {subject}: {reasons}") from None
 
 
-class FixedDefaults:
-    """Training defaults that do not depend on the options; a head-based strategy unless it says otherwise."""
+class Catalogued:
+    """A strategy whose facts are its catalog row; training defaults are the row's unless the options change them."""
 
-    default_learning_rate: float
-    default_epochs: float
-    prompt_based = False
+    name: str
+
+    @property
+    def entry(self) -> StrategyEntry:
+        return entry(self.name)
+
+    @property
+    def summary(self) -> str:
+        return self.entry.summary
+
+    @property
+    def family(self) -> str:
+        return self.entry.family
+
+    @property
+    def prompt_based(self) -> bool:
+        return self.entry.prompt_based
 
     def training_defaults(self, options: BaseModel) -> tuple[float, float]:
-        return self.default_learning_rate, self.default_epochs
+        return self.entry.learning_rate, self.entry.epochs
 
 
 class PromptBased:
     """What the prompt-based strategies share: they classify through a template and label words
     (`PromptClassifier`), never on cached sentence vectors, and have no generation form."""
 
-    prompt_based = True
-    family = "prompt-based"
-
     def trains_on_features(self, options: BaseModel) -> bool:
         return False
 
 
-class PartialTraining(FixedDefaults):
+class PartialTraining(Catalogued):
     """Shared by strategies that train an existing part of the model, named by parameter prefixes."""
 
     name: str

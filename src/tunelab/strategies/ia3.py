@@ -26,10 +26,7 @@ class IA3Options(BaseModel):
 
 class Ia3(PeftAdapter):
     name = "ia3"
-    summary = "frozen backbone, learned rescaling vectors on keys, values and feed-forward; tiny and mergeable"
     Options = IA3Options
-    default_learning_rate = 1e-2
-    default_epochs = 3.0
 
     def peft_config(self, backbone: nn.Module, options: IA3Options) -> IA3Config:
         model_type = backbone.config.model_type

@@ -18,11 +18,7 @@ class LinearProbeOptions(BaseModel):
 
 class LinearProbe(PartialTraining):
     name = "linear-probe"
-    summary = "frozen encoder, train a linear head on its sentence vectors; cheapest, least accurate"
     Options = LinearProbeOptions
-    default_learning_rate = 1e-2
-    default_epochs = 30.0
-    family = "feature extraction"
 
     def trainable_prefixes(self, options: BaseModel) -> tuple[str, ...]:
         return ("head.",)

@@ -53,10 +53,7 @@ def default_targets(backbone: nn.Module) -> list[str]:
 
 class Lora(PeftAdapter):
     name = "lora"
-    summary = "frozen backbone plus trainable low-rank updates; mergeable, a small delta per task"
     Options = LoraOptions
-    default_learning_rate = 5e-3
-    default_epochs = 3.0
 
     def peft_config(self, backbone: nn.Module, options: LoraOptions) -> LoraConfig:
         if options.target_modules == ALL_LINEAR:

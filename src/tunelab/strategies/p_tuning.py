@@ -24,10 +24,7 @@ class PTuningOptions(BaseModel):
 
 class PTuning(PromptLearning):
     name = "p-tuning"
-    summary = "virtual input tokens from a trainable LSTM/MLP prompt encoder, frozen backbone"
     Options = PTuningOptions
-    default_learning_rate = 1e-2
-    default_epochs = 3.0
 
     def peft_config(self, backbone: nn.Module, options: PTuningOptions) -> PromptEncoderConfig:
         return PromptEncoderConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=options.virtual_tokens,

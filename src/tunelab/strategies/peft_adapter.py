@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tunelab.errors import TunelabError
-from tunelab.strategies.base import DELTA_FILE, FixedDefaults, load_tensors, mark_applied, save_tensors
+from tunelab.strategies.base import DELTA_FILE, Catalogued, load_tensors, mark_applied, save_tensors
 
 # peft calls a transformers API that is deprecated but still correct, whenever it wraps or loads a model.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -30,11 +30,10 @@ def check_targets(backbone: nn.Module, targets: list[str], strategy: str) -> Non
                            f"name its linear layers, e.g. --option 'target_modules=[query,value]'")
 
 
-class PeftAdapter(FixedDefaults):
+class PeftAdapter(Catalogued):
     """Base of the PEFT strategies: a subclass says which `peft` config to build."""
 
     name: str
-    family = "parameter-efficient"
 
     def peft_config(self, backbone: nn.Module, options: BaseModel) -> PeftConfig:
         raise NotImplementedError

@@ -13,24 +13,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from tunelab.errors import TunelabError
-from tunelab.strategies.adapter import BottleneckAdapters
-from tunelab.strategies.base import PromptBased, Strategy, parse_options
-from tunelab.strategies.full import FullFineTuning
-from tunelab.strategies.ia3 import Ia3
-from tunelab.strategies.lora import Lora
+from tunelab.strategies.base import Catalogued, PromptBased, Strategy, parse_options
+from tunelab.strategies.catalog import CATALOG, PET_TUNABLE
 
-TUNABLE: dict[str, Strategy] = {strategy.name: strategy
-                                for strategy in (FullFineTuning(), Lora(), Ia3(), BottleneckAdapters())}
-# (learning rate, epochs) for the few-shot regime. full's 1e-5 (LM-BFF's) beat 4e-5, and lora's 1e-3 was tried, on
-# SmolLM2 with 32 examples per label (benchmarks/results/few_shot_lr_sweep.json); ia3 and adapter keep their own
-# strategies' learning rates, not swept for this regime.
-FEW_SHOT_DEFAULTS = {"full": (1e-5, 10.0), "lora": (1e-3, 10.0), "ia3": (1e-2, 10.0), "adapter": (2e-3, 10.0)}
+TUNABLE: dict[str, Strategy] = {name: CATALOG[name].load() for name in PET_TUNABLE}
+# Learning rates for the few-shot regime, with the pet row's epochs. full's 1e-5 (LM-BFF's) beat 4e-5, and lora's
+# 1e-3 was tried, on SmolLM2 with 32 examples per label (benchmarks/results/few_shot_lr_sweep.json); the other tuned
+# strategies keep their own learning rates, not swept for this regime.
+FEW_SHOT_LEARNING_RATES = {"full": 1e-5, "lora": 1e-3}
 
 
 class PetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tune: Literal["full", "lora", "ia3", "adapter"] = Field("full", description="what trains: every weight, or a "
-                                                                                 "lora/ia3/adapter delta")
+    tune: Literal[PET_TUNABLE] = Field("full", description="what trains: every weight, or a lora/ia3/adapter delta")
     tune_options: dict[str, Any] = Field(default_factory=dict, description="options of the tuned strategy, e.g. "
                                                                            "{r: 16} for lora")
 
@@ -40,9 +35,8 @@ class PetOptions(BaseModel):
         return self
 
 
-class PatternExploitingTraining(PromptBased):
+class PatternExploitingTraining(PromptBased, Catalogued):
     name = "pet"
-    summary = "prompt-based fine-tuning: the LM fills a template's label slot; strong with few labels"
     Options = PetOptions
 
     def _tuned(self, options: PetOptions) -> tuple[Strategy, BaseModel]:
@@ -50,7 +44,7 @@ class PatternExploitingTraining(PromptBased):
         return strategy, parse_options(strategy, options.tune_options)
 
     def training_defaults(self, options: PetOptions) -> tuple[float, float]:
-        return FEW_SHOT_DEFAULTS[options.tune]
+        return FEW_SHOT_LEARNING_RATES.get(options.tune, CATALOG[options.tune].learning_rate), self.entry.epochs
 
     def apply(self, model: nn.Module, options: PetOptions) -> None:
         strategy, tuned = self._tuned(options)

@@ -20,10 +20,7 @@ class PrefixOptions(BaseModel):
 
 class PrefixTuning(PromptLearning):
     name = "prefix"
-    summary = "trainable key/value prefixes at every layer of a frozen backbone (P-tuning v2 deep prompts)"
     Options = PrefixOptions
-    default_learning_rate = 1e-2
-    default_epochs = 3.0
 
     def peft_config(self, backbone: nn.Module, options: PrefixOptions) -> PrefixTuningConfig:
         return PrefixTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=options.virtual_tokens,

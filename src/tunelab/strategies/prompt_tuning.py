@@ -30,10 +30,7 @@ class PromptTuningOptions(BaseModel):
 
 class PromptTuning(PromptLearning):
     name = "prompt-tuning"
-    summary = "trainable input embeddings before the text, frozen backbone; the smallest delta"
     Options = PromptTuningOptions
-    default_learning_rate = 3e-2
-    default_epochs = 3.0
 
     def peft_config(self, backbone: nn.Module, options: PromptTuningOptions) -> PromptTuningConfig:
         return PromptTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=options.virtual_tokens,

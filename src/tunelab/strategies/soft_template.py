@@ -21,10 +21,7 @@ class SoftTemplateOptions(BaseModel):
 
 class SoftTemplate(PromptBased, PartialTraining):
     name = "soft-template"
-    summary = "P-tuning: the template's words become trainable vectors; the language model stays frozen"
     Options = SoftTemplateOptions
-    default_learning_rate = 1e-2
-    default_epochs = 10.0
 
     def trainable_prefixes(self, options: BaseModel) -> tuple[str, ...]:
         return ("head.",)

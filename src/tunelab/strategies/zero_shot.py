@@ -10,15 +10,12 @@ from pydantic import BaseModel
 from torch import nn
 
 from tunelab.errors import TunelabError
-from tunelab.strategies.base import FixedDefaults, NoOptions, PromptBased, mark_applied
+from tunelab.strategies.base import Catalogued, NoOptions, PromptBased, mark_applied
 
 
-class ZeroShot(PromptBased, FixedDefaults):
+class ZeroShot(PromptBased, Catalogued):
     name = "zero-shot"
-    summary = "ask the pre-trained LM through a template and label words; nothing trains"
     Options = NoOptions
-    default_learning_rate = 0.0
-    default_epochs = 0.0
 
     def apply(self, model: nn.Module, options: BaseModel) -> None:
         mark_applied(model, self.name)

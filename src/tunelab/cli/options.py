@@ -1,0 +1,80 @@
+"""What several commands parse the same way: the run config from YAML, flags and overrides; lists and sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+
+# CLI flag -> dotted config key; a flag left unset leaves the YAML (or default) value alone.
+FLAG_KEYS = {
+    "model": "model", "task": "task", "data": "data.source", "strategy": "strategy.name", "output": "output",
+    "text_column": "data.text_column", "label_column": "data.label_column",
+    "prompt_column": "data.prompt_column", "completion_column": "data.completion_column",
+    "messages_column": "data.messages_column",
+    "limit_train": "data.limit_train", "limit_eval": "data.limit_eval", "epochs": "training.epochs",
+    "lr": "training.learning_rate", "batch_size": "training.batch_size", "max_length": "training.max_length",
+    "seed": "training.seed", "shots": "data.shots", "tune": "strategy.options.tune", "calibrate": "prompt.calibrate",
+}
+TEMPLATE_HELP = "prompt-based: e.g. 'Review: {text}\\nSentiment: {label}' (\\n is a newline; default: the dataset's)"
+VERBALIZER_HELP = "prompt-based: LABEL=WORDS, e.g. positive=' great, good' (repeatable; default: the label names)"
+
+
+def run_config(config_file: Path | None, flags: dict[str, Any], set_: list[str] | None, option: list[str] | None,
+            template: str | None, verbalizer: list[str] | None) -> Any:
+    """The run config: the YAML file, then the flags that were given, then --set and --option overrides."""
+    from tunelab.config import build_config, parse_override, read_yaml
+
+    overrides: dict[str, Any] = {FLAG_KEYS[key]: (str(value) if isinstance(value, Path) else value)
+                                 for key, value in flags.items() if key in FLAG_KEYS and value is not None}
+    if template is not None:
+        overrides["prompt.template"] = template.replace("\\n", "\n").replace("\\t", "\t")
+    if verbalizer:
+        overrides["prompt.verbalizer"] = dict(label_words(text) for text in verbalizer)
+    overrides.update(parse_override(text) for text in set_ or [])
+    overrides.update((f"strategy.options.{key}", value) for key, value in map(parse_override, option or []))
+    return build_config(read_yaml(config_file) if config_file else {}, overrides)
+
+
+def label_words(text: str) -> tuple[str, str]:
+    """'positive= great, good' -> ('positive', ' great, good'): the words keep their leading space."""
+    label, sep, words = text.partition("=")
+    if not sep or not label.strip():
+        raise TunelabError(f"--verbalizer '{text}' is not LABEL=WORDS, e.g. positive=' great, good'")
+    return label.strip(), words
+
+
+def quiet_libraries() -> None:
+    import warnings
+
+    import transformers
+
+    # the libraries' deprecation notices about their own defaults (TRL sets a renamed TrainingArguments field)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # weight-loading bars; training keeps its own
+
+
+def comma_list(text: str, what: str, cast: type = str) -> list:
+    try:
+        return [cast(item.strip()) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise TunelabError(f"--{what} '{text}' is not a comma-separated list, e.g. --{what} 64,512") from None
+
+
+
+PARAMETER_UNITS = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+MEMORY_UNITS_GB = {"MB": 1e-3, "M": 1e-3, "GB": 1.0, "G": 1.0, "TB": 1e3, "T": 1e3}
+
+
+def size_amount(text: str, units: dict[str, float], option: str, example: str) -> float:
+    """'7B' -> 7e9 with PARAMETER_UNITS, '16GB' -> 16 with MEMORY_UNITS_GB; a bare number is taken as it is."""
+    value = text.strip().upper()
+    unit = max((suffix for suffix in units if value.endswith(suffix)), key=len, default="")
+    try:
+        return float(value.removesuffix(unit)) * units.get(unit, 1.0)
+    except ValueError:
+        raise TunelabError(f"{option} '{text}' is not a size; write it like {example}") from None
+

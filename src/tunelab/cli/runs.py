@@ -1,0 +1,286 @@
+"""Commands on one run: train, prompt, eval, predict, generate, chat, export, summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tunelab.cli.app import app, console
+from tunelab.cli.options import (
+    TEMPLATE_HELP,
+    VERBALIZER_HELP,
+    quiet_libraries,
+    run_config,
+)
+from tunelab.errors import TunelabError
+
+if TYPE_CHECKING:
+    pass
+
+
+@app.command()
+def train(
+    config_file: Annotated[Path | None, typer.Argument(help="YAML run config; flags and --set override it")] = None,
+    model: Annotated[str | None, typer.Option(help="embedded name (minilm, smollm2), HF folder or hub id")] = None,
+    task: Annotated[str | None, typer.Option(help="classification (default), regression, token-classification, "
+                                                  "question-answering or generation (causal LMs)")] = None,
+    data: Annotated[str | None, typer.Option(help="embedded dataset, CSV/TSV/JSONL/Parquet file, or HF id")] = None,
+    strategy: Annotated[str | None, typer.Option(help="fine-tuning strategy: see `tunelab strategies`")] = None,
+    output: Annotated[Path | None, typer.Option(help="run directory to create")] = None,
+    text_column: Annotated[str | None, typer.Option(help="column with the input text")] = None,
+    label_column: Annotated[str | None, typer.Option(help="column with the label")] = None,
+    prompt_column: Annotated[str | None, typer.Option(help="generation: column with the prompt")] = None,
+    completion_column: Annotated[str | None, typer.Option(help="generation: column with the completion")] = None,
+    messages_column: Annotated[str | None, typer.Option(help="generation: column with chat conversations "
+                                                             "[default: messages]")] = None,
+    limit_train: Annotated[int | None, typer.Option(help="train on at most N examples (the test set stays)")] = None,
+    limit_eval: Annotated[int | None, typer.Option(help="evaluate on at most N examples")] = None,
+    epochs: Annotated[float | None, typer.Option(help="passes over the data (default: the strategy's)")] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate (default: the strategy's)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="examples per training step")] = None,
+    max_length: Annotated[int | None, typer.Option(help="tokens per example; longer texts are truncated")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed for initialisation, dropout and data order")] = None,
+    shots: Annotated[int | None, typer.Option(help="few-shot: K training (and K validation) examples per label")]
+    = None,
+    tune: Annotated[str | None, typer.Option(help="pet: what trains, full (default), lora, ia3 or adapter")] = None,
+    template: Annotated[str | None, typer.Option(help=TEMPLATE_HELP)] = None,
+    verbalizer: Annotated[list[str] | None, typer.Option(help=VERBALIZER_HELP)] = None,
+    calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="prompt-based: contextual "
+                                                   "calibration of the label probabilities")] = None,
+    option: Annotated[list[str] | None, typer.Option(help="strategy option KEY=VALUE (repeatable)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="any config key, e.g. training.epochs=2")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Fine-tune a model on a dataset with one strategy and write a run directory."""
+    from tunelab import api
+    from tunelab.report import generation_scores, runs_table
+
+    config = run_config(config_file, locals(), set_, option, template, verbalizer)
+    quiet_libraries()
+    result = api.train(config, overwrite=overwrite, progress=not quiet)
+    console.print(runs_table([result.path], title=f"{config.strategy.name} on {config.data.source}"))
+    if config.task == "generation":
+        console.print(f"held-out, untrained -> trained: "
+                      f"{generation_scores(result.metrics['test'], result.metrics['base_test'])}")
+    console.print(f"run saved to [bold]{escape(str(result.path))}[/bold]")
+
+
+@app.command()
+def prompt(
+    config_file: Annotated[Path | None, typer.Argument(help="YAML run config; flags and --set override it")] = None,
+    model: Annotated[str | None, typer.Option(help="a causal LM (smollm2) or a masked LM with its MLM head")] = None,
+    data: Annotated[str | None, typer.Option(help="embedded dataset, CSV/TSV/JSONL/Parquet file, or HF id")] = None,
+    template: Annotated[str | None, typer.Option(help=TEMPLATE_HELP)] = None,
+    verbalizer: Annotated[list[str] | None, typer.Option(help=VERBALIZER_HELP)] = None,
+    calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="contextual calibration "
+                                                   "(Zhao et al. 2021)")] = None,
+    text_column: Annotated[str | None, typer.Option(help="column with the input text")] = None,
+    label_column: Annotated[str | None, typer.Option(help="column with the label")] = None,
+    limit_eval: Annotated[int | None, typer.Option(help="score at most N test examples")] = None,
+    max_length: Annotated[int | None, typer.Option(help="tokens per filled template; inputs are truncated")] = None,
+    output: Annotated[Path | None, typer.Option(help="also write a run directory (for `tunelab predict`)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="any config key, e.g. prompt.word_score=mean")]
+    = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+) -> None:
+    """Zero-shot: classify the test split by asking the pre-trained LM through a template; nothing trains."""
+    from tunelab import api
+    from tunelab.report import metrics_table, runs_table
+
+    config = run_config(config_file, {**locals(), "strategy": "zero-shot"}, set_, None, template, verbalizer)
+    quiet_libraries()
+    if output is None:
+        metrics = api.zero_shot(config)
+        console.print(metrics_table(metrics, title=f"zero-shot {config.model} on {config.data.source} (test split)"))
+        return
+    result = api.train(config, overwrite=overwrite)
+    console.print(runs_table([result.path], title=f"zero-shot on {config.data.source}"))
+    console.print(f"run saved to [bold]{escape(str(result.path))}[/bold]")
+
+
+@app.command("eval")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train`")],
+    data: Annotated[str | None, typer.Option(help="dataset to score (default: the run's own test split)")] = None,
+    text_column: Annotated[str, typer.Option(help="column with the input text")] = "text",
+    label_column: Annotated[str, typer.Option(help="column with the label")] = "label",
+    limit: Annotated[int | None, typer.Option(min=1, help="score at most N examples")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
+) -> None:
+    """Score a trained run on labelled data with its task's metrics (accuracy and per-class report, Pearson, entity
+    F1, exact match and F1, or perplexity and ROUGE-L)."""
+    from tunelab import api
+    from tunelab.report import evaluation_view
+
+    quiet_libraries()
+    metrics = api.evaluate(run, data, text_column, label_column, limit)
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        console.print(evaluation_view(metrics, f"{run} on {data or 'its test split'}"))
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train`, or a merged export")],
+    texts: Annotated[list[str], typer.Argument(help="one or more texts to classify")],
+    as_json: Annotated[bool, typer.Option("--json", help="print predictions as JSON lines")] = False,
+    context: Annotated[str | None, typer.Option(help="question-answering runs: the passage the questions (the "
+                                                     "texts) are about")] = None,
+) -> None:
+    """Predict with a trained run: the label and every label's probability, the value of a regression run, or the
+    entities a token-classification run finds (with character spans), or a question-answering run's answers to
+    questions about the `--context` passage."""
+    from tunelab import api
+    from tunelab.tasks.regression import TargetScale
+    from tunelab.tasks.token_classification import Tagger
+
+    quiet_libraries()
+    if context is not None:
+        _print_answers(run, texts, api.answer_questions(run, texts, context), as_json)
+        return
+    predictor = api.load_predictor(run)
+    if isinstance(predictor, Tagger):
+        _print_entities(run, texts, predictor.entities(texts), as_json)
+    elif isinstance(predictor.targets, TargetScale):
+        _print_values(run, texts, predictor.predict_values(texts), as_json)
+    else:
+        _print_classes(run, texts, predictor.predict(texts), as_json)
+
+
+def _print_answers(run: Path, questions: list[str], answers: list[Any], as_json: bool) -> None:
+    """Each question's answer with its character span in the context (end exclusive), or "no answer"."""
+    if as_json:
+        for question, answer in zip(questions, answers, strict=True):
+            print(json.dumps({"question": question, "answer": answer.text, "start": answer.start, "end": answer.end,
+                              "score": answer.score, "probability": answer.probability}))
+        return
+    table = Table(title=str(run))
+    for column in ("question", "answer", "characters", "probability", "score"):
+        table.add_column(column, justify="right" if column in ("probability", "score") else "left")
+    for question, answer in zip(questions, answers, strict=True):
+        found = answer.start is not None
+        table.add_row(escape(question), f"[bold]{escape(answer.text)}[/bold]" if found else "[dim]no answer[/dim]",
+                      f"{answer.start}-{answer.end}" if found else "-", f"{answer.probability:.3f}",
+                      f"{answer.score:.2f}")
+    console.print(table)
+
+
+def _print_entities(run: Path, texts: list[str], found: list[list[Any]], as_json: bool) -> None:
+    """Each text's entities: words, type, character span (end exclusive) and confidence."""
+    from dataclasses import asdict
+
+    from tunelab.report import entities_table
+
+    if as_json:
+        for text, entities in zip(texts, found, strict=True):
+            print(json.dumps({"text": text, "entities": [asdict(entity) for entity in entities]}))
+        return
+    console.print(entities_table(texts, found, title=str(run)))
+
+
+def _print_values(run: Path, texts: list[str], values: list[float], as_json: bool) -> None:
+    if as_json:
+        for text, value in zip(texts, values, strict=True):
+            print(json.dumps({"text": text, "value": value}))
+        return
+    table = Table(title=str(run))
+    table.add_column("text")
+    table.add_column("value", justify="right")
+    for text, value in zip(texts, values, strict=True):
+        table.add_row(text, f"[bold]{value:+.3f}[/bold]")
+    console.print(table)
+
+
+def _print_classes(run: Path, texts: list[str], predictions: list[tuple[str, dict[str, float]]],
+                   as_json: bool) -> None:
+    if as_json:
+        for text, (label, probabilities) in zip(texts, predictions, strict=True):
+            print(json.dumps({"text": text, "label": label, "probabilities": probabilities}))
+        return
+    labels = list(predictions[0][1])
+    table = Table(title=str(run))
+    for column in ["text", "label", *labels]:
+        table.add_column(column, justify="right" if column in labels else "left")
+    for text, (label, probabilities) in zip(texts, predictions, strict=True):
+        table.add_row(text, f"[bold]{label}[/bold]", *(f"{probabilities[name]:.3f}" for name in labels))
+    console.print(table)
+
+
+@app.command()
+def generate(
+    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train --task generation` or any RLHF "
+                                            "stage (`rlhf sft`, `rlhf ppo`, `rlhf dpo`)")],
+    prompt: Annotated[str, typer.Argument(help="the prompt (the chat template is applied when the model has one)")],
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="stop after this many tokens")] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy; above 0 = sampled")] = 0.0,
+    seed: Annotated[int, typer.Option(help="seed for sampling")] = 0,
+    continuation: Annotated[bool, typer.Option("--continue", help="continue the prompt as plain text, without the "
+                                                                 "chat template (models trained on plain text, "
+                                                                 "e.g. `rlhf sft` on movie-sentiment)")] = False,
+) -> None:
+    """Generate an answer to a prompt with a trained causal LM (base model + the run's delta)."""
+    from tunelab import api
+
+    quiet_libraries()
+    text = api.generate_text(run, prompt, max_new_tokens, temperature, seed, continuation)
+    print(f"{prompt} {text}" if continuation else text)
+
+
+@app.command()
+def chat(
+    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train --task generation` or any RLHF "
+                                            "stage (`rlhf sft`, `rlhf ppo`, `rlhf dpo`)")],
+    system: Annotated[str | None, typer.Option(help="a system message at the start of the conversation")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="the longest answer, in tokens")] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy; above 0 = sampled")] = 0.0,
+    seed: Annotated[int, typer.Option(help="seed for sampling")] = 0,
+) -> None:
+    """Talk with a trained causal LM in the terminal: multi-turn, through its chat template, answers streamed."""
+    from tunelab import api
+    from tunelab.chat import chat as converse
+
+    quiet_libraries()
+    model, tokenizer = api.load_generator(run, purpose="chat")
+    converse(model, tokenizer, system, max_new_tokens, temperature, seed)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train`")],
+    output: Annotated[Path, typer.Option(help="folder to write the merged model to")],
+    merge: Annotated[bool, typer.Option("--merge", help="fold the delta into the base weights (lora, ia3, full)")]
+    = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing export at --output")] = False,
+) -> None:
+    """Write a run as one plain transformers model folder plus its head, checked against the run."""
+    from tunelab.export import export_merged
+
+    if not merge:
+        raise TunelabError("export writes merged models: pass --merge (the run directory is the unmerged form)")
+    quiet_libraries()
+    report = export_merged(run, output, overwrite)
+    latency = report["latency_ms_per_example"]
+    table = Table(title=f"merged {report['strategy']} run -> {escape(str(output))}")
+    for column in ("max |logit difference|", "base ms/example", "merged ms/example", "unmerged ms/example"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{report['max_logit_difference']:.1e}", f"{latency['base']:.2f}", f"{latency['merged']:.2f}",
+                  f"{latency['unmerged']:.2f}")
+    console.print(table)
+    console.print(f"load it with `tunelab predict {escape(str(output))} TEXT`, or as a plain transformers "
+                  f"AutoModel plus {escape(str(output / 'head.safetensors'))}")
+
+
+@app.command()
+def summary(runs: Annotated[list[Path], typer.Argument(help="run directories to compare")]) -> None:
+    """Compare finished runs side by side: accuracy against what each one cost."""
+    from tunelab.report import runs_table
+
+    console.print(runs_table(runs, title="runs side by side"))
+
