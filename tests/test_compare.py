@@ -8,16 +8,14 @@ import json
 import math
 import re
 import shutil
-import struct
-import subprocess
 import sys
-import zlib
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from rich.console import Console
+from tiny import open_in_chromium
 
 from tunelab.compare import grid
 from tunelab.compare.claims import NOISE_FLOOR, check_claims, noise
@@ -244,32 +242,11 @@ def test_report_page_is_self_contained_with_every_plot(tiny_grid):
     assert "fine-tuning beats feature extraction" in page
 
 
-def _png_colours(path: Path) -> int:
-    """How many distinct pixel rows a PNG has: a blank page has one."""
-    data = path.read_bytes()
-    chunks, offset = [], 8
-    while offset < len(data):
-        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
-        chunks.append((kind, data[offset + 8:offset + 8 + length]))
-        offset += 12 + length
-    width, height = struct.unpack(">II", dict(chunks)[b"IHDR"][:8])
-    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
-    row = len(raw) // height
-    return len({raw[index * row + 1:(index + 1) * row] for index in range(height)})
-
-
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_report_page_renders_in_headless_chromium_without_console_errors(tiny_grid, tmp_path: Path):
     folder, _ = tiny_grid
     assert tunelab("report", str(folder))[0] == 0
-    page = (folder / REPORT_FILE).resolve().as_uri()
-    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-               f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*browser, "--dump-dom", page], capture_output=True, text=True, timeout=120)
-    shot = subprocess.run([*browser, f"--screenshot={tmp_path / 'page.png'}", "--window-size=1200,3000", page],
-                          capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0 and shot.returncode == 0, dom.stderr[-2000:] + shot.stderr[-2000:]
-    assert dom.stdout.count("<svg") == 5 and "Accuracy against training-set size" in dom.stdout
-    console = [line for line in dom.stderr.splitlines() + shot.stderr.splitlines() if "CONSOLE" in line]
+    dom, console, colours = open_in_chromium(folder / REPORT_FILE, tmp_path)
+    assert dom.count("<svg") == 5 and "Accuracy against training-set size" in dom
     assert console == []
-    assert _png_colours(tmp_path / "page.png") > 100  # tables and plots drew, not a blank page
+    assert colours > 100  # tables and plots drew, not a blank page

@@ -21,10 +21,10 @@ from tunelab import api, build_config
 from tunelab.data.squad import load_squad, split_by_context
 from tunelab.errors import TunelabError
 from tunelab.runs import build_span_extractor, load_run
+from tunelab.strategies.catalog import strategies_for
 from tunelab.tasks.question_answering import encode_windows, is_causal, window_stride
 from tunelab.tasks.span_postprocess import Answer, best_answer
 from tunelab.tasks.squad_metrics import normalize_answer, question_scores, squad_scores, token_f1
-from tunelab.tasks.support import strategies_for
 from tunelab.training.question_answering import run_answerer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "qa"

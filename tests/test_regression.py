@@ -13,8 +13,8 @@ from tiny import WORDS, run_main, tiny_config, train_recording, write_table
 
 from tunelab.api import evaluate, load_predictor
 from tunelab.errors import TunelabError
+from tunelab.strategies.catalog import strategies_for
 from tunelab.tasks.regression import TARGETS_FILE, TargetScale, numeric_targets, regression_metrics
-from tunelab.tasks.support import strategies_for
 
 
 def rated_frame(n: int = 200, seed: int = 0) -> pd.DataFrame:

@@ -40,7 +40,7 @@ def test_an_unknown_name_lists_the_catalog():
 
 
 def test_the_catalog_and_the_advisor_import_without_torch():
-    code = ("import sys, tunelab.compare.advisor, tunelab.strategies.catalog, tunelab.tasks.support; "
+    code = ("import sys, tunelab.compare.advisor, tunelab.strategies.catalog; "
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

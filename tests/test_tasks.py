@@ -8,8 +8,8 @@ import pytest
 from tunelab import build_config
 from tunelab.api import train
 from tunelab.errors import TunelabError
-from tunelab.strategies.catalog import CATALOG
-from tunelab.tasks.support import TASKS, check_serves_task, check_shots, strategies_for
+from tunelab.strategies.catalog import CATALOG, check_serves_task, strategies_for
+from tunelab.task_names import TASKS, check_shots
 
 
 def test_the_config_takes_exactly_the_known_tasks():

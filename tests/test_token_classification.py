@@ -26,8 +26,8 @@ from tunelab.data.tagged import check_tags, load_tagged
 from tunelab.errors import TunelabError
 from tunelab.report import entity_metrics_table
 from tunelab.runs import load_run
+from tunelab.strategies.catalog import strategies_for
 from tunelab.tasks import IGNORE
-from tunelab.tasks.support import strategies_for
 from tunelab.tasks.tags import convert, detect_scheme, entity_metrics, split_words, tag_set, to_entities
 from tunelab.tasks.token_classification import (
     Tagger,

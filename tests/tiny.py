@@ -6,7 +6,10 @@ Imported by conftest.py after it has put the hub clients offline.
 from __future__ import annotations
 
 import random
+import struct
+import subprocess
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,3 +112,30 @@ def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
         cli.main()
     captured = capsys.readouterr()
     return exited.value.code or 0, captured.out, captured.err
+
+
+def png_colours(path: Path) -> int:
+    """How many distinct pixel rows a PNG has: a blank page has one."""
+    data = path.read_bytes()
+    chunks, offset = [], 8
+    while offset < len(data):
+        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        chunks.append((kind, data[offset + 8:offset + 8 + length]))
+        offset += 12 + length
+    width, height = struct.unpack(">II", dict(chunks)[b"IHDR"][:8])
+    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    row = len(raw) // height
+    return len({raw[index * row + 1:(index + 1) * row] for index in range(height)})
+
+
+def open_in_chromium(page: Path, scratch: Path) -> tuple[str, list[str], int]:
+    """A page as headless Chromium renders it: (its DOM, the console messages, png_colours of a screenshot)."""
+    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+               f"--user-data-dir={scratch / 'profile'}"]
+    uri = page.resolve().as_uri()
+    dom = subprocess.run([*browser, "--dump-dom", uri], capture_output=True, text=True, timeout=120)
+    shot = subprocess.run([*browser, f"--screenshot={scratch / 'page.png'}", "--window-size=1200,3000", uri],
+                          capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0 and shot.returncode == 0, dom.stderr[-2000:] + shot.stderr[-2000:]
+    console = [line for line in dom.stderr.splitlines() + shot.stderr.splitlines() if "CONSOLE" in line]
+    return dom.stdout, console, png_colours(scratch / "page.png")

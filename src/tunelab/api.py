@@ -21,6 +21,7 @@ from tunelab.data.splits import Splits, few_shot, split_examples
 from tunelab.errors import TunelabError
 from tunelab.export import is_export, load_export
 from tunelab.predict import Predictor
+from tunelab.resources import PeakMemory, latency_per_example_ms
 from tunelab.runs import (
     CHECKPOINTS,
     LoadedRun,
@@ -34,7 +35,9 @@ from tunelab.runs import (
     template_fields,
 )
 from tunelab.strategies.base import count_parameters
+from tunelab.strategies.catalog import check_serves_task
 from tunelab.strategies.registry import check_prompt_settings, get_strategy, parse_options
+from tunelab.task_names import check_shots
 from tunelab.tasks.classification import FeatureClassifier, LabelMap
 from tunelab.tasks.conversation import context_ids
 from tunelab.tasks.generation import CausalLM, contexts_and_references, generate
@@ -42,12 +45,10 @@ from tunelab.tasks.generation_scores import held_out_set, score
 from tunelab.tasks.inputs import input_encoder
 from tunelab.tasks.regression import TargetScale, numeric_targets
 from tunelab.tasks.span_postprocess import Answer
-from tunelab.tasks.support import check_serves_task, check_shots
 from tunelab.tasks.token_classification import Tagger
 from tunelab.training.features import extract_features
 from tunelab.training.generation import fit_generator
 from tunelab.training.question_answering import evaluate_span_extractor, run_answerer, train_span_extractor
-from tunelab.training.resources import PeakMemory, latency_per_example_ms
 from tunelab.training.tagging import evaluate_tagger, load_tagger, train_tagger
 from tunelab.training.trainer import (
     FeatureDataset,

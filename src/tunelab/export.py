@@ -19,10 +19,10 @@ from tunelab.assets.models import Pooling, resolve_model
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone, load_tokenizer
 from tunelab.predict import Predictor
+from tunelab.resources import latency_per_example_ms
 from tunelab.runs import StagedRun, load_run, write_json
 from tunelab.strategies.registry import get_strategy
 from tunelab.tasks.classification import LabelMap, SequenceClassifier
-from tunelab.training.resources import latency_per_example_ms
 
 EXPORT_FILE = "tunelab_export.json"
 HEAD_FILE = "head.safetensors"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from tunelab.assets.models import ModelSpec, Pooling
+from tunelab.errors import TunelabError
 
 
 def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
@@ -19,6 +20,14 @@ def load_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
 def load_backbone(spec: ModelSpec) -> PreTrainedModel:
     """The bare transformer (no LM head): heads are the task's, kept outside any adapter library."""
     return AutoModel.from_pretrained(spec.path, dtype=torch.float32)
+
+
+def load_causal_lm(spec: ModelSpec) -> PreTrainedModel:
+    """The model with its language-modelling head; encoders are refused (their LM heads are not causal)."""
+    if spec.kind != "causal":
+        raise TunelabError(f"generation needs a causal LM; {spec.name} is an encoder: use --model smollm2 or "
+                           f"another decoder-only model")
+    return AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling) -> torch.Tensor:

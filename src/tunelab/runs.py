@@ -20,17 +20,17 @@ from tunelab.assets.datasets import default_template
 from tunelab.assets.models import resolve_model
 from tunelab.config import RunConfig, build_config, read_yaml, to_yaml
 from tunelab.errors import TunelabError
-from tunelab.modeling import load_backbone, load_tokenizer
+from tunelab.modeling import load_backbone, load_causal_lm, load_tokenizer
 from tunelab.prompting.model import PromptClassifier, build_prompt_classifier
 from tunelab.prompting.template import Template
 from tunelab.prompting.verbalizer import Verbalizer
+from tunelab.resources import PeakMemory, run_resources
 from tunelab.strategies.catalog import entry
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import LABELS_FILE, LabelMap, SequenceClassifier
-from tunelab.tasks.generation import CausalLM, load_causal_lm
+from tunelab.tasks.generation import CausalLM
 from tunelab.tasks.question_answering import SpanExtractor
 from tunelab.tasks.token_classification import TokenClassifier, require_offsets
-from tunelab.training.resources import PeakMemory, run_resources
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"

@@ -160,7 +160,7 @@ def recommend(
 def strategies() -> None:
     """List the fine-tuning strategies, their defaults and the tasks they serve."""
     from tunelab.strategies.catalog import CATALOG
-    from tunelab.tasks.names import TASKS
+    from tunelab.task_names import TASKS
 
     table = Table(title="strategies")
     for column in ("name", "what it does", "default lr", "default epochs", "options", "tasks"):

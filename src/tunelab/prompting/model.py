@@ -21,10 +21,10 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from tunelab.assets.models import ModelSpec
 from tunelab.config import PromptConfig
 from tunelab.errors import TunelabError
+from tunelab.modeling import load_causal_lm
 from tunelab.prompting.encoding import TemplateEncoder
 from tunelab.prompting.template import Template
 from tunelab.prompting.verbalizer import Verbalizer
-from tunelab.tasks.generation import load_causal_lm
 
 # Inputs that carry no content (Zhao et al. 2021): the labels' probabilities on them measure the prompt's bias.
 CONTENT_FREE = ("N/A", "", "[MASK]")

@@ -24,9 +24,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.errors import TunelabError
+from tunelab.resources import PeakMemory
 from tunelab.rlhf.policy import POLICY_FILE, merged_sft, policy_lora, save_policy
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json
-from tunelab.training.resources import PeakMemory
 from tunelab.training.trainer import TRL_SCRATCH, quiet_when_asked, trl_quiet, trl_stage_settings
 
 

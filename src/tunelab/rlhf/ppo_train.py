@@ -13,6 +13,7 @@ import torch
 from rich.progress import Progress
 from safetensors.torch import save_file
 
+from tunelab.resources import PeakMemory
 from tunelab.rlhf.evaluation import SFT, judge, sample_policy
 from tunelab.rlhf.policy import POLICY_FILE, policy_from_sft, save_policy
 from tunelab.rlhf.ppo import PolicyWithValue, PPOSettings, ppo_iteration, ppo_optimizer
@@ -20,7 +21,6 @@ from tunelab.rlhf.ppo_checkpoint import remove_checkpoint, restore_checkpoint, s
 from tunelab.rlhf.ppo_math import AdaptiveKLController, FixedKLController, KLController
 from tunelab.rlhf.reward import reward_function
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json
-from tunelab.training.resources import PeakMemory
 from tunelab.training.trainer import best_device
 
 

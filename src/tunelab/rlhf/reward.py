@@ -23,11 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from tunelab.assets.models import resolve_model
+from tunelab.batching import length_ordered_batches
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_tokenizer
-from tunelab.predict import length_ordered_batches
+from tunelab.resources import PeakMemory
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json, write_text_atomic
-from tunelab.training.resources import PeakMemory
 from tunelab.training.trainer import (
     TRL_SCRATCH,
     best_device,

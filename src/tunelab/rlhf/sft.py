@@ -21,6 +21,7 @@ from trl import SFTConfig, SFTTrainer
 
 from tunelab.config import RunConfig, to_yaml
 from tunelab.errors import TunelabError
+from tunelab.resources import PeakMemory, bytes_on_disk
 from tunelab.runs import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -33,7 +34,6 @@ from tunelab.runs import (
 from tunelab.strategies.base import count_parameters
 from tunelab.strategies.catalog import TRL_STRATEGIES
 from tunelab.strategies.registry import get_strategy, parse_options
-from tunelab.training.resources import PeakMemory, bytes_on_disk
 from tunelab.training.trainer import TRL_SCRATCH, quiet_when_asked, trl_quiet, trl_stage_settings
 
 

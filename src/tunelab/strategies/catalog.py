@@ -14,7 +14,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from tunelab.errors import TunelabError
-from tunelab.tasks.names import TASKS
+from tunelab.task_names import TASKS, check_task
 
 if TYPE_CHECKING:
     from tunelab.strategies.base import Strategy
@@ -159,3 +159,12 @@ def entry(name: str) -> StrategyEntry:
 
 def strategies_for(task: str) -> list[str]:
     return [name for name, row in CATALOG.items() if row.serves(task)]
+
+
+def check_serves_task(strategy: str, task: str) -> None:
+    """Fail before any data or weights load when the strategy cannot adapt a model for `task`."""
+    check_task(task)
+    reason = entry(strategy).not_served.get(task)
+    if reason is not None:
+        raise TunelabError(f"strategy {strategy} does not apply to {task}: {reason}; use one of "
+                           f"{', '.join(strategies_for(task))}")

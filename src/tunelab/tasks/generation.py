@@ -2,7 +2,7 @@
 tokenizer's chat template when it has one, held-out loss and perplexity, and generating from a trained run.
 
 The model is the causal LM itself under `backbone` (no task head), so every weight-level strategy adapts it
-through the same code as for classification; which strategies can is `tasks.support.SUPPORT`.
+through the same code as for classification; which strategies can is the strategy catalog's (`strategies.catalog`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import datasets
 import pandas as pd
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import CausalLMOutput
 
-from tunelab.assets.models import ModelSpec
 from tunelab.errors import TunelabError
 from tunelab.tasks import IGNORE
 from tunelab.tasks.conversation import Message, assistant_spans, context_ids, user
@@ -34,14 +33,6 @@ class CausalLM(nn.Module):
                 labels: torch.Tensor | None = None) -> CausalLMOutput:
         output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         return CausalLMOutput(loss=output.loss, logits=output.logits)
-
-
-def load_causal_lm(spec: ModelSpec) -> PreTrainedModel:
-    """The model with its language-modelling head; encoders are refused (their LM heads are not causal)."""
-    if spec.kind != "causal":
-        raise TunelabError(f"generation needs a causal LM; {spec.name} is an encoder: use --model smollm2 or "
-                           f"another decoder-only model")
-    return AutoModelForCausalLM.from_pretrained(spec.path, dtype=torch.float32)
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:

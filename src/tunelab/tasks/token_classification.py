@@ -21,8 +21,8 @@ from torch import nn
 from transformers import EvalPrediction, PreTrainedTokenizerBase
 from transformers.modeling_outputs import TokenClassifierOutput
 
+from tunelab.batching import padded_batches
 from tunelab.errors import TunelabError
-from tunelab.predict import padded_batches
 from tunelab.tasks import IGNORE
 from tunelab.tasks.classification import LabelMap
 from tunelab.tasks.tags import OUTSIDE, convert, entity_metrics, scheme_of, split_words, to_entities

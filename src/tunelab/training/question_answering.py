@@ -15,15 +15,15 @@ import torch
 import transformers
 from transformers import DataCollatorWithPadding, EvalPrediction, PreTrainedTokenizerBase
 
+from tunelab.batching import padded_batches
 from tunelab.config import QuestionAnsweringConfig, RunConfig
 from tunelab.data.squad import has_unanswerable, load_squad, split_by_context
 from tunelab.errors import TunelabError
-from tunelab.predict import padded_batches
+from tunelab.resources import PeakMemory, latency_per_example_ms
 from tunelab.runs import CHECKPOINTS, LoadedRun, RunResult, StagedRun, build_span_extractor, commit_run, write_json
 from tunelab.tasks.question_answering import SpanExtractor, Windows, encode_windows, is_causal, reads_segments
 from tunelab.tasks.span_postprocess import Answer, best_answer
 from tunelab.tasks.squad_metrics import squad_scores
-from tunelab.training.resources import PeakMemory, latency_per_example_ms
 from tunelab.training.trainer import build_trainer, training_arguments
 
 PREDICTIONS_FILE = "test_predictions.json"  # question id -> answer, as the official SQuAD scripts read them

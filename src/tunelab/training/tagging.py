@@ -18,11 +18,11 @@ from transformers import DataCollatorForTokenClassification, PreTrainedTokenizer
 from tunelab.config import RunConfig
 from tunelab.data.splits import Splits, split_examples
 from tunelab.data.tagged import check_known, check_tags, load_tagged
+from tunelab.resources import PeakMemory, latency_per_example_ms
 from tunelab.runs import CHECKPOINTS, LoadedRun, RunResult, StagedRun, build_model, commit_run
 from tunelab.tasks.classification import LabelMap
 from tunelab.tasks.tags import model_scheme, parse_tag, tag_set
 from tunelab.tasks.token_classification import Tagger, TokenClassifier, tagged_dataset, validation_metrics
-from tunelab.training.resources import PeakMemory, latency_per_example_ms
 from tunelab.training.trainer import build_trainer, training_arguments
 
 

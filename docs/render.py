@@ -1,0 +1,131 @@
+"""The generated parts of the documentation: tables from the strategy catalog and the task names, measured figures
+from benchmarks/results/*.json, the CLI reference from the Typer app. The MkDocs hook (hooks.py) fills a page's
+`{{ name }}` markers with them at build time; `python docs/render.py --readme README.md` rewrites the README's
+blocks between `<!-- generated: name -->` and `<!-- end -->` (`make docs` does both)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tunelab.strategies.catalog import CATALOG, strategies_for
+from tunelab.task_names import TASKS
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n).*?(<!-- end -->)", re.DOTALL)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _results(name: str) -> dict[str, Any]:
+    return json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def strategy_table() -> str:
+    rows = [[f"`{name}`", row.family, row.summary,
+             f"{row.learning_rate:g}, {row.epochs:g} epochs" if row.epochs else "nothing trains",
+             "yes" if row.mergeable else "no", ", ".join(task for task in TASKS if row.serves(task))]
+            for name, row in CATALOG.items()]
+    return _table(["strategy", "family", "what it does", "default lr, epochs", "merges", "tasks"], rows)
+
+
+def task_table() -> str:
+    return _table(["task", "strategies that serve it"],
+                  [[f"`{task}`", ", ".join(f"`{name}`" for name in strategies_for(task))] for task in TASKS])
+
+
+def headline_table() -> str:
+    """Strategy against strategy on one run of one benchmark each: MiniLM with 2,000 labels (3 seeds), SmolLM2
+    with 32 labels per class (5 seeds), and tunelab against a plain transformers + peft script."""
+    accuracy = _results("strategy_accuracy")
+    rows = [[f"`{name}`", f"{s['accuracy']:.3f}", f"{s['trainable_share']:.3%}", f"{s['train_s_vs_full']:.2f}x"]
+            for name, s in accuracy["summary"].items()]
+    few_shot = _results("few_shot")
+    rows += [[f"`{name}` (SmolLM2, {few_shot['settings']['shots']} per class)",
+              f"{s['accuracy']['median']:.3f}", f"{s['trainable_share']:.3%}", "-"]
+             for name, s in few_shot["summary"].items() if name in CATALOG]
+    table = _table(["strategy", "test accuracy (median of seeds)", "trainable", "train time vs full"], rows)
+    plain = [_results(name)["summary"] for name in ("full_vs_plain", "lora_vs_plain")]
+    return (f"MiniLM on movie-snippets, {accuracy['settings']['limit_train']:,} training labels, "
+            f"{len(accuracy['seeds'])} seeds:\n\n{table}\n\nAgainst a plain transformers + peft script on the same "
+            f"model, data and batch: train time ratio {plain[0]['ratio_median']:.2f} (full) and "
+            f"{plain[1]['ratio_median']:.2f} (LoRA).")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {_cell(inner)}" for key, inner in value.items() if not isinstance(inner, (dict, list)))
+    return str(value)
+
+
+def results_page() -> str:
+    """Every results file: its settings, its summary and its bars, as the JSON holds them."""
+    sections = []
+    for path in sorted(RESULTS.glob("*.json")):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        parts = [f"## {path.stem}", f"`benchmarks/results/{path.name}`"]
+        if isinstance(result.get("settings"), dict):
+            parts.append("Settings: " + _cell(result["settings"]) + ".")
+        summary = result.get("summary")
+        if isinstance(summary, dict):
+            parts.append(_table(["figure", "value"], [[key, _cell(value)] for key, value in summary.items()]))
+        elif isinstance(summary, list):
+            parts.append(_table(["row"], [[_cell(row)] for row in summary]))
+        if result.get("bars"):
+            parts.append(_table(["bar", "met"], [[bar, "yes" if met else "**no**"]
+                                                 for bar, met in result["bars"].items()]))
+        sections.append("\n\n".join(parts))
+    return "\n\n".join(sections)
+
+
+def cli_reference() -> str:
+    """Every command of the Typer app with its options, as `--help` shows them."""
+    import typer
+
+    from tunelab.cli import app
+
+    def describe(command: Any, path: str) -> list[str]:
+        out = [f"## `{path}`", (command.help or "").strip()]
+        rows = [[", ".join(f"`{opt}`" for opt in param.opts), (getattr(param, "help", None) or "").replace("|", "/"),
+                 "required" if param.required else f"`{param.default}`" if param.default not in (None, False) else ""]
+                for param in command.params if param.name != "help"]
+        if rows:
+            out.append(_table(["option", "what", "default"], rows))
+        for name, sub in getattr(command, "commands", {}).items():
+            out += describe(sub, f"{path} {name}")
+        return out
+
+    root = typer.main.get_command(app)
+    return "\n\n".join(part for name, command in root.commands.items() for part in describe(command, f"tunelab {name}"))
+
+
+GENERATED: dict[str, Callable[[], str]] = {
+    "strategy_table": strategy_table, "task_table": task_table, "headline_table": headline_table,
+    "results_page": results_page, "cli_reference": cli_reference,
+}
+
+
+def fill(markdown: str) -> str:
+    """A page with its `{{ name }}` markers replaced."""
+    return re.sub(r"\{\{ (\w+) \}\}", lambda match: GENERATED[match.group(1)](), markdown)
+
+
+def rewrite_blocks(text: str) -> str:
+    return BLOCK.sub(lambda match: f"{match.group(1)}{GENERATED[match.group('name')]()}\n{match.group(3)}", text)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--readme", type=Path, required=True, help="the README whose generated blocks to rewrite")
+    readme = parser.parse_args().readme
+    readme.write_text(rewrite_blocks(readme.read_text(encoding="utf-8")), encoding="utf-8")
