@@ -89,7 +89,7 @@ OPTIONS = {"prompt-tuning": {"virtual_tokens": 2}, "p-tuning": {"virtual_tokens"
 
 
 def ner_config(model: Path, data: Path, output: Path, strategy: str = "full", **data_settings):
-    learning_rate, epochs = SETTINGS[strategy]
+    learning_rate, epochs = SETTINGS.get(strategy, (1e-2, 3))  # a strategy with no row of its own
     return build_config({
         "model": str(model), "task": "token-classification", "data": {"source": str(data), **data_settings},
         "strategy": {"name": strategy, "options": OPTIONS.get(strategy, {})}, "output": str(output),

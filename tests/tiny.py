@@ -65,6 +65,8 @@ STRATEGY_TRAINING = {
     "p-tuning": {"epochs": 6, "learning_rate": 3e-2},
 }
 
+TINY_TRAINING = {"epochs": 8, "learning_rate": 1e-2}  # a strategy with no row of its own above
+
 # In a random 2-layer model many virtual input tokens drown a four-word text; two are enough to learn with.
 STRATEGY_OPTIONS = {"prompt-tuning": {"virtual_tokens": 2}, "p-tuning": {"virtual_tokens": 2},
                     "prefix": {"virtual_tokens": 4}}
@@ -73,7 +75,8 @@ STRATEGY_OPTIONS = {"prompt-tuning": {"virtual_tokens": 2}, "p-tuning": {"virtua
 def tiny_config(model: Path, data: Path, output: Path | None, strategy: str = "full", options: dict | None = None,
                 **training) -> RunConfig:
     """A RunConfig for the tiny models: short inputs, small batches, the strategy's tuned epochs and lr."""
-    settings = {"max_length": 16, "batch_size": 8, "eval_batch_size": 16, **STRATEGY_TRAINING[strategy], **training}
+    settings = {"max_length": 16, "batch_size": 8, "eval_batch_size": 16,
+                **STRATEGY_TRAINING.get(strategy, TINY_TRAINING), **training}
     return build_config({
         "model": str(model), "data": {"source": str(data)},
         "strategy": {"name": strategy, "options": STRATEGY_OPTIONS.get(strategy, {}) if options is None else options},
