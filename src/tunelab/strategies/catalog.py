@@ -92,6 +92,11 @@ _ENTRIES = (
                   "parameter-efficient", "some", 2e-3, 3.0, pet_tunable=True,
                   trade_off=_MINILM + "accuracy 0.851, 0.99% trainable, 913 KB per task, train time 0.75x full; "
                   "extra layers add latency"),
+    StrategyEntry("bitfit", "bitfit", "BitFit",
+                  "only the backbone's bias terms and the head train; mergeable, a tiny delta (Ben Zaken et al. 2022)",
+                  "parameter-efficient", "some", 1e-3, 3.0, mergeable=True,
+                  not_served={"generation": "decoders such as Llama have no bias terms, and generation has no head"},
+                  trade_off="not measured in tunelab yet: trains the bias terms and the head only, and merges"),
     StrategyEntry("prefix", "prefix", "PrefixTuning",
                   "trainable key/value prefixes at every layer of a frozen backbone (P-tuning v2 deep prompts)",
                   "parameter-efficient", "some", 1e-2, 3.0, not_served=_PREPENDS,
