@@ -13,5 +13,11 @@ def test_generation_shows_loss_and_perplexity_next_to_the_base_model():
 
 
 def test_on_disk_gives_the_share_of_a_full_copy():
-    assert on_disk({"delta_bytes": 682_884, "full_copy_bytes": 90_870_000}) == "666.9 KB (0.75% of full)"
-    assert on_disk({"delta_bytes": 3_288}) == "3.2 KB"  # a run written before full_copy_bytes existed
+    assert on_disk({"delta_bytes": 682_884, "full_copy_bytes": 90_870_000}) == "682.9 KB (0.75% of full)"
+    assert on_disk({"delta_bytes": 3_288}) == "3.3 KB"  # a run written before full_copy_bytes existed
+
+
+def test_sizes_are_decimal_like_the_memory_option():
+    from tunelab.units import human_bytes
+
+    assert [human_bytes(n) for n in (999, 1000, 1_500_000, 8e9, None)] == ["999 B", "1.0 KB", "1.5 MB", "8.0 GB", "-"]
