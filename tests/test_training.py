@@ -5,6 +5,7 @@ with is kept through its Predictor, so the saved run can be checked against it.
 """
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +222,16 @@ def test_evaluation_in_length_order_gives_back_the_split_order():
     assert [len(ids) for ids in ordered["input_ids"]] == [1, 2, 3, 4]
     per_example = np.array([[10.0], [20.0], [30.0], [40.0]])  # what a model would say of each example, in order
     assert np.array_equal(in_original_order(per_example[order], order), per_example)
+
+
+def test_trl_quiet_turns_tqdm_off_and_puts_the_users_setting_back(monkeypatch: pytest.MonkeyPatch):
+    from tunelab.training.trainer import trl_quiet
+
+    for setting in (None, "0"):
+        if setting is None:
+            monkeypatch.delenv("TQDM_DISABLE", raising=False)
+        else:
+            monkeypatch.setenv("TQDM_DISABLE", setting)
+        with trl_quiet(progress=False):
+            assert os.environ["TQDM_DISABLE"] == "1"
+        assert os.environ.get("TQDM_DISABLE") == setting

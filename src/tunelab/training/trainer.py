@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from unittest.mock import patch
 
 import datasets
 import numpy as np
@@ -151,8 +150,15 @@ def trl_quiet(progress: bool) -> Iterator[None]:
         yield
         return
     datasets.disable_progress_bars()
-    with patch.dict(os.environ, {"TQDM_DISABLE": "1"}):
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
         yield
+    finally:  # the user's own setting, or none, as it was
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
 
 
 def quiet_when_asked(trainer: Trainer) -> Trainer:
