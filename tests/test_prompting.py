@@ -211,14 +211,12 @@ def test_calibrated_model_reads_its_content_free_inputs(tiny_llama_lm: Path):
     torch.testing.assert_close(model(**batch).logits, raw.log_softmax(-1) - expected_bias.log())
 
 
-def test_the_content_free_bias_is_measured_once_and_again_after_training(tiny_llama_lm: Path):
+def test_the_content_free_bias_follows_the_weights_as_they_are(tiny_llama_lm: Path):
     model = _classifier(tiny_llama_lm, "Review: {text}\nSentiment: {label}", calibrate=True)
     first = model.content_free_probabilities()
-    assert model.content_free_probabilities() is first  # reused by every batch of a prediction
-    model.train()
+    torch.testing.assert_close(model.content_free_probabilities(), first)
     with torch.no_grad():
-        model.backbone.lm_head.weight.mul_(2.0)  # a training step changes what the prompt leans to
-    model.eval()
+        model.backbone.lm_head.weight.mul_(2.0)  # a change of the weights, with no train()/eval() in between
     assert not torch.allclose(model.content_free_probabilities(), first)
 
 

@@ -97,12 +97,6 @@ class PromptClassifier(nn.Module):
         self.vocab_size = backbone.get_input_embeddings().num_embeddings
         self.encoder = encoder
         self.head = SoftTokens(self._soft_init())
-        self._content_free: torch.Tensor | None = None  # measured once per stretch of evaluation
-
-    def train(self, mode: bool = True) -> PromptClassifier:
-        if mode:  # the weights may change: the prompt's bias must be measured again before the next prediction
-            self._content_free = None
-        return super().train(mode)
 
     @property
     def causal(self) -> bool:
@@ -123,7 +117,6 @@ class PromptClassifier(nn.Module):
                                f"like 'Review: {{text}} Sentiment: {{label}}'")
         self.encoder = TemplateEncoder(template, old.tokenizer, old.max_length, old.causal, self.vocab_size)
         self.head = SoftTokens(self._soft_init(), encoder, encoder_size)
-        self._content_free = None
 
     def _inputs(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Token ids, or embeddings with the soft tokens' vectors in place when the input has any."""
@@ -179,14 +172,8 @@ class PromptClassifier(nn.Module):
     def content_free_probabilities(self) -> torch.Tensor:
         """(C,): the label probabilities the prompt gives inputs with no content, averaged: its bias.
 
-        Kept until the model next switches to training, so predicting costs three extra sequences once, not per
-        batch; after changing weights outside training, call `train()` and then `eval()` to measure again."""
-        if self._content_free is None:
-            self._content_free = self._measure_content_free()
-        return self._content_free
-
-    @torch.no_grad()
-    def _measure_content_free(self) -> torch.Tensor:
+        Measured from the weights as they are, with each calibrated batch (three short extra sequences), so that
+        no stored copy can outlive a change of the weights."""
         rows = pd.DataFrame({name: list(CONTENT_FREE) for name in self.encoder.fields})
         batch = self.encoder.tokenizer.pad(self.encoder(rows), return_tensors="pt")
         device = self.word_labels.device
