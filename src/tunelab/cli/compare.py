@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -18,9 +18,6 @@ from tunelab.cli.options import (
     size_amount,
 )
 from tunelab.errors import TunelabError
-
-if TYPE_CHECKING:
-    pass
 
 
 def _grid_summary(folder: Path) -> tuple[Any, Any]:
@@ -166,9 +163,10 @@ def strategies() -> None:
     for column in ("name", "what it does", "default lr", "default epochs", "options", "tasks"):
         table.add_column(column)
     for name, row in CATALOG.items():
-        defaults = row.load().Options()
+        strategy = row.load()
+        defaults = strategy.Options()
         options = ", ".join(f"{key}={value}" for key, value in defaults.model_dump().items())
-        learning_rate, epochs = row.load().training_defaults(defaults)
+        learning_rate, epochs = strategy.training_defaults(defaults)
         tasks = ", ".join(task for task in TASKS if row.serves(task))
         table.add_row(name, row.summary, f"{learning_rate:g}" if epochs else "-", f"{epochs:g}" if epochs else "-",
                       options or "-", tasks)

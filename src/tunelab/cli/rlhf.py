@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -15,9 +15,6 @@ from tunelab.cli.options import (
     run_config,
 )
 from tunelab.errors import TunelabError
-
-if TYPE_CHECKING:
-    pass
 
 rlhf_app = typer.Typer(help="RLHF: supervised fine-tuning, a reward model from preference pairs, PPO, DPO beside "
                             "it, the whole pipeline on a preset, and a judge of the policies.",

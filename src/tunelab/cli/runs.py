@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -18,9 +18,6 @@ from tunelab.cli.options import (
     run_config,
 )
 from tunelab.errors import TunelabError
-
-if TYPE_CHECKING:
-    pass
 
 
 @app.command()

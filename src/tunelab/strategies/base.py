@@ -144,14 +144,6 @@ class Catalogued:
         return entry(self.name)
 
     @property
-    def summary(self) -> str:
-        return self.entry.summary
-
-    @property
-    def family(self) -> str:
-        return self.entry.family
-
-    @property
     def prompt_based(self) -> bool:
         return self.entry.prompt_based
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tunelab.errors import TunelabError
 from tunelab.strategies.base import Strategy, parse_options
-from tunelab.strategies.catalog import CATALOG, PROMPT_BASED, entry
+from tunelab.strategies.catalog import PROMPT_BASED, entry
 
 __all__ = ["check_prompt_settings", "get_strategy", "parse_options"]
 
@@ -16,6 +16,6 @@ def get_strategy(name: str) -> Strategy:
 
 def check_prompt_settings(strategy: Strategy, prompt_settings_given: bool) -> None:
     """Templates and label words mean something only to the prompt-based strategies; say so rather than ignore."""
-    if prompt_settings_given and not CATALOG[strategy.name].prompt_based:
+    if prompt_settings_given and not strategy.prompt_based:
         raise TunelabError(f"template and label-word settings apply to the prompt-based strategies "
                            f"({', '.join(PROMPT_BASED)}); {strategy.name} trains a new head instead")
