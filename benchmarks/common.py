@@ -83,10 +83,10 @@ def tunelab_train(run_dir: Path, options: list[str], log: Path) -> tuple[Timed, 
 def write_splits(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     """tunelab's own split of a dataset (as `config` loads it) as CSVs of text and label, so that a plain script
     trains and tests on the very rows tunelab does; also the size of each split."""
-    from tunelab.api import load_splits
     from tunelab.config import build_config
+    from tunelab.recipes.classification import RECIPE
 
-    splits, _ = load_splits(build_config(config))
+    splits = RECIPE.prepare(build_config(config)).splits
     paths: dict[str, Any] = {}
     for name in ("train", "validation", "test"):
         paths[name] = folder / f"{name}.csv"

@@ -35,18 +35,19 @@ def score(template: str, words: dict, settings: dict[str, Any]) -> dict[str, Any
     import transformers
 
     from tunelab import build_config
-    from tunelab.api import load_splits
     from tunelab.predict import Predictor
     from tunelab.prompting.model import calibrated
-    from tunelab.runs import build_classifier
+    from tunelab.recipes.classification import RECIPE
+    from tunelab.strategies.registry import configure
     from tunelab.tasks.classification import classification_metrics
 
     transformers.logging.set_verbosity_error()
     config = build_config({"model": settings["model"], "strategy": {"name": "zero-shot"},
                            "data": {"source": settings["data"], "limit_eval": settings["limit_eval"]},
                            "prompt": {"template": template, "verbalizer": words}})
-    splits, label_map = load_splits(config)
-    model, tokenizer = build_classifier(config, label_map)
+    prepared = RECIPE.prepare(config)
+    splits, label_map = prepared.splits, prepared.targets
+    model, tokenizer = RECIPE.build(prepared.config, configure(config.strategy), label_map)
     bias = model.content_free_probabilities()
     row: dict[str, Any] = {"template": template, "verbalizer": words,
                            "content_free_probabilities": dict(zip(label_map.labels, bias.tolist(), strict=True))}

@@ -20,10 +20,10 @@ PROMPT_METHODS = ["prefix", "prompt-tuning", "p-tuning"]
 
 def majority_accuracy(limit_eval: int | None) -> float:
     """The accuracy of always answering the test split's most frequent label."""
-    from tunelab.api import load_splits
     from tunelab.config import build_config
+    from tunelab.recipes.classification import RECIPE
 
-    splits, _ = load_splits(build_config({"data": {"limit_eval": limit_eval}}))
+    splits = RECIPE.prepare(build_config({"data": {"limit_eval": limit_eval}})).splits
     return float(splits.test["label"].value_counts(normalize=True).max())
 
 

@@ -18,11 +18,10 @@ from pathlib import Path
 import torch
 import transformers
 
-from tunelab.api import load_splits
 from tunelab.config import build_config
-from tunelab.runs import build_classifier
+from tunelab.recipes.classification import RECIPE
 from tunelab.strategies.base import count_parameters
-from tunelab.strategies.registry import get_strategy, parse_options
+from tunelab.strategies.registry import configure
 
 
 def main() -> None:
@@ -35,17 +34,17 @@ def main() -> None:
     args = parser.parse_args()
     config = build_config({"strategy": {"name": args.strategy, "options": json.loads(args.options)},
                            "data": {"limit_train": 2000}})
-    strategy = get_strategy(args.strategy)
-    splits, label_map = load_splits(config)
+    strategy = configure(config.strategy, config.training)
+    prepared = RECIPE.prepare(config)
+    splits, label_map = prepared.splits, prepared.targets
     transformers.set_seed(0)
-    model, tokenizer = build_classifier(config, label_map)
+    model, tokenizer = RECIPE.build(config, strategy, label_map)
     model.train()
     texts = splits.train["text"].tolist()
     labels = torch.tensor(label_map.encode(splits.train["label"].tolist(), "train"))
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     # What tunelab's Trainer uses on torch >= 2.8: the fused AdamW kernel, weight decay from the config.
-    learning_rate, _ = strategy.training_defaults(parse_options(strategy, config.strategy.options))
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate,
+    optimizer = torch.optim.AdamW(trainable, lr=strategy.learning_rate,
                                   weight_decay=config.training.weight_decay, fused=True)
     timings = []
     for step in range(args.steps + 2):
@@ -59,7 +58,7 @@ def main() -> None:
         if step >= 2:
             timings.append(time.perf_counter() - start)
     with tempfile.TemporaryDirectory() as folder:
-        files = strategy.save_delta(model, parse_options(strategy, config.strategy.options), Path(folder))
+        files = strategy.save_delta(model, Path(folder))
         delta_bytes = sum(path.stat().st_size for path in files)
     trainable_count, total = count_parameters(model)
     Path(args.result).write_text(json.dumps({

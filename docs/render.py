@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.strategies.catalog import CATALOG, strategies_for
-from tunelab.task_names import TASKS
+from tunelab.task_catalog import TASK_CATALOG, TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -38,8 +38,9 @@ def strategy_table() -> str:
 
 
 def task_table() -> str:
-    return _table(["task", "strategies that serve it"],
-                  [[f"`{task}`", ", ".join(f"`{name}`" for name in strategies_for(task))] for task in TASKS])
+    return _table(["task", "what it predicts", "strategies that serve it"],
+                  [[f"`{row.name}`", row.summary, ", ".join(f"`{name}`" for name in strategies_for(row.name))]
+                   for row in TASK_CATALOG])
 
 
 def headline_table() -> str:

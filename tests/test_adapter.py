@@ -9,15 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from tiny import HIDDEN, TrainedRun, tiny_config, train_recording
+from tiny import HIDDEN, TrainedRun, build_model, load_splits, tiny_config, train_recording
 from transformers import AutoModel, AutoTokenizer, ModernBertConfig, ModernBertModel
 
-from tunelab.api import load_splits
 from tunelab.assets.models import resolve_model
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone
 from tunelab.predict import Predictor
-from tunelab.runs import build_classifier, load_run
+from tunelab.recipes.runs import load_run
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import SequenceClassifier
 
@@ -78,8 +77,9 @@ def test_an_untrained_adapter_changes_nothing(tiny_bert: Path, tiny_llama: Path,
                                        rtol=0, atol=0)
 
 
-def test_the_parallel_adapter_reads_the_feed_forward_input(tiny_bert: Path):
-    """output.dense(h) + adapter(x), where x is what entered intermediate.dense in the same block."""
+def test_the_parallel_adapter_reads_the_feed_forward_input(tiny_bert: Path, tiny_llama: Path):
+    """BERT: LayerNorm(output.dense(h) + x + adapter(x)), where x is what entered intermediate.dense in the same
+    block; Llama: mlp(x) + adapter(x)."""
     model = _adapted(AutoModel.from_pretrained(tiny_bert), {"variant": "parallel", "bottleneck_size": 4}).eval()
     adapter = model.adapters["layer1_ffn"]
     torch.nn.init.normal_(adapter.up.weight)
@@ -87,12 +87,49 @@ def test_the_parallel_adapter_reads_the_feed_forward_input(tiny_bert: Path):
     seen = {}
     layer.intermediate.dense.register_forward_pre_hook(lambda module, args: seen.update(ffn_input=args[0]))
     layer.output.dense.register_forward_pre_hook(lambda module, args: seen.update(dense_input=args[0]))
-    layer.output.dense.register_forward_hook(lambda module, args, output: seen.update(output=output))
+    layer.output.register_forward_hook(lambda module, args, output: seen.update(output=output))
     with torch.no_grad():
         model.backbone(**_batch(tiny_bert))
-        expected = (torch.nn.functional.linear(seen["dense_input"], layer.output.dense.weight, layer.output.dense.bias)
-                    + adapter.up(adapter.activation(adapter.down(seen["ffn_input"]))))
+        x = seen["ffn_input"]
+        expected = layer.output.LayerNorm(layer.output.dense(seen["dense_input"]) + x
+                                          + adapter.up(adapter.activation(adapter.down(x))))
     torch.testing.assert_close(seen["output"], expected)
+
+    model = _adapted(AutoModel.from_pretrained(tiny_llama), {"variant": "parallel", "bottleneck_size": 4}).eval()
+    adapter = model.adapters["layer0_ffn"]
+    torch.nn.init.normal_(adapter.up.weight)
+    mlp = model.backbone.layers[0].mlp
+    mlp.register_forward_hook(lambda module, args, output: seen.update(mlp_input=args[0], mlp_output=output))
+    with torch.no_grad():
+        model.backbone(**_batch(tiny_llama))
+        x = seen["mlp_input"]
+        plain = mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+        torch.testing.assert_close(seen["mlp_output"], plain + adapter.up(adapter.activation(adapter.down(x))))
+
+
+@pytest.mark.parametrize("variant", ["houlsby", "parallel"])
+def test_activation_checkpointing_gives_the_same_gradients(tiny_bert: Path, variant: str):
+    """Checkpointing reruns each block's forward during backward; the adapters' hooks read only their own call's
+    arguments, so the gradients are those of the plain forward."""
+    gradients, calls = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = _adapted(AutoModel.from_pretrained(tiny_bert, hidden_dropout_prob=0.0,
+                                                   attention_probs_dropout_prob=0.0), {"variant": variant})
+        calls.append(0)
+        for adapter in model.adapters.values():
+            torch.nn.init.normal_(adapter.up.weight, std=0.1)
+            adapter.register_forward_hook(lambda *_: calls.__setitem__(-1, calls[-1] + 1))
+        if checkpointing:
+            model.backbone.activation_checkpointing_enable({"use_reentrant": False})
+        model.train()
+        batch = _batch(tiny_bert)
+        model.backbone(**batch).last_hidden_state.square().mean().backward()
+        gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert calls[1] == 2 * calls[0] > 0  # the checkpointed forward really ran again
+    assert gradients[0].keys() == gradients[1].keys() and any("adapters." in name for name in gradients[0])
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], gradient, msg=name)
 
 
 def test_a_deep_copy_runs_its_own_adapters(tiny_bert: Path):
@@ -125,7 +162,7 @@ def test_training_moves_only_adapters_and_head(bert_adapter: TrainedRun, tiny_be
         assert torch.equal(trained["backbone." + name], tensor), name
     _, label_map = load_splits(bert_adapter.config)
     transformers.set_seed(bert_adapter.config.training.seed)
-    initial = build_classifier(bert_adapter.config, label_map)[0].state_dict()
+    initial = build_model(bert_adapter.config, label_map).state_dict()
     moved = {name.split(".")[0] for name in trained if not torch.equal(trained[name], initial[name])}
     assert moved == {"adapters", "head"}
     assert bert_adapter.metrics["test"]["accuracy"] >= 0.75
@@ -146,5 +183,5 @@ def test_save_then_load_is_bit_identical(bert_adapter: TrainedRun):
     trained = bert_adapter.predictor.model.state_dict()
     assert all(torch.equal(tensor, trained[name]) for name, tensor in run.model.state_dict().items())
     texts = ["good great film", "awful terrible", "nice"]
-    loaded = Predictor(run.model, run.tokenizer, run.label_map, run.config.training.max_length)
+    loaded = Predictor(run.model, run.tokenizer, run.targets, run.config.training.max_length)
     assert (loaded.logits(texts) == bert_adapter.predictor.logits(texts)).all()

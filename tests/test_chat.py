@@ -17,9 +17,10 @@ from tiny import TrainedRun, run_main
 from transformers import AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
-from tunelab import api, runs
+from tunelab import api
 from tunelab.chat import HELP, MODEL, YOU, Conversation, chat, reply
 from tunelab.errors import TunelabError
+from tunelab.recipes import generation
 
 MAX_NEW = 8
 
@@ -136,8 +137,8 @@ def test_chat_needs_a_generation_run_with_a_chat_template(bert_probe: TrainedRun
 def test_a_system_message_the_template_refuses_is_named_before_the_chat_starts(chat_run: api.RunResult,
                                                                               monkeypatch: pytest.MonkeyPatch,
                                                                               capsys: pytest.CaptureFixture):
-    loaded = runs.load_tokenizer
-    monkeypatch.setattr(runs, "load_tokenizer", lambda spec: refuse_system(loaded(spec)))
+    loaded = generation.load_tokenizer
+    monkeypatch.setattr(generation, "load_tokenizer", lambda spec: refuse_system(loaded(spec)))
     code, stdout, stderr = run_main(["chat", str(chat_run.path), "--system", "be brief"], monkeypatch, capsys)
     assert code == 2 and len(stderr.strip().splitlines()) == 1
     assert stderr.startswith(f"error: --system: {REFUSED}") and HELP not in stdout

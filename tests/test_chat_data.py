@@ -13,9 +13,10 @@ import pytest
 from tiny import run_main
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunelab import api, runs
+from tunelab import api
 from tunelab.data.messages import load_generation_examples
 from tunelab.errors import TunelabError
+from tunelab.recipes import generation
 from tunelab.tasks.conversation import context_ids
 from tunelab.tasks.generation import (
     IGNORE,
@@ -86,8 +87,8 @@ def test_a_conversation_the_template_refuses_is_named_by_file_and_row(tiny_llama
     rows.at[6, "messages"] = [{"role": "system", "content": "be kind"}, *rows.at[6, "messages"]]
     data = tmp_path / "chat.jsonl"
     rows.to_json(data, orient="records", lines=True)
-    loaded = runs.load_tokenizer
-    monkeypatch.setattr(runs, "load_tokenizer", lambda spec: refuse_system(loaded(spec)))
+    loaded = generation.load_tokenizer
+    monkeypatch.setattr(generation, "load_tokenizer", lambda spec: refuse_system(loaded(spec)))
     code, _, stderr = run_main(["train", "--model", str(tiny_llama_lm), "--task", "generation", "--data", str(data),
                                 "--output", str(tmp_path / "run")], monkeypatch, capsys)
     assert code == 2 and len(stderr.strip().splitlines()) == 1

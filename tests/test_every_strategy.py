@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from tiny import tiny_config, train_recording
+from tiny import build_model, load_splits, tiny_config, train_recording
 
-from tunelab.api import load_splits
 from tunelab.predict import Predictor
-from tunelab.runs import build_classifier, load_run
+from tunelab.recipes.runs import load_run
 from tunelab.strategies.catalog import CATALOG
 
 # The tiny Llama's residual stream is about a hundred times smaller than a trained model's (initializer range
@@ -31,13 +30,13 @@ def test_every_strategy_trains_and_reloads(strategy: str, architecture: str, tin
     texts = splits.train["text"].tolist()
     targets = torch.tensor(label_map.encode(splits.train["label"].tolist(), "train"))
     transformers.set_seed(run.config.training.seed)  # the classifier exactly as `train` built it before step one
-    untrained = Predictor(build_classifier(run.config, label_map)[0], run.predictor.tokenizer, label_map, 16)
+    untrained = Predictor(build_model(run.config, label_map), run.predictor.tokenizer, label_map, 16)
 
     def loss(predictor: Predictor) -> float:
         return torch.nn.functional.cross_entropy(torch.from_numpy(predictor.logits(texts)), targets).item()
 
     assert loss(run.predictor) < 0.95 * loss(untrained)  # the best epoch is chosen on accuracy, not loss
     loaded = load_run(run.path)
-    reloaded = Predictor(loaded.model, loaded.tokenizer, loaded.label_map, loaded.config.training.max_length)
+    reloaded = Predictor(loaded.model, loaded.tokenizer, loaded.targets, loaded.config.training.max_length)
     probe = ["good great film", "awful terrible", "nice"]
     np.testing.assert_allclose(reloaded.logits(probe), run.predictor.logits(probe), rtol=0, atol=1e-6)

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunelab import api
 from tunelab.errors import TunelabError
-from tunelab.runs import load_run
+from tunelab.recipes.runs import load_run
 from tunelab.tasks.generation import IGNORE, CausalLM, held_out_loss, pair_collator, tokenize_examples
 
 
@@ -103,15 +103,18 @@ def test_the_saved_run_scores_and_generates(lora_run: api.RunResult):
     assert api.generate_text(lora_run.path, "say something positive", max_new_tokens=6, temperature=1.0,
                              seed=1) == api.generate_text(lora_run.path, "say something positive",
                                                           max_new_tokens=6, temperature=1.0, seed=1)
-    assert load_run(lora_run.path).label_map is None
+    assert load_run(lora_run.path).targets is None
 
 
 def test_loaded_runs_go_to_the_best_device(lora_run: api.RunResult, monkeypatch: pytest.MonkeyPatch):
     """`generate`, `chat` and `eval` run the model where training did (a GPU when there is one), not on the CPU."""
-    monkeypatch.setattr(api, "best_device", lambda: torch.device("meta"))  # a device no model starts on
+    from tunelab.recipes import generation
+
+    monkeypatch.setattr(generation, "best_device", lambda: torch.device("meta"))  # a device no model starts on
     model, _ = api.load_generator(lora_run.path)
     scored_on = []
-    monkeypatch.setattr(api, "score", lambda model, *_: scored_on.append(next(model.parameters()).device.type) or {})
+    monkeypatch.setattr(generation, "score",
+                        lambda model, *_: scored_on.append(next(model.parameters()).device.type) or {})
     api.evaluate(lora_run.path)
     assert next(model.parameters()).device.type == "meta" and scored_on == ["meta"]
 
@@ -131,8 +134,8 @@ def test_generation_errors(lora_run: api.RunResult, tiny_llama_lm: Path, writing
     with pytest.raises(TunelabError, match="^strategy prefix does not apply to generation: its virtual tokens .*; "
                                            "use one of full, lora"):
         api.train(generation_config(tiny_llama_lm, writing_jsonl, tmp_path / "run", "prefix"), progress=False)
-    with pytest.raises(TunelabError, match="is a generation run: use `tunelab generate"):
-        api.load_predictor(lora_run.path)
+    with pytest.raises(TunelabError, match="^this is a generation run; --context is for question-answering runs$"):
+        api.predict(lora_run.path, ["hello"], context="a passage")
     with pytest.raises(TunelabError, match="has no prompt column 'prompt'; its columns are text, label"):
         api.train(generation_config(tiny_llama_lm, sentiment_csv, tmp_path / "run"), progress=False)
     with pytest.raises(TunelabError, match="generation needs a causal LM; .* is an encoder: use --model smollm2"):
@@ -153,5 +156,8 @@ def test_generate_and_eval_from_the_cli(lora_run: api.RunResult, monkeypatch: py
     assert stdout.strip() == api.generate_text(lora_run.path, "say something positive", max_new_tokens=5)
     code, stdout, _ = run_main(["eval", str(lora_run.path)], monkeypatch, capsys)
     assert code == 0 and f"loss {lora_run.metrics['test']['loss']:.3f}" in stdout
-    code, _, stderr = run_main(["predict", str(lora_run.path), "hello"], monkeypatch, capsys)
-    assert code == 2 and stderr.startswith("error: ") and "is a generation run" in stderr
+    code, stdout, stderr = run_main(["predict", str(lora_run.path), "hello", "--json"], monkeypatch, capsys)
+    longest = lora_run.predictor.config.generation.max_new_tokens
+    greedy = api.generate_text(lora_run.path, "hello", max_new_tokens=longest)
+    assert code == 0, stderr
+    assert json.loads(stdout) == {"prompt": "hello", "answer": greedy}

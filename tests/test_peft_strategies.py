@@ -8,15 +8,14 @@ import pytest
 import torch
 import transformers
 from peft import PeftModel
-from tiny import HIDDEN, TrainedRun, tiny_config, train_recording
+from tiny import HIDDEN, TrainedRun, build_model, load_splits, tiny_config, train_recording
 from transformers import AutoModel
 
-from tunelab.api import load_splits
 from tunelab.assets.models import resolve_model
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone
 from tunelab.predict import Predictor
-from tunelab.runs import build_classifier, load_run
+from tunelab.recipes.runs import load_run
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import SequenceClassifier
 
@@ -87,20 +86,6 @@ def test_unknown_target_modules_is_a_one_line_error(tiny_bert: Path):
         _classifier(tiny_bert, {"target_modules": ["no_such_layer"]})
 
 
-@pytest.mark.parametrize("strategy", WEIGHT_ADAPTERS)
-def test_a_fresh_update_leaves_the_backbone_unchanged(tiny_bert: Path, tiny_llama: Path, strategy: str):
-    """LoRA's B starts at zero and IA3's vectors at one: before training the backbone computes what the base does."""
-    for model_dir in (tiny_bert, tiny_llama):
-        tokenizer = resolve_model(str(model_dir))
-        batch = _batch(transformers.AutoTokenizer.from_pretrained(tokenizer.path))
-        base = AutoModel.from_pretrained(model_dir).eval()
-        adapted = _classifier(model_dir, strategy_name=strategy).eval()
-        with torch.no_grad():
-            expected = base(**batch).last_hidden_state
-            actual = adapted.backbone(**batch).last_hidden_state
-        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
-
-
 def test_training_moves_only_the_update_and_the_head(bert_peft: TrainedRun, tiny_bert: Path):
     trained_base = bert_peft.predictor.model.backbone.get_base_model().state_dict()
     for name, tensor in AutoModel.from_pretrained(tiny_bert).state_dict().items():
@@ -111,7 +96,7 @@ def test_training_moves_only_the_update_and_the_head(bert_peft: TrainedRun, tiny
     trained = bert_peft.predictor.model.state_dict()
     _, label_map = load_splits(bert_peft.config)
     transformers.set_seed(bert_peft.config.training.seed)
-    initial = build_classifier(bert_peft.config, label_map)[0].state_dict()
+    initial = build_model(bert_peft.config, label_map).state_dict()
     moved = [name for name in trained if not torch.equal(trained[name], initial[name])]
     update = re.compile(r"\.(lora_A|lora_B|ia3_l|prompt_encoder)\.")
     assert moved and all(update.search(name) or name.startswith("head.") for name in moved)
@@ -130,7 +115,7 @@ def test_the_delta_is_the_adapter_and_the_head(bert_peft: TrainedRun):
 def test_save_then_load_predicts_the_same(bert_peft: TrainedRun):
     texts = ["good great film", "awful terrible", "nice"]
     run = load_run(bert_peft.path)
-    loaded = Predictor(run.model, run.tokenizer, run.label_map, run.config.training.max_length)
+    loaded = Predictor(run.model, run.tokenizer, run.targets, run.config.training.max_length)
     expected = bert_peft.predictor.logits(texts)
     torch.testing.assert_close(torch.from_numpy(loaded.logits(texts)), torch.from_numpy(expected))
 

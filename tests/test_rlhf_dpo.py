@@ -14,10 +14,10 @@ from tiny import sentiment_frame
 
 from tunelab.config import build_config
 from tunelab.errors import TunelabError
+from tunelab.recipes.runs import load_run
 from tunelab.rlhf.dpo import DPOSettings, train_dpo, with_explicit_prompt
 from tunelab.rlhf.policy import POLICY_FILE, load_policy, read_policy_settings
 from tunelab.rlhf.sft import train_sft
-from tunelab.runs import load_run
 
 PAIRS = pd.DataFrame({"chosen": ["a good and great film", "great acting, good story"] * 8,
                       "rejected": ["a bad and awful film", "awful acting, bad story"] * 8})

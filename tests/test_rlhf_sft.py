@@ -13,9 +13,9 @@ from tiny import sentiment_frame
 
 from tunelab.config import build_config
 from tunelab.errors import TunelabError
+from tunelab.recipes.runs import load_run
 from tunelab.rlhf.data import stage_splits
 from tunelab.rlhf.sft import train_sft
-from tunelab.runs import load_run
 
 
 def _config(model: Path, output: Path, strategy: str = "lora", **training) -> object:

@@ -10,7 +10,8 @@ from tiny import TrainedRun, tiny_config
 
 from tunelab import api
 from tunelab.errors import TunelabError
-from tunelab.runs import load_run
+from tunelab.recipes.classification import ClassificationRecipe
+from tunelab.recipes.runs import load_run
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -59,7 +60,7 @@ def test_crash_during_training_removes_the_staging_folder(tmp_path: Path, tiny_b
         assert (output.parent / ".crash.partial").is_dir()  # work happens in the staging folder
         raise RuntimeError("out of memory, say")
 
-    monkeypatch.setattr(api, "_fit", crash)
+    monkeypatch.setattr(ClassificationRecipe, "fit", crash)
     with pytest.raises(RuntimeError, match="out of memory"):
         api.train(_probe_config(tiny_bert, sentiment_csv, output), progress=False)
     assert _siblings(output) == []
@@ -82,7 +83,7 @@ def test_failed_overwrite_keeps_the_old_run(existing_run: Path, tiny_bert: Path,
     def killed(*args, **kwargs):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(api, "_fit", killed)
+    monkeypatch.setattr(ClassificationRecipe, "fit", killed)
     with pytest.raises(RuntimeError, match="killed"):
         api.train(_probe_config(tiny_bert, sentiment_csv, existing_run), overwrite=True, progress=False)
     assert _snapshot(existing_run) == before

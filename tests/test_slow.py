@@ -66,13 +66,16 @@ def user_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_smollm2_zero_shot_reads_whole_prompt_tokens_and_classifies(user_cache: Path):
     """Encoding the template by pieces gives SmolLM2 the ids of the whole prompt, and the default template
     classifies movie snippets zero-shot well above chance (0.843 on the full test split)."""
+    from tiny import load_splits
+
     from tunelab import build_config
-    from tunelab.api import load_splits, zero_shot
-    from tunelab.runs import build_classifier
+    from tunelab.api import zero_shot
+    from tunelab.recipes.classification import RECIPE
+    from tunelab.strategies.registry import configure
 
     config = build_config({"model": "smollm2", "strategy": {"name": "zero-shot"}, "data": {"limit_eval": 200}})
     splits, label_map = load_splits(config)
-    model, tokenizer = build_classifier(config, label_map)
+    model, tokenizer = RECIPE.build(config, configure(config.strategy), label_map)
     texts = splits.test["text"].tolist()
     by_pieces = model.encoder(splits.test)["input_ids"]
     whole = tokenizer([f"Movie review: {text}\nThe sentiment of this review is" for text in texts],

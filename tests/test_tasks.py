@@ -9,7 +9,7 @@ from tunelab import build_config
 from tunelab.api import train
 from tunelab.errors import TunelabError
 from tunelab.strategies.catalog import CATALOG, check_serves_task, strategies_for
-from tunelab.task_names import TASKS, check_shots
+from tunelab.task_catalog import TASKS, check_shots
 
 
 def test_the_config_takes_exactly_the_known_tasks():

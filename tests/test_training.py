@@ -14,14 +14,14 @@ import torch
 import transformers
 from safetensors import safe_open
 from safetensors.torch import load_file
-from tiny import HIDDEN, TrainedRun, tiny_config, train_recording
+from tiny import HIDDEN, TrainedRun, build_model, load_splits, tiny_config, train_recording
 from transformers import AutoModel
 
 from tunelab import api
-from tunelab.api import evaluate, load_predictor, load_splits
+from tunelab.api import evaluate, load_predictor
 from tunelab.config import build_config, read_yaml
 from tunelab.predict import Predictor
-from tunelab.runs import build_classifier, load_run
+from tunelab.recipes.runs import load_run
 
 RUNS = ["bert_full", "bert_probe", "bert_probe_uncached", "llama_full"]
 RUN_FILES = {"config.yaml", "metrics.json", "resources.json", "labels.json", "delta.safetensors"}
@@ -46,7 +46,7 @@ def _initial_model(run: TrainedRun):
     """The classifier exactly as `train` built it before the first step: same seed, same order of draws."""
     _, label_map = load_splits(run.config)
     transformers.set_seed(run.config.training.seed)
-    return build_classifier(run.config, label_map)[0]
+    return build_model(run.config, label_map)
 
 
 def _mean_loss(logits: np.ndarray, labels: list[str], label_map) -> float:
@@ -191,7 +191,7 @@ def test_evaluate_on_a_file_with_a_limit(bert_full: TrainedRun, sentiment_csv: P
 def test_load_run_rebuilds_config_and_labels(bert_probe: TrainedRun):
     loaded = load_run(bert_probe.path)
     assert loaded.config == bert_probe.config
-    assert loaded.label_map.labels == ["negative", "positive"]
+    assert loaded.targets.labels == ["negative", "positive"]
     assert not loaded.model.training
     assert [name for name, p in loaded.model.named_parameters() if p.requires_grad] == ["head.1.weight",
                                                                                        "head.1.bias"]
@@ -225,7 +225,7 @@ def test_evaluation_in_length_order_gives_back_the_split_order():
 
 
 def test_trl_quiet_turns_tqdm_off_and_puts_the_users_setting_back(monkeypatch: pytest.MonkeyPatch):
-    from tunelab.training.trainer import trl_quiet
+    from tunelab.training.trl_stage import trl_quiet
 
     for setting in (None, "0"):
         if setting is None:

@@ -12,6 +12,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -19,6 +20,8 @@ import pytest
 from tunelab import api, build_config, cli
 from tunelab.config import RunConfig
 from tunelab.predict import Predictor
+from tunelab.strategies.registry import configure
+from tunelab.task_catalog import recipe_for
 
 HIDDEN = 32
 WORDS = {
@@ -142,3 +145,14 @@ def open_in_chromium(page: Path, scratch: Path) -> tuple[str, list[str], int]:
     assert dom.returncode == 0 and shot.returncode == 0, dom.stderr[-2000:] + shot.stderr[-2000:]
     console = [line for line in dom.stderr.splitlines() + shot.stderr.splitlines() if "CONSOLE" in line]
     return dom.stdout, console, png_colours(scratch / "page.png")
+
+
+def load_splits(config: RunConfig) -> tuple[Any, Any]:
+    """A config's splits and targets (labels, a regression scale, tags), as its task's recipe prepares them."""
+    prepared = recipe_for(config.task).prepare(config)
+    return prepared.splits, prepared.targets
+
+
+def build_model(config: RunConfig, targets: Any) -> Any:
+    """A fresh, untrained model of the config's task with its strategy applied."""
+    return recipe_for(config.task).build(config, configure(config.strategy, config.training), targets)[0]

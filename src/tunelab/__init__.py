@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # The public API, imported on first use: `import tunelab` (and `tunelab --help`) must not pay for torch.
 _EXPORTS = {
     "train": "tunelab.api", "evaluate": "tunelab.api", "zero_shot": "tunelab.api", "load_predictor": "tunelab.api",
-    "RunResult": "tunelab.api",
+    "predict": "tunelab.api", "RunResult": "tunelab.api",
     "RunConfig": "tunelab.config", "build_config": "tunelab.config", "TunelabError": "tunelab.errors",
     "export_merged": "tunelab.export",
 }

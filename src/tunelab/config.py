@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tunelab.errors import TunelabError
-from tunelab.task_names import TASKS
+from tunelab.task_catalog import TASKS
 
 
 class _Section(BaseModel):

@@ -19,8 +19,9 @@ from tunelab.assets.models import Pooling, resolve_model
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone, load_tokenizer
 from tunelab.predict import Predictor
+from tunelab.recipes.runs import load_run
 from tunelab.resources import latency_per_example_ms
-from tunelab.runs import StagedRun, load_run, write_json
+from tunelab.runs import StagedRun, write_json
 from tunelab.strategies.registry import get_strategy
 from tunelab.tasks.classification import LabelMap, SequenceClassifier
 
@@ -64,22 +65,22 @@ def export_merged(run_dir: Path, output: Path, overwrite: bool = False) -> dict[
         raise TunelabError(f"{strategy.name} runs classify through a template and label words, which an export "
                            f"(a plain model plus a linear head) cannot hold; use the run directory itself")
     max_length = run.config.training.max_length
-    unmerged = Predictor(run.model, run.tokenizer, run.label_map, max_length)
+    unmerged = Predictor(run.model, run.tokenizer, run.targets, max_length)
     expected, unmerged_latency = unmerged.logits(CHECK_TEXTS), _latency_ms(unmerged)
     strategy.merge(run.model)
-    merged = Predictor(run.model, run.tokenizer, run.label_map, max_length)
+    merged = Predictor(run.model, run.tokenizer, run.targets, max_length)
     difference = float(np.abs(merged.logits(CHECK_TEXTS) - expected).max())
     if difference > MERGE_TOLERANCE:
         raise TunelabError(f"the merged model's logits differ from the run's by {difference:.2e} "
                            f"(> {MERGE_TOLERANCE:.0e}); nothing was written")
     spec = resolve_model(run.config.model)
-    base = SequenceClassifier(load_backbone(spec), len(run.label_map.labels), spec.pooling)
+    base = SequenceClassifier(load_backbone(spec), len(run.targets.labels), spec.pooling)
     base.head.load_state_dict(run.model.head.state_dict())
     report = {
         "source_run": str(run_dir), "base_model": run.config.model, "strategy": strategy.name,
-        "labels": run.label_map.labels, "pooling": spec.pooling, "max_length": max_length,
+        "labels": run.targets.labels, "pooling": spec.pooling, "max_length": max_length,
         "max_logit_difference": difference,
-        "latency_ms_per_example": {"base": _latency_ms(Predictor(base, run.tokenizer, run.label_map, max_length)),
+        "latency_ms_per_example": {"base": _latency_ms(Predictor(base, run.tokenizer, run.targets, max_length)),
                                    "merged": _latency_ms(merged), "unmerged": unmerged_latency},
     }
     with staged:

@@ -65,14 +65,16 @@ def latency_per_example_ms(predict_one, texts: list[str], warmup: int = 3) -> fl
 
 
 def run_resources(model: nn.Module, timings: dict[str, float], memory: PeakMemory, delta_files: list[Path],
-                  latency: float) -> dict[str, Any]:
-    """What a run cost: parameters, time, peak memory, bytes on disk, latency at batch size 1."""
+                  latency: float | None) -> dict[str, Any]:
+    """What a run cost: parameters, time, peak memory, bytes on disk, latency at batch size 1 (None where a stage
+    does not measure it)."""
     trainable, total = count_parameters(model)
     return {
         "trainable_parameters": trainable, "total_parameters": total, "trainable_share": trainable / total,
         **{key: round(value, 3) for key, value in timings.items()},
         "peak_memory_bytes": memory.peak_bytes, "peak_gpu_memory_bytes": memory.peak_gpu_bytes,
-        "delta_bytes": bytes_on_disk(delta_files), "latency_ms_per_example": round(latency, 3),
+        "delta_bytes": bytes_on_disk(delta_files),
+        "latency_ms_per_example": None if latency is None else round(latency, 3),
         # what a task would cost on disk as a full model copy instead of a delta
         "full_copy_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
     }

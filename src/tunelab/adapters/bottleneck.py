@@ -4,8 +4,11 @@ transformer with forward hooks, so the backbone's own modules and parameter name
 An adapter maps a d-vector through d -> m -> d (2dm + d + m parameters) and adds the result back:
 - houlsby: after the attention output projection and after the feed-forward output, of each block;
 - pfeiffer: after the feed-forward output only;
-- parallel: beside the feed-forward sublayer, reading its input: FFN(x) + scaling * adapter(x).
-The up-projection starts at zero, so an untrained adapter leaves the backbone's output exactly as it was.
+- parallel: beside the feed-forward sublayer, reading its input: FFN(x) + scaling * adapter(x), added where the
+  sublayer's output meets the residual stream.
+The up-projection starts at zero, so an untrained adapter leaves the backbone's output exactly as it was. Each hook
+reads only its own call's arguments (no tensor is kept between hooks), so activation checkpointing, which reruns a
+block's forward, and a model shared across threads compute the same thing.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ from tunelab.errors import TunelabError
 Variant = Literal["houlsby", "pfeiffer", "parallel"]
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
-# Inside one block: (attention output projection, feed-forward input, feed-forward output).
+# Inside one block: (attention output projection, feed-forward output projection, the feed-forward sublayer). The
+# sublayer is a module called with the FFN's input and returning its output, except in BERT, whose `output` module
+# is called with (FFN hidden states, the FFN's input) and adds the residual itself.
 BLOCK_LAYOUTS = {
-    "BERT": ("attention.output.dense", "intermediate.dense", "output.dense"),
-    "Llama": ("self_attn.o_proj", "mlp.up_proj", "mlp.down_proj"),
-    "GPT-2": ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
-    "DistilBERT": ("attention.out_lin", "ffn.lin1", "ffn.lin2"),
+    "BERT": ("attention.output.dense", "output.dense", "output"),
+    "Llama": ("self_attn.o_proj", "mlp.down_proj", "mlp"),
+    "GPT-2": ("attn.c_proj", "mlp.c_proj", "mlp"),
+    "DistilBERT": ("attention.out_lin", "ffn.lin2", "ffn"),
 }
+ADDS_RESIDUAL = {"BERT"}  # layouts whose sublayer module takes the FFN's input as its second argument
 
 
 class Bottleneck(nn.Module):
@@ -42,7 +48,6 @@ class Bottleneck(nn.Module):
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
         self.scaling = scaling
-        self._ffn_input: torch.Tensor | None = None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.scaling * self.up(self.activation(self.down(hidden)))
@@ -51,12 +56,15 @@ class Bottleneck(nn.Module):
     def add_after(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         return output + self(output)
 
-    def remember_input(self, module: nn.Module, args: tuple) -> None:
-        self._ffn_input = args[0]
-
     def add_beside(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        ffn_input, self._ffn_input = self._ffn_input, None
-        return output + self(ffn_input)
+        """A forward hook on the FFN sublayer: its output plus the adapter of its input."""
+        return output + self(args[0])
+
+    def add_to_residual(self, module: nn.Module, args: tuple) -> tuple:
+        """A forward pre-hook on BERT's FFN output module, called with (FFN hidden states, the FFN's input x): the
+        residual it adds becomes x + adapter(x), so the sum is FFN(x) + adapter(x) + x, before the LayerNorm."""
+        hidden, ffn_input, *rest = args
+        return (hidden, ffn_input + self(ffn_input), *rest)
 
 
 def _output_size(layer: nn.Module) -> int:
@@ -68,8 +76,9 @@ class Block:
     """The layers of one transformer block that adapters attach to."""
 
     attention_output: nn.Module
-    ffn_input: nn.Module
     ffn_output: nn.Module
+    ffn: nn.Module
+    adds_residual: bool  # `ffn` is BERT's output module, called with (hidden states, the FFN's input)
 
 
 def find_blocks(backbone: nn.Module) -> list[Block]:
@@ -79,9 +88,9 @@ def find_blocks(backbone: nn.Module) -> list[Block]:
             continue
         for block in container:
             layers = dict(block.named_modules())
-            for names in BLOCK_LAYOUTS.values():
+            for layout, names in BLOCK_LAYOUTS.items():
                 if all(name in layers for name in names):
-                    blocks.append(Block(*(layers[name] for name in names)))
+                    blocks.append(Block(*(layers[name] for name in names), layout in ADDS_RESIDUAL))
                     break
     if not blocks:
         raise TunelabError(f"adapter cannot find transformer blocks in model type '{backbone.config.model_type}': "
@@ -105,9 +114,10 @@ def insert_adapters(backbone: nn.Module, variant: Variant, bottleneck_size: int,
             adapters[f"layer{index}_attention"] = attention = Bottleneck(size, bottleneck_size, activation, scaling)
             block.attention_output.register_forward_hook(attention.add_after)
         adapters[f"layer{index}_ffn"] = ffn = Bottleneck(size, bottleneck_size, activation, scaling)
-        if variant == "parallel":
-            block.ffn_input.register_forward_pre_hook(ffn.remember_input)
-            block.ffn_output.register_forward_hook(ffn.add_beside)
+        if variant == "parallel" and block.adds_residual:
+            block.ffn.register_forward_pre_hook(ffn.add_to_residual)
+        elif variant == "parallel":
+            block.ffn.register_forward_hook(ffn.add_beside)
         else:
             block.ffn_output.register_forward_hook(ffn.add_after)
     return adapters

@@ -157,7 +157,7 @@ def recommend(
 def strategies() -> None:
     """List the fine-tuning strategies, their defaults and the tasks they serve."""
     from tunelab.strategies.catalog import CATALOG
-    from tunelab.task_names import TASKS
+    from tunelab.task_catalog import TASKS
 
     table = Table(title="strategies")
     for column in ("name", "what it does", "default lr", "default epochs", "options", "tasks"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -56,7 +56,8 @@ def train(
 ) -> None:
     """Fine-tune a model on a dataset with one strategy and write a run directory."""
     from tunelab import api
-    from tunelab.report import generation_scores, runs_table
+    from tunelab.recipes.generation import generation_scores
+    from tunelab.report import runs_table
 
     config = run_config(config_file, locals(), set_, option, template, verbalizer)
     quiet_libraries()
@@ -88,13 +89,15 @@ def prompt(
 ) -> None:
     """Zero-shot: classify the test split by asking the pre-trained LM through a template; nothing trains."""
     from tunelab import api
-    from tunelab.report import metrics_table, runs_table
+    from tunelab.report import runs_table
+    from tunelab.task_catalog import recipe_for
 
     config = run_config(config_file, {**locals(), "strategy": "zero-shot"}, set_, None, template, verbalizer)
     quiet_libraries()
     if output is None:
         metrics = api.zero_shot(config)
-        console.print(metrics_table(metrics, title=f"zero-shot {config.model} on {config.data.source} (test split)"))
+        console.print(recipe_for("classification").evaluation_view(
+            metrics, f"zero-shot {config.model} on {config.data.source} (test split)"))
         return
     result = api.train(config, overwrite=overwrite)
     console.print(runs_table([result.path], title=f"zero-shot on {config.data.source}"))
@@ -113,101 +116,37 @@ def evaluate(
     """Score a trained run on labelled data with its task's metrics (accuracy and per-class report, Pearson, entity
     F1, exact match and F1, or perplexity and ROUGE-L)."""
     from tunelab import api
-    from tunelab.report import evaluation_view
+    from tunelab.task_catalog import recipe_for
 
     quiet_libraries()
     metrics = api.evaluate(run, data, text_column, label_column, limit)
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:
-        console.print(evaluation_view(metrics, f"{run} on {data or 'its test split'}"))
+        console.print(recipe_for(api.run_task(run)).evaluation_view(metrics, f"{run} on {data or 'its test split'}"))
 
 
 @app.command()
 def predict(
     run: Annotated[Path, typer.Argument(help="run directory from `tunelab train`, or a merged export")],
-    texts: Annotated[list[str], typer.Argument(help="one or more texts to classify")],
+    texts: Annotated[list[str], typer.Argument(help="one or more texts (questions, prompts) to predict for")],
     as_json: Annotated[bool, typer.Option("--json", help="print predictions as JSON lines")] = False,
     context: Annotated[str | None, typer.Option(help="question-answering runs: the passage the questions (the "
                                                      "texts) are about")] = None,
 ) -> None:
-    """Predict with a trained run: the label and every label's probability, the value of a regression run, or the
-    entities a token-classification run finds (with character spans), or a question-answering run's answers to
-    questions about the `--context` passage."""
+    """Predict with a trained run: the label and every label's probability, the value of a regression run, the
+    entities a token-classification run finds (with character spans), a question-answering run's answers to
+    questions about the `--context` passage, or a generation run's greedy answers."""
     from tunelab import api
-    from tunelab.tasks.regression import TargetScale
-    from tunelab.tasks.token_classification import Tagger
+    from tunelab.task_catalog import recipe_for
 
     quiet_libraries()
-    if context is not None:
-        _print_answers(run, texts, api.answer_questions(run, texts, context), as_json)
-        return
-    predictor = api.load_predictor(run)
-    if isinstance(predictor, Tagger):
-        _print_entities(run, texts, predictor.entities(texts), as_json)
-    elif isinstance(predictor.targets, TargetScale):
-        _print_values(run, texts, predictor.predict_values(texts), as_json)
+    records = api.predict(run, texts, context)
+    if as_json:
+        for record in records:
+            print(json.dumps(record))
     else:
-        _print_classes(run, texts, predictor.predict(texts), as_json)
-
-
-def _print_answers(run: Path, questions: list[str], answers: list[Any], as_json: bool) -> None:
-    """Each question's answer with its character span in the context (end exclusive), or "no answer"."""
-    if as_json:
-        for question, answer in zip(questions, answers, strict=True):
-            print(json.dumps({"question": question, "answer": answer.text, "start": answer.start, "end": answer.end,
-                              "score": answer.score, "probability": answer.probability}))
-        return
-    table = Table(title=str(run))
-    for column in ("question", "answer", "characters", "probability", "score"):
-        table.add_column(column, justify="right" if column in ("probability", "score") else "left")
-    for question, answer in zip(questions, answers, strict=True):
-        found = answer.start is not None
-        table.add_row(escape(question), f"[bold]{escape(answer.text)}[/bold]" if found else "[dim]no answer[/dim]",
-                      f"{answer.start}-{answer.end}" if found else "-", f"{answer.probability:.3f}",
-                      f"{answer.score:.2f}")
-    console.print(table)
-
-
-def _print_entities(run: Path, texts: list[str], found: list[list[Any]], as_json: bool) -> None:
-    """Each text's entities: words, type, character span (end exclusive) and confidence."""
-    from dataclasses import asdict
-
-    from tunelab.report import entities_table
-
-    if as_json:
-        for text, entities in zip(texts, found, strict=True):
-            print(json.dumps({"text": text, "entities": [asdict(entity) for entity in entities]}))
-        return
-    console.print(entities_table(texts, found, title=str(run)))
-
-
-def _print_values(run: Path, texts: list[str], values: list[float], as_json: bool) -> None:
-    if as_json:
-        for text, value in zip(texts, values, strict=True):
-            print(json.dumps({"text": text, "value": value}))
-        return
-    table = Table(title=str(run))
-    table.add_column("text")
-    table.add_column("value", justify="right")
-    for text, value in zip(texts, values, strict=True):
-        table.add_row(text, f"[bold]{value:+.3f}[/bold]")
-    console.print(table)
-
-
-def _print_classes(run: Path, texts: list[str], predictions: list[tuple[str, dict[str, float]]],
-                   as_json: bool) -> None:
-    if as_json:
-        for text, (label, probabilities) in zip(texts, predictions, strict=True):
-            print(json.dumps({"text": text, "label": label, "probabilities": probabilities}))
-        return
-    labels = list(predictions[0][1])
-    table = Table(title=str(run))
-    for column in ["text", "label", *labels]:
-        table.add_column(column, justify="right" if column in labels else "left")
-    for text, (label, probabilities) in zip(texts, predictions, strict=True):
-        table.add_row(text, f"[bold]{label}[/bold]", *(f"{probabilities[name]:.3f}" for name in labels))
-    console.print(table)
+        console.print(recipe_for(api.run_task(run)).predictions_view(records, str(run)))
 
 
 @app.command()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import TunelabError
 from tunelab.strategies.catalog import CATALOG, NAMES, StrategyEntry, entry
-from tunelab.task_names import check_task
+from tunelab.task_catalog import check_task
 from tunelab.units import human_bytes
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ class Situation:
     """What the user has and needs; the guide chooses by data size, hardware, task and deployment."""
 
     samples: int  # labelled examples
-    task: str = "classification"  # one of task_names.TASKS
+    task: str = "classification"  # one of task_catalog.TASKS
     model: str | None = None  # a name/path when the user named one
     model_parameters: float = 22.7e6
     causal: bool = False  # causal LM (else encoder)

@@ -21,10 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tunelab.config import RunConfig, build_config, to_yaml
+from tunelab.config import RunConfig, StrategyConfig, build_config, to_yaml
 from tunelab.errors import TunelabError
 from tunelab.runs import METRICS_FILE, open_resumable, read_json, write_json, write_text_atomic
-from tunelab.strategies.registry import get_strategy, parse_options
+from tunelab.strategies.catalog import entry
+from tunelab.strategies.registry import configure
 
 GRID_FILE = "compare.yaml"
 FAILURES_FILE = "failures.json"
@@ -64,8 +65,7 @@ def plan(spec: GridSpec) -> list[Cell]:
 
 def cell_epochs(spec: GridSpec, cell: Cell, batch_size: int) -> float:
     """The grid's epochs (or the strategy's default), raised until the cell makes `min_steps` optimizer steps."""
-    strategy = get_strategy(cell.strategy)
-    epochs = spec.epochs or strategy.training_defaults(parse_options(strategy, {}))[1]
+    epochs = spec.epochs or configure(StrategyConfig(name=cell.strategy)).epochs
     steps_per_epoch = math.ceil(cell.train_size / batch_size)
     return float(max(epochs, math.ceil(spec.min_steps / steps_per_epoch)))
 
@@ -105,7 +105,7 @@ def validate(spec: GridSpec) -> None:
         if not getattr(spec, axis):
             raise TunelabError(f"compare: no {axis.replace('_', ' ')} given")
     for name in spec.strategies:
-        get_strategy(name)
+        entry(name)  # a one-line error naming the strategies there are
     if min(spec.train_sizes) < 1:
         raise TunelabError("compare: --train-sizes must be positive counts of examples, e.g. 64,512")
     base = build_config(spec.base)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from tunelab.config import DataConfig
 from tunelab.errors import TunelabError
 
 
@@ -76,3 +77,9 @@ def few_shot(splits: Splits, shots: int, seed: int) -> Splits:
     selection cannot lean on more labels than training has), drawn with `seed`; the test split is unchanged."""
     return Splits(_per_label(splits.train, shots, seed, "training").reset_index(drop=True),
                   _per_label(splits.validation, shots, seed, "validation").reset_index(drop=True), splits.test)
+
+
+def split_as_configured(examples: pd.DataFrame, data: DataConfig) -> Splits:
+    """The split every task makes of its examples: the config's sizes, seed and limits."""
+    return split_examples(examples, data.test_size, data.validation_size, data.split_seed, data.limit_train,
+                          data.limit_eval, data.limit_validation)

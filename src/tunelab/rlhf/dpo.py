@@ -13,8 +13,6 @@ unrelated snippets is a few stray characters or nothing.
 
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +22,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.errors import TunelabError
-from tunelab.resources import PeakMemory
-from tunelab.rlhf.policy import POLICY_FILE, merged_sft, policy_lora, save_policy
-from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json
-from tunelab.training.trainer import TRL_SCRATCH, quiet_when_asked, trl_quiet, trl_stage_settings
+from tunelab.rlhf.policy import ADAPTER_FOLDER, POLICY_FILE, merged_sft, policy_lora, save_policy
+from tunelab.runs import StagedRun
+from tunelab.training.trainer import quiet_when_asked
+from tunelab.training.trl_stage import commit_stage, files_under, train_stage, trl_quiet, trl_stage_settings
 
 
 class DPOSettings(BaseModel):
@@ -84,14 +82,8 @@ def train_dpo(settings: DPOSettings, sft_run: Path, train_pairs: pd.DataFrame, t
         trainer = quiet_when_asked(DPOTrainer(model=model.backbone, args=args, processing_class=tokenizer,
                                               train_dataset=as_dataset(train_pairs),
                                               eval_dataset=as_dataset(test_pairs), peft_config=policy_lora()))
-        start = time.perf_counter()
-        with PeakMemory() as memory:
-            trainer.train()
-        train_s = time.perf_counter() - start
-        shutil.rmtree(staged.path / TRL_SCRATCH, ignore_errors=True)  # nothing is checkpointed; TRL made the folder
+        timings, memory = train_stage(trainer, staged)
         metrics = {"test": {**_held_out(trainer), "pairs": len(test_pairs)}, "train_pairs": len(train_pairs)}
         save_policy(staged.path, trainer.model, "dpo", sft_run, settings.model_dump())
-        write_json(staged.path / METRICS_FILE, metrics)
-        write_json(staged.path / RESOURCES_FILE, {"train_s": round(train_s, 3), "peak_memory_bytes": memory.peak_bytes})
-        staged.commit()
+        commit_stage(staged, trainer.model, metrics, timings, memory, files_under(staged.path / ADAPTER_FOLDER))
     return metrics

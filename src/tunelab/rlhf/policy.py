@@ -16,7 +16,8 @@ import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from tunelab.errors import TunelabError
-from tunelab.runs import load_run, write_text_atomic
+from tunelab.recipes.runs import load_run
+from tunelab.runs import write_text_atomic
 from tunelab.strategies.registry import get_strategy
 from tunelab.tasks.generation import CausalLM
 

@@ -15,13 +15,16 @@ from safetensors.torch import save_file
 
 from tunelab.resources import PeakMemory
 from tunelab.rlhf.evaluation import SFT, judge, sample_policy
-from tunelab.rlhf.policy import POLICY_FILE, policy_from_sft, save_policy
+from tunelab.rlhf.policy import ADAPTER_FOLDER, POLICY_FILE, policy_from_sft, save_policy
 from tunelab.rlhf.ppo import PolicyWithValue, PPOSettings, ppo_iteration, ppo_optimizer
 from tunelab.rlhf.ppo_checkpoint import remove_checkpoint, restore_checkpoint, save_checkpoint
 from tunelab.rlhf.ppo_math import AdaptiveKLController, FixedKLController, KLController
 from tunelab.rlhf.reward import reward_function
-from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json
+from tunelab.runs import StagedRun
 from tunelab.training.trainer import best_device
+from tunelab.training.trl_stage import commit_stage, files_under
+
+VALUE_HEAD_FILE = "value_head.safetensors"
 
 
 def kl_controller(settings: PPOSettings) -> KLController:
@@ -71,11 +74,10 @@ def train_ppo(settings: PPOSettings, sft_run: Path, reward_run: Path, prompts_tr
         save_policy(staged.path, policy.lm, "ppo", sft_run, {"reward_run": str(reward_run.resolve()),
                                                              **settings.model_dump()})
         save_file({name: tensor.contiguous() for name, tensor in policy.value_head.state_dict().items()},
-                  str(staged.path / "value_head.safetensors"))
+                  str(staged.path / VALUE_HEAD_FILE))
         metrics = {"test": judged["ppo"], "sft_test": judged[SFT], "iterations": history}
-        write_json(staged.path / METRICS_FILE, metrics)
-        write_json(staged.path / RESOURCES_FILE, {"train_s": round(train_s, 3), "peak_memory_bytes": memory.peak_bytes,
-                                                  "resumed_at_iteration": done})
-        staged.commit()
+        commit_stage(staged, policy, metrics, {"train_s": train_s}, memory,
+                     [*files_under(staged.path / ADAPTER_FOLDER), staged.path / VALUE_HEAD_FILE],
+                     resumed_at_iteration=done)
     remove_checkpoint(output)
     return metrics

@@ -8,8 +8,6 @@ text, which an encoder such as MiniLM does not have, and its own [SEP] already e
 
 from __future__ import annotations
 
-import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,15 +24,9 @@ from tunelab.assets.models import resolve_model
 from tunelab.batching import length_ordered_batches
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_tokenizer
-from tunelab.resources import PeakMemory
-from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json, write_text_atomic
-from tunelab.training.trainer import (
-    TRL_SCRATCH,
-    best_device,
-    quiet_when_asked,
-    trl_quiet,
-    trl_stage_settings,
-)
+from tunelab.runs import StagedRun, write_text_atomic
+from tunelab.training.trainer import best_device, quiet_when_asked
+from tunelab.training.trl_stage import commit_stage, files_under, train_stage, trl_quiet, trl_stage_settings
 
 REWARD_CONFIG_FILE = "reward.yaml"
 MODEL_FOLDER = "model"
@@ -118,20 +110,13 @@ def train_reward_model(settings: RewardSettings, train_pairs: pd.DataFrame, test
                                                  train_dataset=tokenize_pairs(train_pairs, tokenizer,
                                                                               settings.max_length)))
         base = pairwise_accuracy(model, tokenizer, test_pairs, settings.max_length)
-        start = time.perf_counter()
-        with PeakMemory() as memory:
-            trainer.train()
-        train_s = time.perf_counter() - start
-        shutil.rmtree(staged.path / TRL_SCRATCH, ignore_errors=True)  # nothing is checkpointed; TRL made the folder
+        timings, memory = train_stage(trainer, staged)
         metrics = {"test": pairwise_accuracy(model, tokenizer, test_pairs, settings.max_length),
                    "untrained_test": base, "train_pairs": len(train_pairs)}
         model.save_pretrained(staged.path / MODEL_FOLDER)
         tokenizer.save_pretrained(staged.path / MODEL_FOLDER)
         write_text_atomic(staged.path / REWARD_CONFIG_FILE, yaml.safe_dump(settings.model_dump(), sort_keys=False))
-        write_json(staged.path / METRICS_FILE, metrics)
-        write_json(staged.path / RESOURCES_FILE, {"train_s": round(train_s, 3), "peak_memory_bytes": memory.peak_bytes,
-                                                  "parameters": sum(p.numel() for p in model.parameters())})
-        staged.commit()
+        commit_stage(staged, model, metrics, timings, memory, files_under(staged.path / MODEL_FOLDER))
     return metrics
 
 

@@ -14,7 +14,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from tunelab.errors import TunelabError
-from tunelab.task_names import TASKS, check_task
+from tunelab.task_catalog import TASKS, check_task
 
 if TYPE_CHECKING:
     from tunelab.strategies.base import Strategy
@@ -52,6 +52,8 @@ class StrategyEntry:
     mergeable: bool = False  # its delta folds into the backbone's weights (`tunelab export --merge`)
     trl: bool = False  # its trainable weights live inside the LM that TRL's trainers optimise (rlhf stages)
     pet_tunable: bool = False  # `pet --option tune=NAME` can train the language model with it
+    starts_at_base: bool = True  # untrained, it computes what the base model with the task's head does (nothing
+    # added, added at zero, or the template's own words); virtual tokens and {soft} tokens start random
     not_served: dict[str, str] = field(default_factory=dict)  # task -> why the strategy does not apply to it
 
     def serves(self, task: str) -> bool:
@@ -99,17 +101,17 @@ _ENTRIES = (
                   trade_off="not measured in tunelab yet: trains the bias terms and the head only, and merges"),
     StrategyEntry("prefix", "prefix", "PrefixTuning",
                   "trainable key/value prefixes at every layer of a frozen backbone (P-tuning v2 deep prompts)",
-                  "parameter-efficient", "some", 1e-2, 3.0, not_served=_PREPENDS,
+                  "parameter-efficient", "some", 1e-2, 3.0, starts_at_base=False, not_served=_PREPENDS,
                   trade_off=_MINILM + "accuracy 0.802, 0.21% trainable, 193 KB per task, train time 0.73x full; a "
                   "longer attention context adds latency"),
     StrategyEntry("prompt-tuning", "prompt_tuning", "PromptTuning",
                   "trainable input embeddings before the text, frozen backbone; the smallest delta",
-                  "parameter-efficient", "some", 3e-2, 3.0, not_served=_PREPENDS,
+                  "parameter-efficient", "some", 3e-2, 3.0, starts_at_base=False, not_served=_PREPENDS,
                   trade_off=_MINILM + "accuracy 0.786, 0.02% trainable, 25 KB per task, train time 0.87x full; "
                   "longer inputs"),
     StrategyEntry("p-tuning", "p_tuning", "PTuning",
                   "virtual input tokens from a trainable LSTM/MLP prompt encoder, frozen backbone",
-                  "parameter-efficient", "some", 1e-2, 3.0, not_served=_PREPENDS,
+                  "parameter-efficient", "some", 1e-2, 3.0, starts_at_base=False, not_served=_PREPENDS,
                   trade_off=_MINILM + "accuracy 0.785, 4.6% trainable (the prompt encoder), 25 KB per task, train "
                   "time 0.86x full; longer inputs"),
     StrategyEntry("zero-shot", "zero_shot", "ZeroShot",

@@ -52,6 +52,10 @@ class LabelMap:
     def save(self, folder: Path) -> None:
         (folder / LABELS_FILE).write_text(json.dumps(self.labels, indent=2) + "\n", encoding="utf-8")
 
+    @classmethod
+    def load(cls, folder: Path) -> LabelMap:
+        return cls(json.loads((folder / LABELS_FILE).read_text(encoding="utf-8")))
+
     def encode(self, values: Sequence[str], source: str) -> list[int]:
         unknown = sorted(set(values) - self.ids.keys())
         if unknown:

@@ -7,8 +7,7 @@ logging; tunelab only decides the arguments and the data it sees.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from transformers import (
 
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
-from tunelab.strategies.registry import get_strategy, parse_options
+from tunelab.strategies.registry import ConfiguredStrategy
 
 CHECKPOINT_WEIGHTS = "model.safetensors"  # the name Trainer looks for when it restores the best epoch
 
@@ -65,16 +64,15 @@ def in_original_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
     return restored
 
 
-def training_arguments(config: RunConfig, output_dir: Path, progress: bool, best_metric: str) -> TrainingArguments:
-    """Evaluate and checkpoint every epoch; keep the best epoch on `best_metric` (a loss: lower is better). The
-    learning rate and epochs are the config's, else its strategy's defaults."""
-    strategy = get_strategy(config.strategy.name)
-    default_lr, default_epochs = strategy.training_defaults(parse_options(strategy, config.strategy.options))
+def training_arguments(config: RunConfig, strategy: ConfiguredStrategy, output_dir: Path, progress: bool,
+                       best_metric: str) -> TrainingArguments:
+    """Evaluate and checkpoint every epoch; keep the best epoch on `best_metric` (a loss: lower is better), at the
+    strategy's learning rate and epochs."""
     training = config.training
     return TrainingArguments(
         output_dir=str(output_dir),
-        learning_rate=training.learning_rate or default_lr,
-        num_train_epochs=training.epochs or default_epochs,
+        learning_rate=strategy.learning_rate,
+        num_train_epochs=strategy.epochs,
         per_device_train_batch_size=training.batch_size,
         per_device_eval_batch_size=training.eval_batch_size,
         weight_decay=training.weight_decay,
@@ -126,39 +124,6 @@ def build_trainer(model: nn.Module, args: TrainingArguments, train: torch.utils.
 def best_device() -> torch.device:
     """Where tunelab's own loops (PPO, the policy judge) run; the Trainer places its models itself."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-TRL_SCRATCH = "checkpoints"  # TRL's output_dir; nothing is saved in it, and a stage removes it before committing
-
-
-def trl_stage_settings(run_path: Path, progress: bool) -> dict[str, Any]:
-    """The config fields every TRL stage (SFT, reward model, DPO) shares: no checkpoints or evaluation during
-    training (each stage evaluates before and after itself), no reporting, bars as asked, and the hardware's
-    precision: TRL's configs default to bf16 and gradient checkpointing, and on a CPU neither helps a small model
-    (bf16 fails outright)."""
-    gpu = torch.cuda.is_available()
-    return {"output_dir": str(run_path / TRL_SCRATCH), "save_strategy": "no", "eval_strategy": "no",
-            "report_to": "none", "disable_tqdm": not progress, "bf16": gpu and torch.cuda.is_bf16_supported(),
-            "gradient_checkpointing": gpu, "dataloader_pin_memory": gpu}
-
-
-@contextmanager
-def trl_quiet(progress: bool) -> Iterator[None]:
-    """Without progress, also silence the bars TRL draws outside the Trainer: the datasets library's passes over
-    the data and the reference log-probabilities DPO precomputes (which only TQDM_DISABLE turns off)."""
-    if progress:
-        yield
-        return
-    datasets.disable_progress_bars()
-    before = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        yield
-    finally:  # the user's own setting, or none, as it was
-        if before is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = before
 
 
 def quiet_when_asked(trainer: Trainer) -> Trainer:

@@ -1,0 +1,134 @@
+"""What a task's recipe provides: its data, its model, how it fits, what predicts with it, how it is scored and how
+its results print. The run around it (seed, staging, peak memory, latency, the delta, the commit) is the same for
+every task and lives in `tunelab.recipes.runs`.
+
+Adding a task: a module under `tunelab.recipes` whose `RECIPE` implements `Recipe`, and its row in
+`tunelab.task_catalog`.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from rich.console import RenderableType
+from torch import nn
+from transformers import EvalPrediction, PreTrainedTokenizerBase
+
+from tunelab.config import RunConfig
+from tunelab.data.splits import Splits
+from tunelab.errors import TunelabError
+from tunelab.strategies.registry import ConfiguredStrategy
+from tunelab.tasks.classification import LABELS_FILE, LabelMap
+from tunelab.training.trainer import build_trainer, training_arguments
+
+
+@dataclass
+class Prepared:
+    """A task's data, ready to train on."""
+
+    config: RunConfig  # with what the data decides spelled out (a prompt's template and label words, no_answer)
+    splits: Splits
+    targets: Any  # what the outputs mean (label map, regression scale, tag map), saved with the run; or None
+    facts: dict[str, Any] = field(default_factory=dict)  # about the data, for metrics.json (the tag scheme)
+
+
+@dataclass
+class Fitted:
+    timings: dict[str, float]
+    test: dict[str, Any] | None = None  # test metrics measured while fitting, where that is cheaper; else scored after
+    facts: dict[str, Any] = field(default_factory=dict)  # about the fit, for metrics.json (windows, base scores)
+
+
+def fit_with_trainer(model: nn.Module, config: RunConfig, strategy: ConfiguredStrategy, checkpoints: Path,
+                     progress: bool, best_metric: str, train: torch.utils.data.Dataset,
+                     validation: torch.utils.data.Dataset, collator: Callable | None,
+                     compute_metrics: Callable[[EvalPrediction], dict] | None) -> tuple[Any, dict[str, float]]:
+    """Every task's fit: a Trainer that evaluates each epoch and restores the best one on `best_metric`; returns the
+    trained Trainer (for the tasks that predict with it) and the training time."""
+    args = training_arguments(config, strategy, checkpoints, progress, best_metric)
+    trainer = build_trainer(model, args, train, validation, collator, compute_metrics)
+    start = time.perf_counter()
+    trainer.train()
+    return trainer, {"train_s": time.perf_counter() - start}
+
+
+def refuse_context(context: str | None, task: str) -> None:
+    """Only a question-answering run reads its questions against a passage."""
+    if context is not None:
+        raise TunelabError(f"this is a {task} run; --context is for question-answering runs")
+
+
+class Recipe(ABC):
+    """One task, from data to printed results."""
+
+    task: str
+
+    @abstractmethod
+    def prepare(self, config: RunConfig) -> Prepared:
+        """Load and split the config's data, and decide what the data decides."""
+
+    @abstractmethod
+    def build(self, config: RunConfig, strategy: ConfiguredStrategy,
+              targets: Any) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+        """The task's model on the config's base model, the strategy applied, and its tokenizer."""
+
+    @abstractmethod
+    def fit(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, prepared: Prepared,
+            strategy: ConfiguredStrategy, checkpoints: Path, progress: bool) -> Fitted:
+        """Train on the training split, keeping the best epoch on the validation split."""
+
+    @abstractmethod
+    def predictor(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, targets: Any,
+                  config: RunConfig) -> Any:
+        """What predicts with a trained model: texts, sentences or questions in, the task's answers out."""
+
+    @abstractmethod
+    def score(self, predictor: Any, examples: pd.DataFrame, source: str) -> dict[str, Any]:
+        """The task's metrics on labelled examples (`source` names them in errors)."""
+
+    @abstractmethod
+    def latency_ms(self, predictor: Any, test: pd.DataFrame) -> float:
+        """Median milliseconds to predict one test example at a time."""
+
+    @abstractmethod
+    def read_examples(self, config: RunConfig, targets: Any, source: str, text_column: str,
+                      label_column: str) -> pd.DataFrame:
+        """Every labelled row of `source`, read as a run of this config reads its data."""
+
+    @abstractmethod
+    def predict(self, predictor: Any, inputs: list[str], context: str | None) -> list[dict[str, Any]]:
+        """One JSON-ready record per input: what `tunelab predict --json` prints and a server would return."""
+
+    @abstractmethod
+    def predictions_view(self, records: list[dict[str, Any]], title: str) -> RenderableType:
+        """`predict`'s records as a person reads them."""
+
+    @abstractmethod
+    def quality_columns(self, metrics: dict[str, Any]) -> tuple[str, str]:
+        """A run's two test scores in `tunelab summary`, from its metrics.json."""
+
+    @abstractmethod
+    def evaluation_view(self, metrics: dict[str, Any], title: str) -> RenderableType:
+        """What `tunelab eval` shows of `score`'s metrics."""
+
+    def test(self, predictor: Any, prepared: Prepared, folder: Path) -> dict[str, Any]:
+        """The test split's metrics of a run being written to `folder`; a task may also save its predictions."""
+        return self.score(predictor, prepared.splits.test, "test split")
+
+    def test_examples(self, config: RunConfig) -> pd.DataFrame:
+        """The test split of a trained run's config."""
+        return self.prepare(config).splits.test
+
+    def save_targets(self, targets: Any, folder: Path) -> None:
+        if targets is not None:
+            targets.save(folder)
+
+    def load_targets(self, folder: Path) -> Any:
+        return LabelMap.load(folder) if (folder / LABELS_FILE).exists() else None

@@ -1,0 +1,118 @@
+"""The run around every task's recipe: train one (checks, seed, staging, peak memory, fit, test, latency, the delta,
+the commit), load a trained one back, evaluate it. Nothing here knows a task; `recipe_for` does."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import transformers
+from torch import nn
+
+from tunelab.config import PromptConfig, RunConfig
+from tunelab.errors import TunelabError
+from tunelab.recipes.base import Recipe
+from tunelab.resources import PeakMemory, run_resources
+from tunelab.runs import CHECKPOINTS, StagedRun, read_run_config, require_run, write_run
+from tunelab.strategies.catalog import check_serves_task
+from tunelab.strategies.registry import ConfiguredStrategy, check_prompt_settings, configure
+from tunelab.task_catalog import check_shots, recipe_for
+
+
+@dataclass
+class RunResult:
+    path: Path
+    metrics: dict[str, Any]
+    resources: dict[str, Any]
+    predictor: Any  # the task's predictor around the in-memory model (Predictor, Tagger, Answerer, Generator)
+
+
+def configure_run(config: RunConfig) -> ConfiguredStrategy:
+    """The run's strategy, resolved once, after every check that can fail before anything loads."""
+    if config.output is None:
+        raise TunelabError("no output directory: pass --output DIR")
+    strategy = configure(config.strategy, config.training)
+    check_serves_task(strategy.name, config.task)
+    check_shots(config.task, config.data.shots)
+    check_prompt_settings(strategy.strategy, config.prompt != PromptConfig())
+    return strategy
+
+
+def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True) -> RunResult:
+    """Train `config.strategy` on `config.data` for `config.task` and write a complete run directory to
+    `config.output`: staged in a hidden folder and renamed into place only when complete."""
+    strategy = configure_run(config)
+    staged = StagedRun(Path(config.output), overwrite)
+    recipe = recipe_for(config.task)
+    prepared = recipe.prepare(config)
+    config = prepared.config
+    transformers.set_seed(config.training.seed)
+    model, tokenizer = recipe.build(config, strategy, prepared.targets)
+    with staged:
+        with PeakMemory() as memory:
+            fitted = recipe.fit(model, tokenizer, prepared, strategy, staged.path / CHECKPOINTS, progress)
+        model.eval()
+        predictor = recipe.predictor(model, tokenizer, prepared.targets, config)
+        test = fitted.test if fitted.test is not None else recipe.test(predictor, prepared, staged.path)
+        metrics = {"task": config.task, "test": test, **fitted.facts, **prepared.facts,
+                   "train_examples": len(prepared.splits.train),
+                   "validation_examples": len(prepared.splits.validation)}
+        latency = recipe.latency_ms(predictor, prepared.splits.test)
+        recipe.save_targets(prepared.targets, staged.path)
+        resources = run_resources(model, fitted.timings, memory, strategy.save_delta(model, staged.path), latency)
+        return RunResult(commit(staged, config, metrics, resources), metrics, resources, predictor)
+
+
+def commit(staged: StagedRun, config: RunConfig, metrics: dict[str, Any], resources: dict[str, Any]) -> Path:
+    """What every run ends with, its delta saved: the Trainer's checkpoints removed unless kept (the delta holds
+    what was learned; checkpoints may be full copies), the config, metrics and costs written, and the staged folder
+    renamed into place."""
+    if not config.training.keep_checkpoints:
+        shutil.rmtree(staged.path / CHECKPOINTS, ignore_errors=True)
+    write_run(staged.path, config, metrics, resources)
+    return staged.commit()
+
+
+@dataclass
+class LoadedRun:
+    config: RunConfig
+    targets: Any  # what the model's outputs mean (labels, tags, a regression scale); None for the tasks without
+    model: nn.Module
+    tokenizer: Any
+
+    @property
+    def recipe(self) -> Recipe:
+        return recipe_for(self.config.task)
+
+    def predictor(self) -> Any:
+        return self.recipe.predictor(self.model, self.tokenizer, self.targets, self.config)
+
+
+def load_run(path: Path) -> LoadedRun:
+    """Rebuild a trained model from its run directory: base model + saved delta."""
+    require_run(path)
+    config = read_run_config(path)
+    recipe = recipe_for(config.task)
+    strategy = configure(config.strategy, config.training)
+    targets = recipe.load_targets(path)
+    model, tokenizer = recipe.build(config, strategy, targets)
+    strategy.load_delta(model, path)
+    model.eval()
+    return LoadedRun(config, targets, model, tokenizer)
+
+
+def evaluate_run(run_dir: Path, source: str | None = None, text_column: str = "text", label_column: str = "label",
+                 limit: int | None = None) -> dict[str, Any]:
+    """Metrics of a trained run on a dataset: its own test split by default, else every row of `source`."""
+    run = load_run(run_dir)
+    recipe = run.recipe
+    if source is None:
+        examples, name = recipe.test_examples(run.config), f"{run.config.data.source} (test split)"
+    else:
+        examples = recipe.read_examples(run.config, run.targets, source, text_column, label_column)
+        name = source
+    if limit is not None:
+        examples = examples.iloc[:limit]
+    return recipe.score(run.predictor(), examples, name)

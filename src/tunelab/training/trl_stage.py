@@ -1,0 +1,77 @@
+"""What the RLHF stages share: the TRL stages' (SFT, reward model, DPO) trainer settings, quiet progress and timed
+training, and for every stage (PPO too) a commit with the same resources.json as every other run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from torch import nn
+
+from tunelab.resources import PeakMemory, run_resources
+from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json
+
+TRL_SCRATCH = "checkpoints"  # TRL's output_dir; nothing is saved in it, and a stage removes it before committing
+
+
+def trl_stage_settings(run_path: Path, progress: bool) -> dict[str, Any]:
+    """The config fields every TRL stage (SFT, reward model, DPO) shares: no checkpoints or evaluation during
+    training (each stage evaluates before and after itself), no reporting, bars as asked, and the hardware's
+    precision: TRL's configs default to bf16 and gradient checkpointing, and on a CPU neither helps a small model
+    (bf16 fails outright)."""
+    gpu = torch.cuda.is_available()
+    return {"output_dir": str(run_path / TRL_SCRATCH), "save_strategy": "no", "eval_strategy": "no",
+            "report_to": "none", "disable_tqdm": not progress, "bf16": gpu and torch.cuda.is_bf16_supported(),
+            "gradient_checkpointing": gpu, "dataloader_pin_memory": gpu}
+
+
+@contextmanager
+def trl_quiet(progress: bool) -> Iterator[None]:
+    """Without progress, also silence the bars TRL draws outside the Trainer: the datasets library's passes over
+    the data and the reference log-probabilities DPO precomputes (which only TQDM_DISABLE turns off)."""
+    if progress:
+        yield
+        return
+    datasets.disable_progress_bars()
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:  # the user's own setting, or none, as it was
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
+
+
+def train_stage(trainer: Any, staged: StagedRun) -> tuple[dict[str, float], PeakMemory]:
+    """Train a TRL trainer, timed and its peak memory measured; TRL's scratch folder goes (nothing is
+    checkpointed in it)."""
+    start = time.perf_counter()
+    with PeakMemory() as memory:
+        trainer.train()
+    timings = {"train_s": time.perf_counter() - start}
+    shutil.rmtree(staged.path / TRL_SCRATCH, ignore_errors=True)
+    return timings, memory
+
+
+def files_under(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file()]
+
+
+def commit_stage(staged: StagedRun, model: nn.Module, metrics: dict[str, Any], timings: dict[str, float],
+                 memory: PeakMemory, delta_files: list[Path], **facts: Any) -> dict[str, Any]:
+    """Write a stage's metrics and costs (the schema of every run; no latency, which a stage does not measure) and
+    rename its staged folder into place; returns the costs."""
+    resources = {**run_resources(model, timings, memory, delta_files, None), **facts}
+    write_json(staged.path / METRICS_FILE, metrics)
+    write_json(staged.path / RESOURCES_FILE, resources)
+    staged.commit()
+    return resources
