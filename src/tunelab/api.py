@@ -3,8 +3,11 @@ recipe (`tunelab.recipes`); these add what is not a task's: merged exports, RLHF
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from rich.console import RenderableType
 
 from tunelab.config import RunConfig, StrategyConfig
 from tunelab.errors import TunelabError
@@ -21,9 +24,12 @@ __all__ = ["RunResult", "evaluate", "generate_text", "load_generator", "load_pre
            "train", "zero_shot"]
 
 
-def train(config: RunConfig, overwrite: bool = False, progress: bool = True) -> RunResult:
-    """Train `config.strategy` on `config.data` and write a complete run directory to `config.output`."""
-    return train_run(config, overwrite, progress)
+def train(config: RunConfig, overwrite: bool = False, progress: bool = True,
+          announce: Callable[[RenderableType], None] | None = None) -> RunResult:
+    """Train `config.strategy` on `config.data` and write a complete run directory to `config.output`;
+    `announce` (e.g. `rich.console.Console().print`) receives the data checks and a warning if the run did not
+    learn, which `result.metrics["learned"]` also says."""
+    return train_run(config, overwrite, progress, announce)
 
 
 def evaluate(run_dir: Path, source: str | None = None, text_column: str = "text", label_column: str = "label",

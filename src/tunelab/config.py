@@ -78,6 +78,14 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     seed: int = Field(42, description="seeds model initialisation, dropout and data order")
+    min_steps: int = Field(100, ge=0, description="with the strategy's default epochs, at least this many optimizer "
+                                                  "steps: small training sets get more epochs (explicit epochs stay)")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="classification: weigh each class's loss by n / (classes x its count) in the training "
+                            "split (balanced), so rare classes count as much as common ones")
+    select_on: Literal["auto", "accuracy", "macro-f1", "loss"] = Field(
+        "auto", description="classification: the validation metric that picks the epoch kept; auto is macro-F1 when a "
+                            "class has under half its even share of the training split, else accuracy")
     logging_steps: int = Field(50, gt=0)
     report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard] or [mlflow]")
     keep_checkpoints: bool = Field(False, description="keep the Trainer's checkpoints (full weights and "

@@ -1,4 +1,5 @@
-"""Base models: load a backbone and its tokenizer, and pool hidden states into one vector per text."""
+"""Base models: load a backbone and its tokenizer, pool hidden states into one vector per text, and the loss the
+classifier heads share."""
 
 from __future__ import annotations
 
@@ -39,3 +40,10 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: Pooling) -> torch.Tenso
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
     weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                           class_weights: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy; with weights, the weighted mean over the batch (each example counts its label's weight)."""
+    weight = None if class_weights is None else class_weights.to(logits.device, logits.dtype)
+    return torch.nn.functional.cross_entropy(logits, labels, weight=weight)

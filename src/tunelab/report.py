@@ -34,18 +34,25 @@ def quality_columns(metrics: dict[str, Any], task: str) -> tuple[str, str]:
 
 
 def runs_table(run_dirs: list[Path], title: str = "runs") -> Table:
-    """One row per run: strategy, its task's two test scores (`quality_columns`), and the costs."""
-    table = Table(title=title)
-    for column in ("run", "strategy", "train n", "test score", "second score", "trainable", "train time",
-                   "peak mem", "on disk", "latency"):
-        table.add_column(column, justify="left" if column in ("run", "strategy") else "right")
+    """One row per run: strategy, its task's two test scores (`quality_columns`, named when every run has the same
+    task), and the costs; a run that did not learn is marked."""
     for run_dir in run_dirs:
         require_run(run_dir)
-        config = read_run_config(run_dir)
-        metrics: dict[str, Any] = read_json(run_dir / METRICS_FILE)
-        resources: dict[str, Any] = read_json(run_dir / RESOURCES_FILE)
+    runs = [(run_dir, read_run_config(run_dir), read_json(run_dir / METRICS_FILE), read_json(run_dir / RESOURCES_FILE))
+            for run_dir in run_dirs]
+    tasks = {config.task for _, config, _, _ in runs}
+    scores = recipe_for(tasks.pop()).quality_names if len(tasks) == 1 else ("test score", "second score")
+    unlearned = any(metrics.get("learned") is False for _, _, metrics, _ in runs)
+    table = Table(title=title, caption="! did not learn: no better than its baseline (see the warning, or "
+                                       "metrics.json)" if unlearned else None)
+    for column in ("run", "strategy", "train n", *scores, "trainable", "train time", "peak mem", "on disk",
+                   "latency"):
+        table.add_column(column, justify="left" if column in ("run", "strategy") else "right")
+    for run_dir, config, metrics, resources in runs:
+        first, second = quality_columns(metrics, config.task)
         table.add_row(
-            run_dir.name, config.strategy.name, str(metrics["train_examples"]), *quality_columns(metrics, config.task),
+            run_dir.name, config.strategy.name, str(metrics["train_examples"]),
+            Text(f"! {first}", style="bold red") if metrics.get("learned") is False else first, second,
             f"{human_count(resources['trainable_parameters'])} ({resources['trainable_share'] * 100:.3g}%)",
             f"{resources['train_s']:.1f} s", human_bytes(resources["peak_memory_bytes"]),
             on_disk(resources), latency(resources),

@@ -16,6 +16,7 @@ FLAG_KEYS = {
     "limit_train": "data.limit_train", "limit_eval": "data.limit_eval", "epochs": "training.epochs",
     "lr": "training.learning_rate", "batch_size": "training.batch_size", "max_length": "training.max_length",
     "seed": "training.seed", "shots": "data.shots", "tune": "strategy.options.tune", "calibrate": "prompt.calibrate",
+    "min_steps": "training.min_steps", "class_weights": "training.class_weights", "select_on": "training.select_on",
 }
 TEMPLATE_HELP = "prompt-based: e.g. 'Review: {text}\\nSentiment: {label}' (\\n is a newline; default: the dataset's)"
 VERBALIZER_HELP = "prompt-based: LABEL=WORDS, e.g. positive=' great, good' (repeatable; default: the label names)"

@@ -42,6 +42,13 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="examples per training step")] = None,
     max_length: Annotated[int | None, typer.Option(help="tokens per example; longer texts are truncated")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for initialisation, dropout and data order")] = None,
+    min_steps: Annotated[int | None, typer.Option(help="with the default epochs, at least this many optimizer steps "
+                                                       "(small data gets more epochs) [default: 100]")] = None,
+    class_weights: Annotated[str | None, typer.Option(help="classification: none (default) or balanced, loss "
+                                                           "weights from the training split for rare classes")] = None,
+    select_on: Annotated[str | None, typer.Option(help="the validation metric that keeps an epoch: auto (default: "
+                                                       "macro-f1 on imbalanced classes, else accuracy), accuracy, "
+                                                       "macro-f1, loss")] = None,
     shots: Annotated[int | None, typer.Option(help="few-shot: K training (and K validation) examples per label")]
     = None,
     tune: Annotated[str | None, typer.Option(help="pet: what trains, full (default), lora, ia3 or adapter")] = None,
@@ -61,8 +68,13 @@ def train(
 
     config = run_config(config_file, locals(), set_, option, template, verbalizer)
     quiet_libraries()
-    result = api.train(config, overwrite=overwrite, progress=not quiet)
+    result = api.train(config, overwrite=overwrite, progress=not quiet, announce=console.print)
     console.print(runs_table([result.path], title=f"{config.strategy.name} on {config.data.source}"))
+    baseline = result.metrics.get("baseline")
+    if baseline is not None:
+        scores = " · ".join(f"{name.replace('_', '-')} {value:.3f}" for name, value in baseline.items()
+                            if name != "predicts")
+        console.print(f"baseline that learns nothing (always {escape(str(baseline['predicts']))}): {scores}")
     if config.task == "generation":
         console.print(f"held-out, untrained -> trained: "
                       f"{generation_scores(result.metrics['test'], result.metrics['base_test'])}")

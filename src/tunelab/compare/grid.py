@@ -8,7 +8,6 @@ rather than mixing two grids in one report.
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tunelab.config import RunConfig, StrategyConfig, build_config, to_yaml
+from tunelab.config import RunConfig, StrategyConfig, TrainingConfig, build_config, to_yaml
 from tunelab.errors import TunelabError
 from tunelab.runs import METRICS_FILE, open_resumable, read_json, write_json, write_text_atomic
 from tunelab.strategies.catalog import entry
@@ -65,9 +64,8 @@ def plan(spec: GridSpec) -> list[Cell]:
 
 def cell_epochs(spec: GridSpec, cell: Cell, batch_size: int) -> float:
     """The grid's epochs (or the strategy's default), raised until the cell makes `min_steps` optimizer steps."""
-    epochs = spec.epochs or configure(StrategyConfig(name=cell.strategy)).epochs
-    steps_per_epoch = math.ceil(cell.train_size / batch_size)
-    return float(max(epochs, math.ceil(spec.min_steps / steps_per_epoch)))
+    strategy = configure(StrategyConfig(name=cell.strategy), TrainingConfig(epochs=spec.epochs))
+    return strategy.budgeted(cell.train_size, batch_size, spec.min_steps).epochs
 
 
 def cell_config(spec: GridSpec, cell: Cell, folder: Path) -> RunConfig:

@@ -21,7 +21,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from tunelab.assets.models import ModelSpec
 from tunelab.config import PromptConfig
 from tunelab.errors import TunelabError
-from tunelab.modeling import load_causal_lm
+from tunelab.modeling import load_causal_lm, weighted_cross_entropy
 from tunelab.prompting.encoding import TemplateEncoder
 from tunelab.prompting.template import Template
 from tunelab.prompting.verbalizer import Verbalizer
@@ -86,6 +86,8 @@ class PromptClassifier(nn.Module):
 
     `head` holds the template's soft tokens, the only task-specific weights (none for a manual template), so
     every strategy saves and loads it as it does a classifier's head."""
+
+    class_weights: torch.Tensor | None = None  # per-label loss weights (`--class-weights balanced`), not saved
 
     def __init__(self, backbone: PreTrainedModel, encoder: TemplateEncoder, words: list[list[int]],
                  word_labels: list[int], num_labels: int, word_score: Literal["sum", "mean"] = "sum",
@@ -187,7 +189,7 @@ class PromptClassifier(nn.Module):
         scores = self.label_scores(input_ids, attention_mask)
         if self.calibrate and not self.training:
             scores = calibrated(scores, self.content_free_probabilities())
-        loss = nn.functional.cross_entropy(scores, labels) if labels is not None else None
+        loss = weighted_cross_entropy(scores, labels, self.class_weights) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=scores)
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from transformers import EvalPrediction, PreTrainedTokenizerBase
 
 from tunelab.config import RunConfig
+from tunelab.data.checks import DataChecks
 from tunelab.data.splits import Splits
 from tunelab.errors import TunelabError
 from tunelab.strategies.registry import ConfiguredStrategy
@@ -36,6 +37,7 @@ class Prepared:
     config: RunConfig  # with what the data decides spelled out (a prompt's template and label words, no_answer)
     splits: Splits
     targets: Any  # what the outputs mean (label map, regression scale, tag map), saved with the run; or None
+    selected_on: str  # the validation metric that picks the epoch kept (a Trainer metric name, or loss)
     facts: dict[str, Any] = field(default_factory=dict)  # about the data, for metrics.json (the tag scheme)
 
 
@@ -69,6 +71,32 @@ class Recipe(ABC):
     """One task, from data to printed results."""
 
     task: str
+    best_metric: str  # the validation metric that picks the epoch kept, unless the task lets a user choose
+    quality_names: tuple[str, str]  # what `quality_columns` shows, for the summary's header
+
+    def check_training(self, config: RunConfig) -> None:
+        """Refuse, before anything loads, training settings the task cannot honour: class weights and a chosen
+        selection metric are for classification."""
+        training = config.training
+        if training.class_weights != "none" or training.select_on != "auto":
+            raise TunelabError(f"{self.task} keeps the epoch with the best validation {self.best_metric}: "
+                               f"--class-weights and --select-on apply to classification")
+
+    def selected_on(self, config: RunConfig, splits: Splits) -> str:
+        """The validation metric that picks the epoch kept."""
+        return self.best_metric
+
+    def data_checks(self, prepared: Prepared, tokenizer: PreTrainedTokenizerBase) -> DataChecks | None:
+        """Rows, balance and lengths of the data, with warnings, before anything trains; None where not measured."""
+        return None
+
+    def baseline(self, prepared: Prepared) -> dict[str, Any] | None:
+        """The test scores of a model that learnt nothing from the texts (the majority class, the training mean)."""
+        return None
+
+    def did_not_learn(self, test: dict[str, Any], baseline: dict[str, Any]) -> str | None:
+        """What went wrong and what to try, when the test scores are no better than the baseline's; else None."""
+        return None
 
     @abstractmethod
     def prepare(self, config: RunConfig) -> Prepared:

@@ -20,6 +20,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from tunelab.assets.datasets import CATALOG, default_template
 from tunelab.assets.models import resolve_model
 from tunelab.config import RunConfig
+from tunelab.data.checks import DataChecks, check_sentences, is_imbalanced
 from tunelab.data.loading import load_examples
 from tunelab.data.splits import Splits, few_shot, split_as_configured
 from tunelab.modeling import load_backbone, load_tokenizer
@@ -73,7 +74,13 @@ class SentenceRecipe(Recipe):
         data = config.data
         examples = self.read_examples(config, None, data.source, data.text_column, data.label_column)
         splits = split_as_configured(examples, data)
-        return Prepared(config, splits, self.targets_of(examples, splits, config))
+        return Prepared(config, splits, self.targets_of(examples, splits, config), self.selected_on(config, splits))
+
+    def data_checks(self, prepared: Prepared, tokenizer: PreTrainedTokenizerBase) -> DataChecks:
+        """Rows, class balance, and the training texts' lengths in tokens against `max_length`."""
+        lengths = [len(ids) for ids in tokenizer(prepared.splits.train["text"].tolist())["input_ids"]]
+        return check_sentences(prepared.splits, lengths, prepared.config.training.max_length,
+                               labelled=isinstance(prepared.targets, LabelMap))
 
     def build(self, config: RunConfig, strategy: ConfiguredStrategy,
               targets: LabelMap | TargetScale) -> tuple[SequenceClassifier | PromptClassifier, Any]:
@@ -94,6 +101,8 @@ class SentenceRecipe(Recipe):
         metrics come from the same pass. A model with nothing to train (zero-shot) only predicts."""
         config, splits, targets = prepared.config, prepared.splits, prepared.targets
         training = config.training
+        if training.class_weights == "balanced":
+            model.class_weights = targets.balanced_weights(splits.train["label"].tolist())
         score = lambda logits: targets.metrics(logits, splits.test["label"].tolist(), "test split")  # noqa: E731
         if count_parameters(model)[0] == 0:
             start = time.perf_counter()
@@ -110,13 +119,13 @@ class SentenceRecipe(Recipe):
                                                              f"encoding {name}", progress), data["labels"])
                        for name, data in encoded.items()}
             feature_extraction_s = time.perf_counter() - start
-            trainer, timings = fit_with_trainer(FeatureClassifier(model.head), config, strategy, checkpoints,
-                                                progress, targets.best_metric, vectors["train"],
+            trainer, timings = fit_with_trainer(FeatureClassifier(model.head, model.class_weights), config, strategy,
+                                                checkpoints, progress, prepared.selected_on, vectors["train"],
                                                 vectors["validation"], None, targets.validation_metrics)
             test, order = vectors["test"], np.arange(len(vectors["test"]))
         else:
             validation, _ = by_length(encoded["validation"])  # the validation metric does not depend on the order
-            trainer, timings = fit_with_trainer(model, config, strategy, checkpoints, progress, targets.best_metric,
+            trainer, timings = fit_with_trainer(model, config, strategy, checkpoints, progress, prepared.selected_on,
                                                 encoded["train"], validation, DataCollatorWithPadding(tokenizer),
                                                 targets.validation_metrics)
             test, order = by_length(encoded["test"])
@@ -137,6 +146,43 @@ class SentenceRecipe(Recipe):
 
 class ClassificationRecipe(SentenceRecipe):
     task = "classification"
+    best_metric = "accuracy"
+    quality_names = ("accuracy", "macro-F1")
+
+    def check_training(self, config: RunConfig) -> None:
+        """Every class-weight and selection setting applies."""
+
+    def selected_on(self, config: RunConfig, splits: Splits) -> str:
+        """`training.select_on`; by default macro-F1 when a class is rare in the training split (accuracy would
+        reward predicting the common class), else accuracy."""
+        choice = config.training.select_on
+        if choice == "auto":
+            return "macro_f1" if is_imbalanced(splits.train["label"]) else "accuracy"
+        return choice.replace("-", "_")
+
+    def baseline(self, prepared: Prepared) -> dict[str, Any]:
+        """Always the training split's most frequent label: its test accuracy is that label's share p, and its
+        macro-F1 that label's F1, 2p / (1 + p), over the number of labels."""
+        majority = prepared.splits.train["label"].value_counts().idxmax()
+        share = float((prepared.splits.test["label"] == majority).mean())
+        return {"predicts": str(majority), "accuracy": share,
+                "macro_f1": 2 * share / (1 + share) / prepared.targets.width}
+
+    def did_not_learn(self, test: dict[str, Any], baseline: dict[str, Any]) -> str | None:
+        """Collapsed (one label for 95% of the test split, though under 90% of it carries that label), or no
+        better than the majority baseline on macro-F1."""
+        label, count = max(test["predicted"].items(), key=lambda item: item[1])
+        share, true_share = count / test["examples"], test["per_class"][label]["support"] / test["examples"]
+        if share >= 0.95 and true_share < 0.9:
+            what = f"it predicts '{label}' for {share:.0%} of the test split, where {true_share:.0%} carry it"
+        elif test["macro_f1"] <= baseline["macro_f1"]:
+            what = (f"its test macro-F1 {test['macro_f1']:.3f} does not beat the majority baseline's "
+                    f"{baseline['macro_f1']:.3f} (always '{baseline['predicts']}')")
+        else:
+            return None
+        return (f"the run did not learn: {what}. Try more optimizer steps (--epochs, or --set "
+                f"training.min_steps=N), a higher learning rate (--lr), --class-weights balanced, or another "
+                f"strategy (linear-probe learns from few examples)")
 
     def targets_of(self, examples: pd.DataFrame, splits: Splits, config: RunConfig) -> LabelMap:
         """Every label of the data, in the order the embedded dataset names them (else sorted)."""
@@ -150,7 +196,7 @@ class ClassificationRecipe(SentenceRecipe):
         splits, labels = prepared.splits, prepared.targets
         if config.data.shots is not None:
             splits = few_shot(splits, config.data.shots, config.training.seed)
-        return Prepared(resolve_prompt(config, labels.labels), splits, labels)
+        return Prepared(resolve_prompt(config, labels.labels), splits, labels, self.selected_on(config, splits))
 
     def predict(self, predictor: Predictor, inputs: list[str], context: str | None) -> list[dict[str, Any]]:
         refuse_context(context, self.task)

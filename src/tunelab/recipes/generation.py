@@ -72,11 +72,13 @@ def generation_scores(scores: dict[str, Any], base: dict[str, Any] | None = None
 
 class GenerationRecipe(Recipe):
     task = "generation"
+    best_metric = "loss"  # of the answers
+    quality_names = ("test loss", "perplexity")
 
     def prepare(self, config: RunConfig) -> Prepared:
         data = config.data
-        return Prepared(config, split_as_configured(self.read_examples(config, None, data.source, "", ""), data),
-                        None)
+        splits = split_as_configured(self.read_examples(config, None, data.source, "", ""), data)
+        return Prepared(config, splits, None, self.selected_on(config, splits))
 
     def build(self, config: RunConfig, strategy: ConfiguredStrategy, targets: None) -> tuple[CausalLM, Any]:
         """The causal LM for this config, with its strategy applied (`train` checked that it serves generation)."""
@@ -97,7 +99,8 @@ class GenerationRecipe(Recipe):
         generator = Generator(model, tokenizer, config)  # on the device the Trainer would move it to
         test = generator.held_out(splits.test, source)
         base = generator.score(test)
-        _, timings = fit_with_trainer(model, config, strategy, checkpoints, progress, "loss", train, validation,
+        _, timings = fit_with_trainer(model, config, strategy, checkpoints, progress, prepared.selected_on, train,
+                                      validation,
                                       pair_collator(tokenizer), None)
         return Fitted(timings, generator.score(test), {"base_test": base})
 

@@ -121,11 +121,15 @@ def resolve_no_answer(config: RunConfig, examples: pd.DataFrame) -> RunConfig:
 
 class QuestionAnsweringRecipe(Recipe):
     task = "question-answering"
+    best_metric = "f1"  # SQuAD F1
+    quality_names = ("exact match", "F1")
 
     def prepare(self, config: RunConfig) -> Prepared:
         """The questions split by paragraph, and `qa.no_answer` decided from the data unless set."""
         examples = load_squad(config.data.source)
-        return Prepared(resolve_no_answer(config, examples), split_by_context(examples, config.data), None)
+        config = resolve_no_answer(config, examples)
+        splits = split_by_context(examples, config.data)
+        return Prepared(config, splits, None, self.selected_on(config, splits))
 
     def build(self, config: RunConfig, strategy: ConfiguredStrategy, targets: None) -> tuple[SpanExtractor, Any]:
         """The base model with a start/end head, with its strategy applied."""
@@ -142,7 +146,8 @@ class QuestionAnsweringRecipe(Recipe):
         config, splits = prepared.config, prepared.splits
         answerer = self.predictor(model, tokenizer, None, config)
         train_windows, validation_windows = answerer.windows(splits.train), answerer.windows(splits.validation)
-        _, timings = fit_with_trainer(model, config, strategy, checkpoints, progress, "f1", _dataset(train_windows),
+        _, timings = fit_with_trainer(model, config, strategy, checkpoints, progress, prepared.selected_on,
+                                      _dataset(train_windows),
                                       _dataset(validation_windows), DataCollatorWithPadding(tokenizer),
                                       _validation_scores(answerer, validation_windows, splits.validation))
         return Fitted(timings, facts={"train_windows": len(train_windows.example)})

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from rich.console import RenderableType
 from rich.markup import escape
@@ -13,14 +14,41 @@ from rich.table import Table
 
 from tunelab.config import RunConfig
 from tunelab.data.splits import Splits
+from tunelab.errors import TunelabError
 from tunelab.predict import Predictor
-from tunelab.recipes.base import refuse_context
+from tunelab.recipes.base import Prepared, refuse_context
 from tunelab.recipes.classification import SentenceRecipe
 from tunelab.tasks.regression import TargetScale, numeric_targets
 
 
 class RegressionRecipe(SentenceRecipe):
     task = "regression"
+    best_metric = "pearson"  # the validation correlation, which ignores the scale
+    quality_names = ("Pearson", "Spearman")
+
+    def check_training(self, config: RunConfig) -> None:
+        training = config.training
+        if training.class_weights != "none" or training.select_on not in ("auto", "loss"):
+            raise TunelabError("regression keeps the epoch with the best validation Pearson correlation (or "
+                               "--select-on loss); --class-weights and the other --select-on choices are for "
+                               "classification")
+
+    def selected_on(self, config: RunConfig, splits: Splits) -> str:
+        return "loss" if config.training.select_on == "loss" else self.best_metric
+
+    def baseline(self, prepared: Prepared) -> dict[str, Any]:
+        """Always the training split's mean target: its test errors."""
+        mean = float(prepared.splits.train["label"].mean())
+        errors = prepared.splits.test["label"].to_numpy(dtype=float) - mean
+        return {"predicts": round(mean, 4), "mae": float(np.abs(errors).mean()),
+                "rmse": float(np.sqrt((errors ** 2).mean()))}
+
+    def did_not_learn(self, test: dict[str, Any], baseline: dict[str, Any]) -> str | None:
+        if test["rmse"] < baseline["rmse"]:
+            return None
+        return (f"the run did not learn: its test RMSE {test['rmse']:.3f} is no better than always predicting the "
+                f"training mean {baseline['predicts']:g} (RMSE {baseline['rmse']:.3f}). Try more optimizer steps "
+                f"(--epochs, or --set training.min_steps=N), a higher learning rate (--lr), or another strategy")
 
     def read_examples(self, config: RunConfig, targets: Any, source: str, text_column: str,
                       label_column: str) -> pd.DataFrame:

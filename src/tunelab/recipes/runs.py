@@ -3,22 +3,28 @@ the commit), load a trained one back, evaluate it. Nothing here knows a task; `r
 
 from __future__ import annotations
 
+import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import transformers
+from rich.console import RenderableType
+from rich.markup import escape
 from torch import nn
 
 from tunelab.config import PromptConfig, RunConfig
 from tunelab.errors import TunelabError
 from tunelab.recipes.base import Recipe
 from tunelab.resources import PeakMemory, run_resources
-from tunelab.runs import CHECKPOINTS, StagedRun, read_run_config, require_run, write_run
+from tunelab.runs import CHECKPOINTS, StagedRun, read_run_config, require_run, write_json, write_run
 from tunelab.strategies.catalog import check_serves_task
 from tunelab.strategies.registry import ConfiguredStrategy, check_prompt_settings, configure
 from tunelab.task_catalog import check_shots, recipe_for
+
+DATA_CHECKS_FILE = "data_checks.json"  # what the data looked like when the run trained
 
 
 @dataclass
@@ -37,28 +43,56 @@ def configure_run(config: RunConfig) -> ConfiguredStrategy:
     check_serves_task(strategy.name, config.task)
     check_shots(config.task, config.data.shots)
     check_prompt_settings(strategy.strategy, config.prompt != PromptConfig())
+    recipe_for(config.task).check_training(config)
     return strategy
 
 
-def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True) -> RunResult:
+def budget(strategy: ConfiguredStrategy, config: RunConfig, examples: int) -> ConfiguredStrategy:
+    """The strategy's default epochs raised to `training.min_steps` optimizer steps on `examples`; epochs the config
+    sets are kept as they are (a user may want a short run)."""
+    training = config.training
+    return strategy if training.epochs else strategy.budgeted(examples, training.batch_size, training.min_steps)
+
+
+def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
+              announce: Callable[[RenderableType], None] | None = None) -> RunResult:
     """Train `config.strategy` on `config.data` for `config.task` and write a complete run directory to
-    `config.output`: staged in a hidden folder and renamed into place only when complete."""
+    `config.output`: staged in a hidden folder and renamed into place only when complete. `announce` receives the
+    data checks before training and, after it, a warning when the run did not learn."""
+    say = announce or (lambda message: None)
     strategy = configure_run(config)
     staged = StagedRun(Path(config.output), overwrite)
     recipe = recipe_for(config.task)
     prepared = recipe.prepare(config)
     config = prepared.config
+    strategy = budget(strategy, config, len(prepared.splits.train))
     transformers.set_seed(config.training.seed)
     model, tokenizer = recipe.build(config, strategy, prepared.targets)
+    checks = recipe.data_checks(prepared, tokenizer)
+    if checks is not None:
+        say(checks.table(f"{config.data.source}: the data"))
+        for warning in checks.warnings:
+            say(f"[yellow]warning:[/yellow] {escape(warning)}")
     with staged:
         with PeakMemory() as memory:
             fitted = recipe.fit(model, tokenizer, prepared, strategy, staged.path / CHECKPOINTS, progress)
         model.eval()
         predictor = recipe.predictor(model, tokenizer, prepared.targets, config)
         test = fitted.test if fitted.test is not None else recipe.test(predictor, prepared, staged.path)
+        steps = math.ceil(len(prepared.splits.train) / config.training.batch_size) * strategy.epochs
         metrics = {"task": config.task, "test": test, **fitted.facts, **prepared.facts,
                    "train_examples": len(prepared.splits.train),
-                   "validation_examples": len(prepared.splits.validation)}
+                   "validation_examples": len(prepared.splits.validation),
+                   "training": {"epochs": strategy.epochs, "optimizer_steps": math.ceil(steps),
+                                "learning_rate": strategy.learning_rate, "selected_on": prepared.selected_on}}
+        baseline = recipe.baseline(prepared)
+        if baseline is not None:
+            problem = recipe.did_not_learn(test, baseline)
+            metrics.update(baseline=baseline, learned=problem is None)
+            if problem is not None:
+                say(f"[yellow]warning:[/yellow] {escape(problem)}")
+        if checks is not None:
+            write_json(staged.path / DATA_CHECKS_FILE, checks.as_dict())
         latency = recipe.latency_ms(predictor, prepared.splits.test)
         recipe.save_targets(prepared.targets, staged.path)
         resources = run_resources(model, fitted.timings, memory, strategy.save_delta(model, staged.path), latency)

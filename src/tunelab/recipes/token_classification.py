@@ -38,6 +38,8 @@ from tunelab.tasks.token_classification import (
 
 class TokenClassificationRecipe(Recipe):
     task = "token-classification"
+    best_metric = "f1"  # entity F1
+    quality_names = ("entity F1", "token accuracy")
 
     def prepare(self, config: RunConfig) -> Prepared:
         """The sentences split as every task splits its examples, the tags the model learns (every entity type of
@@ -46,8 +48,9 @@ class TokenClassificationRecipe(Recipe):
         sentences = load_tagged(data.source, data.tokens_column, data.tags_column)
         scheme = check_tags(sentences, data.tag_scheme, data.source)
         kinds = {parse_tag(tag)[1] for tags in sentences["tags"] for tag in tags} - {""}
-        return Prepared(config, split_as_configured(sentences, data), LabelMap(tag_set(kinds, model_scheme(scheme))),
-                        {"tag_scheme": scheme})
+        splits = split_as_configured(sentences, data)
+        return Prepared(config, splits, LabelMap(tag_set(kinds, model_scheme(scheme))),
+                        self.selected_on(config, splits), {"tag_scheme": scheme})
 
     def build(self, config: RunConfig, strategy: ConfiguredStrategy,
               targets: LabelMap) -> tuple[TokenClassifier, Any]:
@@ -64,7 +67,8 @@ class TokenClassificationRecipe(Recipe):
         config, tags = prepared.config, prepared.targets
         train, validation = (tagged_dataset(tokenizer, part, tags, config.training.max_length)
                              for part in (prepared.splits.train, prepared.splits.validation))
-        _, timings = fit_with_trainer(model, config, strategy, checkpoints, progress, "f1", train, validation,
+        _, timings = fit_with_trainer(model, config, strategy, checkpoints, progress, prepared.selected_on, train,
+                                      validation,
                                       DataCollatorForTokenClassification(tokenizer), validation_metrics(tags.labels))
         return Fitted(timings)
 

@@ -4,7 +4,8 @@ its typed options and the learning rate and epochs it trains with."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -39,6 +40,15 @@ class ConfiguredStrategy:
     @property
     def trains_on_features(self) -> bool:
         return self.strategy.trains_on_features(self.options)
+
+    def budgeted(self, examples: int, batch_size: int, min_steps: int) -> ConfiguredStrategy:
+        """The epochs raised until training on `examples` makes at least `min_steps` optimizer steps, in whole
+        epochs; a strategy that trains nothing stays as it is. `train` applies it to default epochs, `compare` to
+        every cell."""
+        if not self.epochs:
+            return self
+        steps_per_epoch = math.ceil(examples / batch_size)
+        return replace(self, epochs=float(max(self.epochs, math.ceil(min_steps / steps_per_epoch))))
 
     def apply(self, model: nn.Module) -> None:
         self.strategy.apply(model, self.options)

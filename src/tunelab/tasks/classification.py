@@ -15,7 +15,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from tunelab.assets.models import Pooling
 from tunelab.errors import TunelabError
-from tunelab.modeling import pool
+from tunelab.modeling import pool, weighted_cross_entropy
 
 LABELS_FILE = "labels.json"  # the label order, saved with the run
 
@@ -35,8 +35,6 @@ class LabelMap:
         ordered = [label for label in preferred if label in present]
         return cls(ordered + sorted(present - set(ordered)))
 
-    best_metric = "accuracy"  # the epoch kept
-
     @property
     def width(self) -> int:
         """Outputs of the head: one logit per label."""
@@ -46,8 +44,17 @@ class LabelMap:
         return classification_metrics(outputs, np.array(self.encode(values, source)), self)
 
     def validation_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
-        """What the Trainer computes each epoch."""
-        return {"accuracy": float((prediction.predictions.argmax(axis=-1) == prediction.label_ids).mean())}
+        """What the Trainer computes each epoch; `training.select_on` picks the one that keeps an epoch."""
+        predictions, truth = prediction.predictions.argmax(axis=-1), prediction.label_ids
+        return {"accuracy": float((predictions == truth).mean()),
+                "macro_f1": float(f1_score(truth, predictions, labels=list(range(self.width)), average="macro",
+                                           zero_division=0))}
+
+    def balanced_weights(self, values: Sequence[str]) -> torch.Tensor:
+        """n / (classes x count) per label, from the training split's labels (sklearn's "balanced"); a label absent
+        from it counts once."""
+        counts = np.bincount(self.encode(values, "training split"), minlength=self.width).clip(min=1)
+        return torch.tensor(len(values) / (self.width * counts), dtype=torch.float32)
 
     def save(self, folder: Path) -> None:
         (folder / LABELS_FILE).write_text(json.dumps(self.labels, indent=2) + "\n", encoding="utf-8")
@@ -71,6 +78,8 @@ class SequenceClassifier(nn.Module):
     `features=` lets a frozen-encoder strategy train the head on pre-computed sentence vectors.
     """
 
+    class_weights: torch.Tensor | None = None  # per-label loss weights (`--class-weights balanced`), not saved
+
     def __init__(self, backbone: nn.Module, num_labels: int, pooling: Pooling, dropout: float = 0.1):
         super().__init__()
         self.backbone = backbone
@@ -86,7 +95,7 @@ class SequenceClassifier(nn.Module):
                 features: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
         if features is None:
             features = self.embed(input_ids, attention_mask)
-        return head_output(self.head, features, labels)
+        return head_output(self.head, features, labels, self.class_weights)
 
 
 class FeatureClassifier(nn.Module):
@@ -95,25 +104,28 @@ class FeatureClassifier(nn.Module):
     It shares the head module with its SequenceClassifier, so training it trains the classifier.
     """
 
-    def __init__(self, head: nn.Module):
+    def __init__(self, head: nn.Module, class_weights: torch.Tensor | None = None):
         super().__init__()
-        self.head = head
+        self.head, self.class_weights = head, class_weights
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
-        return head_output(self.head, features, labels)
+        return head_output(self.head, features, labels, self.class_weights)
 
 
-def head_output(head: nn.Module, features: torch.Tensor, labels: torch.Tensor | None) -> SequenceClassifierOutput:
-    """(B, H) sentence vectors -> (B, C) logits, and the loss when labels are given: cross-entropy for label ids,
-    mean squared error for float targets (regression: one output), as transformers infers its `problem_type`."""
+def head_output(head: nn.Module, features: torch.Tensor, labels: torch.Tensor | None,
+                class_weights: torch.Tensor | None = None) -> SequenceClassifierOutput:
+    """(B, H) sentence vectors -> (B, C) logits, and the loss when labels are given: cross-entropy for label ids
+    (each label's loss weighted when `class_weights` are given), mean squared error for float targets (regression:
+    one output), as transformers infers its `problem_type`."""
     logits = head(features)
     if labels is None:
         loss = None
     elif labels.is_floating_point():
         loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
     else:
-        loss = nn.functional.cross_entropy(logits, labels)
+        loss = weighted_cross_entropy(logits, labels, class_weights)
     return SequenceClassifierOutput(loss=loss, logits=logits)
+
 
 
 def classification_metrics(logits: np.ndarray, label_ids: np.ndarray, label_map: LabelMap) -> dict:
@@ -126,5 +138,6 @@ def classification_metrics(logits: np.ndarray, label_ids: np.ndarray, label_map:
         "accuracy": float(accuracy_score(label_ids, predictions)),
         "macro_f1": float(f1_score(label_ids, predictions, labels=ids, average="macro", zero_division=0)),
         "per_class": {name: {k: float(v) for k, v in report[name].items()} for name in label_map.labels},
+        "predicted": {name: int((predictions == index).sum()) for index, name in enumerate(label_map.labels)},
         "examples": int(len(label_ids)),
     }

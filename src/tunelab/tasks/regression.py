@@ -41,7 +41,6 @@ class TargetScale:
 
     mean: float
     std: float
-    best_metric = "pearson"  # the epoch kept: the validation correlation, which ignores the scale
     width = 1  # outputs of the head
 
     @classmethod
