@@ -11,6 +11,7 @@ import probe_cache
 import prompt_templates
 import regression
 import rlhf_pipeline
+import small_data
 import strategy_accuracy
 import strategy_costs
 import vs_plain
@@ -108,6 +109,13 @@ def regression_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [*rows, *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
 
 
+def small_data_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = [(f"small data: {key} (median of {len(result['seeds'])} seeds)", f"{value:.4f} "
+             f"({result['margins_over_majority'][key]:+.4f} over majority)", "")
+            for key, value in result["summary"].items()]
+    return [*rows, *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
+
+
 DRIVERS = {
     "full": (lambda args: vs_plain_rows(vs_plain.run_benchmark(args.repeats or 3, args.quick, args.keep, "full"),
                                         "full")),
@@ -121,6 +129,7 @@ DRIVERS = {
     "grid": lambda args: grid_rows(compare_grid.run_benchmark(args.repeats or 3, args.quick, args.keep)),
     "rlhf": lambda args: rlhf_rows(rlhf_pipeline.run_benchmark(1, args.quick, args.keep)),
     "regression": lambda args: regression_rows(regression.run_benchmark(args.repeats or 3, args.quick, args.keep)),
+    "small-data": lambda args: small_data_rows(small_data.run_benchmark(args.repeats or 3, args.quick, args.keep)),
 }
 
 

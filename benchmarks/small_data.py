@@ -29,7 +29,8 @@ LONG_WORDS = 150
 def _draw(frame: pd.DataFrame, shares: dict[str, float], rows: int, seed: int) -> pd.DataFrame:
     parts = [frame[frame["label"] == label].sample(round(rows * share), random_state=seed)
              for label, share in shares.items()]
-    return pd.concat(parts).sample(frac=1.0, random_state=seed)[["text", "label"]]
+    drawn = pd.concat(parts).sample(frac=1.0, random_state=seed)[["text", "label"]]
+    return drawn.assign(text=drawn["text"].str.split().str.join(" "))  # a stray carriage return would split a row
 
 
 def _joined(snippets: pd.DataFrame, seed: int) -> pd.DataFrame:

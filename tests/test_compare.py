@@ -176,9 +176,16 @@ def _cells(accuracies: dict[tuple[str, int], list[float]]) -> pd.DataFrame:
     rows = [{"strategy": strategy, "family": families[strategy], "train_size": size, "seed": seed,
              "train_examples": size, "accuracy": accuracy, "macro_f1": accuracy, "trainable_parameters": 1000,
              "trainable_share": 0.01, "train_s": 10.0 + seed, "peak_memory_bytes": 2**30, "delta_bytes": 4096,
-             "full_copy_bytes": 2**20, "latency_ms": 5.0}
+             "full_copy_bytes": 2**20, "latency_ms": 5.0, "learned": accuracy > 0.5}
             for (strategy, size), values in accuracies.items() for seed, accuracy in enumerate(values)]
     return pd.DataFrame(rows)
+
+
+def test_the_summary_counts_the_runs_that_did_not_learn():
+    from tunelab.compare.page import summary_rows
+
+    rows = summary_rows(summarise(_cells({("full", 64): [0.5, 0.7, 0.8], ("lora", 64): [0.75]})))
+    assert [row[2] for row in rows] == ["3 (1 did not learn)", "1"]
 
 
 def test_summary_gives_mean_and_sample_std_over_seeds():

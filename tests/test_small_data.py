@@ -15,7 +15,7 @@ from tiny import run_main, sentiment_frame, tiny_config, write_table
 
 from tunelab import api
 from tunelab.config import StrategyConfig
-from tunelab.data.checks import check_sentences, is_imbalanced
+from tunelab.data.checks import check_sentences, is_imbalanced, profile_file
 from tunelab.data.splits import Splits
 from tunelab.errors import TunelabError
 from tunelab.recipes.classification import RECIPE
@@ -143,3 +143,21 @@ def test_a_starved_run_says_it_did_not_learn(tiny_bert: Path, tmp_path: Path, mo
     assert (tmp_path / "run" / "data_checks.json").exists()
     code, stdout, _ = run_main(["summary", str(tmp_path / "run")], monkeypatch, capsys)
     assert code == 0 and "! " in stdout and "did not learn" in stdout and "macro-F1" in stdout
+
+
+def test_recommend_reads_the_users_file_and_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture):
+    long_text = " ".join(["word"] * 150)
+    frame = pd.DataFrame({"review": [long_text] * 100, "stars": ["good"] * 64 + ["bad"] * 28 + ["mixed"] * 8})
+    data = write_table(frame, tmp_path / "reviews.csv")
+    profile = profile_file(str(data), "review", "stars")
+    assert (profile.rows, profile.training_rows, profile.words_p95) == (100, 75, 150)
+    assert profile.train_options() == ["--data", str(data), "--text-column", "review", "--label-column", "stars",
+                                       "--class-weights", "balanced", "--max-length", "210"]
+    code, stdout, stderr = run_main(["recommend", "--data", str(data), "--text-column", "review", "--label-column",
+                                     "stars", "--top", "1"], monkeypatch, capsys)
+    assert code == 0, stderr
+    text = " ".join(stdout.split())
+    assert "100 rows (75 to train on), 3 classes (good 64%, bad 28%, mixed 8%)" in text
+    assert f"--data {data} --text-column review --label-column stars --class-weights balanced" in text
+    assert "movie-snippets" not in text

@@ -109,8 +109,11 @@ def recommend(
     latency: Annotated[str, typer.Option(help="strict (no added inference latency) or normal")] = "normal",
     grid: Annotated[Path | None, typer.Option("--from", help="a `tunelab compare` grid: rank by what it measured")]
     = None,
-    data: Annotated[str | None, typer.Option(help="the data the commands train on (default: the grid's, or "
-                                                  "movie-snippets)")] = None,
+    data: Annotated[str | None, typer.Option(help="your labelled file (read for its rows, classes, balance and "
+                                                  "lengths), or the dataset the commands train on (default: the "
+                                                  "grid's, or movie-snippets)")] = None,
+    text_column: Annotated[str, typer.Option(help="--data file: column with the text")] = "text",
+    label_column: Annotated[str, typer.Option(help="--data file: column with the label")] = "label",
     top: Annotated[int, typer.Option(min=1, help="how many choices to explain")] = 3,
 ) -> None:
     """Which strategy to use: ranked choices, each with its reasons, expected trade-off and the command to run."""
@@ -125,8 +128,15 @@ def recommend(
         samples = samples or int(measured["train_size"].max())
         base = build_config(results.spec.base)
         model, data = model or base.model, data or base.data.source
+    train_data: str | list[str] = data or "movie-snippets"
+    if data is not None and Path(data).is_file() and task == "classification":
+        from tunelab.data.checks import profile_file
+
+        profile = profile_file(data, text_column, label_column)
+        console.print(escape(profile.summary()))
+        samples, train_data = samples or profile.training_rows, profile.train_options()
     if samples is None:
-        raise TunelabError("how many labelled examples? pass --samples N (or --from a compare grid)")
+        raise TunelabError("how many labelled examples? pass --samples N, --data FILE, or --from a compare grid")
     embedded = EMBEDDED.get(model or "")
     parameters, known_causal, known_head = ((embedded.parameters, embedded.causal, embedded.has_lm_head) if embedded
                                             else (110e6, False, False))  # unnamed: a BERT-base-sized encoder
@@ -137,7 +147,7 @@ def recommend(
         causal=known_causal if causal is None else causal, has_lm_head=known_head or lm_head,
         memory_gb=size_amount(memory, MEMORY_UNITS_GB, "--memory", "8GB"), gpu=gpu, tasks_to_serve=tasks_to_serve,
         latency=latency)
-    ranked = advise(situation, measured, data or "movie-snippets")
+    ranked = advise(situation, measured, train_data)
     for rank, choice in enumerate([choice for choice in ranked if choice.feasible][:top], start=1):
         console.print(f"\n[bold]{rank}. {choice.strategy}[/bold] (score {choice.score:g})")
         for reason in choice.reasons:

@@ -275,8 +275,8 @@ def _model_name(facts: StrategyEntry, situation: Situation) -> str:
     return "smollm2" if facts.prompt_based or situation.task == "generation" else "minilm"
 
 
-def _command(facts: StrategyEntry, situation: Situation, data: str) -> str:
-    words = ["tunelab", "train", "--model", _model_name(facts, situation), "--data", data, "--strategy", facts.name]
+def _command(facts: StrategyEntry, situation: Situation, data: list[str]) -> str:
+    words = ["tunelab", "train", "--model", _model_name(facts, situation), *data, "--strategy", facts.name]
     if situation.task != "classification":
         words += ["--task", situation.task]
     return " ".join(shlex.quote(word) for word in words)
@@ -299,7 +299,7 @@ def _points(rule: Rule, situation: Situation, grid: MeasuredGrid | None) -> dict
 
 
 def _recommendation(facts: StrategyEntry, situation: Situation, grid: MeasuredGrid | None,
-                    moves: list[tuple[Rule, dict[str, float]]], data: str) -> Recommendation:
+                    moves: list[tuple[Rule, dict[str, float]]], data: list[str]) -> Recommendation:
     fields = {**_fields(situation, grid), "strategy": facts.name,
               "needed_gb": estimate_training_memory_gb(facts.name, situation),
               "task_reason": facts.not_served.get(situation.task)}
@@ -313,12 +313,13 @@ def _recommendation(facts: StrategyEntry, situation: Situation, grid: MeasuredGr
 
 
 def recommend(situation: Situation, measured: pd.DataFrame | None = None,
-              data: str = "movie-snippets") -> list[Recommendation]:
+              data: str | list[str] = "movie-snippets") -> list[Recommendation]:
     """Every strategy, best first: the points of the rules that apply, summed (ties in registry order), with the
     strategies a constraint blocks after all the feasible ones. `measured` is a `tunelab compare` summary (one row
     per strategy and training-set size); its rows nearest the user's label count add the measured rules' points."""
     grid = _measured_grid(measured, situation.samples) if measured is not None else None
     moves = [(rule, _points(rule, situation, grid)) for rule in RULES]
-    recommendations = [_recommendation(facts, situation, grid, moves, data) for facts in CATALOG.values()]
+    options = ["--data", data] if isinstance(data, str) else data  # a dataset, or `train` options for a file
+    recommendations = [_recommendation(facts, situation, grid, moves, options) for facts in CATALOG.values()]
     order = {name: index for index, name in enumerate(NAMES)}
     return sorted(recommendations, key=lambda r: (not r.feasible, -r.score, order[r.strategy]))

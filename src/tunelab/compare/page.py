@@ -46,7 +46,8 @@ def _mean_std(mean: float, std: float) -> str:
 
 def summary_rows(summary: pd.DataFrame) -> list[list[str]]:
     """The cells of the summary table, shared by the page and the terminal."""
-    return [[row["strategy"], f"{row['train_size']}", f"{row['seeds']}",
+    return [[row["strategy"], f"{row['train_size']}",
+             f"{row['seeds']}" + (f" ({row['unlearned']} did not learn)" if row["unlearned"] else ""),
              _mean_std(row["accuracy_mean"], row["accuracy_std"]), f"{row['macro_f1_mean']:.3f}",
              f"{human_count(int(row['trainable_parameters']))} ({row['trainable_share']:.3%})",
              f"{row['train_s_mean']:.1f} s", human_bytes(row["peak_memory_bytes"]), human_bytes(row["delta_bytes"]),

@@ -13,7 +13,7 @@ from tunelab.strategies.catalog import CATALOG
 
 CELL_COLUMNS = ("strategy", "family", "train_size", "seed", "train_examples", "accuracy", "macro_f1",
                 "trainable_parameters", "trainable_share", "train_s", "peak_memory_bytes", "delta_bytes",
-                "full_copy_bytes", "latency_ms")
+                "full_copy_bytes", "latency_ms", "learned")
 
 
 @dataclass
@@ -34,6 +34,7 @@ def _cell_row(path: Path, strategy: str, train_size: int, seed: int) -> dict:
         "trainable_share": resources["trainable_share"], "train_s": resources["train_s"],
         "peak_memory_bytes": resources["peak_memory_bytes"], "delta_bytes": resources["delta_bytes"],
         "full_copy_bytes": resources["full_copy_bytes"], "latency_ms": resources["latency_ms_per_example"],
+        "learned": metrics.get("learned", True),  # runs before the check recorded nothing
     }
 
 
@@ -64,6 +65,6 @@ def summarise(cells: pd.DataFrame) -> pd.DataFrame:
         trainable_parameters=("trainable_parameters", "median"), trainable_share=("trainable_share", "median"),
         train_s_mean=("train_s", "mean"), peak_memory_bytes=("peak_memory_bytes", "mean"),
         delta_bytes=("delta_bytes", "median"), full_copy_bytes=("full_copy_bytes", "median"),
-        latency_ms=("latency_ms", "mean"),
+        latency_ms=("latency_ms", "mean"), unlearned=("learned", lambda learned: int((~learned.astype(bool)).sum())),
     ).reset_index()
     return summary.sort_values("train_size", kind="stable").reset_index(drop=True)

@@ -66,6 +66,56 @@ def check_sentences(splits: Splits, lengths: list[int], max_length: int, labelle
     return checks
 
 
+TOKENS_PER_WORD = 1.4  # WordPiece and BPE tokenizers on English prose, near enough for advice before any tokenizer
+
+
+@dataclass(frozen=True)
+class DataProfile:
+    """A user's labelled file as `recommend` sees it: rows, class balance, text lengths in words."""
+
+    source: str
+    text_column: str
+    label_column: str
+    rows: int
+    class_shares: dict[str, float]
+    words_median: int
+    words_p95: int
+
+    @property
+    def training_rows(self) -> int:
+        """What trains after `train`'s default split (15% test, 10% validation)."""
+        return max(1, round(self.rows * 0.75))
+
+    def train_options(self, max_length: int = 128) -> list[str]:
+        """The `tunelab train` options this data needs: its file and columns, class weights when a class is rare,
+        and a longer `--max-length` when most texts would be cut."""
+        options = ["--data", self.source]
+        options += ["--text-column", self.text_column] if self.text_column != "text" else []
+        options += ["--label-column", self.label_column] if self.label_column != "label" else []
+        if min(self.class_shares.values()) < RARE_CLASS:
+            options += ["--class-weights", "balanced"]
+        tokens_p95 = math.ceil(self.words_p95 * TOKENS_PER_WORD)
+        if tokens_p95 > max_length:
+            options += ["--max-length", str(min(512, tokens_p95))]
+        return options
+
+    def summary(self) -> str:
+        balance = ", ".join(f"{label} {share:.0%}" for label, share in self.class_shares.items())
+        return (f"{self.source}: {self.rows} rows ({self.training_rows} to train on), {len(self.class_shares)} "
+                f"classes ({balance}), {self.words_median} words per text (95% under {self.words_p95})")
+
+
+def profile_file(source: str, text_column: str, label_column: str) -> DataProfile:
+    from tunelab.data.loading import load_examples
+
+    examples = load_examples(source, text_column, label_column)
+    words = examples["text"].str.split().str.len()
+    shares = examples["label"].value_counts(normalize=True)
+    return DataProfile(source, text_column, label_column, len(examples),
+                       {str(label): float(share) for label, share in shares.items()}, int(words.median()),
+                       int(math.ceil(words.quantile(0.95))))
+
+
 def is_imbalanced(labels: pd.Series) -> bool:
     """A class has under half its even share of the rows (under 25% of two classes, under 17% of three)."""
     shares = labels.value_counts(normalize=True)
