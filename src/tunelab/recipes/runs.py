@@ -17,7 +17,7 @@ from torch import nn
 
 from tunelab.config import PromptConfig, RunConfig
 from tunelab.errors import TunelabError
-from tunelab.recipes.base import Recipe
+from tunelab.recipes.base import Prepared, Recipe
 from tunelab.resources import PeakMemory, run_resources
 from tunelab.runs import CHECKPOINTS, StagedRun, read_run_config, require_run, write_json, write_run
 from tunelab.strategies.catalog import check_serves_task
@@ -79,24 +79,36 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
         model.eval()
         predictor = recipe.predictor(model, tokenizer, prepared.targets, config)
         test = fitted.test if fitted.test is not None else recipe.test(predictor, prepared, staged.path)
-        steps = math.ceil(len(prepared.splits.train) / config.training.batch_size) * strategy.epochs
         metrics = {"task": config.task, "test": test, **fitted.facts, **prepared.facts,
                    "train_examples": len(prepared.splits.train),
                    "validation_examples": len(prepared.splits.validation),
-                   "training": {"epochs": strategy.epochs, "optimizer_steps": math.ceil(steps),
-                                "learning_rate": strategy.learning_rate, "selected_on": prepared.selected_on}}
-        baseline = recipe.baseline(prepared)
-        if baseline is not None:
-            problem = recipe.did_not_learn(test, baseline)
-            metrics.update(baseline=baseline, learned=problem is None)
-            if problem is not None:
-                say(f"[yellow]warning:[/yellow] {escape(problem)}")
+                   "training": training_facts(strategy, prepared), **verdict(recipe, prepared, test, say)}
         if checks is not None:
             write_json(staged.path / DATA_CHECKS_FILE, checks.as_dict())
         latency = recipe.latency_ms(predictor, prepared.splits.test)
         recipe.save_targets(prepared.targets, staged.path)
         resources = run_resources(model, fitted.timings, memory, strategy.save_delta(model, staged.path), latency)
         return RunResult(commit(staged, config, metrics, resources), metrics, resources, predictor)
+
+
+def training_facts(strategy: ConfiguredStrategy, prepared: Prepared) -> dict[str, Any]:
+    """How the run trained, as decided from its data: epochs, optimizer steps, learning rate, selection metric."""
+    steps = math.ceil(len(prepared.splits.train) / prepared.config.training.batch_size) * strategy.epochs
+    return {"epochs": strategy.epochs, "optimizer_steps": math.ceil(steps), "learning_rate": strategy.learning_rate,
+            "selected_on": prepared.selected_on}
+
+
+def verdict(recipe: Recipe, prepared: Prepared, test: dict[str, Any],
+            say: Callable[[RenderableType], None]) -> dict[str, Any]:
+    """The baseline that learns nothing and whether the run beat it, for the tasks that have one; a run that did
+    not learn is announced with what to try."""
+    baseline = recipe.baseline(prepared)
+    if baseline is None:
+        return {}
+    problem = recipe.did_not_learn(test, baseline)
+    if problem is not None:
+        say(f"[yellow]warning:[/yellow] {escape(problem)}")
+    return {"baseline": baseline, "learned": problem is None}
 
 
 def commit(staged: StagedRun, config: RunConfig, metrics: dict[str, Any], resources: dict[str, Any]) -> Path:
