@@ -95,7 +95,7 @@ def test_truncation_and_rare_class_warnings_name_the_fix():
         "30% of the training texts are longer than --max-length 128 tokens and are cut; --max-length 200 keeps 95% "
         "of them whole, at about 1.6x the memory and time per example (more where attention dominates)",
         "class 'b' is 5% of the training rows: pass --class-weights balanced so that its errors weigh as much as a "
-        "common class's (the best epoch is then chosen on macro-F1)"]
+        "common class's, and consider --select-on macro-f1"]
     quiet = check_sentences(_splits(["a", "b"] * 10), [10] * 20, max_length=128, labelled=True)
     assert quiet.warnings == [] and quiet.class_shares == {"a": 0.5, "b": 0.5}
     console = Console(record=True, width=120)

@@ -62,7 +62,7 @@ def check_sentences(splits: Splits, lengths: list[int], max_length: int, labelle
         if share < RARE_CLASS:
             checks.warnings.append(
                 f"class '{label}' is {share:.0%} of the training rows: pass --class-weights balanced so that its "
-                f"errors weigh as much as a common class's (the best epoch is then chosen on macro-F1)")
+                f"errors weigh as much as a common class's, and consider --select-on macro-f1")
     return checks
 
 
