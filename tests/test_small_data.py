@@ -161,3 +161,9 @@ def test_recommend_reads_the_users_file_and_names_it(tmp_path: Path, monkeypatch
     assert "100 rows (75 to train on), 3 classes (good 64%, bad 28%, mixed 8%)" in text
     assert f"--data {data} --text-column review --label-column stars --class-weights balanced" in text
     assert "movie-snippets" not in text
+
+
+def test_recommend_on_a_missing_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture):
+    code, _, stderr = run_main(["recommend", "--data", str(tmp_path / "nope.csv")], monkeypatch, capsys)
+    assert code == 2 and stderr == f"error: data file {tmp_path / 'nope.csv'} does not exist\n"

@@ -122,17 +122,17 @@ def recommend(
     from tunelab.compare.advisor import recommend as advise
     from tunelab.config import build_config
 
-    measured = None
+    measured, own_data = None, data
     if grid is not None:
         results, measured = _grid_summary(grid)
         samples = samples or int(measured["train_size"].max())
         base = build_config(results.spec.base)
         model, data = model or base.model, data or base.data.source
     train_data: str | list[str] = data or "movie-snippets"
-    if data is not None and Path(data).is_file() and task == "classification":
+    if own_data is not None and task == "classification":  # the data you name is read (a missing file is an error)
         from tunelab.data.checks import profile_file
 
-        profile = profile_file(data, text_column, label_column)
+        profile = profile_file(own_data, text_column, label_column)
         console.print(escape(profile.summary()))
         samples, train_data = samples or profile.training_rows, profile.train_options()
     if samples is None:
