@@ -7,11 +7,13 @@ from typing import Any
 
 import compare_grid
 import few_shot
+import onnx_export
 import probe_cache
 import prompt_templates
 import regression
 import rlhf_pipeline
 import small_data
+import speed
 import strategy_accuracy
 import strategy_costs
 import vs_plain
@@ -56,6 +58,25 @@ def cost_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
              f"{s[name]['peak_rss_vs_full']:.2f}x full, delta {s[name]['delta_bytes'] / MIB:.2f} MiB, trainable "
              f"{s[name]['trainable_share'] * 100:.3g}%", "") for name in strategy_costs.STRATEGIES]
     return [*rows, ("costs: lora step <= 0.7x full, none > full", "", verdict(s["pass"]))]
+
+
+def onnx_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    s = result["summary"]
+    return [("onnx: max |logit difference| to the run", f"{s['onnx_max_logit_difference']:.1e}",
+             verdict(result["pass"])),
+            ("onnx: ms per example at batch 1", f"onnxruntime {s['onnx_ms_per_example']:.2f}, PyTorch "
+             f"{s['pytorch_ms_per_example']:.2f} ({s['onnx_vs_pytorch']:.2f}x)", "")]
+
+
+def speed_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    padding = result["padding_share"]
+    rows = [("speed: padded positions per batch", f"random order {padding['random']:.1%}, length-grouped "
+             f"{padding['grouped']:.1%}", "")]
+    for name, s in result["summary"].items():
+        bf16 = "not timed" if s["bf16_vs_fp32"] is None else f"{s['bf16_vs_fp32']:.2f}x"
+        rows.append((f"speed: {name}", f"fp32 step {s['fp32_step_s']:.3f} s, grouped {s['grouped_vs_random']:.2f}x, "
+                     f"bf16 {bf16}", ""))
+    return rows
 
 
 def accuracy_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -130,6 +151,8 @@ DRIVERS = {
     "rlhf": lambda args: rlhf_rows(rlhf_pipeline.run_benchmark(1, args.quick, args.keep)),
     "regression": lambda args: regression_rows(regression.run_benchmark(args.repeats or 3, args.quick, args.keep)),
     "small-data": lambda args: small_data_rows(small_data.run_benchmark(args.repeats or 3, args.quick, args.keep)),
+    "onnx": lambda args: onnx_rows(onnx_export.run_benchmark(args.repeats or 3, args.quick, args.keep)),
+    "speed": lambda args: speed_rows(speed.run_benchmark(args.repeats or 3, args.quick, args.keep)),
 }
 
 

@@ -1,7 +1,8 @@
 """`tunelab train --strategy full|lora` against a plain transformers (+ peft) Trainer script on identical data.
 
-tunelab wraps the Hugging Face Trainer, so it should cost no more time than the script a user would write from
-the docs, and reach the same accuracy. Both sides get the same train/validation/test rows (tunelab's own split,
+tunelab wraps the Hugging Face Trainer with defaults a plain script lacks (length-grouped batches; bf16 where the
+hardware has it), so it should take at most 0.7x the time of the script a user would write from the docs (fp32,
+random order) within 1 point of its accuracy. Both sides get the same train/validation/test rows (tunelab's own split,
 written to CSV for the plain script), the same hyper-parameters and seed; the order alternates every repeat so
 that neither side always runs on a machine warmed or loaded by the other. For lora both sides adapt the query and
 value projections with r=8, alpha 16, no dropout (tunelab's defaults).
@@ -31,7 +32,8 @@ from common import (
 SETTINGS = {"limit_train": 2000, "limit_eval": None, "epochs": 3, "batch_size": 32, "max_length": 128, "seed": 42}
 LEARNING_RATES = {"full": 5e-5, "lora": 5e-3}  # tunelab's defaults, given to both sides
 QUICK = {**SETTINGS, "limit_train": 128, "limit_eval": 200, "epochs": 1}
-ACCURACY_TOLERANCE = 0.005  # tunelab may trail the plain script by at most half a point of accuracy
+TIME_RATIO_BAR = 0.7  # tunelab's training time at most 0.7x the plain script's ...
+ACCURACY_TOLERANCE = 0.01  # ... at an accuracy at most 1 point below it
 
 
 def run_tunelab(folder: Path, repeat: int, settings: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +85,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "tunelab_peak_rss_bytes": of("tunelab", "peak_rss_bytes"),
         "plain_peak_rss_bytes": of("plain", "peak_rss_bytes"),
     }
-    summary["pass"] = bool(summary["ratio_median"] <= 1.0
+    summary["pass"] = bool(summary["ratio_median"] <= TIME_RATIO_BAR
                            and summary["tunelab_accuracy"] >= summary["plain_accuracy"] - ACCURACY_TOLERANCE)
     return summary
 

@@ -1,5 +1,6 @@
 """`tunelab export --merge`: LoRA and IA3 folded into the base weights, written as a plain transformers folder
-plus the head, matching the run's logits; strategies that cannot merge are refused and nothing is written."""
+plus the head (and with `--onnx` as ONNX), matching the run's logits; strategies that cannot merge are refused and
+nothing is written."""
 
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from transformers import AutoModel, AutoTokenizer
 from tunelab.api import load_predictor
 from tunelab.assets.models import resolve_model
 from tunelab.errors import TunelabError
-from tunelab.export import CHECK_TEXTS, EXPORT_FILE, MERGE_TOLERANCE, export_merged
+from tunelab.export import CHECK_TEXTS, EXPORT_FILE, MERGE_TOLERANCE, ONNX_FILE, export_merged
 from tunelab.modeling import pool
 
 
@@ -75,3 +76,35 @@ def test_an_export_is_never_overwritten_by_accident(trained: TrainedRun, tmp_pat
     export_merged(trained.path, tmp_path / "again")
     export_merged(trained.path, tmp_path / "again", overwrite=True)
     assert (tmp_path / "again" / EXPORT_FILE).exists()
+
+
+def test_the_onnx_export_gives_the_runs_logits_in_onnxruntime(trained: TrainedRun, tmp_path: Path):
+    """The whole classifier as ONNX, with batch and sequence length free: texts of other lengths and counts than
+    the export saw give the run's logits."""
+    import onnxruntime
+
+    report = export_merged(trained.path, tmp_path / "onnx", onnx=True)
+    assert report["onnx_max_logit_difference"] <= MERGE_TOLERANCE
+    assert report["latency_ms_per_example"]["onnx"] > 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / ONNX_FILE), providers=["CPUExecutionProvider"])
+    texts = ["good great film", "awful", "a film", "the film was good and then it was not good at all"]
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "onnx")
+    inputs = tokenizer(texts, truncation=True, max_length=16, padding=True, return_tensors="np")
+    logits = session.run(["logits"], {name: inputs[name].astype(np.int64) for name in ("input_ids", "attention_mask")})
+    np.testing.assert_allclose(logits[0], trained.predictor.logits(texts), atol=MERGE_TOLERANCE, rtol=0)
+
+
+def test_onnx_without_its_libraries_is_one_line(bert_full, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_onnxruntime(name: str, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_onnxruntime)
+    with pytest.raises(TunelabError, match=r"--onnx needs onnxruntime and onnxscript: pip install 'tunelab\[onnx\]'"):
+        export_merged(bert_full.path, tmp_path / "onnx", onnx=True)
+    assert not (tmp_path / "onnx").exists()

@@ -18,6 +18,7 @@ from tunelab.config import StrategyConfig
 from tunelab.data.checks import check_sentences, is_imbalanced, profile_file
 from tunelab.data.splits import Splits
 from tunelab.errors import TunelabError
+from tunelab.precision import resolve_precision
 from tunelab.recipes.classification import RECIPE
 from tunelab.strategies.registry import configure
 from tunelab.tasks.classification import FeatureClassifier, LabelMap, classification_metrics
@@ -45,7 +46,7 @@ def test_train_raises_default_epochs_and_keeps_explicit_ones(tiny_bert: Path, se
     lora = _small(tiny_config(tiny_bert, sentiment_csv, tmp_path / "lora", "lora", epochs=None, min_steps=40))
     assert api.train(lora, progress=False).metrics["training"] == {
         "epochs": 20.0, "optimizer_steps": 40, "learning_rate": lora.training.learning_rate,
-        "selected_on": "accuracy"}
+        "selected_on": "accuracy", "precision": resolve_precision("auto")}
     short = _small(tiny_config(tiny_bert, sentiment_csv, tmp_path / "short", "lora", epochs=1, min_steps=40))
     assert api.train(short, progress=False).metrics["training"]["optimizer_steps"] == 2
 

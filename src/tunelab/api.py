@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import RenderableType
 
-from tunelab.config import RunConfig, StrategyConfig
+from tunelab.config import Precision, RunConfig, StrategyConfig
 from tunelab.errors import TunelabError
 from tunelab.export import is_export, load_export
 from tunelab.recipes.generation import Generator
@@ -33,9 +33,10 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True,
 
 
 def evaluate(run_dir: Path, source: str | None = None, text_column: str = "text", label_column: str = "label",
-             limit: int | None = None) -> dict[str, Any]:
-    """Metrics of a trained run on a dataset: its own test split by default, else every row of `source`."""
-    return evaluate_run(run_dir, source, text_column, label_column, limit)
+             limit: int | None = None, precision: Precision = "auto") -> dict[str, Any]:
+    """Metrics of a trained run on a dataset: its own test split by default, else every row of `source`; computed
+    in `precision` (auto: bf16 where this machine computes it natively, else fp32)."""
+    return evaluate_run(run_dir, source, text_column, label_column, limit, precision)
 
 
 def zero_shot(config: RunConfig) -> dict[str, Any]:
@@ -57,18 +58,19 @@ def run_task(run_dir: Path) -> str:
     return read_run_config(run_dir).task
 
 
-def load_predictor(run_dir: Path) -> Any:
-    """A trained run, or a merged export of one (`tunelab export --merge`), ready to predict: its task's predictor
-    (`Predictor`, `Tagger`, `Answerer` or `Generator`)."""
+def load_predictor(run_dir: Path, precision: Precision = "auto") -> Any:
+    """A trained run, or a merged export of one (`tunelab export --merge`), ready to predict in `precision`: its
+    task's predictor (`Predictor`, `Tagger`, `Answerer` or `Generator`)."""
     if is_export(run_dir):
-        return load_export(run_dir)
-    return load_run(run_dir).predictor()
+        return load_export(run_dir, precision)
+    return load_run(run_dir, precision).predictor()
 
 
-def predict(run_dir: Path, inputs: list[str], context: str | None = None) -> list[dict[str, Any]]:
+def predict(run_dir: Path, inputs: list[str], context: str | None = None,
+            precision: Precision = "auto") -> list[dict[str, Any]]:
     """One JSON-ready record per input: a label with every label's probability, a value, the entities with their
     character spans, the answer to a question about `context`, or a generated answer."""
-    return recipe_for(run_task(run_dir)).predict(load_predictor(run_dir), inputs, context)
+    return recipe_for(run_task(run_dir)).predict(load_predictor(run_dir, precision), inputs, context)
 
 
 def load_generator(run_dir: Path, purpose: str = "generate") -> tuple[CausalLM, Any]:

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunelab.errors import TunelabError
 from tunelab.task_catalog import TASKS
 
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # resolved for the hardware by `tunelab.precision`
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -86,6 +88,14 @@ class TrainingConfig(_Section):
     select_on: Literal["auto", "accuracy", "macro-f1", "loss"] = Field(
         "auto", description="classification: the validation metric that picks the epoch kept; auto is macro-F1 when a "
                             "class has under half its even share of the training split, else accuracy")
+    precision: Precision = Field(
+        "auto", description="fp32, or bf16/fp16 autocast (fp32 weights and optimizer state); auto is bf16 where the "
+                            "hardware computes it natively (CUDA GPUs with bf16, CPUs with avx512_bf16 or AMX), "
+                            "else fp32")
+    group_by_length: Literal["auto", "on", "off"] = Field(
+        "auto", description="training batches of similar length (shuffled buckets, so the order still randomises): "
+                            "less padding to compute; auto groups when random batches would be at least 20% "
+                            "padding")
     logging_steps: int = Field(50, gt=0)
     report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard] or [mlflow]")
     keep_checkpoints: bool = Field(False, description="keep the Trainer's checkpoints (full weights and "

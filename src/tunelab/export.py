@@ -1,23 +1,33 @@
 """Export a trained run as a merged model: the delta folded into the base weights, written as a plain
-transformers folder (which is also a sentence-transformers folder) plus the classification head.
+transformers folder (which is also a sentence-transformers folder) plus the classification head, and on request
+the whole classifier (tokens in, logits out) as ONNX.
 
-The export is checked before it is written: the merged model's logits must match the run's within
-`MERGE_TOLERANCE`, and its latency at batch size 1 is measured next to the base model's and the unmerged
-run's, which is the claim that makes merging worth it (LoRA adds no inference latency once merged).
+The export is checked before it is written: the merged model's logits (and the ONNX model's, run by onnxruntime)
+must match the run's within `MERGE_TOLERANCE`, and latency at batch size 1 is measured next to the base model's
+and the unmerged run's, which is the claim that makes merging worth it (LoRA adds no inference latency once
+merged). ONNX comes from torch's own exporter: optimum's (optimum-onnx 0.1) pins transformers below 4.58.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from tunelab.assets.models import Pooling, resolve_model
+from tunelab.config import Precision
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_backbone, load_tokenizer
+from tunelab.precision import in_precision, resolve_precision
 from tunelab.predict import Predictor
 from tunelab.recipes.runs import load_run
 from tunelab.resources import latency_per_example_ms
@@ -27,6 +37,7 @@ from tunelab.tasks.classification import LabelMap, SequenceClassifier
 
 EXPORT_FILE = "tunelab_export.json"
 HEAD_FILE = "head.safetensors"
+ONNX_FILE = "model.onnx"
 MERGE_TOLERANCE = 1e-4
 # Texts of different lengths on which the merged and unmerged models must agree, and latency is timed.
 CHECK_TEXTS = [
@@ -53,10 +64,59 @@ def _latency_ms(predictor: Predictor) -> float:
     return round(latency_per_example_ms(lambda text: predictor.logits([text]), CHECK_TEXTS * 4), 3)
 
 
-def export_merged(run_dir: Path, output: Path, overwrite: bool = False) -> dict[str, Any]:
-    """Fold the run's delta into the base weights and write the merged classifier to `output`."""
+class _Logits(nn.Module):
+    """The classifier as ONNX sees it: token ids and mask in, logits out."""
+
+    def __init__(self, classifier: SequenceClassifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.classifier(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch's exporter needs it)
+    except ImportError:
+        raise TunelabError("--onnx needs onnxruntime and onnxscript: pip install 'tunelab[onnx]'") from None
+    return onnxruntime
+
+
+def export_onnx(model: SequenceClassifier, tokenizer: Any, max_length: int, path: Path) -> Callable[[str], np.ndarray]:
+    """Write the classifier to `path` as ONNX (batch and sequence length dynamic) and return a function that runs
+    onnxruntime on a batch of texts, for the checks."""
+    onnxruntime = _onnxruntime()
+    encode = lambda texts: tokenizer(texts, truncation=True, max_length=max_length, padding=True,  # noqa: E731
+                                     return_tensors="np")
+    example = encode(CHECK_TEXTS[:2])
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Logits(model).eval(), (torch.tensor(example["input_ids"]),
+                                                  torch.tensor(example["attention_mask"])), str(path),
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"], dynamo=True,
+                          dynamic_shapes={"input_ids": {0: batch, 1: sequence},
+                                          "attention_mask": {0: batch, 1: sequence}}, verbose=False)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # as many threads as PyTorch, for a fair latency
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def logits(texts: list[str]) -> np.ndarray:
+        inputs = encode(texts)
+        return session.run(["logits"], {"input_ids": inputs["input_ids"].astype(np.int64),
+                                        "attention_mask": inputs["attention_mask"].astype(np.int64)})[0]
+    return logits
+
+
+def export_merged(run_dir: Path, output: Path, overwrite: bool = False, onnx: bool = False) -> dict[str, Any]:
+    """Fold the run's delta into the base weights and write the merged classifier to `output`; with `onnx`, also
+    the classifier as `model.onnx`, checked against the run in onnxruntime."""
     staged = StagedRun(output, overwrite, marker=EXPORT_FILE, kind="tunelab export")
-    run = load_run(run_dir)
+    if onnx:
+        _onnxruntime()  # refused before anything loads
+    run = load_run(run_dir, "fp32")  # the merged weights are checked against the run's outputs in fp32
     if run.config.task != "classification":
         raise TunelabError(f"{run_dir} is a {run.config.task} run; export writes classifiers (a plain model plus a "
                            f"linear head over labels) so far: use the run directory itself")
@@ -84,6 +144,9 @@ def export_merged(run_dir: Path, output: Path, overwrite: bool = False) -> dict[
                                    "merged": _latency_ms(merged), "unmerged": unmerged_latency},
     }
     with staged:
+        if onnx:
+            report["onnx_max_logit_difference"], report["latency_ms_per_example"]["onnx"] = _checked_onnx(
+                run.model, run.tokenizer, max_length, staged.path / ONNX_FILE, expected)
         run.model.backbone.save_pretrained(staged.path)
         run.tokenizer.save_pretrained(staged.path)
         _sentence_transformers_files(staged.path, spec.pooling, run.model.backbone.config.hidden_size)
@@ -95,15 +158,27 @@ def export_merged(run_dir: Path, output: Path, overwrite: bool = False) -> dict[
     return report
 
 
+def _checked_onnx(model: SequenceClassifier, tokenizer: Any, max_length: int, path: Path,
+                  expected: np.ndarray) -> tuple[float, float]:
+    """Export to ONNX and check it against the run's logits: (max |logit difference|, latency in ms/example)."""
+    logits = export_onnx(model, tokenizer, max_length, path)
+    difference = float(np.abs(logits(CHECK_TEXTS) - expected).max())
+    if difference > MERGE_TOLERANCE:
+        raise TunelabError(f"the ONNX model's logits differ from the run's by {difference:.2e} "
+                           f"(> {MERGE_TOLERANCE:.0e}); nothing was written")
+    return difference, round(latency_per_example_ms(lambda text: logits([text]), CHECK_TEXTS * 4), 3)
+
+
 def is_export(path: Path) -> bool:
     return (path / EXPORT_FILE).exists()
 
 
-def load_export(path: Path) -> Predictor:
-    """A merged export as a predictor: plain transformers backbone, pooling, and the saved head."""
+def load_export(path: Path, precision: Precision = "auto") -> Predictor:
+    """A merged export as a predictor in `precision`: plain transformers backbone, pooling, and the saved head."""
     report = json.loads((path / EXPORT_FILE).read_text(encoding="utf-8"))
     spec = resolve_model(str(path))
     label_map = LabelMap(report["labels"])
     model = SequenceClassifier(load_backbone(spec), len(label_map.labels), spec.pooling)
     model.head[-1].load_state_dict(load_file(str(path / HEAD_FILE)))
-    return Predictor(model.eval(), load_tokenizer(spec), label_map, report["max_length"])
+    return Predictor(in_precision(model.eval(), resolve_precision(precision)), load_tokenizer(spec), label_map,
+                     report["max_length"])

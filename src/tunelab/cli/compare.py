@@ -13,6 +13,7 @@ from tunelab.cli.app import app, console
 from tunelab.cli.options import (
     MEMORY_UNITS_GB,
     PARAMETER_UNITS,
+    PRECISION_HELP,
     comma_list,
     run_config,
     size_amount,
@@ -65,6 +66,7 @@ def compare(
     batch_size: Annotated[int | None, typer.Option(help="examples per training step")] = None,
     max_length: Annotated[int | None, typer.Option(help="tokens per example")] = None,
     limit_eval: Annotated[int | None, typer.Option(help="evaluate on at most N examples (quick looks)")] = None,
+    precision: Annotated[str | None, typer.Option(help=f"every run's: {PRECISION_HELP} [default: auto]")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="any config key, e.g. training.warmup_ratio=0.1")]
     = None,
     quiet: Annotated[bool, typer.Option(help="no progress display")] = False,

@@ -17,8 +17,11 @@ FLAG_KEYS = {
     "lr": "training.learning_rate", "batch_size": "training.batch_size", "max_length": "training.max_length",
     "seed": "training.seed", "shots": "data.shots", "tune": "strategy.options.tune", "calibrate": "prompt.calibrate",
     "min_steps": "training.min_steps", "class_weights": "training.class_weights", "select_on": "training.select_on",
+    "precision": "training.precision", "group_by_length": "training.group_by_length",
 }
 TEMPLATE_HELP = "prompt-based: e.g. 'Review: {text}\\nSentiment: {label}' (\\n is a newline; default: the dataset's)"
+PRECISION_HELP = ("auto (bf16 where this machine computes it natively: CUDA GPUs with bf16, CPUs with avx512_bf16 "
+                  "or AMX; else fp32), fp32, bf16 or fp16 (CUDA only)")
 VERBALIZER_HELP = "prompt-based: LABEL=WORDS, e.g. positive=' great, good' (repeatable; default: the label names)"
 
 

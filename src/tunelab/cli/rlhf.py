@@ -11,6 +11,7 @@ from rich.table import Table
 
 from tunelab.cli.app import app, console
 from tunelab.cli.options import (
+    PRECISION_HELP,
     quiet_libraries,
     run_config,
 )
@@ -52,6 +53,7 @@ def rlhf_sft(
     max_length: Annotated[int, typer.Option(min=1, help="tokens per example")] = 64,
     seed: Annotated[int, typer.Option(help="seed of the data order and a file's held-out split")] = 42,
     option: Annotated[list[str] | None, typer.Option(help="strategy option KEY=VALUE (repeatable)")] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
@@ -62,7 +64,7 @@ def rlhf_sft(
     config = run_config(None, {"model": model, "task": "generation", "data": data, "strategy": strategy,
                             "output": output, "epochs": epochs, "lr": lr, "batch_size": batch_size,
                             "max_length": max_length, "seed": seed, "limit_train": limit_train,
-                            "limit_eval": limit_eval}, None, option, None, None)
+                            "limit_eval": limit_eval, "precision": precision}, None, option, None, None)
     train, test = stage_splits(data, "sft", seed=seed)
     quiet_libraries()
     metrics = train_sft(config, train.iloc[:limit_train], test.iloc[:limit_eval], overwrite, progress=not quiet)
@@ -126,6 +128,7 @@ def rlhf_reward(
     batch_size: Annotated[int, typer.Option(min=1, help="pairs per step")] = 16,
     max_length: Annotated[int, typer.Option(min=1, help="tokens per text; longer ones are truncated")] = 128,
     seed: Annotated[int, typer.Option(help="seed of the new head, the data order and a file's held-out split")] = 42,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
@@ -135,7 +138,7 @@ def rlhf_reward(
     from tunelab.rlhf.reward import RewardSettings, train_reward_model
 
     settings = RewardSettings(model=model, data=data, epochs=epochs, learning_rate=lr, batch_size=batch_size,
-                              max_length=max_length, seed=seed)
+                              max_length=max_length, seed=seed, precision=precision)
     train_pairs, test_pairs = stage_splits(data, "reward", test_share=0.1, seed=seed)
     quiet_libraries()
     metrics = train_reward_model(settings, train_pairs, test_pairs, output, overwrite, progress=not quiet)
@@ -162,6 +165,7 @@ def rlhf_dpo(
     max_length: Annotated[int, typer.Option(min=1, help="tokens per prompt + answer")] = 64,
     limit_eval: Annotated[int, typer.Option(min=1, help="held-out pairs to evaluate on")] = 200,
     seed: Annotated[int, typer.Option(help="seed of the data order and a file's held-out split")] = 42,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
@@ -172,7 +176,7 @@ def rlhf_dpo(
 
     require_run(policy)
     settings = DPOSettings(data=data, beta=beta, epochs=epochs, learning_rate=lr, batch_size=batch_size,
-                           max_length=max_length, seed=seed)
+                           max_length=max_length, seed=seed, precision=precision)
     train_pairs, test_pairs = stage_splits(data, "dpo", test_share=0.1, seed=seed)
     quiet_libraries()
     metrics = train_dpo(settings, policy, train_pairs, test_pairs.iloc[:limit_eval], output, overwrite,
@@ -224,6 +228,8 @@ def rlhf_pipeline(
     dpo_pairs: Annotated[int | None, typer.Option(min=1, help="DPO's training pairs [default: 1000]")] = None,
     judge_prompts: Annotated[int | None, typer.Option(min=1, help="held-out prompts every policy answers "
                                                                   "[default: 256]")] = None,
+    precision: Annotated[str | None, typer.Option(help=f"SFT's, the reward model's and DPO's: {PRECISION_HELP} "
+                                                      "[default: auto]")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """SFT, reward model, PPO and DPO on a preset, then every policy judged on the same held-out prompts. Running
@@ -231,7 +237,8 @@ def rlhf_pipeline(
     from tunelab.rlhf.pipeline import PipelineSettings, run_pipeline
 
     given = {"preset": preset, "policy_model": policy_model, "reward_model": reward_model,
-             "sft_examples": sft_examples, "dpo_pairs": dpo_pairs, "judge_prompts": judge_prompts}
+             "sft_examples": sft_examples, "dpo_pairs": dpo_pairs, "judge_prompts": judge_prompts,
+             "precision": precision}
     settings = PipelineSettings(**{key: value for key, value in given.items() if value is not None})
     if ppo_iterations is not None:
         settings.ppo = settings.ppo.model_copy(update={"iterations": ppo_iterations})

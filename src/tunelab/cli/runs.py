@@ -12,6 +12,7 @@ from rich.table import Table
 
 from tunelab.cli.app import app, console
 from tunelab.cli.options import (
+    PRECISION_HELP,
     TEMPLATE_HELP,
     VERBALIZER_HELP,
     quiet_libraries,
@@ -56,6 +57,10 @@ def train(
     verbalizer: Annotated[list[str] | None, typer.Option(help=VERBALIZER_HELP)] = None,
     calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="prompt-based: contextual "
                                                    "calibration of the label probabilities")] = None,
+    precision: Annotated[str | None, typer.Option(help=f"{PRECISION_HELP} [default: auto]")] = None,
+    group_by_length: Annotated[str | None, typer.Option(help="training batches of similar length (shuffled "
+                                                             "buckets): auto (when random batches would be 20% "
+                                                             "padding or more), on, off [default: auto]")] = None,
     option: Annotated[list[str] | None, typer.Option(help="strategy option KEY=VALUE (repeatable)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="any config key, e.g. training.epochs=2")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
@@ -124,6 +129,7 @@ def evaluate(
     label_column: Annotated[str, typer.Option(help="column with the label")] = "label",
     limit: Annotated[int | None, typer.Option(min=1, help="score at most N examples")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Score a trained run on labelled data with its task's metrics (accuracy and per-class report, Pearson, entity
     F1, exact match and F1, or perplexity and ROUGE-L)."""
@@ -131,7 +137,7 @@ def evaluate(
     from tunelab.task_catalog import recipe_for
 
     quiet_libraries()
-    metrics = api.evaluate(run, data, text_column, label_column, limit)
+    metrics = api.evaluate(run, data, text_column, label_column, limit, precision)
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -145,6 +151,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="print predictions as JSON lines")] = False,
     context: Annotated[str | None, typer.Option(help="question-answering runs: the passage the questions (the "
                                                      "texts) are about")] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
 ) -> None:
     """Predict with a trained run: the label and every label's probability, the value of a regression run, the
     entities a token-classification run finds (with character spans), a question-answering run's answers to
@@ -153,7 +160,7 @@ def predict(
     from tunelab.task_catalog import recipe_for
 
     quiet_libraries()
-    records = api.predict(run, texts, context)
+    records = api.predict(run, texts, context, precision)
     if as_json:
         for record in records:
             print(json.dumps(record))
@@ -205,21 +212,29 @@ def export(
     output: Annotated[Path, typer.Option(help="folder to write the merged model to")],
     merge: Annotated[bool, typer.Option("--merge", help="fold the delta into the base weights (lora, ia3, full)")]
     = False,
+    onnx: Annotated[bool, typer.Option("--onnx", help="also write the classifier as model.onnx (checked in "
+                                                      "onnxruntime; implies --merge)")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing export at --output")] = False,
 ) -> None:
-    """Write a run as one plain transformers model folder plus its head, checked against the run."""
+    """Write a run as one plain transformers model folder plus its head (and as ONNX), checked against the run."""
     from tunelab.export import export_merged
 
-    if not merge:
-        raise TunelabError("export writes merged models: pass --merge (the run directory is the unmerged form)")
+    if not (merge or onnx):
+        raise TunelabError("export writes merged models: pass --merge (the run directory is the unmerged form) or "
+                           "--onnx")
     quiet_libraries()
-    report = export_merged(run, output, overwrite)
+    report = export_merged(run, output, overwrite, onnx)
     latency = report["latency_ms_per_example"]
     table = Table(title=f"merged {report['strategy']} run -> {escape(str(output))}")
-    for column in ("max |logit difference|", "base ms/example", "merged ms/example", "unmerged ms/example"):
+    columns = {"max |logit difference|": f"{report['max_logit_difference']:.1e}",
+               "base ms/example": f"{latency['base']:.2f}", "merged ms/example": f"{latency['merged']:.2f}",
+               "unmerged ms/example": f"{latency['unmerged']:.2f}"}
+    if onnx:
+        columns |= {"ONNX |logit difference|": f"{report['onnx_max_logit_difference']:.1e}",
+                    "ONNX ms/example": f"{latency['onnx']:.2f}"}
+    for column in columns:
         table.add_column(column, justify="right")
-    table.add_row(f"{report['max_logit_difference']:.1e}", f"{latency['base']:.2f}", f"{latency['merged']:.2f}",
-                  f"{latency['unmerged']:.2f}")
+    table.add_row(*columns.values())
     console.print(table)
     console.print(f"load it with `tunelab predict {escape(str(output))} TEXT`, or as a plain transformers "
                   f"AutoModel plus {escape(str(output / 'head.safetensors'))}")

@@ -55,7 +55,8 @@ def fit_with_trainer(model: nn.Module, config: RunConfig, strategy: ConfiguredSt
     """Every task's fit: a Trainer that evaluates each epoch and restores the best one on `best_metric`; returns the
     trained Trainer (for the tasks that predict with it) and the training time."""
     args = training_arguments(config, strategy, checkpoints, progress, best_metric)
-    trainer = build_trainer(model, args, train, validation, collator, compute_metrics)
+    trainer = build_trainer(model, args, train, validation, collator, compute_metrics,
+                            config.training.group_by_length)
     start = time.perf_counter()
     trainer.train()
     return trainer, {"train_s": time.perf_counter() - start}

@@ -15,8 +15,9 @@ from rich.console import RenderableType
 from rich.markup import escape
 from torch import nn
 
-from tunelab.config import PromptConfig, RunConfig
+from tunelab.config import Precision, PromptConfig, RunConfig
 from tunelab.errors import TunelabError
+from tunelab.precision import in_precision, resolve_precision
 from tunelab.recipes.base import Prepared, Recipe
 from tunelab.resources import PeakMemory, run_resources
 from tunelab.runs import CHECKPOINTS, StagedRun, read_run_config, require_run, write_json, write_run
@@ -44,6 +45,7 @@ def configure_run(config: RunConfig) -> ConfiguredStrategy:
     check_shots(config.task, config.data.shots)
     check_prompt_settings(strategy.strategy, config.prompt != PromptConfig())
     recipe_for(config.task).check_training(config)
+    resolve_precision(config.training.precision)
     return strategy
 
 
@@ -77,7 +79,8 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
         with PeakMemory() as memory:
             fitted = recipe.fit(model, tokenizer, prepared, strategy, staged.path / CHECKPOINTS, progress)
         model.eval()
-        predictor = recipe.predictor(model, tokenizer, prepared.targets, config)
+        predictor = recipe.predictor(in_precision(model, resolve_precision(config.training.precision)), tokenizer,
+                                     prepared.targets, config)
         test = fitted.test if fitted.test is not None else recipe.test(predictor, prepared, staged.path)
         metrics = {"task": config.task, "test": test, **fitted.facts, **prepared.facts,
                    "train_examples": len(prepared.splits.train),
@@ -92,10 +95,12 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
 
 
 def training_facts(strategy: ConfiguredStrategy, prepared: Prepared) -> dict[str, Any]:
-    """How the run trained, as decided from its data: epochs, optimizer steps, learning rate, selection metric."""
-    steps = math.ceil(len(prepared.splits.train) / prepared.config.training.batch_size) * strategy.epochs
+    """How the run trained, as decided from its data and the hardware: epochs, optimizer steps, learning rate,
+    selection metric, precision."""
+    training = prepared.config.training
+    steps = math.ceil(len(prepared.splits.train) / training.batch_size) * strategy.epochs
     return {"epochs": strategy.epochs, "optimizer_steps": math.ceil(steps), "learning_rate": strategy.learning_rate,
-            "selected_on": prepared.selected_on}
+            "selected_on": prepared.selected_on, "precision": resolve_precision(training.precision)}
 
 
 def verdict(recipe: Recipe, prepared: Prepared, test: dict[str, Any],
@@ -136,8 +141,9 @@ class LoadedRun:
         return self.recipe.predictor(self.model, self.tokenizer, self.targets, self.config)
 
 
-def load_run(path: Path) -> LoadedRun:
-    """Rebuild a trained model from its run directory: base model + saved delta."""
+def load_run(path: Path, precision: Precision = "auto") -> LoadedRun:
+    """Rebuild a trained model from its run directory (base model + saved delta), to predict in `precision` on this
+    machine (whatever the run trained in)."""
     require_run(path)
     config = read_run_config(path)
     recipe = recipe_for(config.task)
@@ -146,13 +152,13 @@ def load_run(path: Path) -> LoadedRun:
     model, tokenizer = recipe.build(config, strategy, targets)
     strategy.load_delta(model, path)
     model.eval()
-    return LoadedRun(config, targets, model, tokenizer)
+    return LoadedRun(config, targets, in_precision(model, resolve_precision(precision)), tokenizer)
 
 
 def evaluate_run(run_dir: Path, source: str | None = None, text_column: str = "text", label_column: str = "label",
-                 limit: int | None = None) -> dict[str, Any]:
+                 limit: int | None = None, precision: Precision = "auto") -> dict[str, Any]:
     """Metrics of a trained run on a dataset: its own test split by default, else every row of `source`."""
-    run = load_run(run_dir)
+    run = load_run(run_dir, precision)
     recipe = run.recipe
     if source is None:
         examples, name = recipe.test_examples(run.config), f"{run.config.data.source} (test split)"

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from tunelab.config import Precision
 from tunelab.errors import TunelabError
 from tunelab.rlhf.policy import ADAPTER_FOLDER, POLICY_FILE, merged_sft, policy_lora, save_policy
 from tunelab.runs import StagedRun
@@ -40,6 +41,8 @@ class DPOSettings(BaseModel):
     batch_size: int = Field(8, gt=0, description="pairs per step")
     max_length: int = Field(64, gt=0, description="tokens per prompt + answer")
     seed: int = 42
+    precision: Precision = Field("auto", description="fp32, bf16 or fp16 autocast; auto: bf16 where the hardware "
+                                                     "computes it natively")
 
 
 def with_explicit_prompt(pairs: pd.DataFrame, tokenizer: Any) -> pd.DataFrame:
@@ -78,7 +81,7 @@ def train_dpo(settings: DPOSettings, sft_run: Path, train_pairs: pd.DataFrame, t
                          num_train_epochs=settings.epochs, learning_rate=settings.learning_rate,
                          per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=32,
                          max_length=settings.max_length, precompute_ref_log_probs=True, seed=settings.seed,
-                         logging_steps=25, **trl_stage_settings(staged.path, progress))
+                         logging_steps=25, **trl_stage_settings(staged.path, progress, settings.precision))
         trainer = quiet_when_asked(DPOTrainer(model=model.backbone, args=args, processing_class=tokenizer,
                                               train_dataset=as_dataset(train_pairs),
                                               eval_dataset=as_dataset(test_pairs), peft_config=policy_lora()))

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunelab.config import build_config
+from tunelab.config import Precision, build_config
 from tunelab.errors import TunelabError
 from tunelab.rlhf.data import SentimentPreset, load_movie_sentiment
 from tunelab.rlhf.dpo import DPOSettings, train_dpo
@@ -54,18 +54,21 @@ class PipelineSettings(BaseModel):
     dpo_held_out: int = Field(200, gt=0, description="held-out pairs for DPO's loss and preference accuracy")
     judge_prompts: int = Field(256, gt=0, description="held-out prompts every policy answers")
     seed: int = 42
+    precision: Precision = Field("auto", description="SFT's, the reward model's and DPO's (PPO computes in fp32)")
 
 
 def _sft(settings: PipelineSettings, preset: SentimentPreset, output: Path, progress: bool) -> dict[str, Any]:
     config = build_config({"model": settings.policy_model, "task": "generation", "data": {"source": settings.preset},
                            "strategy": {"name": "lora"}, "output": str(output),
-                           "training": {"epochs": 1, "batch_size": 8, "max_length": 64, "seed": settings.seed}})
+                           "training": {"epochs": 1, "batch_size": 8, "max_length": 64, "seed": settings.seed,
+                                        "precision": settings.precision}})
     return train_sft(config, preset.sft.iloc[:settings.sft_examples], preset.sft_test.iloc[:settings.sft_held_out],
                      progress=progress)
 
 
 def _reward(settings: PipelineSettings, preset: SentimentPreset, output: Path, progress: bool) -> dict[str, Any]:
-    reward = settings.reward.model_copy(update={"model": settings.reward_model, "data": settings.preset})
+    reward = settings.reward.model_copy(update={"model": settings.reward_model, "data": settings.preset,
+                                                "precision": settings.precision})
     return train_reward_model(reward, preset.pairs_train.iloc[:settings.reward_pairs], preset.pairs_test, output,
                               progress=progress)
 
@@ -77,7 +80,8 @@ def _ppo(settings: PipelineSettings, preset: SentimentPreset, output: Path, prog
 
 
 def _dpo(settings: PipelineSettings, preset: SentimentPreset, output: Path, progress: bool) -> dict[str, Any]:
-    return train_dpo(settings.dpo, output.parent / "sft", preset.pairs_train.iloc[:settings.dpo_pairs],
+    dpo = settings.dpo.model_copy(update={"precision": settings.precision})
+    return train_dpo(dpo, output.parent / "sft", preset.pairs_train.iloc[:settings.dpo_pairs],
                      preset.pairs_test.iloc[:settings.dpo_held_out], output, progress=progress)
 
 
@@ -90,7 +94,7 @@ def run_pipeline(settings: PipelineSettings, output: Path, progress: bool = True
     """Run (or resume) every stage, judge the policies, and write report.json; returns the report."""
     if settings.preset not in PRESETS:
         raise TunelabError(f"unknown preset '{settings.preset}'; presets: {', '.join(PRESETS)}")
-    open_resumable(output, PIPELINE_FILE, settings.model_dump(), "RLHF pipeline")
+    open_resumable(output, PIPELINE_FILE, settings.model_dump(exclude_defaults=True), "RLHF pipeline")
     preset = load_movie_sentiment()
     timings = output / TIMINGS_FILE
     stage_seconds: dict[str, float] = read_json(timings) if timings.exists() else {}

@@ -41,7 +41,7 @@ def merged_sft(sft_run: Path) -> tuple[CausalLM, Any]:
     """The SFT run's model with its delta folded into the base weights, and its tokenizer."""
     if not sft_run.exists():
         raise TunelabError(f"SFT run {sft_run} not found; pass the --output of `tunelab rlhf sft`")
-    loaded = load_run(sft_run)
+    loaded = load_run(sft_run, "fp32")  # weights to merge and train on; a stage sets its own precision
     if loaded.config.task != "generation":
         raise TunelabError(f"{sft_run} is a {loaded.config.task} run; the policy starts from a causal LM "
                            f"(`tunelab rlhf sft`)")

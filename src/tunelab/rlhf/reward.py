@@ -22,6 +22,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from tunelab.assets.models import resolve_model
 from tunelab.batching import length_ordered_batches
+from tunelab.config import Precision
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_tokenizer
 from tunelab.runs import StagedRun, write_text_atomic
@@ -44,6 +45,8 @@ class RewardSettings(BaseModel):
     batch_size: int = Field(16, gt=0, description="pairs per step: twice as many sequences")
     max_length: int = Field(128, gt=0)
     seed: int = 42
+    precision: Precision = Field("auto", description="fp32, bf16 or fp16 autocast; auto: bf16 where the hardware "
+                                                     "computes it natively")
 
 
 def pair_texts(pairs: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -105,7 +108,7 @@ def train_reward_model(settings: RewardSettings, train_pairs: pd.DataFrame, test
         args = RewardConfig(num_train_epochs=settings.epochs,
                             learning_rate=settings.learning_rate, per_device_train_batch_size=settings.batch_size,
                             max_length=settings.max_length, seed=settings.seed, logging_steps=50,
-                            **trl_stage_settings(staged.path, progress))
+                            **trl_stage_settings(staged.path, progress, settings.precision))
         trainer = quiet_when_asked(RewardTrainer(model=model, args=args, processing_class=tokenizer,
                                                  train_dataset=tokenize_pairs(train_pairs, tokenizer,
                                                                               settings.max_length)))

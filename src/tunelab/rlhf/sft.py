@@ -48,7 +48,7 @@ def train_sft(config: RunConfig, train: pd.DataFrame, test: pd.DataFrame, overwr
                          per_device_train_batch_size=training.batch_size,
                          per_device_eval_batch_size=training.eval_batch_size, max_length=training.max_length,
                          seed=training.seed, logging_steps=training.logging_steps,
-                         **trl_stage_settings(staged.path, progress))
+                         **trl_stage_settings(staged.path, progress, training.precision))
         trainer = quiet_when_asked(SFTTrainer(model=model.backbone, args=args, processing_class=tokenizer,
                                               train_dataset=datasets.Dataset.from_pandas(train),
                                               eval_dataset=datasets.Dataset.from_pandas(test)))

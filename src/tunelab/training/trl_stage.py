@@ -15,20 +15,22 @@ import datasets
 import torch
 from torch import nn
 
+from tunelab.config import Precision
+from tunelab.precision import resolve_precision, trainer_flags
 from tunelab.resources import PeakMemory, run_resources
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json
 
 TRL_SCRATCH = "checkpoints"  # TRL's output_dir; nothing is saved in it, and a stage removes it before committing
 
 
-def trl_stage_settings(run_path: Path, progress: bool) -> dict[str, Any]:
+def trl_stage_settings(run_path: Path, progress: bool, precision: Precision) -> dict[str, Any]:
     """The config fields every TRL stage (SFT, reward model, DPO) shares: no checkpoints or evaluation during
-    training (each stage evaluates before and after itself), no reporting, bars as asked, and the hardware's
-    precision: TRL's configs default to bf16 and gradient checkpointing, and on a CPU neither helps a small model
-    (bf16 fails outright)."""
+    training (each stage evaluates before and after itself), no reporting, bars as asked, and the stage's precision
+    resolved for the hardware: TRL's configs default to bf16 and gradient checkpointing, and on a CPU without native
+    bf16 neither helps a small model."""
     gpu = torch.cuda.is_available()
     return {"output_dir": str(run_path / TRL_SCRATCH), "save_strategy": "no", "eval_strategy": "no",
-            "report_to": "none", "disable_tqdm": not progress, "bf16": gpu and torch.cuda.is_bf16_supported(),
+            "report_to": "none", "disable_tqdm": not progress, **trainer_flags(resolve_precision(precision)),
             "gradient_checkpointing": gpu, "dataloader_pin_memory": gpu}
 
 
