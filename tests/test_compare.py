@@ -128,6 +128,24 @@ def grid_args(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, sentime
             "--max-length", "16", "--batch-size", "8", "--output", str(folder), "--quiet"]
 
 
+def test_a_cell_runs_in_its_own_process_with_the_grids_environment_as_it_is_now(tmp_path: Path, tiny_bert: Path,
+                                                                                 monkeypatch):
+    """The fork server keeps the environment it started with; a cell gets the grid's current one (here: where
+    the embedded data is cached), and a refused cell's one-line reason comes back from its log."""
+    folder = tmp_path / "grid"
+    base = {"model": str(tiny_bert), "data": {"source": "tweets3", "limit_eval": 16},
+            "training": {"epochs": 1, "max_length": 16, "batch_size": 8, "min_steps": 0}}
+    spec = GridSpec(base=base, strategies=["lora", "pet"], train_sizes=[16], seeds=[1])
+    grid.prepare_folder(folder, spec)
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "first"))
+    code, reason = grid.run_cell(folder, spec, Cell("pet", 16, 1))  # starts the server if none runs yet
+    assert code == 2 and "has no trained masked-LM head" in reason and "\n" not in reason
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "second"))
+    assert grid.run_cell(folder, spec, Cell("lora", 16, 1)) == (0, "")
+    assert (folder / CELLS / "lora-n16-s1" / "metrics.json").exists()
+    assert list((tmp_path / "second" / "data").iterdir())  # tweets3 was cached where the grid's environment says
+
+
 @pytest.fixture(scope="module")
 def tiny_grid(grid_args: list[str]) -> tuple[Path, str]:
     code, printed = tunelab(*grid_args)
