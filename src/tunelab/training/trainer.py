@@ -103,16 +103,17 @@ class TrainableOnlyTrainer(Trainer):
     needs nothing else; checkpoints of adapter strategies shrink from a model copy to the delta; and PEFT's
     prompt methods (which reach the embedding matrix under two names) can be checkpointed at all."""
 
+    def __init__(self, *args: Any, group_by_length: str = "off", **kwargs: Any):
+        """`group_by_length`: auto, on or off (`training.group_by_length`)."""
+        super().__init__(*args, **kwargs)
+        self.group_by_length = group_by_length
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         trainable = {name: parameter.detach().contiguous() for name, parameter in self.model.named_parameters()
                      if parameter.requires_grad}
         save_file(trainable, os.path.join(output_dir, CHECKPOINT_WEIGHTS), metadata={"format": "pt"})
-
-    def __init__(self, *args: Any, group_by_length: str = "off", **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.group_by_length = group_by_length
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         """Grouped by length, token ids come in `LengthBucketSampler`'s order (HF's own grouping would also
