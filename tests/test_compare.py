@@ -20,7 +20,7 @@ from tiny import open_in_chromium
 from tunelab.compare import grid
 from tunelab.compare.claims import NOISE_FLOOR, check_claims, noise
 from tunelab.compare.grid import CELLS, GRID_FILE, Cell, GridSpec, cell_config, cell_epochs, plan, run_grid
-from tunelab.compare.page import REPORT_FILE
+from tunelab.compare.page import REPORT_FILE, summary_rows
 from tunelab.compare.results import load_grid, summarise
 from tunelab.errors import TunelabError
 
@@ -181,8 +181,33 @@ def test_recommend_from_a_grid_uses_what_it_measured(tiny_grid):
     folder, _ = tiny_grid
     code, printed = tunelab("recommend", "--from", str(folder))
     assert code == 0, printed
-    assert "measured at 32 labels: accuracy" in printed  # samples default to the grid's largest size
+    assert re.search(r"measured with \S+tiny-bert\S* at 32 labels: accuracy", printed)  # the grid's largest size
     assert re.search(r"best measured accuracy at 32 labels", printed)
+
+
+def test_a_grid_of_two_models_runs_the_prompt_based_strategies_on_the_prompt_model(tmp_path: Path, tiny_bert: Path,
+                                                                                     tiny_llama_lm: Path,
+                                                                                     sentiment_csv: Path):
+    folder = tmp_path / "two"
+    code, printed = tunelab("compare", "--model", str(tiny_bert), "--prompt-model", str(tiny_llama_lm), "--data",
+                            str(sentiment_csv), "--strategies", "full,pet", "--train-sizes", "16", "--seeds", "1",
+                            "--epochs", "1", "--min-steps", "0", "--max-length", "16", "--batch-size", "8",
+                            "--output", str(folder), "--quiet")
+    assert code == 0 and "0 failed" in printed, printed
+    results = load_grid(folder)
+    models = dict(zip(results.cells["strategy"], results.cells["model"], strict=True))
+    assert models == {"full": str(tiny_bert), "pet": str(tiny_llama_lm)}
+    labels = [row[0] for row in summary_rows(summarise(results.cells))]
+    assert labels == [f"full ({tiny_bert})", f"pet ({tiny_llama_lm})"]  # rows name their model in a grid of two
+    verdicts = {claim.statement: (claim.verdict, claim.evidence) for claim in check_claims(summarise(results.cells))}
+    verdict, evidence = verdicts["in the smallest data regime, parameter-efficient and prompt-based strategies hold "
+                                 "up better than full"]
+    assert verdict == "not measured" and "not the same model" in evidence
+    from tunelab.compare.advisor import Situation, recommend
+
+    advice = {entry.strategy: entry for entry in recommend(Situation(samples=16, memory_gb=8),
+                                                           summarise(results.cells))}
+    assert advice["pet"].trade_off.startswith(f"measured with {tiny_llama_lm} at 16 labels")
 
 
 # --- summary and claims on hand-made numbers -------------------------------------------------------------------
@@ -191,7 +216,7 @@ def test_recommend_from_a_grid_uses_what_it_measured(tiny_grid):
 def _cells(accuracies: dict[tuple[str, int], list[float]]) -> pd.DataFrame:
     families = {"full": "full", "linear-probe": "feature extraction", "lora": "parameter-efficient",
                 "adapter": "parameter-efficient", "pet": "prompt-based"}
-    rows = [{"strategy": strategy, "family": families[strategy], "train_size": size, "seed": seed,
+    rows = [{"strategy": strategy, "model": "minilm", "family": families[strategy], "train_size": size, "seed": seed,
              "train_examples": size, "accuracy": accuracy, "macro_f1": accuracy, "trainable_parameters": 1000,
              "trainable_share": 0.01, "train_s": 10.0 + seed, "peak_memory_bytes": 2**30, "delta_bytes": 4096,
              "full_copy_bytes": 2**20, "latency_ms": 5.0, "learned": accuracy > 0.5}

@@ -52,6 +52,9 @@ def compare(
     output: Annotated[Path, typer.Option(help="grid folder: created, or resumed when it holds this grid")],
     config_file: Annotated[Path | None, typer.Argument(help="YAML run config shared by every run")] = None,
     model: Annotated[str | None, typer.Option(help="embedded name (minilm, smollm2), HF folder or hub id")] = None,
+    prompt_model: Annotated[str | None, typer.Option(help="the model of the prompt-based strategies (zero-shot, "
+                                                          "pet, soft-template), e.g. smollm2 beside --model minilm, "
+                                                          "which has no LM head [default: --model]")] = None,
     data: Annotated[str | None, typer.Option(help="embedded dataset, CSV/TSV/JSONL/Parquet file, or HF id")] = None,
     text_column: Annotated[str | None, typer.Option(help="column with the input text")] = None,
     label_column: Annotated[str | None, typer.Option(help="column with the label")] = None,
@@ -79,7 +82,8 @@ def compare(
     names = list(NAMES) if strategies == "all" else comma_list(strategies, "strategies")
     spec = GridSpec(base=base.model_dump(mode="json", exclude={"strategy", "output"}, exclude_defaults=True),
                     strategies=names, train_sizes=comma_list(train_sizes, "train-sizes", int),
-                    seeds=list(range(seed, seed + seeds)), epochs=epochs, min_steps=min_steps)
+                    seeds=list(range(seed, seed + seeds)), epochs=epochs, min_steps=min_steps,
+                    prompt_model=prompt_model)
     outcome = run_grid(output, spec, console, progress=not quiet)
     console.print(f"{len(outcome.trained)} runs trained, {len(outcome.skipped)} already finished, "
                   f"{len(outcome.failed)} failed")

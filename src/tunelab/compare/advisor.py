@@ -246,7 +246,8 @@ def _human_parameters(count: float) -> str:
 def _measured_trade_off(train_size: int, row: dict[str, Any]) -> str:
     spread = "" if math.isnan(row["accuracy_std"]) else f" ± {row['accuracy_std']:.3f}"
     seeds = int(row["seeds"])
-    return (f"measured at {train_size:,} labels: accuracy {row['accuracy_mean']:.3f}{spread} "
+    model = f" with {row['model']}" if "model" in row else ""
+    return (f"measured{model} at {train_size:,} labels: accuracy {row['accuracy_mean']:.3f}{spread} "
             f"({seeds} seed{'' if seeds == 1 else 's'}), {row['trainable_share'] * 100:.3g}% trainable, "
             f"{human_bytes(row['delta_bytes'])} per task, train {row['train_s_mean']:.0f} s, "
             f"peak {human_bytes(row['peak_memory_bytes'])}, {row['latency_ms']:.1f} ms per example")

@@ -30,6 +30,17 @@ def _row(summary: pd.DataFrame, strategy: str, train_size: int) -> pd.Series | N
     return None if rows.empty else rows.iloc[0]
 
 
+def _unpaired(statement: str, train_size: int, a: pd.Series | None, b: pd.Series | None, first: str,
+              second: str) -> Claim | None:
+    """Why two rows cannot test a claim (one is missing, or they ran on different models), or None."""
+    if a is None or b is None:
+        return Claim(statement, train_size, "not measured", f"{first} or {second} missing at n={train_size}")
+    if a["model"] != b["model"]:
+        return Claim(statement, train_size, "not measured",
+                     f"{first} ran on {a['model']} and {second} on {b['model']}: not the same model")
+    return None
+
+
 def noise(a: pd.Series, b: pd.Series) -> float:
     """Two standard errors of the difference of two means over seeds, or the floor with fewer than 3 seeds."""
     if min(a["seeds"], b["seeds"]) < 3:
@@ -50,8 +61,9 @@ def _accuracy(row: pd.Series) -> str:
 def beats(summary: pd.DataFrame, statement: str, winner: str, loser: str, train_size: int) -> Claim:
     """`winner` is more accurate than `loser` at this training-set size, beyond the noise."""
     a, b = _row(summary, winner, train_size), _row(summary, loser, train_size)
-    if a is None or b is None:
-        return Claim(statement, train_size, "not measured", f"{winner} or {loser} missing at n={train_size}")
+    unpaired = _unpaired(statement, train_size, a, b, winner, loser)
+    if unpaired is not None:
+        return unpaired
     difference, tolerance = a["accuracy_mean"] - b["accuracy_mean"], noise(a, b)
     return Claim(statement, train_size, _verdict(difference, tolerance),
                  f"{_accuracy(a)} vs {_accuracy(b)}: {difference:+.3f} (noise ±{tolerance:.3f})")
@@ -64,8 +76,9 @@ def close_to_full(summary: pd.DataFrame, strategy: str, train_size: int) -> Clai
     exceeds the bound by more than the noise."""
     statement = f"{strategy} comes within 1-2% of full with a small share of parameters"
     a, full = _row(summary, strategy, train_size), _row(summary, "full", train_size)
-    if a is None or full is None:
-        return Claim(statement, train_size, "not measured", f"{strategy} or full missing at n={train_size}")
+    unpaired = _unpaired(statement, train_size, a, full, strategy, "full")
+    if unpaired is not None:
+        return unpaired
     gap, tolerance = full["accuracy_mean"] - a["accuracy_mean"], noise(a, full)
     verdict = "holds" if gap <= WITHIN_OF_FULL else _verdict(WITHIN_OF_FULL - gap, tolerance)
     return Claim(statement, train_size, verdict,

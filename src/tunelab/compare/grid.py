@@ -52,6 +52,8 @@ class GridSpec(BaseModel):
     epochs: float | None = Field(None, gt=0, description="every cell's epochs; default: each strategy's own")
     min_steps: int = Field(0, ge=0, description="at least this many optimizer steps per cell: small training "
                                                 "sets get more epochs (the defaults were set on 2,000 examples)")
+    prompt_model: str | None = Field(None, description="the model of the prompt-based strategies' cells (a causal "
+                                                       "LM or a masked LM with its head); default: the base model")
 
 
 @dataclass(frozen=True)
@@ -77,13 +79,18 @@ def cell_epochs(spec: GridSpec, cell: Cell, batch_size: int) -> float:
     return strategy.budgeted(cell.train_size, batch_size, spec.min_steps).epochs
 
 
+def cell_model(spec: GridSpec, strategy: str) -> dict[str, str]:
+    """The model override of a strategy's cells: the prompt model for the prompt-based ones, when there is one."""
+    return {"model": spec.prompt_model} if spec.prompt_model and entry(strategy).prompt_based else {}
+
+
 def cell_config(spec: GridSpec, cell: Cell, folder: Path) -> RunConfig:
-    """The cell's run: the base config with its strategy, training-set size, seed and budget. Model selection
-    sees at most as many validation examples as there are training examples: a user with 64 labels does not hold
-    out a thousand more."""
+    """The cell's run: the base config with its strategy (and model), training-set size, seed and budget. Model
+    selection sees at most as many validation examples as there are training examples: a user with 64 labels does
+    not hold out a thousand more."""
     config = build_config(spec.base, {"strategy.name": cell.strategy, "data.limit_train": cell.train_size,
                                       "data.limit_validation": cell.train_size, "training.seed": cell.seed,
-                                      "output": str(folder / CELLS / cell.name)})
+                                      "output": str(folder / CELLS / cell.name), **cell_model(spec, cell.strategy)})
     config.training.epochs = cell_epochs(spec, cell, config.training.batch_size)
     return config
 

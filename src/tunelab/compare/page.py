@@ -45,8 +45,10 @@ def _mean_std(mean: float, std: float) -> str:
 
 
 def summary_rows(summary: pd.DataFrame) -> list[list[str]]:
-    """The cells of the summary table, shared by the page and the terminal."""
-    return [[row["strategy"], f"{row['train_size']}",
+    """The cells of the summary table, shared by the page and the terminal; a grid of two models names each
+    row's."""
+    several = summary["model"].nunique() > 1
+    return [[f"{row['strategy']} ({row['model']})" if several else row["strategy"], f"{row['train_size']}",
              f"{row['seeds']}" + (f" ({row['unlearned']} did not learn)" if row["unlearned"] else ""),
              _mean_std(row["accuracy_mean"], row["accuracy_std"]), f"{row['macro_f1_mean']:.3f}",
              f"{human_count(int(row['trainable_parameters']))} ({row['trainable_share']:.3%})",
@@ -68,7 +70,8 @@ def _claims(claims: list[Claim]) -> str:
 def render(results: GridResults, summary: pd.DataFrame, claims: list[Claim]) -> str:
     spec = results.spec
     base = build_config(spec.base)
-    title = f"tunelab compare: {base.model} on {base.data.source}"
+    models = f"{base.model}, prompt-based on {spec.prompt_model}" if spec.prompt_model else base.model
+    title = f"tunelab compare: {models} on {base.data.source}"
     failures = "".join(f"<li>{', '.join(f'<code>{html.escape(cell)}</code>' for cell in cells)}: "
                        f"{html.escape(reason)}</li>" for reason, cells in failures_by_reason(results.failures).items())
     figures = "".join(f'<figure aria-label="{html.escape(name)}">{svg}</figure>'

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from tunelab.compare.grid import CELLS, FAILURES_FILE, GridSpec, is_finished, plan, read_spec
-from tunelab.runs import METRICS_FILE, RESOURCES_FILE, read_json
+from tunelab.runs import METRICS_FILE, RESOURCES_FILE, read_json, read_run_config
 from tunelab.strategies.catalog import CATALOG
 
-CELL_COLUMNS = ("strategy", "family", "train_size", "seed", "train_examples", "accuracy", "macro_f1",
+CELL_COLUMNS = ("strategy", "model", "family", "train_size", "seed", "train_examples", "accuracy", "macro_f1",
                 "trainable_parameters", "trainable_share", "train_s", "peak_memory_bytes", "delta_bytes",
                 "full_copy_bytes", "latency_ms", "learned")
 
@@ -28,7 +28,8 @@ class GridResults:
 def _cell_row(path: Path, strategy: str, train_size: int, seed: int) -> dict:
     metrics, resources = read_json(path / METRICS_FILE), read_json(path / RESOURCES_FILE)
     return {
-        "strategy": strategy, "family": CATALOG[strategy].family, "train_size": train_size, "seed": seed,
+        "strategy": strategy, "model": read_run_config(path).model, "family": CATALOG[strategy].family,
+        "train_size": train_size, "seed": seed,
         "train_examples": metrics["train_examples"], "accuracy": metrics["test"]["accuracy"],
         "macro_f1": metrics["test"]["macro_f1"], "trainable_parameters": resources["trainable_parameters"],
         "trainable_share": resources["trainable_share"], "train_s": resources["train_s"],
@@ -60,7 +61,8 @@ def summarise(cells: pd.DataFrame) -> pd.DataFrame:
     seed), in the grid's strategy order."""
     grouped = cells.groupby(["strategy", "train_size"], sort=False)
     summary = grouped.agg(
-        family=("family", "first"), seeds=("seed", "count"), train_examples=("train_examples", "median"),
+        model=("model", "first"), family=("family", "first"), seeds=("seed", "count"),
+        train_examples=("train_examples", "median"),
         accuracy_mean=("accuracy", "mean"), accuracy_std=("accuracy", "std"), macro_f1_mean=("macro_f1", "mean"),
         trainable_parameters=("trainable_parameters", "median"), trainable_share=("trainable_share", "median"),
         train_s_mean=("train_s", "mean"), peak_memory_bytes=("peak_memory_bytes", "mean"),
