@@ -4,13 +4,18 @@ seeds: test accuracy next to full fine-tuning's in the same seed, trainable shar
 The bars are issue 3's: lora >= 99% of full's accuracy with < 1% of the parameters trainable; adapter (houlsby)
 >= 98% with 0.5-8% trainable; prefix, prompt-tuning and p-tuning >= the majority-class baseline + 10 points;
 and no strategy takes longer to train than full does.
+
+`--precision fp32` (the default) writes `strategy_accuracy.json`; `--precision bf16` writes
+`strategy_accuracy_bf16.json` with, per strategy, the accuracy difference to the fp32 result's run of the same seed
+(the same rows and seed, so the difference is the precision's plus the noise of another arithmetic): this is what
+`precision: auto` is decided on.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from common import log, machine, main_for, median, read_json, tunelab_train, working_folder, write_result
+from common import RESULTS, log, machine, main_for, median, read_json, tunelab_train, working_folder, write_result
 
 NAME = "strategy_accuracy"
 STRATEGIES = ["full", "linear-probe", "lora", "ia3", "adapter", "prefix", "prompt-tuning", "p-tuning"]
@@ -39,9 +44,22 @@ def bars(summary: dict[str, Any], majority: float) -> dict[str, bool]:
     }
 
 
-def run_benchmark(repeats: int = 3, quick: bool = False, keep: bool = False) -> dict[str, Any]:
+def against_fp32(rows: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
+    """Per strategy, bf16's test accuracy minus fp32's on the same seed (from the fp32 result), and their median."""
+    fp32 = {row["seed"]: row for row in read_json(RESULTS / f"{NAME}{'.quick' if quick else ''}.json")["rows"]}
+    paired = [row for row in rows if row["seed"] in fp32]
+    return {strategy: {"differences": [row[strategy]["test_accuracy"] - fp32[row["seed"]][strategy]["test_accuracy"]
+                                       for row in paired],
+                       "median_difference": median([row[strategy]["test_accuracy"]
+                                                    - fp32[row["seed"]][strategy]["test_accuracy"] for row in paired]),
+                       "fp32_accuracy": median([fp32[row["seed"]][strategy]["test_accuracy"] for row in paired])}
+            for strategy in STRATEGIES} if paired else {}
+
+
+def run_benchmark(repeats: int = 3, quick: bool = False, keep: bool = False, precision: str = "fp32") -> dict[str, Any]:
     """`repeats` is the number of seeds."""
-    settings = {"limit_train": 128, "limit_eval": 200, "epochs": 1} if quick else {"limit_train": 2000}
+    settings: dict[str, Any] = {"limit_train": 128, "limit_eval": 200, "epochs": 1} if quick else {"limit_train": 2000}
+    settings |= {"precision": precision, "group_by_length": "off"}  # random order: the precision is all that differs
     host = machine()
     majority = majority_accuracy(settings.get("limit_eval"))
     log(f"{NAME}: majority-class accuracy {majority:.4f}")
@@ -75,10 +93,13 @@ def run_benchmark(repeats: int = 3, quick: bool = False, keep: bool = False) -> 
     result = {"benchmark": NAME, "quick": quick, "seeds": SEEDS[:repeats], "settings": settings,
               "majority_accuracy": majority, "machine": host, "summary": summary, "bars": checks,
               "pass": all(checks.values()), "rows": rows}
-    path = write_result(NAME, result, quick)
+    if precision != "fp32":
+        result["vs_fp32"] = against_fp32(rows, quick)
+    path = write_result(NAME if precision == "fp32" else f"{NAME}_{precision}", result, quick)
     log(f"{NAME}: wrote {path}")
     return result
 
 
 if __name__ == "__main__":
-    main_for(run_benchmark, __doc__.splitlines()[0], 3, "128 train examples, 1 epoch, 200 test examples")
+    main_for(run_benchmark, __doc__.splitlines()[0], 3, "128 train examples, 1 epoch, 200 test examples",
+             {"--precision": {"choices": ["fp32", "bf16"], "default": "fp32"}})

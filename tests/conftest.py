@@ -18,6 +18,9 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 # Tiny models gain nothing from intra-op threads, and the CLI tests run several processes at once:
 # one thread each avoids oversubscribing the cores (the subprocesses inherit this environment).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# `auto` precision is fp32 on every machine the suite runs on, so that exact round trips hold whether or not the
+# CPU computes bf16; the tests that want bf16 ask for it.
+os.environ["TUNELAB_CPU_BF16"] = "0"
 
 import pandas as pd  # noqa: E402
 from tiny import (  # noqa: E402

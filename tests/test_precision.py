@@ -21,7 +21,7 @@ from tunelab.training.trainer import build_trainer, training_arguments
 
 @pytest.fixture
 def no_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "0")
 
 
 def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
@@ -34,12 +34,25 @@ def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
 
 
 def test_auto_is_bf16_only_where_the_cpu_computes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(precision.CPU_BF16_ENV)  # the suite sets it; without it the flags decide
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     assert precision.resolve_precision("auto", "cpu") == "bf16"
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     assert precision.resolve_precision("auto", "cpu") == "fp32"
     assert precision.resolve_precision("bf16", "cpu") == "bf16"  # asked for: emulated, slow, but it runs
     assert precision.resolve_precision("fp32", "cpu") == "fp32"
+
+
+def test_the_environment_overrides_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "1")
+    assert precision.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "0")
+    assert precision.resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "yes")
+    with pytest.raises(TunelabError, match="TUNELAB_CPU_BF16='yes': set it to 1 .* or 0"):
+        precision.resolve_precision("auto", "cpu")
 
 
 def test_fp16_on_a_cpu_and_unknown_precisions_are_refused() -> None:

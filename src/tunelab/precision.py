@@ -2,12 +2,14 @@
 
 `auto` is bf16 only where the hardware does bf16 natively (a CUDA GPU that supports it, a CPU with avx512_bf16 or
 AMX); anywhere else bf16 is emulated and slower than fp32 (measured on an AVX2 CPU: a MiniLM training step 28x
-slower), so `auto` stays fp32 there.
+slower), so `auto` stays fp32 there. `TUNELAB_CPU_BF16=0|1` overrides what the CPU's flags say: for a VM that hides
+its flags, or a test suite that must compute the same on every machine.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -20,6 +22,7 @@ from tunelab.errors import TunelabError
 
 Resolved = Literal["fp32", "bf16", "fp16"]
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+CPU_BF16_ENV = "TUNELAB_CPU_BF16"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -32,6 +35,17 @@ def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
         return False
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether `auto` takes bf16 on this CPU: TUNELAB_CPU_BF16 (0 or 1) where it is set, else the CPU's flags."""
+    override = os.environ.get(CPU_BF16_ENV)
+    if override is None:
+        return cpu_has_bf16()
+    if override not in ("0", "1"):
+        raise TunelabError(f"{CPU_BF16_ENV}={override!r}: set it to 1 (this CPU computes bf16) or 0 (it does not), "
+                           f"or unset it to read the CPU's flags")
+    return override == "1"
 
 
 def device_type() -> str:
@@ -47,7 +61,7 @@ def resolve_precision(requested: Precision, device: str | None = None) -> Resolv
     device = device or device_type()
     gpu_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     if requested == "auto":
-        return "bf16" if gpu_bf16 or (device == "cpu" and cpu_has_bf16()) else "fp32"
+        return "bf16" if gpu_bf16 or (device == "cpu" and cpu_computes_bf16()) else "fp32"
     if requested == "fp16" and device != "cuda":
         raise TunelabError("--precision fp16 needs a CUDA GPU; on a CPU use --precision bf16 or fp32")
     if requested == "bf16" and device == "cuda" and not gpu_bf16:
