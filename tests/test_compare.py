@@ -58,6 +58,11 @@ def test_cell_config_sets_size_validation_cap_seed_and_output(tmp_path: Path):
     assert config.output == tmp_path / CELLS / "lora-n64-s7"
 
 
+def test_a_zero_shot_cell_has_no_epochs_to_budget(tmp_path: Path):
+    spec = GridSpec(strategies=["zero-shot"], train_sizes=[64], seeds=[1], min_steps=50)
+    assert cell_config(spec, Cell("zero-shot", 64, 1), tmp_path).training.epochs is None
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"strategies": ["lora-typo"]}, "unknown strategy 'lora-typo'"),
     ({"train_sizes": []}, "compare: no train sizes given"),
@@ -190,15 +195,15 @@ def test_a_grid_of_two_models_runs_the_prompt_based_strategies_on_the_prompt_mod
                                                                                      sentiment_csv: Path):
     folder = tmp_path / "two"
     code, printed = tunelab("compare", "--model", str(tiny_bert), "--prompt-model", str(tiny_llama_lm), "--data",
-                            str(sentiment_csv), "--strategies", "full,pet", "--train-sizes", "16", "--seeds", "1",
+                            str(sentiment_csv), "--strategies", "full,zero-shot,pet", "--train-sizes", "16", "--seeds", "1",
                             "--epochs", "1", "--min-steps", "0", "--max-length", "16", "--batch-size", "8",
                             "--output", str(folder), "--quiet")
     assert code == 0 and "0 failed" in printed, printed
     results = load_grid(folder)
     models = dict(zip(results.cells["strategy"], results.cells["model"], strict=True))
-    assert models == {"full": str(tiny_bert), "pet": str(tiny_llama_lm)}
+    assert models == {"full": str(tiny_bert), "zero-shot": str(tiny_llama_lm), "pet": str(tiny_llama_lm)}
     labels = [row[0] for row in summary_rows(summarise(results.cells))]
-    assert labels == [f"full ({tiny_bert})", f"pet ({tiny_llama_lm})"]  # rows name their model in a grid of two
+    assert labels == [f"full ({tiny_bert})", f"zero-shot ({tiny_llama_lm})", f"pet ({tiny_llama_lm})"]  # rows name their model in a grid of two
     verdicts = {claim.statement: (claim.verdict, claim.evidence) for claim in check_claims(summarise(results.cells))}
     verdict, evidence = verdicts["in the smallest data regime, parameter-efficient and prompt-based strategies hold "
                                  "up better than full"]
@@ -208,6 +213,10 @@ def test_a_grid_of_two_models_runs_the_prompt_based_strategies_on_the_prompt_mod
     advice = {entry.strategy: entry for entry in recommend(Situation(samples=16, memory_gb=8),
                                                            summarise(results.cells))}
     assert advice["pet"].trade_off.startswith(f"measured with {tiny_llama_lm} at 16 labels")
+    code, printed = tunelab("recommend", "--from", str(folder))  # the grid's base model has no LM head
+    assert code == 0, printed
+    assert "no: pet reads the LM head" not in printed
+    assert f"tunelab train --model {tiny_llama_lm} --data {sentiment_csv} --strategy pet" in printed.replace("\n", "")
 
 
 # --- summary and claims on hand-made numbers -------------------------------------------------------------------
@@ -300,3 +309,12 @@ def test_report_page_renders_in_headless_chromium_without_console_errors(tiny_gr
     assert dom.count("<svg") == 5 and "Accuracy against training-set size" in dom
     assert console == []
     assert colours > 100  # tables and plots drew, not a blank page
+
+
+def test_the_noise_note_says_how_far_to_trust_a_grid():
+    from tunelab.compare.claims import noise_note
+
+    assert noise_note(3, None) == "3 seeds: a difference counts when it exceeds two standard errors over seeds."
+    one = noise_note(1, 400)
+    assert one.startswith("1 seed on 400 test examples: a difference counts when it exceeds 2 accuracy points")
+    assert one.endswith("run --seeds 3 to measure the spread.")

@@ -72,9 +72,9 @@ def grid_table(summary: pd.DataFrame, title: str) -> Table:
     return table
 
 
-def claims_table(claims: list[Claim]) -> Table:
+def claims_table(claims: list[Claim], note: str = "") -> Table:
     colours = {"holds": "green", "does not hold": "red"}
-    table = Table(title="the article's claims, measured")
+    table = Table(title="the article's claims, measured", caption=note)
     for column in ("claim", "train n", "verdict", "evidence"):
         table.add_column(column, justify="right" if column == "train n" else "left")
     for claim in claims:

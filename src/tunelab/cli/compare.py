@@ -33,15 +33,17 @@ def _grid_summary(folder: Path) -> tuple[Any, Any]:
 
 def _print_grid_report(folder: Path) -> None:
     """The grid's summary and claims in the terminal, and its HTML page written beside the runs."""
-    from tunelab.compare.claims import check_claims
+    from tunelab.compare.claims import check_claims, noise_note
     from tunelab.compare.page import write_page
     from tunelab.compare.results import failures_by_reason
+    from tunelab.config import build_config
     from tunelab.report import claims_table, grid_table
 
     results, summary = _grid_summary(folder)
     claims = check_claims(summary)
     console.print(grid_table(summary, title=f"{len(results.cells)} of {results.planned} runs in {folder}"))
-    console.print(claims_table(claims))
+    base = build_config(results.spec.base)
+    console.print(claims_table(claims, noise_note(len(results.spec.seeds), base.data.limit_eval)))
     for reason, cells in failures_by_reason(results.failures).items():
         console.print(f"[red]failed[/red] {escape(', '.join(cells))}: {escape(reason)}")
     console.print(f"report: [bold]{escape(str(write_page(results, summary, claims)))}[/bold]")
@@ -128,11 +130,12 @@ def recommend(
     from tunelab.compare.advisor import recommend as advise
     from tunelab.config import build_config
 
-    measured, own_data = None, data
+    measured, own_data, prompt_model = None, data, None
     if grid is not None:
         results, measured = _grid_summary(grid)
         samples = samples or int(measured["train_size"].max())
         base = build_config(results.spec.base)
+        prompt_model = None if model else results.spec.prompt_model  # the grid's second model, unless you name one
         model, data = model or base.model, data or base.data.source
     train_data: str | list[str] = data or "movie-snippets"
     if own_data is not None and task == "classification":  # the data you name is read (a missing file is an error)
@@ -149,7 +152,7 @@ def recommend(
     if model_size is not None:
         parameters = size_amount(model_size, PARAMETER_UNITS, "--model-size", "350M or 7B")
     situation = Situation(
-        samples=samples, task=task, model=model, model_parameters=parameters,
+        samples=samples, task=task, model=model, prompt_model=prompt_model, model_parameters=parameters,
         causal=known_causal if causal is None else causal, has_lm_head=known_head or lm_head,
         memory_gb=size_amount(memory, MEMORY_UNITS_GB, "--memory", "8GB"), gpu=gpu, tasks_to_serve=tasks_to_serve,
         latency=latency)

@@ -33,6 +33,7 @@ class Situation:
     samples: int  # labelled examples
     task: str = "classification"  # one of task_catalog.TASKS
     model: str | None = None  # a name/path when the user named one
+    prompt_model: str | None = None  # the prompt-based strategies' own model, with an LM head (a grid of two models)
     model_parameters: float = 22.7e6
     causal: bool = False  # causal LM (else encoder)
     has_lm_head: bool = False  # can take prompt-based strategies (causal LMs always can)
@@ -172,7 +173,8 @@ CONSTRAINTS: tuple[Constraint, ...] = (
                "{strategy} does not apply to {task}: {task_reason}"),
     Constraint("generation-needs-causal-lm", lambda f, s: s.task == "generation" and s.model is not None
                and not s.causal, "generation needs a causal LM and {model} is an encoder; name one, e.g. smollm2"),
-    Constraint("lm-head", lambda f, s: f.prompt_based and s.model is not None and not (s.causal or s.has_lm_head),
+    Constraint("lm-head", lambda f, s: f.prompt_based and s.prompt_model is None and s.model is not None
+               and not (s.causal or s.has_lm_head),
                "{strategy} reads the LM head and {model} has none; use a causal LM (smollm2) or a masked LM with its "
                "MLM head"),
     Constraint("memory", lambda f, s: estimate_training_memory_gb(f.name, s) > s.memory_gb,
@@ -267,8 +269,11 @@ def _trade_off(strategy: str, situation: Situation, grid: MeasuredGrid | None) -
 
 
 def _model_name(facts: StrategyEntry, situation: Situation) -> str:
-    """The user's model; else an embedded one (smollm2, the causal LM, where an LM head or generation is needed;
-    minilm otherwise), or the placeholder MODEL for a large model with no name."""
+    """The prompt model for a prompt-based strategy where there is one; the user's model; else an embedded one
+    (smollm2, the causal LM, where an LM head or generation is needed; minilm otherwise), or the placeholder MODEL
+    for a large model with no name."""
+    if facts.prompt_based and situation.prompt_model is not None:
+        return situation.prompt_model
     if situation.model is not None:
         return situation.model
     if situation.model_parameters >= 1e9:

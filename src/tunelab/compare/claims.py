@@ -48,6 +48,17 @@ def noise(a: pd.Series, b: pd.Series) -> float:
     return 2 * math.sqrt(a["accuracy_std"] ** 2 / a["seeds"] + b["accuracy_std"] ** 2 / b["seeds"])
 
 
+def noise_note(seeds: int, test_examples: int | None) -> str:
+    """How far to trust the verdicts of a grid with this many seeds and test examples (None: the whole test split)."""
+    tested = f" on {test_examples:,} test examples" if test_examples else ""
+    if seeds >= 3:
+        return f"{seeds} seeds{tested}: a difference counts when it exceeds two standard errors over seeds."
+    return (f"{seeds} seed{'s' if seeds > 1 else ''}{tested}: a difference counts when it exceeds "
+            f"{NOISE_FLOOR * 100:.0f} accuracy points, the seed-to-seed spread of 2,000 training examples on the "
+            f"whole test split; smaller training and test sets spread more, so treat close verdicts as noise and "
+            f"run --seeds 3 to measure the spread.")
+
+
 def _verdict(margin: float, tolerance: float) -> str:
     """`margin` > 0 supports the claim."""
     return "holds" if margin > tolerance else "does not hold" if margin < -tolerance else "within noise"

@@ -91,7 +91,9 @@ def cell_config(spec: GridSpec, cell: Cell, folder: Path) -> RunConfig:
     config = build_config(spec.base, {"strategy.name": cell.strategy, "data.limit_train": cell.train_size,
                                       "data.limit_validation": cell.train_size, "training.seed": cell.seed,
                                       "output": str(folder / CELLS / cell.name), **cell_model(spec, cell.strategy)})
-    config.training.epochs = cell_epochs(spec, cell, config.training.batch_size)
+    epochs = cell_epochs(spec, cell, config.training.batch_size)
+    if epochs:  # a strategy that trains nothing (zero-shot) keeps no epochs
+        config.training.epochs = epochs
     return config
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunelab.compare.claims import NOISE_FLOOR, Claim
+from tunelab.compare.claims import Claim, noise_note
 from tunelab.compare.plots import all_plots
 from tunelab.compare.results import GridResults, failures_by_reason
 from tunelab.config import build_config
@@ -86,8 +86,7 @@ training sizes {", ".join(map(str, spec.train_sizes))} · seeds {", ".join(map(s
 {f"{spec.epochs:g} epochs" if spec.epochs else "each strategy's epochs"}, at least {spec.min_steps} steps,
 batch {base.training.batch_size} · written {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>
 <h2>The article's claims, measured</h2>
-<p class="muted">A difference counts when it exceeds two standard errors over seeds (with 3 or more seeds), else
-{NOISE_FLOOR * 100:.0f} accuracy points, the seed-to-seed spread measured on this task. "Within 1-2% of full" is a
+<p class="muted">{html.escape(noise_note(len(spec.seeds), base.data.limit_eval))} "Within 1-2% of full" is a
 bound: it holds when the measured gap is at most 2 points.</p>
 {_claims(claims)}
 <h2>Results</h2>
