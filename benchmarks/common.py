@@ -124,11 +124,13 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def alternating(repeats: int, sides: tuple[str, str], run_side: Callable[[str, int], Any]) -> Iterator[dict]:
-    """Each repeat runs both sides, the first side first on even repeats and second on odd ones, so that neither
-    side always meets a machine warmed or loaded by the other. Yields {repeat, order, side: result, ...}."""
+def alternating(repeats: int, sides: tuple[str, ...], run_side: Callable[[str, int], Any]) -> Iterator[dict]:
+    """Each repeat runs every side, in an order rotated by one each repeat (two sides: first side first on even
+    repeats, second on odd ones), so that no side always meets a machine warmed or loaded by another. Yields
+    {repeat, order, side: result, ...}."""
     for repeat in range(repeats):
-        order = list(sides) if repeat % 2 == 0 else list(reversed(sides))
+        shift = repeat % len(sides)
+        order = list(sides[shift:] + sides[:shift])
         yield {"repeat": repeat, "order": order, **{side: run_side(side, repeat) for side in order}}
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from datasets import load_dataset
 from peft import LoraConfig, TaskType, get_peft_model
 from scipy.stats import pearsonr
@@ -44,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lora-rank", type=int, default=0, help="> 0: LoRA (peft) on the query and value "
                                                                  "projections, alpha 2*rank, no dropout; 0: full")
     parser.add_argument("--regression", action="store_true", help="numeric labels: one output, MSE, Pearson")
+    parser.add_argument("--bf16", action="store_true", help="TrainingArguments(bf16=True): the flag a user who knows "
+                                                            "it sets")
     parser.add_argument("--output-dir", required=True, help="Trainer checkpoints")
     parser.add_argument("--result", required=True, help="JSON file to write the measurements to")
     return parser.parse_args()
@@ -101,6 +104,8 @@ def main() -> None:
         save_total_limit=1,
         seed=args.seed,
         report_to="none",
+        bf16=args.bf16,
+        use_cpu=args.bf16 and not torch.cuda.is_available(),  # what the Trainer's error asks for bf16 on a CPU
     )
     trainer = Trainer(
         model=model,

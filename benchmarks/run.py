@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 import compare_grid
+import demo
 import few_shot
 import onnx_export
 import probe_cache
@@ -35,8 +36,9 @@ def vs_plain_rows(result: dict[str, Any], strategy: str) -> list[tuple[str, str,
          ""),
         (f"{strategy}: time ratio tunelab/plain", f"{s['ratio_median']:.3f} (of medians {s['ratio_of_medians']:.3f})",
          verdict(s["pass"])),
-        (f"{strategy}: test accuracy (median)",
-         f"tunelab {s['tunelab_accuracy']:.4f}, plain {s['plain_accuracy']:.4f}", ""),
+        (f"{strategy}: time ratio tunelab/plain with bf16=True", f"{s['ratio_vs_plain_bf16_median']:.3f}", ""),
+        (f"{strategy}: test accuracy (median)", f"tunelab {s['tunelab_accuracy']:.4f}, plain "
+         f"{s['plain_accuracy']:.4f}, plain bf16 {s['plain_bf16_accuracy']:.4f}", ""),
         (f"{strategy}: peak RSS (wait4, median)",
          f"tunelab {s['tunelab_peak_rss_bytes'] / GIB:.2f} GiB, plain {s['plain_peak_rss_bytes'] / GIB:.2f} GiB", ""),
     ]
@@ -137,6 +139,18 @@ def small_data_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [*rows, *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
 
 
+def precision_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(f"bf16: {name}", f"{result['summary'][name]['accuracy']:.4f}, {s['median_difference']:+.4f} against "
+             f"fp32 on the same seeds ({', '.join(f'{d:+.4f}' for d in s['differences'])})", "")
+            for name, s in result["vs_fp32"].items()]
+
+
+def demo_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    s = result["summary"]
+    return [("demo: make demo after the install (median)", f"{s['wall_s']:.0f} s, {s['cells']} cells", ""),
+            *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
+
+
 DRIVERS = {
     "full": (lambda args: vs_plain_rows(vs_plain.run_benchmark(args.repeats or 3, args.quick, args.keep, "full"),
                                         "full")),
@@ -145,6 +159,9 @@ DRIVERS = {
     "probe": lambda args: probe_rows(probe_cache.run_benchmark(args.repeats or 1, args.quick, args.keep)),
     "costs": lambda args: cost_rows(strategy_costs.run_benchmark(args.repeats or 3, args.quick, args.keep)),
     "accuracy": lambda args: accuracy_rows(strategy_accuracy.run_benchmark(args.repeats or 3, args.quick, args.keep)),
+    "accuracy-bf16": lambda args: precision_rows(strategy_accuracy.run_benchmark(args.repeats or 3, args.quick,
+                                                                                 args.keep, "bf16")),
+    "demo": lambda args: demo_rows(demo.run_benchmark(args.repeats or 1, args.quick, args.keep)),
     "templates": lambda args: template_rows(prompt_templates.run_benchmark(1, args.quick, args.keep)),
     "few-shot": lambda args: few_shot_rows(few_shot.run_benchmark(args.repeats or 5, args.quick, args.keep)),
     "grid": lambda args: grid_rows(compare_grid.run_benchmark(args.repeats or 3, args.quick, args.keep)),
