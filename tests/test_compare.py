@@ -195,15 +195,16 @@ def test_a_grid_of_two_models_runs_the_prompt_based_strategies_on_the_prompt_mod
                                                                                      sentiment_csv: Path):
     folder = tmp_path / "two"
     code, printed = tunelab("compare", "--model", str(tiny_bert), "--prompt-model", str(tiny_llama_lm), "--data",
-                            str(sentiment_csv), "--strategies", "full,zero-shot,pet", "--train-sizes", "16", "--seeds", "1",
-                            "--epochs", "1", "--min-steps", "0", "--max-length", "16", "--batch-size", "8",
-                            "--output", str(folder), "--quiet")
+                            str(sentiment_csv), "--strategies", "full,zero-shot,pet", "--train-sizes", "16",
+                            "--seeds", "1", "--epochs", "1", "--min-steps", "0", "--max-length", "16",
+                            "--batch-size", "8", "--output", str(folder), "--quiet")
     assert code == 0 and "0 failed" in printed, printed
     results = load_grid(folder)
     models = dict(zip(results.cells["strategy"], results.cells["model"], strict=True))
     assert models == {"full": str(tiny_bert), "zero-shot": str(tiny_llama_lm), "pet": str(tiny_llama_lm)}
     labels = [row[0] for row in summary_rows(summarise(results.cells))]
-    assert labels == [f"full ({tiny_bert})", f"zero-shot ({tiny_llama_lm})", f"pet ({tiny_llama_lm})"]  # rows name their model in a grid of two
+    # rows name their model in a grid of two
+    assert labels == [f"full ({tiny_bert})", f"zero-shot ({tiny_llama_lm})", f"pet ({tiny_llama_lm})"]
     verdicts = {claim.statement: (claim.verdict, claim.evidence) for claim in check_claims(summarise(results.cells))}
     verdict, evidence = verdicts["in the smallest data regime, parameter-efficient and prompt-based strategies hold "
                                  "up better than full"]
