@@ -76,6 +76,31 @@ def speed_table() -> str:
             + _table(["strategy", "fp32 step (random order)", "length-grouped", "bf16 autocast"], rows))
 
 
+def precision_table() -> str:
+    """bf16 autocast against fp32 per strategy: test accuracy on the same seeds (the accuracy benchmark run in each
+    precision) and the step time (the speed benchmark)."""
+    bf16 = _results("strategy_accuracy_bf16")
+    steps = _results("speed")["summary"]
+    rows = [[f"`{name}`", f"{s['fp32_accuracy']:.3f}", f"{bf16['summary'][name]['accuracy']:.3f}",
+             f"{s['median_difference']:+.3f}", " ".join(f"{d:+.3f}" for d in s["differences"]),
+             "not timed" if steps[name]["bf16_vs_fp32"] is None else f"{steps[name]['bf16_vs_fp32']:.2f}x"]
+            for name, s in bf16["vs_fp32"].items()]
+    return (f"MiniLM, movie-snippets, {bf16['settings']['limit_train']:,} training labels, seeds "
+            f"{', '.join(map(str, bf16['seeds']))}, random batch order; accuracy medians over the seeds, the "
+            f"difference per seed:\n\n"
+            + _table(["strategy", "fp32 accuracy", "bf16 accuracy", "bf16 - fp32 (median)", "per seed",
+                      "bf16 step time vs fp32"], rows))
+
+
+def demo_line() -> str:
+    demo = _results("demo")
+    s = demo["summary"]
+    return (f"`make demo` after the install, from an empty cache: {s['wall_s']:.0f} s on a "
+            f"{demo['machine']['nproc']}-core CPU, {s['cells']} runs, "
+            f"{'every strategy' if not s['strategies_missing'] else 'missing ' + ', '.join(s['strategies_missing'])}"
+            f", {'no' if demo['bars']['no_failed_cell'] else 'some'} failed runs.")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -90,6 +115,8 @@ def results_page() -> str:
     for path in sorted(RESULTS.glob("*.json")):
         result = json.loads(path.read_text(encoding="utf-8"))
         parts = [f"## {path.stem}", f"`benchmarks/results/{path.name}`"]
+        if result.get("note"):
+            parts.append(f"*{result['note']}*")
         if isinstance(result.get("settings"), dict):
             parts.append("Settings: " + _cell(result["settings"]) + ".")
         summary = result.get("summary")
@@ -128,6 +155,7 @@ def cli_reference() -> str:
 GENERATED: dict[str, Callable[[], str]] = {
     "strategy_table": strategy_table, "task_table": task_table, "headline_table": headline_table,
     "results_page": results_page, "cli_reference": cli_reference, "speed_table": speed_table,
+    "precision_table": precision_table, "demo_line": demo_line,
 }
 
 
