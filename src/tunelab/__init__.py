@@ -14,7 +14,7 @@ _EXPORTS = {
     "train": "tunelab.api", "evaluate": "tunelab.api", "zero_shot": "tunelab.api", "load_predictor": "tunelab.api",
     "predict": "tunelab.api", "RunResult": "tunelab.api",
     "RunConfig": "tunelab.config", "build_config": "tunelab.config", "TunelabError": "tunelab.errors",
-    "export_merged": "tunelab.export",
+    "export_merged": "tunelab.export", "make_bundle": "tunelab.compose.bundle", "read_bundle": "tunelab.compose.bundle",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -121,22 +121,32 @@ def prompt(
     console.print(f"run saved to [bold]{escape(str(result.path))}[/bold]")
 
 
+TASK_HELP = "a bundle's task to use (see `tunelab compose bundle`)"
+
+
 @app.command("eval")
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train`")],
+    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train`, or a bundle")],
     data: Annotated[str | None, typer.Option(help="dataset to score (default: the run's own test split)")] = None,
     text_column: Annotated[str, typer.Option(help="column with the input text")] = "text",
     label_column: Annotated[str, typer.Option(help="column with the label")] = "label",
     limit: Annotated[int | None, typer.Option(min=1, help="score at most N examples")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    task: Annotated[str | None, typer.Option(help=TASK_HELP + "; default for a bundle: every task on its own test "
+                                                  "split, against its run")] = None,
 ) -> None:
     """Score a trained run on labelled data with its task's metrics (accuracy and per-class report, Pearson, entity
     F1, exact match and F1, or perplexity and ROUGE-L)."""
     from tunelab import api
+    from tunelab.compose.bundle import is_bundle, task_run
     from tunelab.task_catalog import recipe_for
 
     quiet_libraries()
+    if is_bundle(run) and task is None and data is None:
+        _evaluate_bundle(run, limit, precision, as_json)
+        return
+    run = task_run(run, task)
     metrics = api.evaluate(run, data, text_column, label_column, limit, precision)
     if as_json:
         print(json.dumps(metrics, indent=2))
@@ -144,22 +154,55 @@ def evaluate(
         console.print(recipe_for(api.run_task(run)).evaluation_view(metrics, f"{run} on {data or 'its test split'}"))
 
 
+def _evaluate_bundle(path: Path, limit: int | None, precision: str, as_json: bool) -> None:
+    """Every task of a bundle on its own test split, beside the scores its run recorded when it was trained."""
+    from tunelab import api
+    from tunelab.compose.bundle import read_bundle
+    from tunelab.runs import METRICS_FILE, read_json
+
+    bundle = read_bundle(path)
+    scores = {name: api.evaluate(bundle.run(name), None, limit=limit, precision=precision) for name in bundle.tasks}
+    if as_json:
+        print(json.dumps(scores, indent=2))
+        return
+    table = Table(title=f"{path}: every task on its test split")
+    for column in ("task", "predicts", "in the bundle", "its run"):
+        table.add_column(column)
+    for name, kind in bundle.tasks.items():
+        recorded = read_json(bundle.run(name) / METRICS_FILE)
+        table.add_row(name, kind, _named_scores(kind, {"test": scores[name]}), _named_scores(kind, recorded))
+    console.print(table)
+
+
+def _named_scores(task: str, metrics: dict) -> str:
+    """A run's two summary scores on one line, a bare number with its score's name (accuracy 0.917)."""
+    from tunelab.report import quality_columns
+    from tunelab.task_catalog import recipe_for
+
+    return " · ".join(f"{label} {value}" if value[:1].isdigit() else value
+                      for label, value in zip(recipe_for(task).quality_names, quality_columns(metrics, task),
+                                              strict=True))
+
+
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train`, or a merged export")],
+    run: Annotated[Path, typer.Argument(help="run directory from `tunelab train`, a merged export, or a bundle")],
     texts: Annotated[list[str], typer.Argument(help="one or more texts (questions, prompts) to predict for")],
     as_json: Annotated[bool, typer.Option("--json", help="print predictions as JSON lines")] = False,
     context: Annotated[str | None, typer.Option(help="question-answering runs: the passage the questions (the "
                                                      "texts) are about")] = None,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
 ) -> None:
     """Predict with a trained run: the label and every label's probability, the value of a regression run, the
     entities a token-classification run finds (with character spans), a question-answering run's answers to
     questions about the `--context` passage, or a generation run's greedy answers."""
     from tunelab import api
+    from tunelab.compose.bundle import task_run
     from tunelab.task_catalog import recipe_for
 
     quiet_libraries()
+    run = task_run(run, task)
     records = api.predict(run, texts, context, precision)
     if as_json:
         for record in records:
@@ -241,9 +284,11 @@ def export(
 
 
 @app.command()
-def summary(runs: Annotated[list[Path], typer.Argument(help="run directories to compare")]) -> None:
-    """Compare finished runs side by side: accuracy against what each one cost."""
+def summary(runs: Annotated[list[Path], typer.Argument(help="run directories (or bundles) to compare")]) -> None:
+    """Compare finished runs side by side: accuracy against what each one cost; a bundle shows each of its tasks."""
+    from tunelab.compose.bundle import is_bundle, read_bundle
     from tunelab.report import runs_table
 
-    console.print(runs_table(runs, title="runs side by side"))
+    expanded = [task for run in runs for task in (read_bundle(run).runs() if is_bundle(run) else [run])]
+    console.print(runs_table(expanded, title="runs side by side"))
 

@@ -1,0 +1,130 @@
+"""A bundle: several tasks' trained deltas and heads on one base model, in one folder.
+
+Each task is an ordinary run directory copied into `tasks/<name>/` (without its Trainer checkpoints), so every
+command that reads a run reads a bundle's task as it is, and a bundle is self-contained: the source runs can be moved
+or deleted. `bundle.yaml` names the base model, its fingerprint and the tasks. The runs must share the base: the same
+weights, not only the same name, which is what a fingerprint of the base's config and weight files checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tunelab.assets.models import resolve_model
+from tunelab.errors import TunelabError
+from tunelab.runs import CHECKPOINTS, StagedRun, read_run_config, require_run, write_text_atomic
+
+BUNDLE_FILE = "bundle.yaml"
+TASKS = "tasks"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    model: str  # the base model as the runs name it
+    fingerprint: str
+    tasks: dict[str, str]  # name -> the task it predicts (classification, regression, ...)
+
+    def run(self, name: str) -> Path:
+        """The run directory of one of the bundle's tasks."""
+        if name not in self.tasks:
+            raise TunelabError(f"{self.path} has no task '{name}'; its tasks are {', '.join(self.tasks)}")
+        return self.path / TASKS / name
+
+    def runs(self) -> list[Path]:
+        return [self.path / TASKS / name for name in self.tasks]
+
+
+def is_bundle(path: Path) -> bool:
+    return (path / BUNDLE_FILE).exists()
+
+
+def read_bundle(path: Path | str) -> Bundle:
+    path = Path(path)
+    if not is_bundle(path):
+        raise TunelabError(f"{path} is not a tunelab bundle (no {BUNDLE_FILE}); make one with `tunelab compose "
+                           f"bundle RUN... --output {path}`")
+    stored = yaml.safe_load((path / BUNDLE_FILE).read_text(encoding="utf-8"))
+    return Bundle(path, stored["model"], stored["fingerprint"], stored["tasks"])
+
+
+def task_run(path: Path, task: str | None) -> Path:
+    """The run directory a command reads: `path` itself, or the named task of a bundle (which needs one)."""
+    if not is_bundle(path):
+        if task is not None:
+            raise TunelabError(f"--task picks a task of a bundle and {path} is a single run; leave --task out")
+        return path
+    bundle = read_bundle(path)
+    if task is None:
+        raise TunelabError(f"{path} is a bundle of {len(bundle.tasks)} tasks: pass --task with one of "
+                           f"{', '.join(bundle.tasks)}")
+    return bundle.run(task)
+
+
+def base_fingerprint(model: str) -> str:
+    """sha256 of the base model's config.json and weight files (names and bytes): two runs share a base when their
+    fingerprints are equal, whatever path or name they loaded it by. A hub id without a local folder is
+    fingerprinted by its name."""
+    folder = Path(resolve_model(model).path)
+    digest = hashlib.sha256()
+    if not folder.is_dir():
+        digest.update(f"hub:{model}".encode())
+        return digest.hexdigest()
+    for file in sorted(folder.iterdir()):
+        if file.name == "config.json" or file.suffix in WEIGHT_SUFFIXES:
+            digest.update(file.name.encode())
+            with file.open("rb") as stream:
+                while chunk := stream.read(CHUNK):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _named_runs(sources: list[str]) -> dict[str, Path]:
+    """NAME=PATH or PATH (named by its folder) -> the run directory; names unique and usable as folder names."""
+    named: dict[str, Path] = {}
+    for source in sources:
+        name, _, path = source.partition("=") if "=" in source else ("", "", source)
+        run = Path(path)
+        name = name or run.resolve().name
+        if not NAME.match(name):
+            raise TunelabError(f"'{name}' cannot name a task (letters, digits, '.', '_' and '-'); pass NAME={path}")
+        if name in named:
+            raise TunelabError(f"two runs would be named '{name}'; name them apart with NAME=PATH")
+        require_run(run)
+        named[name] = run
+    if not named:
+        raise TunelabError("a bundle needs at least one run")
+    return named
+
+
+def make_bundle(sources: list[str], output: Path | str, overwrite: bool = False) -> Bundle:
+    """Copy the runs (`NAME=PATH` or `PATH`) into one bundle at `output`, after checking that they share a base."""
+    output, runs = Path(output), _named_runs(sources)
+    configs = {name: read_run_config(run) for name, run in runs.items()}
+    fingerprints: dict[str, tuple[str, str]] = {}  # model name -> (fingerprint, the first task that used it)
+    for name, config in configs.items():
+        if config.model not in fingerprints:
+            fingerprints[config.model] = (base_fingerprint(config.model), name)
+    (model, (fingerprint, first)), *others = fingerprints.items()
+    for other, (other_fingerprint, task) in others:
+        if other_fingerprint != fingerprint:
+            raise TunelabError(f"{runs[task]} was trained on {other} and {runs[first]} on {model}: a bundle holds "
+                               f"runs of one base model")
+    with StagedRun(output, overwrite, marker=BUNDLE_FILE, kind="tunelab bundle") as staged:
+        for name, run in runs.items():
+            shutil.copytree(run, staged.path / TASKS / name, ignore=shutil.ignore_patterns(CHECKPOINTS))
+        tasks = {name: config.task for name, config in configs.items()}
+        write_text_atomic(staged.path / BUNDLE_FILE, yaml.safe_dump(
+            {"model": model, "fingerprint": fingerprint, "tasks": tasks,
+             "sources": {name: str(run.resolve()) for name, run in runs.items()}}, sort_keys=False))
+        path = staged.commit()
+    return Bundle(path, model, fingerprint, tasks)
