@@ -20,12 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # The main job, about 5 minutes on 2 CPU cores: every strategy at 64 training labels, MiniLM for the head-based
-# ones and SmolLM2 for the prompt-based ones (zero-shot, pet, soft-template), one seed, 400 test examples (the report
+# ones and SmolLM2 for the prompt-based ones (zero-shot, pet, soft-template), one seed, 300 test examples (the report
 # says what that noise is); then the report and a recommendation.
 # A second `make demo` resumes the grid (finished runs are kept); `rm -rf runs/demo` starts over.
 demo: $(STAMP)
 	$(VENV)/bin/tunelab compare --model minilm --prompt-model smollm2 --data movie-snippets --train-sizes 64 \
-		--seeds 1 --batch-size 16 --min-steps 40 --limit-eval 400 --output $(DEMO)
+		--seeds 1 --batch-size 16 --min-steps 32 --limit-eval 300 --output $(DEMO)
 	$(VENV)/bin/tunelab recommend --from $(DEMO) --memory 8GB
 	@echo "report: $(DEMO)/report.html"
 

@@ -167,3 +167,13 @@ def test_the_trainer_groups_token_ids_by_length_when_it_saves_padding(tiny_bert:
     for (data, grouping), kind in expected.items():
         config = tiny_config(tiny_bert, data, None, "full", group_by_length=grouping, max_length=48)
         assert type(_sampler(config, tmp_path)) is kind, (data.name, grouping)
+
+
+def test_auto_groups_only_the_strategies_measured_to_keep_their_accuracy() -> None:
+    from tunelab.strategies.catalog import CATALOG
+    from tunelab.training.trainer import length_grouping
+
+    assert [name for name, row in CATALOG.items() if row.groups_by_length] == ["full"]
+    assert length_grouping("auto", "full") == "auto"
+    assert length_grouping("auto", "lora") == "off"  # LoRA lost about 2 accuracy points in grouped batches
+    assert length_grouping("on", "lora") == "on" and length_grouping("off", "full") == "off"

@@ -94,8 +94,8 @@ class TrainingConfig(_Section):
                             "else fp32")
     group_by_length: Literal["auto", "on", "off"] = Field(
         "auto", description="training batches of similar length (shuffled buckets, so the order still randomises): "
-                            "less padding to compute; auto groups when random batches would be at least 20% "
-                            "padding")
+                            "less padding to compute; auto groups the strategies measured to keep their accuracy "
+                            "(full) when random batches would be at least 20% padding")
     logging_steps: int = Field(50, gt=0)
     report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard] or [mlflow]")
     keep_checkpoints: bool = Field(False, description="keep the Trainer's checkpoints (full weights and "

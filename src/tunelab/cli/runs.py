@@ -59,8 +59,9 @@ def train(
                                                    "calibration of the label probabilities")] = None,
     precision: Annotated[str | None, typer.Option(help=f"{PRECISION_HELP} [default: auto]")] = None,
     group_by_length: Annotated[str | None, typer.Option(help="training batches of similar length (shuffled "
-                                                             "buckets): auto (when random batches would be 20% "
-                                                             "padding or more), on, off [default: auto]")] = None,
+                                                             "buckets): auto (full fine-tuning, when random batches "
+                                                             "would be 20% padding or more), on, off "
+                                                             "[default: auto]")] = None,
     option: Annotated[list[str] | None, typer.Option(help="strategy option KEY=VALUE (repeatable)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="any config key, e.g. training.epochs=2")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,

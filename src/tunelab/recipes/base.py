@@ -27,7 +27,7 @@ from tunelab.data.splits import Splits
 from tunelab.errors import TunelabError
 from tunelab.strategies.registry import ConfiguredStrategy
 from tunelab.tasks.classification import LABELS_FILE, LabelMap
-from tunelab.training.trainer import build_trainer, training_arguments
+from tunelab.training.trainer import build_trainer, length_grouping, training_arguments
 
 
 @dataclass
@@ -56,7 +56,7 @@ def fit_with_trainer(model: nn.Module, config: RunConfig, strategy: ConfiguredSt
     trained Trainer (for the tasks that predict with it) and the training time."""
     args = training_arguments(config, strategy, checkpoints, progress, best_metric)
     trainer = build_trainer(model, args, train, validation, collator, compute_metrics,
-                            config.training.group_by_length)
+                            length_grouping(config.training.group_by_length, config.strategy.name))
     start = time.perf_counter()
     trainer.train()
     return trainer, {"train_s": time.perf_counter() - start}

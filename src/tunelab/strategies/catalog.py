@@ -55,6 +55,7 @@ class StrategyEntry:
     starts_at_base: bool = True  # untrained, it computes what the base model with the task's head does (nothing
     # added, added at zero, or the template's own words); virtual tokens and {soft} tokens start random
     not_served: dict[str, str] = field(default_factory=dict)  # task -> why the strategy does not apply to it
+    groups_by_length: bool = False  # measured to keep its accuracy in length-grouped batches: `auto` groups it
 
     def serves(self, task: str) -> bool:
         return task not in self.not_served
@@ -71,7 +72,7 @@ def _load(module: str, class_name: str) -> Strategy:
 _ENTRIES = (
     StrategyEntry("full", "full", "FullFineTuning",
                   "train every weight; best with plenty of labels, one full model copy per task",
-                  "full", "all", 5e-5, 3.0, mergeable=True, trl=True, pet_tunable=True,
+                  "full", "all", 5e-5, 3.0, mergeable=True, trl=True, pet_tunable=True, groups_by_length=True,
                   trade_off=_MINILM + "accuracy 0.845, 100% trainable, 90.9 MB per task, train time 1.0x; ~16 bytes "
                   "per parameter with AdamW; only 0.780 head-based on " + _SMOLLM2),
     StrategyEntry("linear-probe", "linear_probe", "LinearProbe",
