@@ -166,7 +166,9 @@ def _evaluate_bundle(path: Path, limit: int | None, precision: str, as_json: boo
     if as_json:
         print(json.dumps(scores, indent=2))
         return
-    table = Table(title=f"{path}: every task on its test split")
+    table = Table(title=f"{path}: every task on its test split",
+                  caption=None if limit is None else f"the bundle's scores on the first {limit} test examples, its "
+                                                     f"runs' on their whole test splits")
     for column in ("task", "predicts", "in the bundle", "its run"):
         table.add_column(column)
     for name, kind in bundle.tasks.items():
