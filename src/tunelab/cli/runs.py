@@ -138,7 +138,7 @@ def evaluate(
                                                   "split, against its run")] = None,
 ) -> None:
     """Score a trained run on labelled data with its task's metrics (accuracy and per-class report, Pearson, entity
-    F1, exact match and F1, or perplexity and ROUGE-L)."""
+    F1, exact match and F1, or perplexity and ROUGE-L); a bundle: every task beside its run, or one with --task."""
     from tunelab import api
     from tunelab.compose.bundle import is_bundle, task_run
     from tunelab.task_catalog import recipe_for
