@@ -47,13 +47,15 @@ def bars(summary: dict[str, Any], majority: float) -> dict[str, bool]:
 def against_fp32(rows: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
     """Per strategy, bf16's test accuracy minus fp32's on the same seed (from the fp32 result), and their median."""
     fp32 = {row["seed"]: row for row in read_json(RESULTS / f"{NAME}{'.quick' if quick else ''}.json")["rows"]}
-    paired = [row for row in rows if row["seed"] in fp32]
-    return {strategy: {"differences": [row[strategy]["test_accuracy"] - fp32[row["seed"]][strategy]["test_accuracy"]
-                                       for row in paired],
-                       "median_difference": median([row[strategy]["test_accuracy"]
-                                                    - fp32[row["seed"]][strategy]["test_accuracy"] for row in paired]),
-                       "fp32_accuracy": median([fp32[row["seed"]][strategy]["test_accuracy"] for row in paired])}
-            for strategy in STRATEGIES} if paired else {}
+    pairs = [(row, fp32[row["seed"]]) for row in rows if row["seed"] in fp32]
+    if not pairs:
+        return {}
+    compared = {}
+    for strategy in STRATEGIES:
+        differences = [row[strategy]["test_accuracy"] - other[strategy]["test_accuracy"] for row, other in pairs]
+        compared[strategy] = {"differences": differences, "median_difference": median(differences),
+                              "fp32_accuracy": median([other[strategy]["test_accuracy"] for _, other in pairs])}
+    return compared
 
 
 def run_benchmark(repeats: int = 3, quick: bool = False, keep: bool = False, precision: str = "fp32") -> dict[str, Any]:

@@ -3,8 +3,8 @@
 tunelab wraps the Hugging Face Trainer with defaults a plain script lacks (length-grouped batches; bf16 where the
 hardware has it), so it should take at most 0.7x the time of the script a user would write from the docs (fp32,
 random order) within 1 point of its accuracy. Both sides get the same train/validation/test rows (tunelab's own split,
-written to CSV for the plain script), the same hyper-parameters and seed; the order alternates every repeat so
-that neither side always runs on a machine warmed or loaded by the other. For lora both sides adapt the query and
+written to CSV for the plain script), the same hyper-parameters and seed; the order of the sides rotates every
+repeat so that no side always runs on a machine warmed or loaded by another. For lora both sides adapt the query and
 value projections with r=8, alpha 16, no dropout (tunelab's defaults). A third side, `plain-bf16`, is the same script
 with `bf16=True`, the flag a user who knows it would set: its ratio is reported beside the bar, not held to it.
 """

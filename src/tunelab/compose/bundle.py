@@ -41,7 +41,7 @@ class Bundle:
         return self.path / TASKS / name
 
     def runs(self) -> list[Path]:
-        return [self.path / TASKS / name for name in self.tasks]
+        return [self.run(name) for name in self.tasks]
 
 
 def is_bundle(path: Path) -> bool:
