@@ -186,3 +186,39 @@ def bert_probe_uncached(tiny_bert: Path, sentiment_csv: Path, runs_dir: Path) ->
 @pytest.fixture(scope="session")
 def llama_full(tiny_llama: Path, sentiment_csv: Path, runs_dir: Path) -> TrainedRun:
     return train_recording(tiny_config(tiny_llama, sentiment_csv, runs_dir / "llama-full", "full", epochs=3))
+
+
+# Runs of several strategies and tasks on tiny_bert, for composition: two label sets, so that a mixed batch has heads
+# of different widths; the second LoRA has another rank and rsLoRA's scaling, which merging must honour.
+THREE_LABELS = ("negative", "neutral", "positive")
+
+
+@pytest.fixture(scope="session")
+def three_labels_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_table(sentiment_frame(90, THREE_LABELS, seed=1), tmp_path_factory.mktemp("data") / "three.csv")
+
+
+@pytest.fixture(scope="session")
+def bert_lora(tiny_bert: Path, sentiment_csv: Path, runs_dir: Path) -> TrainedRun:
+    return train_recording(tiny_config(tiny_bert, sentiment_csv, runs_dir / "lora", "lora"))
+
+
+@pytest.fixture(scope="session")
+def bert_lora_three(tiny_bert: Path, three_labels_csv: Path, runs_dir: Path) -> TrainedRun:
+    return train_recording(tiny_config(tiny_bert, three_labels_csv, runs_dir / "lora-three", "lora",
+                                       {"r": 4, "use_rslora": True}))
+
+
+@pytest.fixture(scope="session")
+def bert_ia3(tiny_bert: Path, sentiment_csv: Path, runs_dir: Path) -> TrainedRun:
+    return train_recording(tiny_config(tiny_bert, sentiment_csv, runs_dir / "ia3", "ia3"))
+
+
+@pytest.fixture(scope="session")
+def bert_ia3_three(tiny_bert: Path, three_labels_csv: Path, runs_dir: Path) -> TrainedRun:
+    return train_recording(tiny_config(tiny_bert, three_labels_csv, runs_dir / "ia3-three", "ia3"))
+
+
+@pytest.fixture(scope="session")
+def bert_adapter_three(tiny_bert: Path, three_labels_csv: Path, runs_dir: Path) -> TrainedRun:
+    return train_recording(tiny_config(tiny_bert, three_labels_csv, runs_dir / "adapter-three", "adapter"))

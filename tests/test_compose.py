@@ -16,11 +16,6 @@ from tunelab.errors import TunelabError
 
 
 @pytest.fixture(scope="module")
-def bert_lora(tiny_bert: Path, sentiment_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
-    return train_recording(tiny_config(tiny_bert, sentiment_csv, tmp_path_factory.mktemp("runs") / "lora", "lora"))
-
-
-@pytest.fixture(scope="module")
 def bert_ratings(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     data = write_table(rated_frame(80), tmp_path_factory.mktemp("ratings") / "ratings.csv")
     config = tiny_config(tiny_bert, data, tmp_path_factory.mktemp("runs") / "ratings", "lora", epochs=2)

@@ -172,12 +172,13 @@ def _evaluate_bundle(path: Path, limit: int | None, precision: str, as_json: boo
     for column in ("task", "predicts", "in the bundle", "its run"):
         table.add_column(column)
     for name, kind in bundle.tasks.items():
-        recorded = read_json(bundle.run(name) / METRICS_FILE)
-        table.add_row(name, kind, _named_scores(kind, {"test": scores[name]}), _named_scores(kind, recorded))
+        recorded = read_json(bundle.run(name) / METRICS_FILE)  # a merged task's own run: its single-task score
+        table.add_row(name, kind, named_scores(kind, {"test": scores[name]}),
+                      named_scores(kind, {"test": recorded.get("single_task", recorded["test"])}))
     console.print(table)
 
 
-def _named_scores(task: str, metrics: dict) -> str:
+def named_scores(task: str, metrics: dict) -> str:
     """A run's two summary scores on one line, a bare number with its score's name (accuracy 0.917)."""
     from tunelab.report import quality_columns
     from tunelab.task_catalog import recipe_for

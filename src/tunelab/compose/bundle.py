@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from tunelab.assets.models import resolve_model
+from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.runs import CHECKPOINTS, StagedRun, read_run_config, require_run, write_text_atomic
 
@@ -33,6 +34,7 @@ class Bundle:
     model: str  # the base model as the runs name it
     fingerprint: str
     tasks: dict[str, str]  # name -> the task it predicts (classification, regression, ...)
+    merge: dict | None = None  # how the tasks' deltas were merged into one (`compose merge`); None: each its own
 
     def run(self, name: str) -> Path:
         """The run directory of one of the bundle's tasks."""
@@ -54,7 +56,7 @@ def read_bundle(path: Path | str) -> Bundle:
         raise TunelabError(f"{path} is not a tunelab bundle (no {BUNDLE_FILE}); make one with `tunelab compose "
                            f"bundle RUN... --output {path}`")
     stored = yaml.safe_load((path / BUNDLE_FILE).read_text(encoding="utf-8"))
-    return Bundle(path, stored["model"], stored["fingerprint"], stored["tasks"])
+    return Bundle(path, stored["model"], stored["fingerprint"], stored["tasks"], stored.get("merge"))
 
 
 def task_run(path: Path, task: str | None) -> Path:
@@ -88,7 +90,7 @@ def base_fingerprint(model: str) -> str:
     return digest.hexdigest()
 
 
-def _named_runs(sources: list[str]) -> dict[str, Path]:
+def named_runs(sources: list[str]) -> dict[str, Path]:
     """NAME=PATH or PATH (named by its folder) -> the run directory; names unique and usable as folder names."""
     named: dict[str, Path] = {}
     for source in sources:
@@ -106,10 +108,8 @@ def _named_runs(sources: list[str]) -> dict[str, Path]:
     return named
 
 
-def make_bundle(sources: list[str], output: Path | str, overwrite: bool = False) -> Bundle:
-    """Copy the runs (`NAME=PATH` or `PATH`) into one bundle at `output`, after checking that they share a base."""
-    output, runs = Path(output), _named_runs(sources)
-    configs = {name: read_run_config(run) for name, run in runs.items()}
+def shared_base(runs: dict[str, Path], configs: dict[str, RunConfig]) -> tuple[str, str]:
+    """(model, fingerprint) of the base model every run was trained on; refused when their weights differ."""
     fingerprints: dict[str, tuple[str, str]] = {}  # model name -> (fingerprint, the first task that used it)
     for name, config in configs.items():
         if config.model not in fingerprints:
@@ -119,12 +119,27 @@ def make_bundle(sources: list[str], output: Path | str, overwrite: bool = False)
         if other_fingerprint != fingerprint:
             raise TunelabError(f"{runs[task]} was trained on {other} and {runs[first]} on {model}: a bundle holds "
                                f"runs of one base model")
+    return model, fingerprint
+
+
+def write_bundle_file(folder: Path, model: str, fingerprint: str, configs: dict[str, RunConfig],
+                      runs: dict[str, Path], merge: dict | None = None) -> Bundle:
+    tasks = {name: config.task for name, config in configs.items()}
+    record = {"model": model, "fingerprint": fingerprint, "tasks": tasks,
+              "sources": {name: str(run.resolve()) for name, run in runs.items()}}
+    write_text_atomic(folder / BUNDLE_FILE, yaml.safe_dump(record | ({"merge": merge} if merge else {}),
+                                                           sort_keys=False))
+    return Bundle(folder, model, fingerprint, tasks, merge)
+
+
+def make_bundle(sources: list[str], output: Path | str, overwrite: bool = False) -> Bundle:
+    """Copy the runs (`NAME=PATH` or `PATH`) into one bundle at `output`, after checking that they share a base."""
+    output, runs = Path(output), named_runs(sources)
+    configs = {name: read_run_config(run) for name, run in runs.items()}
+    model, fingerprint = shared_base(runs, configs)
     with StagedRun(output, overwrite, marker=BUNDLE_FILE, kind="tunelab bundle") as staged:
         for name, run in runs.items():
             shutil.copytree(run, staged.path / TASKS / name, ignore=shutil.ignore_patterns(CHECKPOINTS))
-        tasks = {name: config.task for name, config in configs.items()}
-        write_text_atomic(staged.path / BUNDLE_FILE, yaml.safe_dump(
-            {"model": model, "fingerprint": fingerprint, "tasks": tasks,
-             "sources": {name: str(run.resolve()) for name, run in runs.items()}}, sort_keys=False))
+        write_bundle_file(staged.path, model, fingerprint, configs, runs)
         path = staged.commit()
-    return Bundle(path, model, fingerprint, tasks)
+    return read_bundle(path)
