@@ -91,8 +91,10 @@ def test_runs_of_two_base_models_are_refused_and_nothing_is_written(bert_full: T
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
-    (["predict", "{bundle}", "fine"], "{bundle} is a bundle of 3 tasks: pass --task with one of sentiment, lora, "
-                                      "ratings"),
+    (["eval", "{bundle}", "--data", "{new}"], "{bundle} is a bundle of 3 tasks: pass --task with one of sentiment, "
+                                              "lora, ratings"),
+    (["predict", "{bundle}", "fine"], "'fine' names no task of the bundle: write each text as TASK=TEXT with a task "
+                                      "of sentiment, lora, ratings, or pass --task for them all"),
     (["predict", "{bundle}", "--task", "tweets", "fine"], "{bundle} has no task 'tweets'; its tasks are sentiment, "
                                                           "lora, ratings"),
     (["predict", "{run}", "--task", "lora", "fine"], "--task picks a task of a bundle and {run} is a single run; "

@@ -15,6 +15,8 @@ _EXPORTS = {
     "predict": "tunelab.api", "RunResult": "tunelab.api",
     "RunConfig": "tunelab.config", "build_config": "tunelab.config", "TunelabError": "tunelab.errors",
     "export_merged": "tunelab.export", "make_bundle": "tunelab.compose.bundle", "read_bundle": "tunelab.compose.bundle",
+    "merge_runs": "tunelab.compose.merge", "MergeMethod": "tunelab.compose.task_vectors",
+    "MixedPredictor": "tunelab.compose.mixed",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -39,10 +39,15 @@ class Predictor:
 
     def predict(self, texts: list[str]) -> list[tuple[str, dict[str, float]]]:
         """For each text: the predicted label and the probability of every label."""
-        probabilities = torch.softmax(torch.from_numpy(self.logits(texts)), dim=-1).numpy()
-        labels = self.targets.labels
-        return [(labels[int(row.argmax())], dict(zip(labels, map(float, row), strict=True))) for row in probabilities]
+        return labelled(self.targets, self.logits(texts))
 
     def predict_values(self, texts: list[str]) -> list[float]:
         """Regression: the predicted value of each text, in the data's units."""
         return [float(value) for value in self.targets.decode(self.logits(texts))]
+
+
+def labelled(labels: LabelMap, logits: np.ndarray) -> list[tuple[str, dict[str, float]]]:
+    """(N, C) logits -> for each row, the predicted label and the probability of every label."""
+    probabilities = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+    return [(labels.labels[int(row.argmax())], dict(zip(labels.labels, map(float, row), strict=True)))
+            for row in probabilities]

@@ -13,6 +13,7 @@ block's forward, and a model shared across threads compute the same thing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,19 +53,33 @@ class Bottleneck(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.scaling * self.up(self.activation(self.down(hidden)))
 
+    # Which rows of a batch this adapter serves: every row, unless a mixed batch of several tasks' adapters routes
+    # them (`tunelab.compose.mixed` sets a callable returning a boolean mask over the batch).
+    rows: Callable[[], torch.Tensor] | None = None
+
+    def on_rows(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The adapter's output for the rows it serves, zeros for the others."""
+        if self.rows is None:
+            return self(hidden)
+        rows = self.rows()
+        routed = torch.zeros_like(hidden)
+        if rows.any():
+            routed[rows] = self(hidden[rows]).to(hidden.dtype)
+        return routed
+
     # Forward hooks. Bound methods, so that a deep copy of the model calls the copied adapters.
     def add_after(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return output + self(output)
+        return output + self.on_rows(output)
 
     def add_beside(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         """A forward hook on the FFN sublayer: its output plus the adapter of its input."""
-        return output + self(args[0])
+        return output + self.on_rows(args[0])
 
     def add_to_residual(self, module: nn.Module, args: tuple) -> tuple:
         """A forward pre-hook on BERT's FFN output module, called with (FFN hidden states, the FFN's input x): the
         residual it adds becomes x + adapter(x), so the sum is FFN(x) + adapter(x) + x, before the LayerNorm."""
         hidden, ffn_input, *rest = args
-        return (hidden, ffn_input + self(ffn_input), *rest)
+        return (hidden, ffn_input + self.on_rows(ffn_input), *rest)
 
 
 def _output_size(layer: nn.Module) -> int:

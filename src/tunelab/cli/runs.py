@@ -200,12 +200,16 @@ def predict(
 ) -> None:
     """Predict with a trained run: the label and every label's probability, the value of a regression run, the
     entities a token-classification run finds (with character spans), a question-answering run's answers to
-    questions about the `--context` passage, or a generation run's greedy answers."""
+    questions about the `--context` passage, or a generation run's greedy answers. A bundle answers texts written
+    TASK=TEXT, each for its own task, in mixed batches on one base model (or all for `--task`)."""
     from tunelab import api
-    from tunelab.compose.bundle import task_run
+    from tunelab.compose.bundle import is_bundle, task_run
     from tunelab.task_catalog import recipe_for
 
     quiet_libraries()
+    if is_bundle(run) and task is None:
+        _predict_mixed(run, texts, as_json, precision)
+        return
     run = task_run(run, task)
     records = api.predict(run, texts, context, precision)
     if as_json:
@@ -213,6 +217,27 @@ def predict(
             print(json.dumps(record))
     else:
         console.print(recipe_for(api.run_task(run)).predictions_view(records, str(run)))
+
+
+def _predict_mixed(path: Path, items: list[str], as_json: bool, precision: str) -> None:
+    """TASK=TEXT items of a bundle's sentence tasks, answered in mixed batches."""
+    from tunelab.compose.bundle import read_bundle
+    from tunelab.compose.mixed import MixedPredictor, task_texts
+
+    texts, tasks = task_texts(items, list(read_bundle(path).tasks))
+    records = MixedPredictor(path, precision).predict(texts, tasks)
+    if as_json:
+        for record in records:
+            print(json.dumps(record))
+        return
+    table = Table(title=escape(f"{path}: each text for its task"))
+    for column in ("task", "text", "answer"):
+        table.add_column(column)
+    for record in records:
+        answer = (f"{record['label']} ({record['probabilities'][record['label']]:.2f})" if "label" in record
+                  else f"{record['value']:+.3f}")
+        table.add_row(escape(record["task"]), escape(record["text"]), f"[bold]{escape(answer)}[/bold]")
+    console.print(table)
 
 
 @app.command()

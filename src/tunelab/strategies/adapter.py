@@ -30,6 +30,12 @@ class AdapterOptions(BaseModel):
     layers: list[int] | None = Field(None, description="block indices to adapt (default: every block)")
 
 
+def attach(backbone: nn.Module, options: AdapterOptions) -> nn.ModuleDict:
+    """The adapters these options describe, hooked into `backbone`."""
+    size = options.bottleneck_size or max(1, backbone.config.hidden_size // options.reduction_factor)
+    return insert_adapters(backbone, options.variant, size, options.activation, options.scaling, options.layers)
+
+
 class BottleneckAdapters(PartialTraining):
     name = "adapter"
     Options = AdapterOptions
@@ -42,9 +48,7 @@ class BottleneckAdapters(PartialTraining):
 
     def apply(self, model: nn.Module, options: AdapterOptions) -> None:
         mark_applied(model, self.name)
-        size = options.bottleneck_size or max(1, model.backbone.config.hidden_size // options.reduction_factor)
-        model.adapters = insert_adapters(model.backbone, options.variant, size, options.activation, options.scaling,
-                                         options.layers)
+        model.adapters = attach(model.backbone, options)
         freeze_all_but(model, self.trainable_prefixes(options))
 
     def save_delta(self, model: nn.Module, options: AdapterOptions, folder: Path) -> list[Path]:
