@@ -222,3 +222,13 @@ def bert_ia3_three(tiny_bert: Path, three_labels_csv: Path, runs_dir: Path) -> T
 @pytest.fixture(scope="session")
 def bert_adapter_three(tiny_bert: Path, three_labels_csv: Path, runs_dir: Path) -> TrainedRun:
     return train_recording(tiny_config(tiny_bert, three_labels_csv, runs_dir / "adapter-three", "adapter"))
+
+
+@pytest.fixture(scope="session")
+def bert_ratings(tiny_bert: Path, runs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """A LoRA regression run on made-up ratings."""
+    from test_regression import rated_frame
+
+    data = write_table(rated_frame(80), tmp_path_factory.mktemp("ratings") / "ratings.csv")
+    config = tiny_config(tiny_bert, data, runs_dir / "ratings", "lora", epochs=2)
+    return train_recording(config.model_copy(update={"task": "regression"}))

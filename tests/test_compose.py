@@ -7,19 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_regression import rated_frame
-from tiny import TrainedRun, run_main, tiny_config, train_recording, write_table
+from tiny import TrainedRun, run_main
 
 from tunelab import api
 from tunelab.compose.bundle import BUNDLE_FILE, base_fingerprint, make_bundle, read_bundle, task_run
 from tunelab.errors import TunelabError
-
-
-@pytest.fixture(scope="module")
-def bert_ratings(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
-    data = write_table(rated_frame(80), tmp_path_factory.mktemp("ratings") / "ratings.csv")
-    config = tiny_config(tiny_bert, data, tmp_path_factory.mktemp("runs") / "ratings", "lora", epochs=2)
-    return train_recording(config.model_copy(update={"task": "regression"}))
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_regression import rated_frame
-from tiny import TrainedRun, run_main, tiny_config, train_recording, write_table
+from tiny import TrainedRun, run_main, tiny_config, train_recording
 
 from tunelab import api
 from tunelab.compose.bundle import make_bundle
@@ -18,13 +17,6 @@ from tunelab.errors import TunelabError
 
 TEXTS = ["good great fine", "awful bad dull", "table window paper", "lovely nice river", "poor chair ugly",
          "superb excellent wonderful good", "bad", "cloud street garden nasty"]
-
-
-@pytest.fixture(scope="module")
-def bert_ratings(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
-    data = write_table(rated_frame(80), tmp_path_factory.mktemp("ratings") / "ratings.csv")
-    config = tiny_config(tiny_bert, data, tmp_path_factory.mktemp("runs") / "ratings", "ia3", epochs=2)
-    return train_recording(config.model_copy(update={"task": "regression"}))
 
 
 @pytest.fixture(scope="module")
