@@ -3,8 +3,9 @@ delta and head, on one copy of the base model.
 
 What shares the base: LoRA through PEFT's per-row `adapter_names`; (IA)^3 and bottleneck adapters through our own
 per-row hooks (PEFT's mixed batches serve LoRA only); a linear probe (the base and a head). A row routes by its
-task's index, held in a context variable for the length of one forward, so the hooks keep no state between calls
-and concurrent forwards (threads, asyncio tasks) cannot mix their routes. A task that cannot share the base runs as
+task's index, held in a context variable for the length of one forward, so our hooks keep no state between calls
+and concurrent forwards (threads, asyncio tasks) cannot mix their routes; PEFT's routing is module state for the
+length of a call, so forwards through LoRA take turns. A task that cannot share the base runs as
 its own sub-batch on its own model: full fine-tuning and BitFit (other base weights), the prompt methods (virtual
 tokens lengthen the sequence) and the prompt-based strategies (another model form). Sentence tasks only
 (classification, regression): a row's answer is its task's logits.
@@ -12,6 +13,7 @@ tokens lengthen the sequence) and the prompt-based strategies (another model for
 
 from __future__ import annotations
 
+import threading
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -75,17 +77,23 @@ class SharedBase(nn.Module):
         self.heads, self.adapters, self.scales = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
         self.lora_tasks: dict[str, str] = {}  # task -> its PEFT adapter name (a task's own name could clash with
         # PEFT's parameter prefixes: an adapter named 'lora' would be re-initialised on loading)
+        # PEFT routes `adapter_names` through hooks it adds to the model for one call: module state, so two threads'
+        # forwards through LoRA would read each other's routes; they take turns.
+        self.lora_lock = threading.Lock()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tasks: list[str]) -> list[torch.Tensor]:
         """Each row's logits from its own task's delta and head."""
         token = ROUTE.set(torch.tensor([self.index[task] for task in tasks], device=input_ids.device))
         try:
-            routing = {"adapter_names": [self.lora_tasks.get(task, NO_LORA) for task in tasks]}
-            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                                   **(routing if self.lora_tasks else {})).last_hidden_state
+            if self.lora_tasks:
+                with self.lora_lock:
+                    hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                                           adapter_names=[self.lora_tasks.get(task, NO_LORA) for task in tasks])
+            else:
+                hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         finally:
             ROUTE.reset(token)
-        features = pool(hidden, attention_mask, self.pooling)
+        features = pool(hidden.last_hidden_state, attention_mask, self.pooling)
         logits: list[torch.Tensor] = [None] * len(tasks)  # type: ignore[list-item]
         for task in dict.fromkeys(tasks):
             rows = [row for row, name in enumerate(tasks) if name == task]
