@@ -20,7 +20,7 @@ from tunelab.compare.advisor import (
     recommend,
 )
 from tunelab.errors import TunelabError
-from tunelab.strategies.catalog import CATALOG, NAMES
+from tunelab.strategies.catalog import CATALOG, NAMES, STANDALONE
 
 LAPTOP_FEW_LABELS = Situation(samples=50, gpu=False, memory_gb=8)
 BIG_GPU_MANY_LABELS = Situation(samples=50_000, gpu=True, memory_gb=80, model_parameters=110e6)
@@ -169,7 +169,7 @@ def test_each_rule_moves_the_scores_it_names(rule: advisor.Rule, monkeypatch: py
     with_rule = by_name(situation, measured)
     monkeypatch.setattr(advisor, "RULES", tuple(other for other in RULES if other is not rule))
     without_rule = by_name(situation, measured)
-    moved = {name: with_rule[name].score - without_rule[name].score for name in NAMES}
+    moved = {name: with_rule[name].score - without_rule[name].score for name in STANDALONE}
     moved = {name: points for name, points in moved.items() if points}
     assert moved, f"{rule.name} moved no strategy in its example"
     if not callable(rule.points):

@@ -20,7 +20,8 @@ LLAMA_TRAINING = {"adapter": {"learning_rate": 2e-3}, "prefix": {"learning_rate"
 
 
 @pytest.mark.parametrize("architecture", ["bert", "llama"])
-@pytest.mark.parametrize("strategy", [name for name, row in CATALOG.items() if not row.prompt_based])
+@pytest.mark.parametrize("strategy", [name for name, row in CATALOG.items()
+                                      if not row.prompt_based and not row.composes])  # fusion: test_fusion.py
 def test_every_strategy_trains_and_reloads(strategy: str, architecture: str, tiny_bert: Path, tiny_llama: Path,
                                            sentiment_csv: Path, tmp_path: Path):
     model_dir = {"bert": tiny_bert, "llama": tiny_llama}[architecture]

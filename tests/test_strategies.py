@@ -30,7 +30,8 @@ def test_every_catalog_row_loads_its_strategy():
     for name, row in CATALOG.items():
         strategy = get_strategy(name)
         assert strategy.name == name and strategy.entry is row and get_strategy(name) is strategy
-        learning_rate, epochs = strategy.training_defaults(strategy.Options())
+        options = strategy.Options(sources=["a", "b"]) if row.composes else strategy.Options()
+        learning_rate, epochs = strategy.training_defaults(options)
         assert (learning_rate > 0 and epochs > 0) == (row.epochs > 0)
 
 

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunelab.errors import TunelabError
 from tunelab.task_catalog import TASKS
 
+CONFIG_FILE = "config.yaml"  # a run directory's resolved config
+
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # resolved for the hardware by `tunelab.precision`
 
 

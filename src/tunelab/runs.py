@@ -14,10 +14,9 @@ from typing import Any
 
 import yaml
 
-from tunelab.config import RunConfig, build_config, read_yaml, to_yaml
+from tunelab.config import CONFIG_FILE, RunConfig, build_config, read_yaml, to_yaml
 from tunelab.errors import TunelabError
 
-CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 RESOURCES_FILE = "resources.json"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -142,3 +143,25 @@ def resolve_model(name: str) -> ModelSpec:
         raise TunelabError(f"unknown model '{name}': use an embedded one ({', '.join(EMBEDDED)}), an existing "
                            f"Hugging Face model folder, or a hub id like owner/name")
     return _spec_for_hub(name)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
+CHUNK = 1 << 20
+
+
+def base_fingerprint(model: str) -> str:
+    """sha256 of the base model's config.json and weight files (names and bytes): two runs share a base when their
+    fingerprints are equal, whatever path or name they loaded it by. A hub id without a local folder is
+    fingerprinted by its name."""
+    folder = Path(resolve_model(model).path)
+    digest = hashlib.sha256()
+    if not folder.is_dir():
+        digest.update(f"hub:{model}".encode())
+        return digest.hexdigest()
+    for file in sorted(folder.iterdir()):
+        if file.name == "config.json" or file.suffix in WEIGHT_SUFFIXES:
+            digest.update(file.name.encode())
+            with file.open("rb") as stream:
+                while chunk := stream.read(CHUNK):
+                    digest.update(chunk)
+    return digest.hexdigest()

@@ -78,10 +78,10 @@ def compare(
 ) -> None:
     """Train a grid of strategies x training-set sizes x seeds, each an ordinary run; resumable."""
     from tunelab.compare.grid import GridSpec, run_grid
-    from tunelab.strategies.catalog import NAMES
+    from tunelab.strategies.catalog import STANDALONE
 
     base = run_config(config_file, locals(), set_, None, None, None)
-    names = list(NAMES) if strategies == "all" else comma_list(strategies, "strategies")
+    names = list(STANDALONE) if strategies == "all" else comma_list(strategies, "strategies")
     spec = GridSpec(base=base.model_dump(mode="json", exclude={"strategy", "output"}, exclude_defaults=True),
                     strategies=names, train_sizes=comma_list(train_sizes, "train-sizes", int),
                     seeds=list(range(seed, seed + seeds)), epochs=epochs, min_steps=min_steps,
@@ -183,9 +183,12 @@ def strategies() -> None:
         table.add_column(column)
     for name, row in CATALOG.items():
         strategy = row.load()
-        defaults = strategy.Options()
-        options = ", ".join(f"{key}={value}" for key, value in defaults.model_dump().items())
-        learning_rate, epochs = strategy.training_defaults(defaults)
+        fields = strategy.Options.model_fields
+        required = [key for key, field in fields.items() if field.is_required()]
+        defaults = None if required else strategy.Options()
+        options = ", ".join([f"{key} (required)" for key in required] +
+                            [f"{key}={value}" for key, value in (defaults.model_dump() if defaults else {}).items()])
+        learning_rate, epochs = strategy.training_defaults(defaults) if defaults else (row.learning_rate, row.epochs)
         tasks = ", ".join(task for task in TASKS if row.serves(task))
         table.add_row(name, row.summary, f"{learning_rate:g}" if epochs else "-", f"{epochs:g}" if epochs else "-",
                       options or "-", tasks)

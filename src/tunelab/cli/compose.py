@@ -100,3 +100,53 @@ def merge_table(path: Path, report: dict) -> Table:
                                                                                           "base_and_head")),
                       "—" if task["kept"] is None else f"{task['kept']:.1%}")
     return table
+
+
+@compose_app.command("hub")
+def hub(
+    runs: Annotated[list[str], typer.Argument(help="lora runs of other tasks on one base model (NAME=PATH or PATH)")],
+    data: Annotated[str, typer.Option(help="the new task's data: a file or an embedded dataset")],
+    output: Annotated[Path, typer.Option(help="the new run's folder")],
+    shots: Annotated[int, typer.Option(help="labelled examples per label, for training and again for validation")] = 16,
+    budget: Annotated[int, typer.Option(help="weight settings to try (each: a forward of the shots and a head "
+                                             "fit)")] = 80,
+    l1: Annotated[float, typer.Option(help="the penalty on the sum of the weights' magnitudes")] = 0.05,
+    text_column: Annotated[str, typer.Option(help="the data's text column")] = "text",
+    label_column: Annotated[str, typer.Option(help="the data's label column")] = "label",
+    seed: Annotated[int, typer.Option(help="draws the shots and seeds the search")] = 42,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run at --output")] = False,
+) -> None:
+    """A new classification task from a few labelled examples and other tasks' LoRA runs (LoraHub): one weight per
+    run found without gradients, a head fitted on the examples. Writes an ordinary lora run and scores it on the
+    data's test split beside the base model and each source run alone (each with a head fitted on the examples)."""
+    from rich.progress import Progress
+
+    from tunelab.cli.options import quiet_libraries
+    from tunelab.compose.hub import HubSearch, compose_hub
+
+    quiet_libraries()
+    with Progress(console=console, transient=True) as bar:
+        searching = bar.add_task("searching the weights", total=budget)
+        path, metrics = compose_hub(runs, {"source": data, "text_column": text_column, "label_column": label_column},
+                                    output, shots, HubSearch(budget, l1), seed, overwrite,
+                                    progress=lambda done, best: bar.update(searching, completed=done))
+    console.print(hub_table(path, metrics))
+    console.print(f"run saved to [bold]{escape(str(path))}[/bold]; predict with `tunelab predict {escape(str(path))} "
+                  f"TEXT`")
+
+
+def hub_table(path: Path, metrics: dict) -> Table:
+    """The composed run on the test split beside the base model and each source alone, with the weights found."""
+    found = metrics["hub"]
+    table = Table(title=f"{path}: {metrics['train_examples']} training and {metrics['validation_examples']} "
+                        f"validation shots", caption=f"{found['curve'][-1]['evaluation']} weight settings tried; "
+                                                     f"each row's head fitted on the shots")
+    for column in ("model", "weights", "test accuracy", "test macro-F1"):
+        table.add_column(column)
+    rows = [("composed", ", ".join(f"{name} {weight:+.2f}" for name, weight in found["weights"].items()),
+             metrics["test"])]
+    rows += [("base model" if name == "base_and_head" else f"{name} alone", "-", test)
+             for name, test in found["alone"].items()]
+    for name, weights, test in rows:
+        table.add_row(escape(name), escape(weights), f"{test['accuracy']:.3f}", f"{test['macro_f1']:.3f}")
+    return table

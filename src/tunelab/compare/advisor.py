@@ -326,6 +326,7 @@ def recommend(situation: Situation, measured: pd.DataFrame | None = None,
     grid = _measured_grid(measured, situation.samples) if measured is not None else None
     moves = [(rule, _points(rule, situation, grid)) for rule in RULES]
     options = ["--data", data] if isinstance(data, str) else data  # a dataset, or `train` options for a file
-    recommendations = [_recommendation(facts, situation, grid, moves, options) for facts in CATALOG.values()]
+    recommendations = [_recommendation(facts, situation, grid, moves, options) for facts in CATALOG.values()
+                       if not facts.composes]
     order = {name: index for index, name in enumerate(NAMES)}
     return sorted(recommendations, key=lambda r: (not r.feasible, -r.score, order[r.strategy]))

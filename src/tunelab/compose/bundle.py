@@ -8,7 +8,6 @@ weights, not only the same name, which is what a fingerprint of the base's confi
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from tunelab.assets.models import resolve_model
+from tunelab.assets.models import base_fingerprint
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.runs import CHECKPOINTS, StagedRun, read_run_config, require_run, write_text_atomic
@@ -24,8 +23,6 @@ from tunelab.runs import CHECKPOINTS, StagedRun, read_run_config, require_run, w
 BUNDLE_FILE = "bundle.yaml"
 TASKS = "tasks"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -70,24 +67,6 @@ def task_run(path: Path, task: str | None) -> Path:
         raise TunelabError(f"{path} is a bundle of {len(bundle.tasks)} tasks: pass --task with one of "
                            f"{', '.join(bundle.tasks)}")
     return bundle.run(task)
-
-
-def base_fingerprint(model: str) -> str:
-    """sha256 of the base model's config.json and weight files (names and bytes): two runs share a base when their
-    fingerprints are equal, whatever path or name they loaded it by. A hub id without a local folder is
-    fingerprinted by its name."""
-    folder = Path(resolve_model(model).path)
-    digest = hashlib.sha256()
-    if not folder.is_dir():
-        digest.update(f"hub:{model}".encode())
-        return digest.hexdigest()
-    for file in sorted(folder.iterdir()):
-        if file.name == "config.json" or file.suffix in WEIGHT_SUFFIXES:
-            digest.update(file.name.encode())
-            with file.open("rb") as stream:
-                while chunk := stream.read(CHUNK):
-                    digest.update(chunk)
-    return digest.hexdigest()
 
 
 def named_runs(sources: list[str]) -> dict[str, Path]:

@@ -21,12 +21,11 @@ from peft import set_peft_model_state_dict
 from tunelab.compose.bundle import BUNDLE_FILE, TASKS, Bundle, named_runs, shared_base, write_bundle_file
 from tunelab.compose.task_vectors import (
     IA3,
-    LORA_A,
-    LORA_B,
     PEFT_PREFIX,
     MergeMethod,
     concatenate,
     factorise,
+    lora_adapter,
     merge_vectors,
     read_ia3,
     read_lora,
@@ -72,12 +71,7 @@ def merge_lora(adapters: list[Path], method: MergeMethod, rank: int | None) -> M
         missed = sum(missed for _, _, missed in factorised.values())
         total = sum(float(update.square().sum()) for update in merged.values())
         error = (missed / total) ** 0.5 if total else 0.0
-    tensors = {}
-    for module, (up, down) in factors.items():
-        tensors[PEFT_PREFIX + module + LORA_A] = down.contiguous()
-        tensors[PEFT_PREFIX + module + LORA_B] = up.contiguous()
-    # alpha = r: a scaling of one, since the factors already carry each source's scaling
-    return MergedDelta(tensors, {"r": budget, "alpha": float(budget), "target_modules": sorted(factors)}, error)
+    return MergedDelta(*lora_adapter(factors, budget), error)
 
 
 def merge_ia3(adapters: list[Path], method: MergeMethod, rank: int | None) -> MergedDelta:

@@ -14,6 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -170,13 +171,24 @@ def factorise(update: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def concatenate(sources: list[LoraDelta], weights: list[float]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """`cat`: the sources' factors side by side, B_i weighted: B A = sum_i w_i B_i A_i exactly, at rank sum r_i."""
-    rank = sum(source.rank for source in sources)
+    """`cat`: the sources' factors side by side, B_i weighted: B A = sum_i w_i B_i A_i exactly, at rank sum r_i.
+    Source i always holds the same columns of B (rows of A), zeros where it did not adapt a module."""
     merged = {}
     for module in sorted({module for source in sources for module in source.factors}):
-        blocks = [(weight * source.factors[module][0], source.factors[module][1])
-                  for source, weight in zip(sources, weights, strict=True) if module in source.factors]
-        up, down = torch.cat([up for up, _ in blocks], dim=1), torch.cat([down for _, down in blocks], dim=0)
-        padding = rank - up.shape[1]  # a module some sources did not adapt
-        merged[module] = (torch.nn.functional.pad(up, (0, padding)), torch.nn.functional.pad(down, (0, 0, 0, padding)))
+        up, down = next(source.factors[module] for source in sources if module in source.factors)
+        blocks = [(weight * source.factors[module][0], source.factors[module][1]) if module in source.factors
+                  else (up.new_zeros(up.shape[0], source.rank), down.new_zeros(source.rank, down.shape[1]))
+                  for source, weight in zip(sources, weights, strict=True)]
+        merged[module] = (torch.cat([up for up, _ in blocks], dim=1), torch.cat([down for _, down in blocks], dim=0))
     return merged
+
+
+def lora_adapter(factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 rank: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """PEFT's saved tensors for per-module (B, A) factors of `rank`, and the `lora` options that rebuild the adapter:
+    alpha = r, a scaling of one, since the factors already carry each source's own scaling."""
+    tensors = {}
+    for module, (up, down) in factors.items():
+        tensors[PEFT_PREFIX + module + LORA_A] = down.contiguous()
+        tensors[PEFT_PREFIX + module + LORA_B] = up.contiguous()
+    return tensors, {"r": rank, "alpha": float(rank), "target_modules": sorted(factors)}

@@ -40,13 +40,20 @@ def configure_run(config: RunConfig) -> ConfiguredStrategy:
     """The run's strategy, resolved once, after every check that can fail before anything loads."""
     if config.output is None:
         raise TunelabError("no output directory: pass --output DIR")
+    check_serves_task(config.strategy.name, config.task)
     strategy = configure(config.strategy, config.training)
-    check_serves_task(strategy.name, config.task)
     check_shots(config.task, config.data.shots)
     check_prompt_settings(strategy.strategy, config.prompt != PromptConfig())
     recipe_for(config.task).check_training(config)
     resolve_precision(config.training.precision)
     return strategy
+
+
+def with_validated_options(config: RunConfig, strategy: ConfiguredStrategy) -> RunConfig:
+    """The config with the options it sets as they were validated (typed; a fusion's source paths absolute), so
+    that the run reloads the same way from any working directory."""
+    given = strategy.options.model_dump(mode="json", include=set(config.strategy.options))
+    return config.model_copy(update={"strategy": config.strategy.model_copy(update={"options": given})})
 
 
 def budget(strategy: ConfiguredStrategy, config: RunConfig, examples: int) -> ConfiguredStrategy:
@@ -63,6 +70,7 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
     data checks before training and, after it, a warning when the run did not learn."""
     say = announce or (lambda message: None)
     strategy = configure_run(config)
+    config = with_validated_options(config, strategy)
     staged = StagedRun(Path(config.output), overwrite)
     recipe = recipe_for(config.task)
     prepared = recipe.prepare(config)

@@ -56,6 +56,8 @@ class StrategyEntry:
     # added, added at zero, or the template's own words); virtual tokens and {soft} tokens start random
     not_served: dict[str, str] = field(default_factory=dict)  # task -> why the strategy does not apply to it
     groups_by_length: bool = False  # measured to keep its accuracy in length-grouped batches: `auto` groups it
+    composes: bool = False  # builds on other runs named in its options: not in `compare --strategies all` nor the
+    # advisor's ranking, which weigh strategies a user can train from the base model alone
 
     def serves(self, task: str) -> bool:
         return task not in self.not_served
@@ -95,6 +97,12 @@ _ENTRIES = (
                   "parameter-efficient", "some", 2e-3, 3.0, pet_tunable=True,
                   trade_off=_MINILM + "accuracy 0.851, 0.99% trainable, 913 KB per task, train time 0.75x full; "
                   "extra layers add latency"),
+    StrategyEntry("fusion", "fusion", "AdapterFusion",
+                  "attention over the frozen bottleneck adapters of other runs (its sources option), per layer, "
+                  "and a new head (Pfeiffer et al. 2021)",
+                  "parameter-efficient", "some", 2e-3, 3.0, composes=True,
+                  not_served={"generation": "its sources are adapters under a head, and generation has none"},
+                  trade_off="composes adapters trained on other tasks: needs their runs, adds their latency"),
     StrategyEntry("bitfit", "bitfit", "BitFit",
                   "only the backbone's bias terms and the head train; mergeable, a tiny delta (Ben Zaken et al. 2022)",
                   "parameter-efficient", "some", 1e-3, 3.0, mergeable=True,
@@ -157,6 +165,7 @@ NAMES = tuple(CATALOG)
 PROMPT_BASED = tuple(name for name, entry in CATALOG.items() if entry.prompt_based)
 PET_TUNABLE = tuple(name for name, entry in CATALOG.items() if entry.pet_tunable)
 TRL_STRATEGIES = tuple(name for name, entry in CATALOG.items() if entry.trl)
+STANDALONE = tuple(name for name, entry in CATALOG.items() if not entry.composes)  # trained from the base alone
 
 
 def entry(name: str) -> StrategyEntry:

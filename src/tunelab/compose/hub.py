@@ -1,0 +1,217 @@
+"""`tunelab compose hub`: a new classification task from a few labelled examples and the LoRA runs of other tasks
+(LoraHub, Huang et al. 2024): one weight per source run, found without gradients, so that the weighted sum of their
+updates with a head fitted on the examples scores best.
+
+The sum of the sources' updates is held exactly, as their factors side by side (rank = the sum of their ranks), and
+a candidate's weights scale each source's columns of B. The objective, for weights w: the held-out cross-entropy on
+the validation shots of a logistic-regression head fitted on the training shots' sentence vectors under
+sum_i w_i dW_i, plus l1 * sum_i |w_i| (LoraHub's regulariser). CMA-ES (the `cma` package) searches w in
+[-bound, bound] within a budget of evaluations; each costs one forward of the K-shot examples and one head fit. The
+run that comes out is an ordinary `lora` run on the new task: the best weights' update and a head fitted on every
+shot. Its metrics record the weights, the search curve, and on the test split the base model with a K-shot head
+(weights 0) and each source alone with one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cma
+import numpy as np
+import torch
+from peft import set_peft_model_state_dict
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+
+from tunelab.compose.bundle import named_runs, shared_base
+from tunelab.compose.task_vectors import concatenate, lora_adapter, read_lora
+from tunelab.config import build_config
+from tunelab.errors import TunelabError
+from tunelab.recipes.base import Prepared
+from tunelab.recipes.runs import commit, verdict
+from tunelab.resources import PeakMemory, run_resources
+from tunelab.runs import StagedRun, read_run_config
+from tunelab.strategies.peft_adapter import ADAPTER_DIR
+from tunelab.strategies.registry import configure
+from tunelab.task_catalog import recipe_for
+from tunelab.tasks.classification import LabelMap, SequenceClassifier
+
+
+@dataclass(frozen=True)
+class HubSearch:
+    budget: int = 80  # objective evaluations
+    l1: float = 0.05  # LoraHub's coefficient on sum |w|
+    bound: float = 1.5  # LoraHub's box for each weight
+    step: float = 0.5  # CMA-ES's initial step size, from w = 0
+
+    def check(self) -> None:
+        if self.budget < 2:
+            raise TunelabError(f"--budget is the number of weight settings tried: at least 2, not {self.budget}")
+        if self.l1 < 0 or self.bound <= 0:
+            raise TunelabError("--l1 must be at least 0 and --bound above 0")
+
+
+class Composition:
+    """The new task's classifier over the sources' summed updates, whose weights a search sets."""
+
+    def __init__(self, model: SequenceClassifier, ranks: list[int], tokenizer: Any, max_length: int):
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+        self.columns = torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(ranks))  # B column -> source
+        state = model.backbone.state_dict()
+        self.ups = {name: tensor.clone() for name, tensor in state.items() if name.endswith("lora_B.default.weight")}
+
+    def set_weights(self, weights: np.ndarray) -> None:
+        scale = torch.as_tensor(weights, dtype=torch.float32)[self.columns]
+        for name, up in self.ups.items():
+            self.model.backbone.get_parameter(name).data.copy_(up * scale)
+
+    @torch.no_grad()
+    def features(self, texts: list[str]) -> np.ndarray:
+        batch = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        return self.model.embed(batch["input_ids"], batch["attention_mask"]).float().numpy()
+
+
+def fit_head(features: np.ndarray, labels: np.ndarray) -> LogisticRegression:
+    return LogisticRegression(C=1.0, max_iter=2000).fit(features, labels)
+
+
+def set_head(model: SequenceClassifier, head: LogisticRegression, width: int) -> None:
+    """The fitted logistic regression as the classifier's linear head: its logits give the same probabilities (a
+    two-class regression's one score z becomes the logits (0, z))."""
+    weight, bias = np.zeros((width, head.coef_.shape[1]), np.float32), np.zeros(width, np.float32)
+    classes = head.classes_.astype(int)
+    if len(classes) == 2:
+        weight[classes[1]], bias[classes[1]] = head.coef_[0], head.intercept_[0]
+    else:
+        weight[classes], bias[classes] = head.coef_, head.intercept_
+    linear = model.head[1]
+    linear.weight.data.copy_(torch.from_numpy(weight))
+    linear.bias.data.copy_(torch.from_numpy(bias))
+
+
+def _source_runs(sources: list[str]) -> tuple[str, dict[str, Path]]:
+    """The source runs, after checking that there are several head-based lora runs on one base; and the base."""
+    runs = named_runs(sources)
+    if len(runs) < 2:
+        raise TunelabError("composition needs at least two source runs")
+    configs = {name: read_run_config(run) for name, run in runs.items()}
+    for name, config in configs.items():
+        if config.strategy.name != "lora" or config.task == "generation":
+            raise TunelabError(f"{runs[name]} is a {config.strategy.name} {config.task} run: composition weighs the "
+                               f"updates of head-based lora runs")
+    return shared_base(runs, configs)[0], runs
+
+
+class Shots:
+    """The K labelled examples per label: the training shots fit the head inside the objective, the validation shots
+    score it; the final head is fitted on both."""
+
+    def __init__(self, prepared: Prepared):
+        labels: LabelMap = prepared.targets
+        self.train, self.validation = prepared.splits.train, prepared.splits.validation
+        self.train_y = np.asarray(labels.encode(self.train["label"].tolist(), "training shots"))
+        self.validation_y = np.asarray(labels.encode(self.validation["label"].tolist(), "validation shots"))
+
+    def held_out_loss(self, composition: Composition) -> tuple[float, float]:
+        """(cross-entropy, accuracy) on the validation shots of a head fitted on the training shots."""
+        head = fit_head(composition.features(self.train["text"].tolist()), self.train_y)
+        probabilities = head.predict_proba(composition.features(self.validation["text"].tolist()))
+        return (float(log_loss(self.validation_y, probabilities, labels=head.classes_)),
+                float((head.classes_[probabilities.argmax(1)] == self.validation_y).mean()))
+
+    def final_head(self, composition: Composition) -> LogisticRegression:
+        texts = self.train["text"].tolist() + self.validation["text"].tolist()
+        return fit_head(composition.features(texts), np.concatenate([self.train_y, self.validation_y]))
+
+
+def search_weights(composition: Composition, shots: Shots, sources: int, search: HubSearch, seed: int,
+                   progress: Callable[[int, float], None] | None) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """CMA-ES over the weights from w = 0 (the base model, itself the first evaluation) within the budget; the best
+    weights seen and the curve of every evaluation."""
+    curve: list[dict[str, float]] = []
+
+    def objective(weights: np.ndarray) -> float:
+        composition.set_weights(weights)
+        loss, accuracy = shots.held_out_loss(composition)
+        value = loss + search.l1 * float(np.abs(weights).sum())
+        best = min([value, *(point["best"] for point in curve)])
+        curve.append({"evaluation": len(curve) + 1, "objective": value, "best": best,
+                      "validation_accuracy": accuracy, "weights": [float(w) for w in weights]})
+        if progress:
+            progress(len(curve), best)
+        return value
+
+    zero = np.zeros(sources)
+    at_zero = objective(zero)
+    optimiser = cma.CMAEvolutionStrategy(zero.tolist(), search.step, {
+        "bounds": [-search.bound, search.bound], "seed": seed + 1, "maxfevals": search.budget - 1, "verbose": -9})
+    while not optimiser.stop():
+        candidates = optimiser.ask()
+        optimiser.tell(candidates, [objective(np.asarray(candidate)) for candidate in candidates])
+    found = optimiser.result
+    best = np.asarray(found.xbest) if found.xbest is not None and found.fbest < at_zero else zero
+    return best, curve
+
+
+def _test_with_weights(composition: Composition, shots: Shots, weights: np.ndarray, prepared: Prepared,
+                       width: int) -> dict[str, Any]:
+    """The test split's metrics with these weights and a head fitted on every shot."""
+    recipe = recipe_for("classification")
+    composition.set_weights(weights)
+    set_head(composition.model, shots.final_head(composition), width)
+    predictor = recipe.predictor(composition.model, composition.tokenizer, prepared.targets, prepared.config)
+    return recipe.score(predictor, prepared.splits.test, "test split")
+
+
+def compose_hub(sources: list[str], data: dict[str, Any], output: Path | str, shots: int = 16,
+                search: HubSearch | None = None, seed: int = 42, overwrite: bool = False, score_sources: bool = True,
+                progress: Callable[[int, float], None] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Fit the composition on `shots` examples per label of `data` (a data section: source and columns) and write
+    the run at `output`; returns its path and metrics. `score_sources` also scores, on the test split, the base
+    model and each source alone, each with a head fitted on the shots. `progress` hears each evaluation and the
+    best objective so far. Computes in fp32."""
+    search = search or HubSearch()
+    search.check()
+    model_name, runs = _source_runs(sources)
+    deltas = [read_lora(run / ADAPTER_DIR) for run in runs.values()]
+    tensors, options = lora_adapter(concatenate(deltas, [1.0] * len(deltas)), sum(delta.rank for delta in deltas))
+    config = build_config({"model": model_name, "task": "classification", "data": {**data, "shots": shots},
+                           "strategy": {"name": "lora", "options": options}, "output": str(output),
+                           "training": {"seed": seed, "precision": "fp32"}})
+    recipe, strategy = recipe_for("classification"), configure(config.strategy, config.training)
+    staged = StagedRun(Path(output), overwrite)
+    prepared = recipe.prepare(config)
+    model, tokenizer = recipe.build(prepared.config, strategy, prepared.targets)
+    set_peft_model_state_dict(model.backbone, tensors)
+    model.eval()
+    composition = Composition(model, [delta.rank for delta in deltas], tokenizer, config.training.max_length)
+    examples, width = Shots(prepared), prepared.targets.width
+    with staged:
+        with PeakMemory() as memory:
+            start = time.perf_counter()
+            best, curve = search_weights(composition, examples, len(runs), search, seed, progress)
+            search_s = time.perf_counter() - start
+        alone = {}
+        if score_sources:
+            alone["base_and_head"] = _test_with_weights(composition, examples, np.zeros(len(runs)), prepared, width)
+            for index, name in enumerate(runs):
+                alone[name] = _test_with_weights(composition, examples, np.eye(len(runs))[index], prepared, width)
+        test = _test_with_weights(composition, examples, best, prepared, width)
+        predictor = recipe.predictor(model, tokenizer, prepared.targets, prepared.config)
+        metrics = {"task": "classification", "test": test, "train_examples": len(examples.train),
+                   "validation_examples": len(examples.validation),
+                   "training": {"search": "cma-es", "evaluations": len(curve), "selected_on": "validation shots' "
+                                "cross-entropy + l1", "precision": "fp32"},
+                   "hub": {"sources": {name: str(run.resolve()) for name, run in runs.items()},
+                           "weights": dict(zip(runs, map(float, best), strict=True)), "budget": search.budget,
+                           "l1": search.l1, "bound": search.bound, "curve": curve, "alone": alone},
+                   **verdict(recipe, prepared, test, lambda message: None)}
+        recipe.save_targets(prepared.targets, staged.path)
+        resources = run_resources(model, {"train_s": search_s}, memory, strategy.save_delta(model, staged.path),
+                                  recipe.latency_ms(predictor, prepared.splits.test))
+        path = commit(staged, prepared.config, metrics, resources)
+    return path, metrics
