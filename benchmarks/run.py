@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 import compare_grid
+import composition
 import demo
 import few_shot
 import onnx_export
@@ -139,6 +140,16 @@ def small_data_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [*rows, *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
 
 
+def composition_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    merged, few = results["merge"], results["few_shot"]
+    rows = [(f"merge {method}: share of single-task accuracy kept (median of {len(merged['seeds'])} seeds)",
+             f"{figures['mean_kept']:.4f}", "") for method, figures in merged["summary"].items()]
+    rows += [(f"few-shot, leave one domain out: {key} (median of {len(few['seeds'])} seeds)", f"{value:.4f}", "")
+             for key, value in few["summary"].items() if key.endswith("_mean_accuracy")]
+    bars = {**merged["bars"], **few["bars"]}
+    return [*rows, *((f"bar: {name}", "", verdict(passed)) for name, passed in bars.items())]
+
+
 def precision_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [(f"bf16: {name}", f"{result['summary'][name]['accuracy']:.4f}, {s['median_difference']:+.4f} against "
              f"fp32 on the same seeds ({', '.join(f'{d:+.4f}' for d in s['differences'])})", "")
@@ -170,6 +181,7 @@ DRIVERS = {
     "small-data": lambda args: small_data_rows(small_data.run_benchmark(args.repeats or 3, args.quick, args.keep)),
     "onnx": lambda args: onnx_rows(onnx_export.run_benchmark(args.repeats or 3, args.quick, args.keep)),
     "speed": lambda args: speed_rows(speed.run_benchmark(args.repeats or 3, args.quick, args.keep)),
+    "composition": lambda args: composition_rows(composition.run_benchmark(args.repeats or 3, args.quick)),
 }
 
 
