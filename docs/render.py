@@ -116,7 +116,7 @@ def _cell(value: Any) -> str:
 def results_page() -> str:
     """Every results file: its settings, its summary and its bars, as the JSON holds them."""
     sections = []
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(set(RESULTS.glob("*.json")) - set(RESULTS.glob("*.quick.json"))):
         result = json.loads(path.read_text(encoding="utf-8"))
         parts = [f"## {path.stem}", f"`benchmarks/results/{path.name}`"]
         if result.get("note"):

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from sklearn.linear_model import LogisticRegression
 from test_merge import lora_updates
-from tiny import TrainedRun, run_main, sentiment_frame, write_table
+from tiny import TrainedRun, run_main, sentiment_frame, train_recording, write_table
 
-from tunelab import api
+from tunelab import api, build_config
 from tunelab.compose.hub import HubSearch, compose_hub, set_head
+from tunelab.errors import TunelabError
 from tunelab.tasks.classification import SequenceClassifier
 
 
@@ -73,17 +75,18 @@ def test_a_fitted_logistic_regression_becomes_the_linear_head(labels: int, tiny_
 @pytest.mark.parametrize(("arguments", "message"), [
     (["{lora}"], "composition needs at least two source runs"),
     (["{lora}", "{full}"], "{full} is a full classification run: composition weighs the updates of head-based lora "
-                           "runs"),
+                           "runs, or of pet runs tuned with lora"),
     (["{lora}", "{three}", "--budget", "1"], "--budget is the number of weight settings tried: at least 2, not 1"),
     (["{lora}", "{three}", "--shots", "40"], "only"),
     (["{lora}", "{missing}"], "{missing} is not a tunelab run directory"),
+    (["{lora}", "{pet}"], "the runs mix head-based lora and prompt-based pet runs: compose runs of one kind"),
 ])
 def test_bad_hub_input_is_one_line_and_writes_nothing(
         arguments: list[str], message: str, bert_lora: TrainedRun, bert_lora_three: TrainedRun,
-        bert_full: TrainedRun, new_task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture):
+        bert_full: TrainedRun, pet_sources: list[TrainedRun], new_task: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     names = {"lora": bert_lora.path, "three": bert_lora_three.path, "full": bert_full.path,
-             "missing": tmp_path / "missing"}
+             "missing": tmp_path / "missing", "pet": pet_sources[0].path}
     output = tmp_path / "hub"
     code, _, err = run_main(["compose", "hub", *(argument.format(**names) for argument in arguments), "--data",
                              str(new_task), "--output", str(output)], monkeypatch, capsys)
@@ -102,3 +105,41 @@ def test_the_cli_prints_the_composed_run_beside_each_source(bert_lora: TrainedRu
     assert code == 0, err
     assert all(word in out for word in ("composed", "base model", "lora alone", "lora-three alone"))
     assert json.loads((output / "metrics.json").read_text())["hub"]["budget"] == 4
+
+
+def pet_lora(model: Path, data: Path, output: Path) -> TrainedRun:
+    config = build_config({"model": str(model), "data": {"source": str(data)}, "output": str(output),
+                           "strategy": {"name": "pet", "options": {"tune": "lora", "tune_options": {"r": 4}}},
+                           "prompt": {"template": "{text} It was {label}"},
+                           "training": {"max_length": 24, "batch_size": 8, "epochs": 2, "learning_rate": 2e-2}})
+    return train_recording(config)
+
+
+@pytest.fixture(scope="module")
+def pet_sources(tiny_llama_lm: Path, sentiment_csv: Path, three_labels_csv: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> list[TrainedRun]:
+    folder = tmp_path_factory.mktemp("pet")
+    return [pet_lora(tiny_llama_lm, sentiment_csv, folder / "two"), pet_lora(tiny_llama_lm, three_labels_csv,
+                                                                             folder / "three")]
+
+
+def test_prompt_based_sources_compose_without_a_head(pet_sources: list[TrainedRun], new_task: Path, tmp_path: Path):
+    path, metrics = compose_hub([str(run.path) for run in pet_sources], {"source": str(new_task)}, tmp_path / "hub",
+                                shots=8, search=HubSearch(budget=8), prompt={"template": "{text} It was {label}"})
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    assert config["strategy"]["name"] == "pet" and config["strategy"]["options"]["tune"] == "lora"
+    assert config["strategy"]["options"]["tune_options"]["r"] == 8  # two rank-4 sources side by side
+    weights = list(metrics["hub"]["weights"].values())
+    first, second = (lora_updates(run.path) for run in pet_sources)
+    for module, update in lora_updates(path).items():
+        torch.testing.assert_close(update, weights[0] * first[module] + weights[1] * second[module], atol=1e-5,
+                                   rtol=0)
+    assert api.evaluate(path, precision="fp32")["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
+
+
+def test_a_template_for_head_based_sources_is_refused(bert_lora: TrainedRun, bert_lora_three: TrainedRun,
+                                                      new_task: Path, tmp_path: Path):
+    with pytest.raises(TunelabError, match="--template and --verbalizer are for prompt-based sources"):
+        compose_hub([str(bert_lora.path), str(bert_lora_three.path)], {"source": str(new_task)}, tmp_path / "hub",
+                    prompt={"template": "{text} It was {label}"})
+    assert not (tmp_path / "hub").exists()

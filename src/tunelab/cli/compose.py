@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunelab.cli.app import app, console
-from tunelab.cli.options import PRECISION_HELP
+from tunelab.cli.options import PRECISION_HELP, TEMPLATE_HELP, VERBALIZER_HELP
 
 compose_app = typer.Typer(help="Put several tasks' runs on one base model: bundle them, or merge their deltas.",
                           no_args_is_help=True)
@@ -114,21 +114,25 @@ def hub(
     text_column: Annotated[str, typer.Option(help="the data's text column")] = "text",
     label_column: Annotated[str, typer.Option(help="the data's label column")] = "label",
     seed: Annotated[int, typer.Option(help="draws the shots and seeds the search")] = 42,
+    template: Annotated[str | None, typer.Option(help=f"pet sources: {TEMPLATE_HELP}")] = None,
+    verbalizer: Annotated[list[str] | None, typer.Option(help=f"pet sources: {VERBALIZER_HELP}")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run at --output")] = False,
 ) -> None:
     """A new classification task from a few labelled examples and other tasks' LoRA runs (LoraHub): one weight per
-    run found without gradients, a head fitted on the examples. Writes an ordinary lora run and scores it on the
-    data's test split beside the base model and each source run alone (each with a head fitted on the examples)."""
+    run found without gradients, and a head fitted on the examples (none for pet runs tuned with lora, which answer
+    through a template). Writes an ordinary run and scores it on the data's test split beside the base model and
+    each source run alone."""
     from rich.progress import Progress
 
-    from tunelab.cli.options import quiet_libraries
+    from tunelab.cli.options import prompt_settings, quiet_libraries
     from tunelab.compose.hub import HubSearch, compose_hub
 
     quiet_libraries()
+    prompt = prompt_settings(template, verbalizer)
     with Progress(console=console, transient=True) as bar:
         searching = bar.add_task("searching the weights", total=budget)
         path, metrics = compose_hub(runs, {"source": data, "text_column": text_column, "label_column": label_column},
-                                    output, shots, HubSearch(budget, l1), seed, overwrite,
+                                    output, shots, HubSearch(budget, l1), seed, overwrite, prompt=prompt,
                                     progress=lambda done, best: bar.update(searching, completed=done))
     console.print(hub_table(path, metrics))
     console.print(f"run saved to [bold]{escape(str(path))}[/bold]; predict with `tunelab predict {escape(str(path))} "
@@ -140,7 +144,7 @@ def hub_table(path: Path, metrics: dict) -> Table:
     found = metrics["hub"]
     table = Table(title=f"{path}: {metrics['train_examples']} training and {metrics['validation_examples']} "
                         f"validation shots", caption=f"{found['curve'][-1]['evaluation']} weight settings tried; "
-                                                     f"each row's head fitted on the shots")
+                                                     f"any head fitted on the shots")
     for column in ("model", "weights", "test accuracy", "test macro-F1"):
         table.add_column(column)
     rows = [("composed", ", ".join(f"{name} {weight:+.2f}" for name, weight in found["weights"].items()),

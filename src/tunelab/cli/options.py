@@ -32,13 +32,20 @@ def run_config(config_file: Path | None, flags: dict[str, Any], set_: list[str] 
 
     overrides: dict[str, Any] = {FLAG_KEYS[key]: (str(value) if isinstance(value, Path) else value)
                                  for key, value in flags.items() if key in FLAG_KEYS and value is not None}
-    if template is not None:
-        overrides["prompt.template"] = template.replace("\\n", "\n").replace("\\t", "\t")
-    if verbalizer:
-        overrides["prompt.verbalizer"] = dict(label_words(text) for text in verbalizer)
+    overrides.update((f"prompt.{key}", value) for key, value in prompt_settings(template, verbalizer).items())
     overrides.update(parse_override(text) for text in set_ or [])
     overrides.update((f"strategy.options.{key}", value) for key, value in map(parse_override, option or []))
     return build_config(read_yaml(config_file) if config_file else {}, overrides)
+
+
+def prompt_settings(template: str | None, verbalizer: list[str] | None) -> dict[str, Any]:
+    """--template (with \\n and \\t typed as such) and --verbalizer LABEL=WORDS flags as the prompt section's keys."""
+    settings: dict[str, Any] = {}
+    if template is not None:
+        settings["template"] = template.replace("\\n", "\n").replace("\\t", "\t")
+    if verbalizer:
+        settings["verbalizer"] = dict(label_words(text) for text in verbalizer)
+    return settings
 
 
 def label_words(text: str) -> tuple[str, str]:

@@ -1,15 +1,18 @@
 """`tunelab compose hub`: a new classification task from a few labelled examples and the LoRA runs of other tasks
 (LoraHub, Huang et al. 2024): one weight per source run, found without gradients, so that the weighted sum of their
-updates with a head fitted on the examples scores best.
+updates scores best on the examples.
 
 The sum of the sources' updates is held exactly, as their factors side by side (rank = the sum of their ranks), and
-a candidate's weights scale each source's columns of B. The objective, for weights w: the held-out cross-entropy on
-the validation shots of a logistic-regression head fitted on the training shots' sentence vectors under
-sum_i w_i dW_i, plus l1 * sum_i |w_i| (LoraHub's regulariser). CMA-ES (the `cma` package) searches w in
-[-bound, bound] within a budget of evaluations; each costs one forward of the K-shot examples and one head fit. The
-run that comes out is an ordinary `lora` run on the new task: the best weights' update and a head fitted on every
-shot. Its metrics record the weights, the search curve, and on the test split the base model with a K-shot head
-(weights 0) and each source alone with one.
+a candidate's weights scale each source's columns of B. The objective, for weights w, under sum_i w_i dW_i:
+- head-based sources (`lora` runs): the cross-entropy on the validation shots of a logistic-regression head fitted on
+  the training shots' sentence vectors (a head fitted and scored on the same few examples would separate them for
+  any w);
+- prompt-based sources (`pet` runs tuned with lora): the cross-entropy of the template's label words on every shot;
+  no head is fitted;
+plus l1 * sum_i |w_i| (LoraHub's regulariser). CMA-ES (the `cma` package) searches w in [-bound, bound] within a
+budget of evaluations, each one forward of the shots. The run that comes out is an ordinary run of the sources'
+strategy on the new task: the best weights' update (and a head fitted on every shot). Its metrics record the weights,
+the search curve, and on the test split the base model (weights 0) and each source alone, with heads fitted alike.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import cma
 import numpy as np
+import pandas as pd
 import torch
 from peft import set_peft_model_state_dict
 from sklearn.linear_model import LogisticRegression
@@ -29,8 +33,10 @@ from sklearn.metrics import log_loss
 
 from tunelab.compose.bundle import named_runs, shared_base
 from tunelab.compose.task_vectors import concatenate, lora_adapter, read_lora
-from tunelab.config import build_config
+from tunelab.config import RunConfig, build_config
 from tunelab.errors import TunelabError
+from tunelab.predict import Predictor
+from tunelab.prompting.model import PromptClassifier
 from tunelab.recipes.base import Prepared
 from tunelab.recipes.runs import commit, verdict
 from tunelab.resources import PeakMemory, run_resources
@@ -58,8 +64,11 @@ class HubSearch:
 class Composition:
     """The new task's classifier over the sources' summed updates, whose weights a search sets."""
 
-    def __init__(self, model: SequenceClassifier, ranks: list[int], tokenizer: Any, max_length: int):
-        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+    def __init__(self, model: SequenceClassifier | PromptClassifier, ranks: list[int], predictor: Predictor,
+                 max_length: int):
+        """`predictor` wraps `model`, so it answers with whatever weights were set last."""
+        self.model, self.predictor, self.max_length = model, predictor, max_length
+        self.prompt_based = isinstance(model, PromptClassifier)
         self.columns = torch.repeat_interleave(torch.arange(len(ranks)), torch.tensor(ranks))  # B column -> source
         state = model.backbone.state_dict()
         self.ups = {name: tensor.clone() for name, tensor in state.items() if name.endswith("lora_B.default.weight")}
@@ -69,9 +78,14 @@ class Composition:
         for name, up in self.ups.items():
             self.model.backbone.get_parameter(name).data.copy_(up * scale)
 
+    def logits(self, rows: pd.DataFrame) -> np.ndarray:
+        """A prompt-based classifier's label scores for `rows` (through its template)."""
+        return self.predictor.logits(rows)
+
     @torch.no_grad()
     def features(self, texts: list[str]) -> np.ndarray:
-        batch = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        batch = self.predictor.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True,
+                                         return_tensors="pt")
         return self.model.embed(batch["input_ids"], batch["attention_mask"]).float().numpy()
 
 
@@ -93,39 +107,59 @@ def set_head(model: SequenceClassifier, head: LogisticRegression, width: int) ->
     linear.bias.data.copy_(torch.from_numpy(bias))
 
 
-def _source_runs(sources: list[str]) -> tuple[str, dict[str, Path]]:
-    """The source runs, after checking that there are several head-based lora runs on one base; and the base."""
+def _source_runs(sources: list[str]) -> tuple[str, dict[str, Path], bool]:
+    """The source runs, after checking that there are several lora runs of one kind on one base: the base, the
+    runs, and whether they are prompt-based (pet tuned with lora) rather than head-based."""
     runs = named_runs(sources)
     if len(runs) < 2:
         raise TunelabError("composition needs at least two source runs")
     configs = {name: read_run_config(run) for name, run in runs.items()}
+    kinds = {}
     for name, config in configs.items():
-        if config.strategy.name != "lora" or config.task == "generation":
+        if config.strategy.name == "pet" and config.strategy.options.get("tune") == "lora":
+            kinds[name] = True
+        elif config.strategy.name == "lora" and config.task != "generation":
+            kinds[name] = False
+        else:
             raise TunelabError(f"{runs[name]} is a {config.strategy.name} {config.task} run: composition weighs the "
-                               f"updates of head-based lora runs")
-    return shared_base(runs, configs)[0], runs
+                               f"updates of head-based lora runs, or of pet runs tuned with lora")
+    if len(set(kinds.values())) > 1:
+        raise TunelabError("the runs mix head-based lora and prompt-based pet runs: compose runs of one kind")
+    return shared_base(runs, configs)[0], runs, next(iter(kinds.values()))
 
 
 class Shots:
-    """The K labelled examples per label: the training shots fit the head inside the objective, the validation shots
-    score it; the final head is fitted on both."""
+    """The K labelled examples per label, for training and as many for validation."""
 
     def __init__(self, prepared: Prepared):
         labels: LabelMap = prepared.targets
+        self.width = labels.width
         self.train, self.validation = prepared.splits.train, prepared.splits.validation
         self.train_y = np.asarray(labels.encode(self.train["label"].tolist(), "training shots"))
         self.validation_y = np.asarray(labels.encode(self.validation["label"].tolist(), "validation shots"))
 
-    def held_out_loss(self, composition: Composition) -> tuple[float, float]:
-        """(cross-entropy, accuracy) on the validation shots of a head fitted on the training shots."""
-        head = fit_head(composition.features(self.train["text"].tolist()), self.train_y)
-        probabilities = head.predict_proba(composition.features(self.validation["text"].tolist()))
-        return (float(log_loss(self.validation_y, probabilities, labels=head.classes_)),
-                float((head.classes_[probabilities.argmax(1)] == self.validation_y).mean()))
+    def score(self, composition: Composition) -> tuple[float, float]:
+        """(cross-entropy, accuracy): a prompt-based classifier's on every shot; a head-based one's on the validation
+        shots, with a head fitted on the training shots."""
+        if composition.prompt_based:
+            rows = pd.concat([self.train, self.validation])
+            truth = np.concatenate([self.train_y, self.validation_y])
+            probabilities = torch.softmax(torch.from_numpy(composition.logits(rows)), dim=-1).numpy()
+        else:
+            head = fit_head(composition.features(self.train["text"].tolist()), self.train_y)
+            truth, probabilities = self.validation_y, np.zeros((len(self.validation), self.width))
+            probabilities[:, head.classes_] = head.predict_proba(composition.features(
+                self.validation["text"].tolist()))
+        return (float(log_loss(truth, probabilities, labels=list(range(self.width)))),
+                float((probabilities.argmax(1) == truth).mean()))
 
-    def final_head(self, composition: Composition) -> LogisticRegression:
+    def fit_final_head(self, composition: Composition) -> None:
+        """A head-based classifier's head fitted on every shot; a prompt-based one has none."""
+        if composition.prompt_based:
+            return
         texts = self.train["text"].tolist() + self.validation["text"].tolist()
-        return fit_head(composition.features(texts), np.concatenate([self.train_y, self.validation_y]))
+        head = fit_head(composition.features(texts), np.concatenate([self.train_y, self.validation_y]))
+        set_head(composition.model, head, self.width)
 
 
 def search_weights(composition: Composition, shots: Shots, sources: int, search: HubSearch, seed: int,
@@ -136,7 +170,7 @@ def search_weights(composition: Composition, shots: Shots, sources: int, search:
 
     def objective(weights: np.ndarray) -> float:
         composition.set_weights(weights)
-        loss, accuracy = shots.held_out_loss(composition)
+        loss, accuracy = shots.score(composition)
         value = loss + search.l1 * float(np.abs(weights).sum())
         best = min([value, *(point["best"] for point in curve)])
         curve.append({"evaluation": len(curve) + 1, "objective": value, "best": best,
@@ -157,39 +191,50 @@ def search_weights(composition: Composition, shots: Shots, sources: int, search:
     return best, curve
 
 
-def _test_with_weights(composition: Composition, shots: Shots, weights: np.ndarray, prepared: Prepared,
-                       width: int) -> dict[str, Any]:
-    """The test split's metrics with these weights and a head fitted on every shot."""
-    recipe = recipe_for("classification")
+def _test_with_weights(composition: Composition, shots: Shots, weights: np.ndarray,
+                       prepared: Prepared) -> dict[str, Any]:
+    """The test split's metrics with these weights (and a head fitted on every shot)."""
     composition.set_weights(weights)
-    set_head(composition.model, shots.final_head(composition), width)
-    predictor = recipe.predictor(composition.model, composition.tokenizer, prepared.targets, prepared.config)
-    return recipe.score(predictor, prepared.splits.test, "test split")
+    shots.fit_final_head(composition)
+    return recipe_for("classification").score(composition.predictor, prepared.splits.test, "test split")
+
+
+def _hub_config(model: str, data: dict[str, Any], shots: int, options: dict[str, Any], prompt_based: bool,
+                prompt: dict[str, Any], seed: int, output: Path | str) -> RunConfig:
+    """The new run's config: the sources' strategy with the summed update's options, the shots of `data`."""
+    strategy = ({"name": "pet", "options": {"tune": "lora", "tune_options": options}} if prompt_based
+                else {"name": "lora", "options": options})
+    return build_config({"model": model, "task": "classification", "data": {**data, "shots": shots},
+                         "strategy": strategy, "prompt": prompt, "output": str(output),
+                         "training": {"seed": seed, "precision": "fp32"}})
 
 
 def compose_hub(sources: list[str], data: dict[str, Any], output: Path | str, shots: int = 16,
                 search: HubSearch | None = None, seed: int = 42, overwrite: bool = False, score_sources: bool = True,
+                prompt: dict[str, Any] | None = None,
                 progress: Callable[[int, float], None] | None = None) -> tuple[Path, dict[str, Any]]:
     """Fit the composition on `shots` examples per label of `data` (a data section: source and columns) and write
-    the run at `output`; returns its path and metrics. `score_sources` also scores, on the test split, the base
-    model and each source alone, each with a head fitted on the shots. `progress` hears each evaluation and the
-    best objective so far. Computes in fp32."""
+    the run at `output`; returns its path and metrics. `prompt` (template, verbalizer) is for prompt-based sources.
+    `score_sources` also scores, on the test split, the base model and each source alone. `progress` hears each
+    evaluation and the best objective so far. Computes in fp32."""
     search = search or HubSearch()
     search.check()
-    model_name, runs = _source_runs(sources)
+    model_name, runs, prompt_based = _source_runs(sources)
+    if prompt and not prompt_based:
+        raise TunelabError("--template and --verbalizer are for prompt-based sources (pet runs); these are lora runs "
+                           "under heads")
     deltas = [read_lora(run / ADAPTER_DIR) for run in runs.values()]
     tensors, options = lora_adapter(concatenate(deltas, [1.0] * len(deltas)), sum(delta.rank for delta in deltas))
-    config = build_config({"model": model_name, "task": "classification", "data": {**data, "shots": shots},
-                           "strategy": {"name": "lora", "options": options}, "output": str(output),
-                           "training": {"seed": seed, "precision": "fp32"}})
+    config = _hub_config(model_name, data, shots, options, prompt_based, prompt or {}, seed, output)
     recipe, strategy = recipe_for("classification"), configure(config.strategy, config.training)
     staged = StagedRun(Path(output), overwrite)
     prepared = recipe.prepare(config)
     model, tokenizer = recipe.build(prepared.config, strategy, prepared.targets)
     set_peft_model_state_dict(model.backbone, tensors)
     model.eval()
-    composition = Composition(model, [delta.rank for delta in deltas], tokenizer, config.training.max_length)
-    examples, width = Shots(prepared), prepared.targets.width
+    predictor = recipe.predictor(model, tokenizer, prepared.targets, prepared.config)
+    composition = Composition(model, [delta.rank for delta in deltas], predictor, config.training.max_length)
+    examples = Shots(prepared)
     with staged:
         with PeakMemory() as memory:
             start = time.perf_counter()
@@ -197,15 +242,14 @@ def compose_hub(sources: list[str], data: dict[str, Any], output: Path | str, sh
             search_s = time.perf_counter() - start
         alone = {}
         if score_sources:
-            alone["base_and_head"] = _test_with_weights(composition, examples, np.zeros(len(runs)), prepared, width)
+            alone["base_and_head"] = _test_with_weights(composition, examples, np.zeros(len(runs)), prepared)
             for index, name in enumerate(runs):
-                alone[name] = _test_with_weights(composition, examples, np.eye(len(runs))[index], prepared, width)
-        test = _test_with_weights(composition, examples, best, prepared, width)
-        predictor = recipe.predictor(model, tokenizer, prepared.targets, prepared.config)
+                alone[name] = _test_with_weights(composition, examples, np.eye(len(runs))[index], prepared)
+        test = _test_with_weights(composition, examples, best, prepared)
         metrics = {"task": "classification", "test": test, "train_examples": len(examples.train),
                    "validation_examples": len(examples.validation),
-                   "training": {"search": "cma-es", "evaluations": len(curve), "selected_on": "validation shots' "
-                                "cross-entropy + l1", "precision": "fp32"},
+                   "training": {"search": "cma-es", "evaluations": len(curve), "precision": "fp32",
+                                "selected_on": "the shots' cross-entropy + l1"},
                    "hub": {"sources": {name: str(run.resolve()) for name, run in runs.items()},
                            "weights": dict(zip(runs, map(float, best), strict=True)), "budget": search.budget,
                            "l1": search.l1, "bound": search.bound, "curve": curve, "alone": alone},

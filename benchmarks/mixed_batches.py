@@ -1,0 +1,139 @@
+"""Mixed-task batches on MiniLM: eight adapters of three kinds (four LoRA, two (IA)^3, two bottleneck adapters over
+the four sentiment domains) answering rows of different tasks in one forward.
+
+- equality: 256 test rows, each naming one of the eight tasks in turn, against each task's own run (fp32);
+- throughput: a batch of 64 rows, eight per task, against the same 64 texts through one LoRA run alone (its own
+  predictor, batch 64), alternating, median of the repeats;
+- memory: the peak RSS of a process that loads the eight-task bundle and answers one mixed batch, against one that
+  loads a single LoRA run and answers the same texts.
+The bars: rows equal their single-task forwards (max |difference| <= 1e-5), throughput >= 0.8x the single-adapter
+batch, memory <= 1.1x one model. The runs train briefly (256 examples, one epoch): what is measured here is the
+arithmetic and the cost of routing, not accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import TUNELAB, log, machine, median, run_timed, write_result
+
+NAME = "mixed_batches"
+TASKS = {"lora-movie": ("lora", "movie-snippets"), "lora-tweets": ("lora", "tweets"),
+         "lora-amazon": ("lora", "amazon-snippets"), "lora-nyt": ("lora", "nyt-snippets"),
+         "ia3-movie": ("ia3", "movie-snippets"), "ia3-nyt": ("ia3", "nyt-snippets"),
+         "adapter-tweets": ("adapter", "tweets"), "adapter-amazon": ("adapter", "amazon-snippets")}
+BATCH = 64
+ROWS = 256
+LOAD_AND_ANSWER = """
+import sys
+from tunelab.assets.datasets import CATALOG
+texts = CATALOG["movie-snippets"].load()["text"].tolist()[:{batch}]
+if sys.argv[1] == "mixed":
+    from tunelab.compose.mixed import MixedPredictor
+    tasks = {tasks!r}
+    MixedPredictor(sys.argv[2], "fp32").logits(texts, [tasks[row % len(tasks)] for row in range(len(texts))])
+else:
+    from tunelab.api import load_predictor
+    load_predictor(__import__("pathlib").Path(sys.argv[2]), "fp32").logits(texts)
+"""
+
+
+def build_bundle(work: Path) -> Path:
+    for name, (strategy, domain) in TASKS.items():
+        run = work / name
+        if not (run / "metrics.json").exists():
+            run_timed([TUNELAB, "train", "--model", "minilm", "--data", domain, "--strategy", strategy,
+                       "--limit-train", "256", "--epochs", "1", "--output", str(run), "--quiet", "--overwrite"],
+                      run.with_suffix(".log"))
+    bundle = work / "bundle"
+    run_timed([TUNELAB, "compose", "bundle", *(f"{name}={work / name}" for name in TASKS), "--output", str(bundle),
+               "--overwrite"], work / "bundle.log")
+    return bundle
+
+
+def test_texts(count: int) -> list[str]:
+    from tunelab.assets.datasets import CATALOG
+
+    return CATALOG["movie-snippets"].load()["text"].tolist()[-count:]
+
+
+def equality(bundle: Path) -> float:
+    import numpy as np
+
+    from tunelab.api import load_predictor
+    from tunelab.compose.mixed import MixedPredictor
+
+    names = list(TASKS)
+    texts = test_texts(ROWS)
+    tasks = [names[row % len(names)] for row in range(ROWS)]
+    mixed = MixedPredictor(bundle, "fp32").logits(texts, tasks)
+    worst = 0.0
+    for name in names:
+        rows = [row for row, task in enumerate(tasks) if task == name]
+        single = load_predictor(bundle / "tasks" / name, "fp32").logits([texts[row] for row in rows])
+        worst = max(worst, float(np.abs(np.stack([mixed[row] for row in rows]) - single).max()))
+    return worst
+
+
+def throughput(bundle: Path, repeats: int) -> dict[str, Any]:
+    from tunelab.api import load_predictor
+    from tunelab.compose.mixed import MixedPredictor
+
+    names = list(TASKS)
+    texts = test_texts(BATCH)
+    tasks = [names[row % len(names)] for row in range(BATCH)]
+    mixed, single = MixedPredictor(bundle, "fp32"), load_predictor(bundle / "tasks" / "lora-movie", "fp32")
+    sides = {"mixed": lambda: mixed.logits(texts, tasks, BATCH), "single": lambda: single.logits(texts, BATCH)}
+    times: dict[str, list[float]] = {"mixed": [], "single": []}
+    for side in sides.values():
+        side()  # warm-up
+    for repeat in range(repeats):
+        for name in (("mixed", "single") if repeat % 2 == 0 else ("single", "mixed")):
+            start = time.perf_counter()
+            sides[name]()
+            times[name].append(time.perf_counter() - start)
+    return {"mixed_batch_s": median(times["mixed"]), "single_batch_s": median(times["single"]),
+            "throughput_ratio": median(times["single"]) / median(times["mixed"]), "repeats": repeats}
+
+
+def memory(bundle: Path, work: Path) -> dict[str, Any]:
+    script = LOAD_AND_ANSWER.format(batch=BATCH, tasks=list(TASKS))
+    peaks = {}
+    for side, path in (("mixed", bundle), ("single", bundle / "tasks" / "lora-movie")):
+        peaks[side] = run_timed([sys.executable, "-c", script, side, str(path)],
+                                work / f"memory-{side}.log").peak_rss_bytes
+    return {"mixed_peak_rss_bytes": peaks["mixed"], "single_peak_rss_bytes": peaks["single"],
+            "memory_ratio": peaks["mixed"] / peaks["single"]}
+
+
+def run_benchmark(repeats: int = 20, quick: bool = False, work: Path | None = None) -> dict[str, Any]:
+    work = work or Path(tempfile.mkdtemp(prefix="tunelab-bench-mixed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    bundle = build_bundle(work)
+    worst = equality(bundle)
+    speed = throughput(bundle, 3 if quick else repeats)
+    rss = memory(bundle, work)
+    summary = {"max_abs_difference": worst, **speed, **rss}
+    bars = {"rows_equal_single_forwards_1e-5": worst <= 1e-5, "throughput_at_least_0.8x": speed[
+        "throughput_ratio"] >= 0.8, "memory_at_most_1.1x_one_model": rss["memory_ratio"] <= 1.1}
+    result = {"benchmark": NAME, "quick": quick, "machine": machine(),
+              "settings": {"model": "minilm", "tasks": {name: f"{s} on {d}" for name, (s, d) in TASKS.items()},
+                           "batch_size": BATCH, "equality_rows": ROWS, "precision": "fp32"},
+              "summary": summary, "bars": bars, "pass": all(bars.values())}
+    log(f"{NAME}: {summary}")
+    log(f"{NAME}: wrote {write_result(NAME, result, quick)}")
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="3 repeats")
+    parser.add_argument("--work", type=Path, default=None, help="where the runs are kept; finished runs are reused")
+    args = parser.parse_args()
+    run_benchmark(args.repeats, args.quick, args.work)
