@@ -4,8 +4,8 @@ the four sentiment domains) answering rows of different tasks in one forward.
 - equality: 256 test rows, each naming one of the eight tasks in turn, against each task's own run (fp32);
 - throughput: a batch of 64 rows, eight per task, against the same 64 texts through one LoRA run alone (its own
   predictor, batch 64), alternating, median of the repeats;
-- memory: the peak RSS of a process that loads the eight-task bundle and answers one mixed batch, against one that
-  loads a single LoRA run and answers the same texts.
+- memory: what loading the eight-task bundle and answering one mixed batch adds to a process's resident memory,
+  against loading a single LoRA run and answering the same texts (each in a fresh process; the peaks too).
 The bars: rows equal their single-task forwards (max |difference| <= 1e-5), throughput >= 0.8x the single-adapter
 batch, memory <= 1.1x one model. The runs train briefly (256 examples, one epoch): what is measured here is the
 arithmetic and the cost of routing, not accuracy.
@@ -14,6 +14,7 @@ arithmetic and the cost of routing, not accuracy.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -29,17 +30,24 @@ TASKS = {"lora-movie": ("lora", "movie-snippets"), "lora-tweets": ("lora", "twee
          "adapter-tweets": ("adapter", "tweets"), "adapter-amazon": ("adapter", "amazon-snippets")}
 BATCH = 64
 ROWS = 256
+# Prints the process's resident memory before loading (libraries imported, texts read) and after loading the model
+# and answering one batch, and its peak.
 LOAD_AND_ANSWER = """
-import sys
+import json, resource, sys
+from pathlib import Path
+import psutil
+from tunelab.api import load_predictor
 from tunelab.assets.datasets import CATALOG
+from tunelab.compose.mixed import MixedPredictor
 texts = CATALOG["movie-snippets"].load()["text"].tolist()[:{batch}]
+before = psutil.Process().memory_info().rss
 if sys.argv[1] == "mixed":
-    from tunelab.compose.mixed import MixedPredictor
     tasks = {tasks!r}
     MixedPredictor(sys.argv[2], "fp32").logits(texts, [tasks[row % len(tasks)] for row in range(len(texts))])
 else:
-    from tunelab.api import load_predictor
-    load_predictor(__import__("pathlib").Path(sys.argv[2]), "fp32").logits(texts)
+    load_predictor(Path(sys.argv[2]), "fp32").logits(texts)
+print(json.dumps({{"before": before, "after": psutil.Process().memory_info().rss,
+                  "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
 """
 
 
@@ -102,13 +110,19 @@ def throughput(bundle: Path, repeats: int) -> dict[str, Any]:
 
 
 def memory(bundle: Path, work: Path) -> dict[str, Any]:
+    """Each side in a fresh process: its resident memory grown by loading and answering (the model's share), and
+    its peak."""
     script = LOAD_AND_ANSWER.format(batch=BATCH, tasks=list(TASKS))
-    peaks = {}
+    sides = {}
     for side, path in (("mixed", bundle), ("single", bundle / "tasks" / "lora-movie")):
-        peaks[side] = run_timed([sys.executable, "-c", script, side, str(path)],
-                                work / f"memory-{side}.log").peak_rss_bytes
-    return {"mixed_peak_rss_bytes": peaks["mixed"], "single_peak_rss_bytes": peaks["single"],
-            "memory_ratio": peaks["mixed"] / peaks["single"]}
+        log_file = work / f"memory-{side}.log"
+        run_timed([sys.executable, "-c", script, side, str(path)], log_file)
+        sides[side] = json.loads(log_file.read_text(encoding="utf-8").strip().splitlines()[-1])
+    grown = {side: figures["after"] - figures["before"] for side, figures in sides.items()}
+    return {"mixed_loaded_rss_bytes": grown["mixed"], "single_loaded_rss_bytes": grown["single"],
+            "memory_ratio": grown["mixed"] / grown["single"], "mixed_peak_rss_bytes": sides["mixed"]["peak"],
+            "single_peak_rss_bytes": sides["single"]["peak"],
+            "peak_ratio": sides["mixed"]["peak"] / sides["single"]["peak"]}
 
 
 def run_benchmark(repeats: int = 20, quick: bool = False, work: Path | None = None) -> dict[str, Any]:

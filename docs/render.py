@@ -105,6 +105,51 @@ def demo_line() -> str:
             f", {'no' if demo['bars']['no_failed_cell'] else 'some'} failed runs.")
 
 
+SHORT_DOMAINS = {"movie-snippets": "movies", "tweets": "tweets", "amazon-snippets": "amazon", "nyt-snippets": "nyt"}
+
+
+def merge_table() -> str:
+    """What each merge method kept of every task's single-task accuracy (medians over the seeds)."""
+    merged = _results("composition")
+    domains = merged["settings"]["domains"]
+    rows = [[f"`{method}`", f"{s['mean_kept']:.1%}", *(f"{s[d]['kept']:.1%} ({s[d]['merged']:.3f})" for d in domains)]
+            for method, s in merged["summary"].items()]
+    first = merged["summary"][next(iter(merged["summary"]))]
+    rows.append(["single-task", "100%", *(f"({first[d]['single_task']:.3f})" for d in domains)])
+    rows.append(["base+head", "", *(f"({first[d]['base_and_head']:.3f})" for d in domains)])
+    return (f"MiniLM, one LoRA run per domain ({merged['settings']['limit_train']:,} training examples at most, "
+            f"defaults), the four merged into one delta with each method's defaults, every task on its whole test "
+            f"split; medians over seeds {', '.join(map(str, merged['seeds']))}. Share of the single-task accuracy "
+            f"kept, and the accuracy in brackets:\n\n"
+            + _table(["method", "mean kept", *(SHORT_DOMAINS[d] for d in domains)], rows))
+
+
+def few_shot_composition_table() -> str:
+    """Leave one domain out: the composition against its baselines on each held-out domain (medians over seeds)."""
+    few = _results("composition_few_shot")
+    s, domains = few["summary"], few["settings"]["domains"]
+    sides = {"composed": "`compose hub` over the other three", "best_single_source": "best other domain's LoRA alone "
+             "(chosen on the test split)", f"lora_{few['settings']['shots_per_label']}_shots": "LoRA trained on the "
+             "shots", "fusion": "`fusion` over the other three's adapters", "base_and_head": "base model, head on "
+             "the shots"}
+    rows = [[label, f"{s[f'{side}_mean_accuracy']:.3f}", *(f"{s[f'{d}_{side}']:.3f}" for d in domains)]
+            for side, label in sides.items()]
+    return (f"MiniLM, {few['settings']['shots_per_label']} labelled examples per label of the held-out domain (and "
+            f"as many for validation), sources trained on the other three domains; test accuracy, medians over "
+            f"seeds {', '.join(map(str, few['seeds']))} (the mean over the four domains per seed, then its median):"
+            f"\n\n" + _table(["model", "mean", *(SHORT_DOMAINS[d] for d in domains)], rows))
+
+
+def mixed_batches_line() -> str:
+    mixed = _results("mixed_batches")["summary"]
+    return (f"Eight adapters (four LoRA, two (IA)^3, two bottleneck) on MiniLM: every row of a mixed batch within "
+            f"{mixed['max_abs_difference']:.0e} of its own run's logits; a mixed batch of 64 rows at "
+            f"{mixed['throughput_ratio']:.2f}x the throughput of the same batch through one LoRA run alone; loading "
+            f"the eight added {mixed['mixed_loaded_rss_bytes'] / 1e6:.0f} MB to a process's resident memory, one LoRA "
+            f"run {mixed['single_loaded_rss_bytes'] / 1e6:.0f} MB (peaks {mixed['mixed_peak_rss_bytes'] / 1e6:.0f} "
+            f"and {mixed['single_peak_rss_bytes'] / 1e6:.0f} MB).")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -159,7 +204,8 @@ def cli_reference() -> str:
 GENERATED: dict[str, Callable[[], str]] = {
     "strategy_table": strategy_table, "task_table": task_table, "headline_table": headline_table,
     "results_page": results_page, "cli_reference": cli_reference, "speed_table": speed_table,
-    "precision_table": precision_table, "demo_line": demo_line,
+    "precision_table": precision_table, "demo_line": demo_line, "merge_table": merge_table,
+    "few_shot_composition_table": few_shot_composition_table, "mixed_batches_line": mixed_batches_line,
 }
 
 

@@ -21,7 +21,7 @@ from tunelab import api, build_config
 from tunelab.data.squad import load_squad, split_by_context
 from tunelab.errors import TunelabError
 from tunelab.recipes.runs import load_run
-from tunelab.strategies.catalog import strategies_for
+from tunelab.strategies.catalog import STANDALONE, strategies_for
 from tunelab.tasks.question_answering import encode_windows, is_causal, window_stride
 from tunelab.tasks.span_postprocess import Answer, best_answer
 from tunelab.tasks.squad_metrics import normalize_answer, question_scores, squad_scores, token_f1
@@ -393,7 +393,8 @@ def test_squad_scores_in_percent_with_the_answerable_and_unanswerable_apart():
 
 
 @pytest.mark.filterwarnings("error:Token type ids are not supported")  # the forward silences PEFT's per-batch note
-@pytest.mark.parametrize("strategy", strategies_for("question-answering"))
+@pytest.mark.parametrize("strategy", [name for name in strategies_for("question-answering")
+                                      if name in STANDALONE])  # fusion: test_fusion.py
 def test_every_strategy_trains_and_reloads_to_the_same_answers(strategy: str, tiny_bert: Path, tmp_path: Path):
     data = write_jsonl(people(24, seed=1, unanswerable=True), tmp_path / "people.jsonl")
     config = build_config({

@@ -13,7 +13,7 @@ from tiny import WORDS, run_main, tiny_config, train_recording, write_table
 
 from tunelab.api import evaluate, load_predictor
 from tunelab.errors import TunelabError
-from tunelab.strategies.catalog import strategies_for
+from tunelab.strategies.catalog import STANDALONE, strategies_for
 from tunelab.tasks.regression import TARGETS_FILE, TargetScale, numeric_targets, regression_metrics
 
 
@@ -75,7 +75,8 @@ def test_training_learns_the_target_in_its_own_units(regression_run):
     assert evaluate(regression_run.path) == pytest.approx(test)
 
 
-@pytest.mark.parametrize("strategy", [name for name in strategies_for("regression") if name != "full"])
+@pytest.mark.parametrize("strategy", [name for name in strategies_for("regression")
+                                      if name != "full" and name in STANDALONE])  # fusion: test_fusion.py
 def test_every_strategy_the_table_allows_trains_a_regressor(strategy: str, tiny_bert: Path, ratings_csv: Path,
                                                             tmp_path: Path):
     config = tiny_config(tiny_bert, ratings_csv, tmp_path / strategy, strategy)

@@ -172,9 +172,9 @@ def search_weights(composition: Composition, shots: Shots, sources: int, search:
         composition.set_weights(weights)
         loss, accuracy = shots.score(composition)
         value = loss + search.l1 * float(np.abs(weights).sum())
-        best = min([value, *(point["best"] for point in curve)])
-        curve.append({"evaluation": len(curve) + 1, "objective": value, "best": best,
-                      "validation_accuracy": accuracy, "weights": [float(w) for w in weights]})
+        best = min(value, curve[-1]["best"]) if curve else value
+        curve.append({"evaluation": len(curve) + 1, "objective": value, "best": best, "shot_accuracy": accuracy,
+                      "weights": [float(w) for w in weights]})
         if progress:
             progress(len(curve), best)
         return value
