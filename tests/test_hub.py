@@ -12,7 +12,7 @@ import torch
 import yaml
 from sklearn.linear_model import LogisticRegression
 from test_merge import lora_updates
-from tiny import TrainedRun, run_main, sentiment_frame, train_recording, write_table
+from tiny import TrainedRun, png_colours, run_main, sentiment_frame, train_recording, write_table
 
 from tunelab import api, build_config
 from tunelab.compose.hub import HubSearch, compose_hub, set_head
@@ -56,6 +56,7 @@ def test_the_search_starts_at_zero_and_keeps_the_best_it_saw(composed: tuple):
     chosen = min(curve, key=lambda point: point["objective"])["weights"]
     assert list(metrics["hub"]["weights"].values()) == pytest.approx(chosen)
     assert all(abs(weight) <= 1.5 for point in curve for weight in point["weights"])
+    assert png_colours(composed[0] / "search_curve.png") > 3  # the search as a picture, in colour
 
 
 @pytest.mark.parametrize("labels", [2, 3])

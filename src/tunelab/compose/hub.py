@@ -191,6 +191,33 @@ def search_weights(composition: Composition, shots: Shots, sources: int, search:
     return best, curve
 
 
+CURVE_PLOT = "search_curve.png"
+
+
+def plot_curve(curve: list[dict[str, float]], path: Path) -> Path:
+    """The search as a picture: each evaluation's objective, the best so far, and the accuracy on the shots."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: the plot is a file
+    import matplotlib.pyplot as plt
+
+    evaluations = [point["evaluation"] for point in curve]
+    figure, objective = plt.subplots(figsize=(7, 4))
+    objective.scatter(evaluations, [point["objective"] for point in curve], s=10, color="tab:blue", alpha=0.5,
+                      label="objective (cross-entropy + l1)")
+    objective.plot(evaluations, [point["best"] for point in curve], color="tab:blue", label="best so far")
+    objective.set(xlabel="evaluation", ylabel="objective (lower is better)")
+    accuracy = objective.twinx()
+    accuracy.plot(evaluations, [point["shot_accuracy"] for point in curve], color="tab:orange", alpha=0.6,
+                  label="accuracy on the scored shots")
+    accuracy.set(ylabel="accuracy", ylim=(0, 1))
+    figure.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def _test_with_weights(composition: Composition, shots: Shots, weights: np.ndarray,
                        prepared: Prepared) -> dict[str, Any]:
     """The test split's metrics with these weights (and a head fitted on every shot)."""
@@ -255,6 +282,7 @@ def compose_hub(sources: list[str], data: dict[str, Any], output: Path | str, sh
                            "l1": search.l1, "bound": search.bound, "curve": curve, "alone": alone},
                    **verdict(recipe, prepared, test, lambda message: None)}
         recipe.save_targets(prepared.targets, staged.path)
+        plot_curve(curve, staged.path / CURVE_PLOT)
         resources = run_resources(model, {"train_s": search_s}, memory, strategy.save_delta(model, staged.path),
                                   recipe.latency_ms(predictor, prepared.splits.test))
         path = commit(staged, prepared.config, metrics, resources)

@@ -34,7 +34,16 @@ from tunelab.config import Precision, RunConfig, StrategyConfig
 from tunelab.errors import TunelabError
 from tunelab.precision import in_precision, resolve_precision
 from tunelab.recipes.runs import LoadedRun
-from tunelab.runs import CHECKPOINTS, METRICS_FILE, StagedRun, read_json, read_run_config, write_json, write_run
+from tunelab.runs import (
+    CHECKPOINTS,
+    METRICS_FILE,
+    RESOURCES_FILE,
+    StagedRun,
+    read_json,
+    read_run_config,
+    write_json,
+    write_run,
+)
 from tunelab.strategies.base import DELTA_FILE, load_tensors
 from tunelab.strategies.peft_adapter import ADAPTER_DIR, HEAD
 from tunelab.strategies.registry import configure
@@ -139,7 +148,7 @@ def _merged_task(name: str, run: Path, config: RunConfig, delta: MergedDelta, fo
         base_and_head = recipe.score(predictor, examples, f"{config.data.source} (test split)")
     source = read_json(run / METRICS_FILE)
     metrics = source | {"test": merged, "single_task": source["test"], "base_and_head": base_and_head}
-    write_run(folder, config, metrics, read_json(run / "resources.json"))
+    write_run(folder, config, metrics, read_json(run / RESOURCES_FILE))
     return {"task": config.task, "merged": merged, "single_task": source["test"], "base_and_head": base_and_head,
             "kept": _kept(config.task, merged, source["test"]), "test_examples": len(examples)}
 
