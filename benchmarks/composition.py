@@ -83,8 +83,8 @@ def merge_benchmark(seeds: list[int], work: Path) -> dict[str, Any]:
     return result
 
 
-def held_out(work: Path, target: str, seed: int) -> dict[str, Any]:
-    """One held-out domain and seed: the composition, the sources alone, a LoRA on the shots, fusion."""
+def composed_row(work: Path, target: str, seed: int) -> dict[str, Any]:
+    """One held-out domain and seed: the composition, the sources alone (and the base), a LoRA on the shots."""
     others = [domain for domain in DOMAINS if domain != target]
     hub = work / f"hub-{target}-{seed}"
     if not (hub / "metrics.json").exists():
@@ -95,37 +95,68 @@ def held_out(work: Path, target: str, seed: int) -> dict[str, Any]:
     alone = {name: test["accuracy"] for name, test in composed["hub"]["alone"].items() if name != "base_and_head"}
     few_shot = train(work / f"lora{SHOTS}-{target}-{seed}", ["--data", target, "--strategy", "lora", "--shots",
                                                              str(SHOTS), "--seed", str(seed)])
-    adapters = ",".join(str(train_domain(work, domain, seed, "adapter")) for domain in others)
-    fused = train(work / f"fusion-{target}-{seed}", ["--data", target, "--strategy", "fusion", "--option",
-                                                     f"sources={adapters}", "--shots", str(SHOTS), "--seed",
-                                                     str(seed)])
     row = {"target": target, "seed": seed, "composed": composed["test"]["accuracy"],
            "weights": composed["hub"]["weights"], "evaluations": composed["training"]["evaluations"],
            "search_s": read_json(hub / "resources.json")["train_s"],
            "base_and_head": composed["hub"]["alone"]["base_and_head"]["accuracy"], "sources_alone": alone,
-           "best_single_source": max(alone.values()), f"lora_{SHOTS}_shots": read_json(few_shot / "metrics.json")[
-               "test"]["accuracy"], "fusion": read_json(fused / "metrics.json")["test"]["accuracy"]}
+           "best_single_source": max(alone.values()),
+           f"lora_{SHOTS}_shots": read_json(few_shot / "metrics.json")["test"]["accuracy"]}
     log(f"{NAME}: {target} seed {seed}: composed {row['composed']:.3f}, best source alone "
-        f"{row['best_single_source']:.3f}, lora on the shots {row[f'lora_{SHOTS}_shots']:.3f}, fusion "
-        f"{row['fusion']:.3f}, base {row['base_and_head']:.3f}")
+        f"{row['best_single_source']:.3f}, lora on the shots {row[f'lora_{SHOTS}_shots']:.3f}, base "
+        f"{row['base_and_head']:.3f}")
     return row
 
 
-def few_shot_benchmark(seeds: list[int], work: Path) -> dict[str, Any]:
-    rows = [held_out(work, target, seed) for seed in seeds for target in DOMAINS]
+def fusion_accuracy(work: Path, target: str, seed: int) -> float:
+    """`fusion` on the held-out domain's shots over the other three domains' adapter runs."""
+    adapters = ",".join(str(train_domain(work, domain, seed, "adapter")) for domain in DOMAINS if domain != target)
+    fused = train(work / f"fusion-{target}-{seed}", ["--data", target, "--strategy", "fusion", "--option",
+                                                     f"sources={adapters}", "--shots", str(SHOTS), "--seed",
+                                                     str(seed)])
+    return read_json(fused / "metrics.json")["test"]["accuracy"]
+
+
+def few_shot_result(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Medians over the seeds where a side has all four held-out domains (fusion may have fewer than the rest)."""
     sides = ["composed", "best_single_source", f"lora_{SHOTS}_shots", "fusion", "base_and_head"]
-    per_seed = {side: [sum(row[side] for row in rows if row["seed"] == seed) / len(DOMAINS) for seed in seeds]
-                for side in sides}
-    summary = {f"{side}_mean_accuracy": median(values) for side, values in per_seed.items()}
-    summary |= {f"{target}_{side}": median([row[side] for row in rows if row["target"] == target])
-                for target in DOMAINS for side in sides}
-    bars = {f"composed_at_least_{side}": summary["composed_mean_accuracy"] >= summary[f"{side}_mean_accuracy"]
-            for side in sides[1:4]}
-    result = {"benchmark": f"{NAME}_few_shot", "quick": len(seeds) < len(SEEDS), "seeds": seeds,
-              "machine": machine(), "settings": {"model": "minilm", "shots_per_label": SHOTS, "domains": DOMAINS,
-                                                 "search": "CMA-ES, budget 80, l1 0.05", "sources_limit_train":
-                                                 LIMIT_TRAIN},
-              "per_seed_means": per_seed, "summary": summary, "bars": bars, "pass": all(bars.values()), "rows": rows}
+    per_seed, summary = {}, {}
+    for side in sides:
+        complete = [seed for seed in seeds
+                    if sum(1 for row in rows if row["seed"] == seed and side in row) == len(DOMAINS)]
+        per_seed[side] = {seed: sum(row[side] for row in rows if row["seed"] == seed) / len(DOMAINS)
+                          for seed in complete}
+        if complete:
+            summary[f"{side}_mean_accuracy"] = median(list(per_seed[side].values()))
+            summary |= {f"{target}_{side}": median([row[side] for row in rows if row["target"] == target and
+                                                    row["seed"] in complete]) for target in DOMAINS}
+    bars = {}
+    for side in sides[1:4]:
+        shared = sorted(set(per_seed["composed"]) & set(per_seed[side]))
+        if shared:  # on the seeds both sides have
+            bars[f"composed_at_least_{side}"] = (median([per_seed["composed"][seed] for seed in shared])
+                                                 >= median([per_seed[side][seed] for seed in shared]))
+    return {"benchmark": f"{NAME}_few_shot", "quick": len(seeds) < len(SEEDS), "seeds": seeds,
+            "seeds_per_side": {side: sorted(values) for side, values in per_seed.items()}, "machine": machine(),
+            "settings": {"model": "minilm", "shots_per_label": SHOTS, "domains": DOMAINS,
+                         "search": "CMA-ES, budget 80, l1 0.05", "sources_limit_train": LIMIT_TRAIN},
+            "per_seed_means": {side: {str(seed): value for seed, value in values.items()}
+                               for side, values in per_seed.items()},
+            "summary": summary, "bars": bars, "pass": bool(bars) and all(bars.values()), "rows": rows}
+
+
+def few_shot_benchmark(seeds: list[int], work: Path) -> dict[str, Any]:
+    """The composition and its cheap baselines for every seed first, then fusion (which trains adapter sources),
+    writing the result after each row, so that an interrupted run still reports what it measured."""
+    rows = []
+    for seed in seeds:
+        for target in DOMAINS:
+            rows.append(composed_row(work, target, seed))
+            write_result(f"{NAME}_few_shot", few_shot_result(rows, seeds), len(seeds) < len(SEEDS))
+    for row in rows:
+        row["fusion"] = fusion_accuracy(work, row["target"], row["seed"])
+        log(f"{NAME}: {row['target']} seed {row['seed']}: fusion {row['fusion']:.3f}")
+        write_result(f"{NAME}_few_shot", few_shot_result(rows, seeds), len(seeds) < len(SEEDS))
+    result = few_shot_result(rows, seeds)
     log(f"{NAME}: wrote {write_result(f'{NAME}_few_shot', result, result['quick'])}")
     return result
 
