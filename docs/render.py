@@ -125,19 +125,22 @@ def merge_table() -> str:
 
 
 def few_shot_composition_table() -> str:
-    """Leave one domain out: the composition against its baselines on each held-out domain (medians over seeds)."""
+    """Leave one domain out: the composition against its baselines on each held-out domain (medians over the seeds
+    each side was measured on)."""
     few = _results("composition_few_shot")
-    s, domains = few["summary"], few["settings"]["domains"]
-    sides = {"composed": "`compose hub` over the other three", "best_single_source": "best other domain's LoRA alone "
-             "(chosen on the test split)", f"lora_{few['settings']['shots_per_label']}_shots": "LoRA trained on the "
-             "shots", "fusion": "`fusion` over the other three's adapters", "base_and_head": "base model, head on "
-             "the shots"}
-    rows = [[label, f"{s[f'{side}_mean_accuracy']:.3f}", *(f"{s[f'{d}_{side}']:.3f}" for d in domains)]
-            for side, label in sides.items()]
-    return (f"MiniLM, {few['settings']['shots_per_label']} labelled examples per label of the held-out domain (and "
-            f"as many for validation), sources trained on the other three domains; test accuracy, medians over "
-            f"seeds {', '.join(map(str, few['seeds']))} (the mean over the four domains per seed, then its median):"
-            f"\n\n" + _table(["model", "mean", *(SHORT_DOMAINS[d] for d in domains)], rows))
+    s, domains, shots = few["summary"], few["settings"]["domains"], few["settings"]["shots_per_label"]
+    sides = {"composed": "`compose hub` over the other three domains' LoRA runs",
+             "best_single_source": "the best of those runs alone (chosen on the test split)",
+             f"lora_{shots}_shots": "LoRA trained on the shots",
+             "fusion": "`fusion` over the other three domains' adapter runs",
+             "base_and_head": "the base model, head fitted on the shots"}
+    rows = [[label, ", ".join(map(str, few["seeds_per_side"][side])), f"{s[f'{side}_mean_accuracy']:.3f}",
+             *(f"{s[f'{d}_{side}']:.3f}" for d in domains)]
+            for side, label in sides.items() if f"{side}_mean_accuracy" in s]
+    return (f"MiniLM, {shots} labelled examples per label of the held-out domain (and as many for validation), "
+            f"sources trained on the other three domains; test accuracy, medians over the seeds (the mean over the "
+            f"four held-out domains per seed, then its median):\n\n"
+            + _table(["model", "seeds", "mean", *(SHORT_DOMAINS[d] for d in domains)], rows))
 
 
 def mixed_batches_line() -> str:

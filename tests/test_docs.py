@@ -44,7 +44,8 @@ def test_the_results_page_shows_the_figures_of_the_json(site: Path):
     page = (site / "results" / "index.html").read_text(encoding="utf-8")
     accuracy = json.loads((ROOT / "benchmarks/results/strategy_accuracy.json").read_text())["summary"]
     assert all(f"{row['accuracy']:.3f}" in page for row in accuracy.values())
-    assert all(path.stem in page for path in (ROOT / "benchmarks/results").glob("*.json"))
+    assert all(path.stem in page for path in (ROOT / "benchmarks/results").glob("*.json")
+               if not path.name.endswith(".quick.json"))  # smoke tests' figures mean nothing; never shown
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
