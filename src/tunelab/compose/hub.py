@@ -242,7 +242,8 @@ def compose_hub(sources: list[str], data: dict[str, Any], output: Path | str, sh
                 progress: Callable[[int, float], None] | None = None) -> tuple[Path, dict[str, Any]]:
     """Fit the composition on `shots` examples per label of `data` (a data section: source and columns) and write
     the run at `output`; returns its path and metrics. `prompt` (template, verbalizer) is for prompt-based sources.
-    `score_sources` also scores, on the test split, the base model and each source alone. `progress` hears each
+    `score_sources` also scores the base model and each source alone on the test split, and each source alone on
+    the shots as the objective does (what a choice of one source could have been made on). `progress` hears each
     evaluation and the best objective so far. Computes in fp32."""
     search = search or HubSearch()
     search.check()
@@ -267,10 +268,12 @@ def compose_hub(sources: list[str], data: dict[str, Any], output: Path | str, sh
             start = time.perf_counter()
             best, curve = search_weights(composition, examples, len(runs), search, seed, progress)
             search_s = time.perf_counter() - start
-        alone = {}
+        alone, on_shots = {}, {}
         if score_sources:
             alone["base_and_head"] = _test_with_weights(composition, examples, np.zeros(len(runs)), prepared)
             for index, name in enumerate(runs):
+                composition.set_weights(np.eye(len(runs))[index])
+                on_shots[name] = dict(zip(("loss", "accuracy"), examples.score(composition), strict=True))
                 alone[name] = _test_with_weights(composition, examples, np.eye(len(runs))[index], prepared)
         test = _test_with_weights(composition, examples, best, prepared)
         metrics = {"task": "classification", "test": test, "train_examples": len(examples.train),
@@ -279,7 +282,8 @@ def compose_hub(sources: list[str], data: dict[str, Any], output: Path | str, sh
                                 "selected_on": "the shots' cross-entropy + l1"},
                    "hub": {"sources": {name: str(run.resolve()) for name, run in runs.items()},
                            "weights": dict(zip(runs, map(float, best), strict=True)), "budget": search.budget,
-                           "l1": search.l1, "bound": search.bound, "curve": curve, "alone": alone},
+                           "l1": search.l1, "bound": search.bound, "curve": curve, "alone": alone,
+                           "alone_on_shots": on_shots},
                    **verdict(recipe, prepared, test, lambda message: None)}
         recipe.save_targets(prepared.targets, staged.path)
         plot_curve(curve, staged.path / CURVE_PLOT)
