@@ -131,6 +131,7 @@ def few_shot_composition_table() -> str:
     s, domains, shots = few["summary"], few["settings"]["domains"], few["settings"]["shots_per_label"]
     sides = {"composed": "`compose hub` over the other three domains' LoRA runs",
              "best_single_source": "the best of those runs alone (chosen on the test split)",
+             "single_source_chosen_on_shots": "the one of those runs that scores best on the shots",
              f"lora_{shots}_shots": "LoRA trained on the shots",
              "fusion": "`fusion` over the other three domains' adapter runs",
              "base_and_head": "the base model, head fitted on the shots"}
