@@ -5,7 +5,9 @@ the four sentiment domains) answering rows of different tasks in one forward.
 - throughput: a batch of 64 rows, eight per task, against the same 64 texts through one LoRA run alone (its own
   predictor, batch 64), alternating, median of the repeats;
 - memory: what loading the eight-task bundle and answering one mixed batch adds to a process's resident memory,
-  against loading a single LoRA run and answering the same texts (each in a fresh process; the peaks too).
+  against loading a single LoRA run and answering the same texts (each in a fresh process; the peaks too), and the
+  bytes of the weights each holds (RSS growth also counts libraries imported on first use and the allocator), the
+  medians of 5 alternating repeats.
 The bars: rows equal their single-task forwards (max |difference| <= 1e-5), throughput >= 0.8x the single-adapter
 batch, memory <= 1.1x one model. The runs train briefly (256 examples, one epoch): what is measured here is the
 arithmetic and the cost of routing, not accuracy.
@@ -37,16 +39,20 @@ import json, resource, sys
 from pathlib import Path
 import psutil
 from tunelab.api import load_predictor
-from tunelab.assets.datasets import CATALOG
 from tunelab.compose.mixed import MixedPredictor
-texts = CATALOG["movie-snippets"].load()["text"].tolist()[:{batch}]
+texts = json.loads(Path(sys.argv[3]).read_text())
 before = psutil.Process().memory_info().rss
 if sys.argv[1] == "mixed":
     tasks = {tasks!r}
-    MixedPredictor(sys.argv[2], "fp32").logits(texts, [tasks[row % len(tasks)] for row in range(len(texts))])
+    mixed = MixedPredictor(sys.argv[2], "fp32")
+    mixed.logits(texts, [tasks[row % len(tasks)] for row in range(len(texts))])
+    models = [mixed.shared, *(predictor.model for predictor in mixed.separate.values())]
 else:
-    load_predictor(Path(sys.argv[2]), "fp32").logits(texts)
-print(json.dumps({{"before": before, "after": psutil.Process().memory_info().rss,
+    predictor = load_predictor(Path(sys.argv[2]), "fp32")
+    predictor.logits(texts)
+    models = [predictor.model]
+tensors = sum(t.numel() * t.element_size() for model in models for t in [*model.parameters(), *model.buffers()])
+print(json.dumps({{"before": before, "after": psutil.Process().memory_info().rss, "tensor_bytes": tensors,
                   "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
 """
 
@@ -109,20 +115,27 @@ def throughput(bundle: Path, repeats: int) -> dict[str, Any]:
             "throughput_ratio": median(times["single"]) / median(times["mixed"]), "repeats": repeats}
 
 
-def memory(bundle: Path, work: Path) -> dict[str, Any]:
-    """Each side in a fresh process: its resident memory grown by loading and answering (the model's share), and
-    its peak."""
-    script = LOAD_AND_ANSWER.format(batch=BATCH, tasks=list(TASKS))
-    sides = {}
-    for side, path in (("mixed", bundle), ("single", bundle / "tasks" / "lora-movie")):
-        log_file = work / f"memory-{side}.log"
-        run_timed([sys.executable, "-c", script, side, str(path)], log_file)
-        sides[side] = json.loads(log_file.read_text(encoding="utf-8").strip().splitlines()[-1])
-    grown = {side: figures["after"] - figures["before"] for side, figures in sides.items()}
+def memory(bundle: Path, work: Path, repeats: int) -> dict[str, Any]:
+    """Each side in a fresh process, alternating, `repeats` times: its resident memory grown by loading and answering,
+    its peak, and the bytes of the weights it holds; medians."""
+    script = LOAD_AND_ANSWER.format(tasks=list(TASKS))
+    texts = work / "texts.json"
+    texts.write_text(json.dumps(test_texts(BATCH)), encoding="utf-8")
+    figures: dict[str, list[dict[str, int]]] = {"mixed": [], "single": []}
+    paths = {"mixed": bundle, "single": bundle / "tasks" / "lora-movie"}
+    for repeat in range(repeats):
+        for side in (("mixed", "single") if repeat % 2 == 0 else ("single", "mixed")):
+            log_file = work / f"memory-{side}-{repeat}.log"
+            run_timed([sys.executable, "-c", script, side, str(paths[side]), str(texts)], log_file)
+            figures[side].append(json.loads(log_file.read_text(encoding="utf-8").strip().splitlines()[-1]))
+    grown = {side: median([run["after"] - run["before"] for run in runs]) for side, runs in figures.items()}
+    peak = {side: median([run["peak"] for run in runs]) for side, runs in figures.items()}
+    tensors = {side: runs[0]["tensor_bytes"] for side, runs in figures.items()}
     return {"mixed_loaded_rss_bytes": grown["mixed"], "single_loaded_rss_bytes": grown["single"],
-            "memory_ratio": grown["mixed"] / grown["single"], "mixed_peak_rss_bytes": sides["mixed"]["peak"],
-            "single_peak_rss_bytes": sides["single"]["peak"],
-            "peak_ratio": sides["mixed"]["peak"] / sides["single"]["peak"]}
+            "memory_ratio": grown["mixed"] / grown["single"], "mixed_peak_rss_bytes": peak["mixed"],
+            "single_peak_rss_bytes": peak["single"], "peak_ratio": peak["mixed"] / peak["single"],
+            "mixed_tensor_bytes": tensors["mixed"], "single_tensor_bytes": tensors["single"],
+            "tensor_ratio": tensors["mixed"] / tensors["single"], "memory_repeats": repeats}
 
 
 def run_benchmark(repeats: int = 20, quick: bool = False, work: Path | None = None) -> dict[str, Any]:
@@ -131,7 +144,7 @@ def run_benchmark(repeats: int = 20, quick: bool = False, work: Path | None = No
     bundle = build_bundle(work)
     worst = equality(bundle)
     speed = throughput(bundle, 3 if quick else repeats)
-    rss = memory(bundle, work)
+    rss = memory(bundle, work, 1 if quick else 5)
     summary = {"max_abs_difference": worst, **speed, **rss}
     bars = {"rows_equal_single_forwards_1e-5": worst <= 1e-5, "throughput_at_least_0.8x": speed[
         "throughput_ratio"] >= 0.8, "memory_at_most_1.1x_one_model": rss["memory_ratio"] <= 1.1}

@@ -9,6 +9,7 @@ import compare_grid
 import composition
 import demo
 import few_shot
+import mixed_batches
 import onnx_export
 import probe_cache
 import prompt_templates
@@ -150,6 +151,15 @@ def composition_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [*rows, *((f"bar: {name}", "", verdict(passed)) for name, passed in bars.items())]
 
 
+def mixed_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    s = result["summary"]
+    return [("mixed batches: max |row - its run| (8 adapters)", f"{s['max_abs_difference']:.1e}", ""),
+            ("mixed batches: throughput vs one LoRA run (median)", f"{s['throughput_ratio']:.2f}x", ""),
+            ("mixed batches: weights held, 8 adapters vs one run", f"{s['tensor_ratio']:.3f}x", ""),
+            ("mixed batches: RSS growth, 8 adapters vs one run (median)", f"{s['memory_ratio']:.2f}x", ""),
+            *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
+
+
 def precision_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [(f"bf16: {name}", f"{result['summary'][name]['accuracy']:.4f}, {s['median_difference']:+.4f} against "
              f"fp32 on the same seeds ({', '.join(f'{d:+.4f}' for d in s['differences'])})", "")
@@ -181,6 +191,7 @@ DRIVERS = {
     "small-data": lambda args: small_data_rows(small_data.run_benchmark(args.repeats or 3, args.quick, args.keep)),
     "onnx": lambda args: onnx_rows(onnx_export.run_benchmark(args.repeats or 3, args.quick, args.keep)),
     "speed": lambda args: speed_rows(speed.run_benchmark(args.repeats or 3, args.quick, args.keep)),
+    "mixed": lambda args: mixed_rows(mixed_batches.run_benchmark(args.repeats or 20, args.quick)),
     "composition": lambda args: composition_rows(composition.run_benchmark(args.repeats or 3, args.quick)),
 }
 

@@ -148,10 +148,12 @@ def mixed_batches_line() -> str:
     mixed = _results("mixed_batches")["summary"]
     return (f"Eight adapters (four LoRA, two (IA)^3, two bottleneck) on MiniLM: every row of a mixed batch within "
             f"{mixed['max_abs_difference']:.0e} of its own run's logits; a mixed batch of 64 rows at "
-            f"{mixed['throughput_ratio']:.2f}x the throughput of the same batch through one LoRA run alone; loading "
-            f"the eight added {mixed['mixed_loaded_rss_bytes'] / 1e6:.0f} MB to a process's resident memory, one LoRA "
-            f"run {mixed['single_loaded_rss_bytes'] / 1e6:.0f} MB (peaks {mixed['mixed_peak_rss_bytes'] / 1e6:.0f} "
-            f"and {mixed['single_peak_rss_bytes'] / 1e6:.0f} MB).")
+            f"{mixed['throughput_ratio']:.2f}x the throughput of the same batch through one LoRA run alone; the "
+            f"eight hold {mixed['mixed_tensor_bytes'] / 1e6:.1f} MB of weights against "
+            f"{mixed['single_tensor_bytes'] / 1e6:.1f} MB for one run ({mixed['tensor_ratio']:.2f}x); loading them "
+            f"and answering added {mixed['mixed_loaded_rss_bytes'] / 1e6:.0f} MB to a fresh process's resident "
+            f"memory, one LoRA run {mixed['single_loaded_rss_bytes'] / 1e6:.0f} MB (medians of "
+            f"{mixed['memory_repeats']} processes each; the growth also counts libraries imported on first use).")
 
 
 def _cell(value: Any) -> str:
