@@ -111,3 +111,23 @@ def test_compare_all_and_the_advisor_leave_fusion_out():
 
     assert "fusion" not in STANDALONE and "adapter" in STANDALONE
     assert "fusion" not in {advice.strategy for advice in recommend(Situation(samples=500))}
+
+
+def test_fusion_serves_a_token_task_over_sentence_adapters(bert_adapter: TrainedRun, bert_adapter_three: TrainedRun,
+                                                           tiny_bert: Path, tmp_path: Path):
+    from test_token_classification import people, write_conll
+
+    from tunelab import api, build_config
+    from tunelab.task_catalog import recipe_for
+
+    data = write_conll(people(40), tmp_path / "people.conll")
+    config = build_config({
+        "model": str(tiny_bert), "task": "token-classification", "data": {"source": str(data)},
+        "strategy": {"name": "fusion", "options": {"sources": [str(bert_adapter.path), str(bert_adapter_three.path)]}},
+        "training": {"max_length": 32, "batch_size": 8, "epochs": 2, "learning_rate": 1e-2},
+        "output": str(tmp_path / "ner")})
+    result = api.train(config, progress=False)
+    sentence = ["Anna lives in Paris."]
+    in_memory = recipe_for("token-classification").predict(result.predictor, sentence, None)
+    assert api.predict(result.path, sentence) == in_memory  # the reloaded run tags as the trained one did
+    assert "f1" in result.metrics["test"]
