@@ -28,6 +28,7 @@ def test_a_row_with_a_taken_name_is_refused():
     ({"not_served": dict.fromkeys(catalog.TASKS, "no")}, "it serves no task"),
     ({"pet_tunable": True}, "pet tunes only weight strategies"),
     ({"prompt_based": False}, "a prompt-based strategy is in the prompt-based family"),
+    ({"delta": "prefix"}, "delta 'prefix' is not one of"),
 ])
 def test_a_row_the_rest_could_not_use_is_refused(change: dict, message: str):
     with pytest.raises(TunelabError, match=f"^strategy catalog row 'soft-template': .*{message}"):
@@ -70,3 +71,11 @@ def test_pet_few_shot_defaults_follow_what_it_tunes():
 def test_only_strategies_inside_the_lm_go_to_the_trl_stages():
     assert set(TRL_STRATEGIES) <= {name for name, row in CATALOG.items() if row.serves("generation")}
     assert not any(CATALOG[name].prompt_based for name in TRL_STRATEGIES)
+
+
+def test_composition_reads_each_runs_delta_from_the_catalog():
+    """Mixed batches share the base for these deltas; merging takes the task vectors among them."""
+    deltas = {name: row.delta for name, row in CATALOG.items() if row.delta is not None}
+    assert deltas == {"linear-probe": "head", "lora": "lora", "ia3": "ia3", "adapter": "adapter"}
+    assert {row.delta for row in CATALOG.values()} - {None} == set(catalog.DELTAS)
+    assert set(catalog.TASK_VECTORS) < set(catalog.DELTAS)

@@ -33,6 +33,13 @@ def quality_columns(metrics: dict[str, Any], task: str) -> tuple[str, str]:
     return recipe_for(task).quality_columns(metrics)
 
 
+def named_scores(task: str, metrics: dict) -> str:
+    """A run's two summary scores on one line, a bare number with its score's name (accuracy 0.917)."""
+    return " · ".join(f"{label} {value}" if value[:1].isdigit() else value
+                      for label, value in zip(recipe_for(task).quality_names, quality_columns(metrics, task),
+                                              strict=True))
+
+
 def runs_table(run_dirs: list[Path], title: str = "runs") -> Table:
     """One row per run: strategy, its task's two test scores (`quality_columns`, named when every run has the same
     task), and the costs; a run that did not learn is marked."""

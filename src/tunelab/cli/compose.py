@@ -77,7 +77,7 @@ def merge(
 
 def merge_table(path: Path, report: dict) -> Table:
     """Each task's test scores merged, single-task and with the base model and its head alone."""
-    from tunelab.cli.runs import named_scores
+    from tunelab.report import named_scores
 
     merge = report["merge"]
     settings = ", ".join(f"{key} {value}" for key, value in merge.items()

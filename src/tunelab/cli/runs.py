@@ -159,6 +159,7 @@ def _evaluate_bundle(path: Path, limit: int | None, precision: str, as_json: boo
     """Every task of a bundle on its own test split, beside the scores its run recorded when it was trained."""
     from tunelab import api
     from tunelab.compose.bundle import read_bundle
+    from tunelab.report import named_scores
     from tunelab.runs import METRICS_FILE, read_json
 
     bundle = read_bundle(path)
@@ -176,16 +177,6 @@ def _evaluate_bundle(path: Path, limit: int | None, precision: str, as_json: boo
         table.add_row(name, kind, named_scores(kind, {"test": scores[name]}),
                       named_scores(kind, {"test": recorded.get("single_task", recorded["test"])}))
     console.print(table)
-
-
-def named_scores(task: str, metrics: dict) -> str:
-    """A run's two summary scores on one line, a bare number with its score's name (accuracy 0.917)."""
-    from tunelab.report import quality_columns
-    from tunelab.task_catalog import recipe_for
-
-    return " · ".join(f"{label} {value}" if value[:1].isdigit() else value
-                      for label, value in zip(recipe_for(task).quality_names, quality_columns(metrics, task),
-                                              strict=True))
 
 
 @app.command()

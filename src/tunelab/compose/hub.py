@@ -41,6 +41,7 @@ from tunelab.recipes.base import Prepared
 from tunelab.recipes.runs import commit, verdict
 from tunelab.resources import PeakMemory, run_resources
 from tunelab.runs import StagedRun, read_run_config
+from tunelab.strategies.catalog import entry
 from tunelab.strategies.peft_adapter import ADAPTER_DIR
 from tunelab.strategies.registry import configure
 from tunelab.task_catalog import recipe_for
@@ -116,9 +117,10 @@ def _source_runs(sources: list[str]) -> tuple[str, dict[str, Path], bool]:
     configs = {name: read_run_config(run) for name, run in runs.items()}
     kinds = {}
     for name, config in configs.items():
-        if config.strategy.name == "pet" and config.strategy.options.get("tune") == "lora":
+        tuned = config.strategy.options.get("tune") if config.strategy.name == "pet" else None
+        if tuned is not None and entry(tuned).delta == "lora":
             kinds[name] = True
-        elif config.strategy.name == "lora" and config.task != "generation":
+        elif entry(config.strategy.name).delta == "lora" and config.task != "generation":
             kinds[name] = False
         else:
             raise TunelabError(f"{runs[name]} is a {config.strategy.name} {config.task} run: composition weighs the "

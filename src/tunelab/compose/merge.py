@@ -45,11 +45,10 @@ from tunelab.runs import (
     write_run,
 )
 from tunelab.strategies.base import DELTA_FILE, load_tensors
+from tunelab.strategies.catalog import TASK_VECTORS, entry
 from tunelab.strategies.peft_adapter import ADAPTER_DIR, HEAD
 from tunelab.strategies.registry import configure
 from tunelab.task_catalog import recipe_for
-
-MERGEABLE = ("lora", "ia3")
 
 
 @dataclass(frozen=True)
@@ -97,15 +96,15 @@ def merge_ia3(adapters: list[Path], method: MergeMethod, rank: int | None) -> Me
     return MergedDelta(tensors, {"target_modules": sorted(merged), "feedforward_modules": feedforward}, 0.0)
 
 
-MERGERS = {"lora": merge_lora, "ia3": merge_ia3}
+MERGERS = {"lora": merge_lora, "ia3": merge_ia3}  # by the catalog's `delta`, one of TASK_VECTORS
 
 
 def check_mergeable(runs: dict[str, Path], configs: dict[str, RunConfig]) -> str:
-    """The one strategy every run was trained with, when it leaves a weight update to merge."""
+    """The task-vector kind (lora or ia3) of the one strategy every run was trained with."""
     if len(runs) < 2:
         raise TunelabError("merging needs at least two runs; `compose bundle` puts a single run in a bundle")
     for name, config in configs.items():
-        if config.strategy.name not in MERGEABLE:
+        if entry(config.strategy.name).delta not in TASK_VECTORS:
             raise TunelabError(f"{runs[name]} was trained with {config.strategy.name}, which leaves no weight update "
                                f"to merge: merge takes lora or ia3 runs (`compose bundle` holds any strategy)")
     strategies = {config.strategy.name for config in configs.values()}
@@ -116,7 +115,7 @@ def check_mergeable(runs: dict[str, Path], configs: dict[str, RunConfig]) -> str
     if len(forms) > 1:
         raise TunelabError("a generation run adapts the language model and a head-based run the encoder under its "
                            "head: merge runs of one kind")
-    return strategies.pop()
+    return entry(strategies.pop()).delta
 
 
 def headline(task: str, metrics: dict[str, Any]) -> float | None:
@@ -166,14 +165,15 @@ def merge_runs(sources: list[str], output: Path | str, method: MergeMethod, rank
     `limit` test examples only. Every check runs before anything is written."""
     output, runs = Path(output), named_runs(sources)
     configs = {name: read_run_config(run) for name, run in runs.items()}
-    strategy = check_mergeable(runs, configs)
+    kind = check_mergeable(runs, configs)
     model, fingerprint = shared_base(runs, configs)
     method.check(len(runs))
     if rank is not None and rank < 1:
         raise TunelabError(f"--rank must be at least 1, not {rank}")
-    delta = MERGERS[strategy]([run / ADAPTER_DIR for run in runs.values()], method, rank)
+    delta = MERGERS[kind]([run / ADAPTER_DIR for run in runs.values()], method, rank)
+    strategy = next(iter(configs.values())).strategy.name
     record = {**method.settings(len(runs)), "strategy": strategy, **({"rank": delta.options["r"],
-              "factorisation_error": delta.error} if strategy == "lora" else {})}
+              "factorisation_error": delta.error} if kind == "lora" else {})}
     with StagedRun(output, overwrite, marker=BUNDLE_FILE, kind="tunelab bundle") as staged:
         tasks = {}
         for name, run in runs.items():

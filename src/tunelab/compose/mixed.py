@@ -1,12 +1,12 @@
 """Mixed-task batches: one forward over rows that name different tasks of a bundle, each row through its own task's
 delta and head, on one copy of the base model.
 
-What shares the base: LoRA through PEFT's per-row `adapter_names`; (IA)^3 and bottleneck adapters through our own
-per-row hooks (PEFT's mixed batches serve LoRA only); a linear probe (the base and a head). A row routes by its
-task's index, held in a context variable for the length of one forward, so our hooks keep no state between calls
-and concurrent forwards (threads, asyncio tasks) cannot mix their routes; PEFT's routing is module state for the
-length of a call, so forwards through LoRA take turns. A task that cannot share the base runs as
-its own sub-batch on its own model: full fine-tuning and BitFit (other base weights), the prompt methods (virtual
+What shares the base (the catalog's `delta` of a run's strategy): LoRA through PEFT's per-row `adapter_names`;
+(IA)^3 and bottleneck adapters through our own per-row hooks (PEFT's mixed batches serve LoRA only); a head alone.
+A row routes by its task's index, held in a context variable for the length of one forward, so our hooks keep no
+state between calls and concurrent forwards (threads, asyncio tasks) cannot mix their routes; PEFT's routing is
+module state for the length of a call, so forwards through LoRA take turns. A task that cannot share the base runs
+as its own sub-batch on its own model: full fine-tuning and BitFit (other base weights), the prompt methods (virtual
 tokens lengthen the sequence) and the prompt-based strategies (another model form). Sentence tasks only
 (classification, regression): a row's answer is its task's logits.
 """
@@ -37,12 +37,12 @@ from tunelab.recipes.runs import load_run
 from tunelab.runs import read_run_config
 from tunelab.strategies.adapter import attach
 from tunelab.strategies.base import DELTA_FILE
+from tunelab.strategies.catalog import entry
 from tunelab.strategies.peft_adapter import ADAPTER_DIR
 from tunelab.strategies.registry import configure
 from tunelab.task_catalog import recipe_for
 from tunelab.tasks.classification import LabelMap
 
-SHARED = ("lora", "ia3", "adapter", "linear-probe")
 SENTENCE_TASKS = ("classification", "regression")
 ROUTE: ContextVar[torch.Tensor] = ContextVar("tunelab_mixed_route")  # each row's task index, during one forward
 NO_LORA = "__base__"  # PEFT's adapter name for a row that takes no LoRA
@@ -167,15 +167,16 @@ class MixedPredictor:
         self.tokenizer, self.configs = load_tokenizer(spec), configs
         self.targets = {name: recipe_for(config.task).load_targets(bundle.run(name)) for name, config in
                         configs.items()}
-        shared = {name: bundle.run(name) for name, config in configs.items() if config.strategy.name in SHARED}
+        deltas = {name: entry(config.strategy.name).delta for name, config in configs.items()}
+        shared = {name: bundle.run(name) for name, delta in deltas.items() if delta is not None}
         model = SharedBase(load_backbone(spec), spec.pooling, list(shared))
         for name, run in shared.items():
             delta = load_file(str(run / DELTA_FILE))
             model.heads[name] = _head(delta)
-            if configs[name].strategy.name == "adapter":
+            if deltas[name] == "adapter":
                 _attach_adapters(model, name, configs[name], delta)
-        _attach_ia3(model, {name: run for name, run in shared.items() if configs[name].strategy.name == "ia3"})
-        _attach_loras(model, {name: run for name, run in shared.items() if configs[name].strategy.name == "lora"},
+        _attach_ia3(model, {name: run for name, run in shared.items() if deltas[name] == "ia3"})
+        _attach_loras(model, {name: run for name, run in shared.items() if deltas[name] == "lora"},
                       configs)
         model.eval().requires_grad_(False)
         self.shared = in_precision(model, resolve_precision(precision))

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from tunelab.strategies.base import Strategy
 
 FAMILIES = ("full", "feature extraction", "parameter-efficient", "prompt-based")
+# What a run leaves beside an unchanged base model, for composition (`tunelab.compose`): a PEFT LoRA or (IA)^3
+# adapter (both merge as task vectors), bottleneck adapters, or only a head; None where the run changes the base's
+# weights or its input sequence, or answers through a language model's words.
+DELTAS = ("lora", "ia3", "adapter", "head")
+TASK_VECTORS = ("lora", "ia3")
 TRAINS = ("all", "some", "none")  # the weights whose training state the advisor's memory estimate counts
 HEAD_TASKS = ("classification", "regression", "token-classification", "question-answering")
 
@@ -56,6 +61,7 @@ class StrategyEntry:
     # added, added at zero, or the template's own words); virtual tokens and {soft} tokens start random
     not_served: dict[str, str] = field(default_factory=dict)  # task -> why the strategy does not apply to it
     groups_by_length: bool = False  # measured to keep its accuracy in length-grouped batches: `auto` groups it
+    delta: str | None = None  # one of DELTAS: how the run's delta sits on a shared base (mixed batches, merging)
     composes: bool = False  # builds on other runs named in its options: not in `compare --strategies all` nor the
     # advisor's ranking, which weigh strategies a user can train from the base model alone
 
@@ -79,22 +85,23 @@ _ENTRIES = (
                   "per parameter with AdamW; only 0.780 head-based on " + _SMOLLM2),
     StrategyEntry("linear-probe", "linear_probe", "LinearProbe",
                   "frozen encoder, train a linear head on its sentence vectors; cheapest, least accurate",
-                  "feature extraction", "none", 1e-2, 30.0, mergeable=True, not_served=_NO_GENERATION_HEAD,
+                  "feature extraction", "none", 1e-2, 30.0, mergeable=True, delta="head",
+                  not_served=_NO_GENERATION_HEAD,
                   trade_off=_MINILM + "accuracy 0.778, 0.003% trainable, 3 KB per task, train time 0.11x full: "
                   "cheapest, least accurate"),
     StrategyEntry("lora", "lora", "Lora",
                   "frozen backbone plus trainable low-rank updates; mergeable, a small delta per task",
-                  "parameter-efficient", "some", 5e-3, 3.0, mergeable=True, trl=True, pet_tunable=True,
+                  "parameter-efficient", "some", 5e-3, 3.0, mergeable=True, trl=True, pet_tunable=True, delta="lora",
                   trade_off=_MINILM + "accuracy 0.854, 0.33% trainable, 308 KB per task, train time 0.74x full; "
                   "merges: no added latency"),
     StrategyEntry("ia3", "ia3", "Ia3",
                   "frozen backbone, learned rescaling vectors on keys, values and feed-forward; tiny and mergeable",
-                  "parameter-efficient", "some", 1e-2, 3.0, mergeable=True, trl=True, pet_tunable=True,
+                  "parameter-efficient", "some", 1e-2, 3.0, mergeable=True, trl=True, pet_tunable=True, delta="ia3",
                   trade_off=_MINILM + "accuracy 0.836, 0.07% trainable, 77 KB per task, train time 0.74x full; "
                   "merges: no added latency"),
     StrategyEntry("adapter", "adapter", "BottleneckAdapters",
                   "small bottleneck layers inside each block of a frozen backbone (Houlsby/Pfeiffer/parallel)",
-                  "parameter-efficient", "some", 2e-3, 3.0, pet_tunable=True,
+                  "parameter-efficient", "some", 2e-3, 3.0, pet_tunable=True, delta="adapter",
                   trade_off=_MINILM + "accuracy 0.851, 0.99% trainable, 913 KB per task, train time 0.75x full; "
                   "extra layers add latency"),
     StrategyEntry("fusion", "fusion", "AdapterFusion",
@@ -151,6 +158,7 @@ def _validated(entries: tuple[StrategyEntry, ...]) -> dict[str, StrategyEntry]:
                     else "",
                     "it serves no task" if set(entry.not_served) >= set(TASKS) else "",
                     "pet tunes only weight strategies" if entry.pet_tunable and entry.prompt_based else "",
+                    f"delta '{entry.delta}' is not one of {DELTAS}" if entry.delta not in (*DELTAS, None) else "",
                     "a prompt-based strategy is in the prompt-based family"
                     if entry.prompt_based != (entry.family == "prompt-based") else ""]
         problems = [problem for problem in problems if problem]

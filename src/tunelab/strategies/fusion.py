@@ -21,6 +21,7 @@ from tunelab.config import CONFIG_FILE, read_yaml
 from tunelab.errors import TunelabError
 from tunelab.strategies.adapter import ADAPTER_CONFIG
 from tunelab.strategies.base import DELTA_FILE, PartialTraining, freeze_all_but, mark_applied
+from tunelab.strategies.catalog import CATALOG
 
 FUSED_VARIANTS = ("houlsby", "pfeiffer")  # adapters after a layer's output, where a fusion can read them
 
@@ -43,16 +44,19 @@ class FusionOptions(BaseModel):
         return paths
 
 
-def read_source(run: Path, fingerprint: str) -> dict[str, Bottleneck]:
-    """A source run's adapters, frozen, after checking that it is an adapter run on this base model."""
+def read_source(run: Path, fingerprints: dict[str, str]) -> dict[str, Bottleneck]:
+    """A source run's adapters, frozen, after checking that it is an adapter run on this base model: the first of
+    `fingerprints` (model name -> fingerprint, filled as sources name models, so each base is hashed once)."""
     if not (run / CONFIG_FILE).exists():
         raise TunelabError(f"fusion source {run} is not a tunelab run directory (no {CONFIG_FILE})")
     config = read_yaml(run / CONFIG_FILE)
     strategy = config.get("strategy", {}).get("name")
-    if strategy != "adapter":
+    if strategy not in CATALOG or CATALOG[strategy].delta != "adapter":
         raise TunelabError(f"fusion source {run} was trained with {strategy}: fusion combines bottleneck adapter "
                            f"runs (--strategy adapter)")
-    if base_fingerprint(config["model"]) != fingerprint:
+    if config["model"] not in fingerprints:
+        fingerprints[config["model"]] = base_fingerprint(config["model"])
+    if fingerprints[config["model"]] != next(iter(fingerprints.values())):
         raise TunelabError(f"fusion source {run} was trained on {config['model']}, another base model than this "
                            f"run's: fuse adapters of this run's base model")
     description = json.loads((run / ADAPTER_CONFIG).read_text(encoding="utf-8"))
@@ -81,8 +85,8 @@ class AdapterFusion(PartialTraining):
 
     def apply(self, model: nn.Module, options: FusionOptions) -> None:
         mark_applied(model, self.name)
-        fingerprint = base_fingerprint(model.backbone.config.name_or_path)
-        sources = [read_source(Path(source), fingerprint) for source in options.sources]
+        fingerprints = {model.backbone.config.name_or_path: base_fingerprint(model.backbone.config.name_or_path)}
+        sources = [read_source(Path(source), fingerprints) for source in options.sources]
         model.fusion_sources = nn.ModuleList(nn.ModuleDict(source) for source in sources)
         model.fusion = insert_fusion(model.backbone, sources)
         freeze_all_but(model, self.trainable_prefixes(options))
