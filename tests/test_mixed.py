@@ -111,7 +111,7 @@ def test_bad_mixed_input_is_one_line(bundle: Path, monkeypatch: pytest.MonkeyPat
     code, _, err = run_main(["predict", str(bundle), "movies=great"], monkeypatch, capsys)
     assert code == 2 and err.startswith("error: 'movies=great' names no task of the bundle: write each text as "
                                         "TASK=TEXT with a task of lora, lora3, ia3"), err
-    with pytest.raises(TunelabError, match="the bundle has no task 'x'"):
+    with pytest.raises(TunelabError, match="no task 'x' here"):
         MixedPredictor(bundle).logits(["a"], ["x"])
 
 

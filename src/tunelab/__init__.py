@@ -16,7 +16,8 @@ _EXPORTS = {
     "RunConfig": "tunelab.config", "build_config": "tunelab.config", "TunelabError": "tunelab.errors",
     "export_merged": "tunelab.export", "make_bundle": "tunelab.compose.bundle", "read_bundle": "tunelab.compose.bundle",
     "merge_runs": "tunelab.compose.merge", "MergeMethod": "tunelab.compose.task_vectors",
-    "MixedPredictor": "tunelab.compose.mixed",
+    "MixedPredictor": "tunelab.compose.mixed", "ServedModels": "tunelab.serve.models",
+    "create_app": "tunelab.serve.app",
 }
 __all__ = sorted(_EXPORTS)
 

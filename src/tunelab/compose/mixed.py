@@ -26,7 +26,7 @@ from torch import nn
 
 from tunelab.assets.models import resolve_model
 from tunelab.batching import length_ordered_batches
-from tunelab.compose.bundle import read_bundle
+from tunelab.compose.bundle import read_bundle, shared_base
 from tunelab.compose.task_vectors import IA3, PEFT_PREFIX
 from tunelab.config import Precision, RunConfig
 from tunelab.errors import TunelabError
@@ -156,19 +156,25 @@ def _attach_loras(model: SharedBase, runs: dict[str, Path], configs: dict[str, R
 class MixedPredictor:
     """Every sentence task of a bundle, answering batches whose rows name different tasks."""
 
-    def __init__(self, path: Path | str, precision: Precision = "auto"):
-        bundle = read_bundle(path)
-        configs = {name: read_run_config(bundle.run(name)) for name in bundle.tasks}
+    def __init__(self, source: Path | str | dict[str, Path], precision: Precision = "auto"):
+        """`source`: a bundle's folder, or named runs of one base model (checked by its fingerprint)."""
+        if isinstance(source, dict):
+            runs = source
+            configs = {name: read_run_config(run) for name, run in runs.items()}
+            model = shared_base(runs, configs)[0]
+        else:
+            bundle = read_bundle(source)
+            runs = {name: bundle.run(name) for name in bundle.tasks}
+            configs, model = {name: read_run_config(run) for name, run in runs.items()}, bundle.model
         for name, config in configs.items():
             if config.task not in SENTENCE_TASKS:
                 raise TunelabError(f"task '{name}' is {config.task}: mixed batches answer classification and "
                                    f"regression tasks; predict it on its own with --task {name}")
-        spec = resolve_model(bundle.model)
-        self.tokenizer, self.configs = load_tokenizer(spec), configs
-        self.targets = {name: recipe_for(config.task).load_targets(bundle.run(name)) for name, config in
-                        configs.items()}
+        spec = resolve_model(model)
+        self.tokenizer, self.configs, self.runs = load_tokenizer(spec), configs, runs
+        self.targets = {name: recipe_for(config.task).load_targets(runs[name]) for name, config in configs.items()}
         deltas = {name: entry(config.strategy.name).delta for name, config in configs.items()}
-        shared = {name: bundle.run(name) for name, delta in deltas.items() if delta is not None}
+        shared = {name: runs[name] for name, delta in deltas.items() if delta is not None}
         model = SharedBase(load_backbone(spec), spec.pooling, list(shared))
         for name, run in shared.items():
             delta = load_file(str(run / DELTA_FILE))
@@ -180,7 +186,7 @@ class MixedPredictor:
                       configs)
         model.eval().requires_grad_(False)
         self.shared = in_precision(model, resolve_precision(precision))
-        self.separate: dict[str, Predictor] = {name: load_run(bundle.run(name), precision).predictor()
+        self.separate: dict[str, Predictor] = {name: load_run(runs[name], precision).predictor()
                                                for name in configs if name not in shared}
 
     @property
@@ -193,7 +199,7 @@ class MixedPredictor:
         mixed batches of similar length, the others in one sub-batch run per task."""
         unknown = sorted(set(tasks) - set(self.configs))
         if unknown:
-            raise TunelabError(f"the bundle has no task '{unknown[0]}'; its tasks are {', '.join(self.configs)}")
+            raise TunelabError(f"no task '{unknown[0]}' here; the tasks are {', '.join(self.configs)}")
         if len(texts) != len(tasks):
             raise TunelabError(f"{len(texts)} texts and {len(tasks)} tasks: name one task per text")
         answers: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]

@@ -1,0 +1,1 @@
+"""`tunelab serve`: trained runs and bundles over HTTP, many adapters on one base model."""
