@@ -15,6 +15,7 @@ import probe_cache
 import prompt_templates
 import regression
 import rlhf_pipeline
+import serving
 import small_data
 import speed
 import strategy_accuracy
@@ -160,6 +161,17 @@ def mixed_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
 
 
+def serving_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    s = result["summary"]
+    sides = [side for side in s if isinstance(s[side], dict) and "throughput_rps" in s[side]]
+    return [*((f"serving: {side}", f"{s[side]['throughput_rps']:.0f} req/s, p50 {s[side]['p50_ms']:.0f} ms, p99 "
+               f"{s[side]['p99_ms']:.0f} ms, {s[side]['errors']} errors", "") for side in sides),
+            ("serving: batched vs naive", f"{s['batched_vs_naive']:.1f}x", ""),
+            ("serving: mixed vs one adapter", f"{s['mixed_vs_one_adapter']:.2f}x", ""),
+            ("serving: RSS, 8 adapters vs one run", f"{s['rss_eight_vs_one']:.2f}x", ""),
+            *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
+
+
 def precision_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [(f"bf16: {name}", f"{result['summary'][name]['accuracy']:.4f}, {s['median_difference']:+.4f} against "
              f"fp32 on the same seeds ({', '.join(f'{d:+.4f}' for d in s['differences'])})", "")
@@ -192,6 +204,7 @@ DRIVERS = {
     "onnx": lambda args: onnx_rows(onnx_export.run_benchmark(args.repeats or 3, args.quick, args.keep)),
     "speed": lambda args: speed_rows(speed.run_benchmark(args.repeats or 3, args.quick, args.keep)),
     "mixed": lambda args: mixed_rows(mixed_batches.run_benchmark(args.repeats or 20, args.quick)),
+    "serving": lambda args: serving_rows(serving.run_benchmark(args.repeats or 5, args.quick)),
     "composition": lambda args: composition_rows(composition.run_benchmark(args.repeats or 3, args.quick)),
 }
 

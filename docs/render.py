@@ -156,6 +156,31 @@ def mixed_batches_line() -> str:
             f"{mixed['memory_repeats']} processes each; the growth also counts libraries imported on first use).")
 
 
+def serving_table() -> str:
+    result = _results("serving")
+    served, settings = result["summary"], result["settings"]
+    sides = {"mixed": "tunelab, 8 adapters mixed (fp32)", "one adapter": "tunelab, one adapter of the 8 (fp32)",
+             "one-run server": "tunelab, a server of that run alone (fp32)",
+             "mixed, default precision": "tunelab, 8 adapters mixed (default precision)",
+             "one adapter, default precision": "tunelab, one adapter of the 8 (default precision)",
+             "naive": "naive: a pipeline per request (fp32)"}
+    rows = [[label, f"{served[side]['throughput_rps']:.0f}", f"{served[side]['p50_ms']:.0f}",
+             f"{served[side]['p99_ms']:.0f}", f"{served[side]['errors']} of {served[side]['requests']}"]
+            for side, label in sides.items()]
+    rss = served["rss_bytes"]
+    return (f"{settings['clients']} concurrent clients on loopback, each sending {settings['requests_per_client']} "
+            f"requests of one text one after another, MiniLM in fp32, medians of {settings['repeats']} rounds on "
+            f"{result['machine']['nproc']} CPU cores:\n\n"
+            + _table(["server", "requests/s", "p50 ms", "p99 ms", "errors"], rows)
+            + f"\n\nMicro-batched throughput {served['batched_vs_naive']:.1f}x the naive server's at the same "
+            f"precision (fp32), {served['batched_vs_naive_default_precision']:.1f}x at tunelab's default (`auto`: bf16 "
+            f"autocast on this CPU); mixing eight adapters {served['mixed_vs_one_adapter']:.2f}x one adapter's "
+            f"({served['mixed_vs_one_adapter_default_precision']:.2f}x at the default precision). Resident memory "
+            f"after the load: eight "
+            f"adapters {rss['bundle'] / 1e6:.0f} MB, one run {rss['single'] / 1e6:.0f} MB "
+            f"({served['rss_eight_vs_one']:.2f}x).")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -212,6 +237,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "results_page": results_page, "cli_reference": cli_reference, "speed_table": speed_table,
     "precision_table": precision_table, "demo_line": demo_line, "merge_table": merge_table,
     "few_shot_composition_table": few_shot_composition_table, "mixed_batches_line": mixed_batches_line,
+    "serving_table": serving_table,
 }
 
 

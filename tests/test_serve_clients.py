@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -192,3 +193,13 @@ def test_a_generation_lora_is_the_plain_peft_folder_vllm_loads(tiny_llama_lm: Pa
     with torch.no_grad():
         torch.testing.assert_close(plain(input_ids=ids).logits, run.predictor.model.backbone(input_ids=ids).logits,
                                    atol=1e-5, rtol=0)
+
+
+def test_the_dockerfile_installs_what_make_install_does():
+    """The image is not built here (no Docker): its recipe must at least name what `make install` pins."""
+    root = Path(__file__).resolve().parents[1]
+    docker, make = (root / "Dockerfile").read_text(), (root / "Makefile").read_text()
+    assert all(package in docker for package in re.search(r"EMBEDDED := (.*)", make).group(1).split())
+    assert re.search(r"torch==[\d.]+", make).group(0) in docker and "-c constraints.txt" in docker
+    for line in re.findall(r"^COPY (.+) \S+$", docker, re.MULTILINE):
+        assert all((root / name).exists() for name in line.split())

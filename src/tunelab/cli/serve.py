@@ -76,7 +76,8 @@ def serve(
             models.load(sources)
         for name in base or []:
             models.load_base(name)
-    limits = Limits(max_batch, max_wait_ms, max_queue, max_body, max_inputs, max_input_chars, max_tokens, timeout)
+    limits = Limits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_bytes=max_body,
+                    max_inputs=max_inputs, max_input_chars=max_input_chars, max_tokens=max_tokens, timeout_s=timeout)
     console.print(served_table(models, f"http://{host}:{port}"))
     console.print(f"API keys: {len(keys.keys)}" if keys else "no API keys: open to this machine only")
     uvicorn.run(create_app(models, keys, limits), host=host, port=port, log_level="warning")

@@ -218,10 +218,10 @@ class MixedPredictor:
                     answers[row] = output
         return answers
 
-    def predict(self, texts: list[str], tasks: list[str]) -> list[dict[str, Any]]:
+    def predict(self, texts: list[str], tasks: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
         """One record per text, as `predict` writes it for a single run, with the task it was answered for."""
         records = []
-        for text, task, logits in zip(texts, tasks, self.logits(texts, tasks), strict=True):
+        for text, task, logits in zip(texts, tasks, self.logits(texts, tasks, batch_size), strict=True):
             targets = self.targets[task]
             if isinstance(targets, LabelMap):
                 label, probabilities = labelled(targets, logits[None])[0]

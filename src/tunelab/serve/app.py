@@ -121,8 +121,8 @@ def create_app(models: ServedModels, keys: Keys | None = None, limits: Limits | 
             served = await asyncio.to_thread(server.models.unload, name)
         except NotServed as missing:
             raise error(404, str(missing)) from None
-        if served.task not in ("classification", "regression"):
-            server.batchers.pop(id(served.engine), None)
+        if all(entry.engine is not served.engine for entry in server.models.entries.values()):
+            server.batchers.pop(id(served.engine), None)  # its queue is answered by the batcher's running worker
         return Model(**served.describe())
 
     @app.get("/metrics", response_class=Response, responses={**ERRORS, 200: {"content": {"text/plain": {}}}},

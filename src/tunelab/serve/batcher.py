@@ -1,6 +1,7 @@
 """Micro-batching: requests from many clients queue, and one worker answers them together, up to `max_batch` rows
-or after waiting `max_wait_ms` for more, whichever comes first. The forward runs in a thread so the server keeps
-reading requests (and streaming generations) meanwhile. The queue is bounded: a request that finds it full is
+or after waiting `max_wait_ms` for more, whichever comes first. The forward runs in the batcher's own thread (one,
+so an engine computes one batch at a time and its memory stays in one allocator arena) while the server keeps
+reading requests and streaming generations. The queue is bounded: a request that finds it full is
 refused at once (the server answers 503), which is kinder to clients than an unbounded wait.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,7 @@ class MicroBatcher:
         self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
         self.worker: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunelab-batch")
 
     async def submit(self, items: list[Any]) -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -65,7 +68,7 @@ class MicroBatcher:
     async def _answer(self, jobs: list[_Job]) -> None:
         items = [item for job in jobs for item in job.items]
         try:
-            results = await asyncio.to_thread(self.answer, items) if items else []
+            results = await self.loop.run_in_executor(self.thread, self.answer, items) if items else []
         except Exception as error:  # the whole batch failed: each request hears why
             for job in jobs:
                 if not job.future.done():

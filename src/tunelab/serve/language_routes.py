@@ -143,9 +143,10 @@ async def completions(body: CompletionRequest, request: Request, key: Caller) ->
     for index, (prompt, ids) in enumerate(zip(prompts, contexts, strict=True)):
         piece, finished = await generated(server, model, ids, settings)
         used += finished.completion_tokens
-        pieces = [echoed(model, ids, top), piece] if body.echo else [piece]
-        logprobs = completion_logprobs(model.tokenizer, pieces, 0, body.echo) if body.logprobs is not None \
-            else None
+        logprobs = None
+        if body.logprobs is not None:
+            prompt_piece = [await asyncio.to_thread(echoed, model, ids, top)] if body.echo else []
+            logprobs = completion_logprobs(model.tokenizer, [*prompt_piece, piece], 0, body.echo)
         choices.append({"index": index, "text": (prompt if body.echo else "") + piece.text, "logprobs": logprobs,
                         "finish_reason": finished.reason})
     prompt_tokens = sum(map(len, contexts))
@@ -163,8 +164,8 @@ def _completion_chunks(model: LanguageModel, prompts: list[str], contexts: list[
     for index, (prompt, ids) in enumerate(zip(prompts, contexts, strict=True)):
         offset = 0
         if body.echo:
-            piece = echoed(model, ids, settings.top_logprobs)
-            logprobs = completion_logprobs(model.tokenizer, [piece], 0, True) if body.logprobs is not None else None
+            logprobs = completion_logprobs(model.tokenizer, [echoed(model, ids, settings.top_logprobs)], 0, True) \
+                if body.logprobs is not None else None
             offset = len(prompt)
             yield chunk(index, prompt, logprobs, None)
         for piece in stream(model.model, model.tokenizer, ids, settings, cancelled):
