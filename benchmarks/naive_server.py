@@ -6,6 +6,7 @@ transformers folder), so it computes what the served adapter computes per text: 
 (the architecture's own head here, untrained: its answers are not the run's, its cost is).
 
     python benchmarks/naive_server.py MODEL_FOLDER PORT
+    python benchmarks/naive_server.py none PORT      # no model: a fixed answer, the HTTP stack's own ceiling
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from transformers import pipeline
 
-classifier = pipeline("text-classification", model=sys.argv[1], dtype=torch.float32, device="cpu")
+NO_MODEL = sys.argv[1] == "none"
+classifier = None if NO_MODEL else pipeline("text-classification", model=sys.argv[1], dtype=torch.float32,
+                                            device="cpu")
 app = FastAPI()
 
 
@@ -29,6 +32,8 @@ class Request(BaseModel):
 
 @app.post("/v1/predict")
 def predict(request: Request) -> dict:
+    if NO_MODEL:
+        return {"data": [[{"label": "LABEL_0", "score": 0.5}, {"label": "LABEL_1", "score": 0.5}]]}
     return {"data": classifier(request.inputs, top_k=None)}
 
 

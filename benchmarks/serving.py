@@ -9,7 +9,9 @@ test texts), every request timed. Sides, in an order rotated each repeat:
 - one-run server: `tunelab serve` of that LoRA run alone, fp32;
 - naive: the naive server (fp32);
 - mixed / one adapter at tunelab's default precision: a second eight-adapter server with `--precision auto` (bf16
-  autocast where the CPU computes bf16, as this one does; fp32 elsewhere).
+  autocast where the CPU computes bf16, as this one does; fp32 elsewhere);
+- no model: the naive server's FastAPI answering a fixed body, the ceiling the HTTP stack and this load generator
+  set on this machine whatever the model.
 The bars: no errors; tunelab's one-adapter throughput >= 3x the naive server's (judged both at the same precision,
 fp32, and at each side's default); mixed >= 0.8x one adapter; the eight-adapter server's resident memory (after
 the load) <= 1.1x the one-run server's. Medians of the repeats; every server takes the machine's default threads.
@@ -89,6 +91,16 @@ def load(url: str, names: list[str], texts: list[str], per_client: int) -> dict[
     return asyncio.run(_load(url, names, texts, per_client))
 
 
+def mean_batch_rows(url: str) -> float:
+    """Rows per micro-batch over the server's life, from its Prometheus metrics."""
+    samples = {}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(("tunelab_batch_rows_sum", "tunelab_batch_rows_count")):
+            name, value = line.split("{")[0], float(line.rsplit(" ", 1)[1])
+            samples[name] = samples.get(name, 0.0) + value
+    return samples["tunelab_batch_rows_sum"] / samples["tunelab_batch_rows_count"]
+
+
 def run_benchmark(repeats: int = 5, quick: bool = False, work: Path | None = None) -> dict[str, Any]:
     work = work or Path(tempfile.mkdtemp(prefix="tunelab-bench-serving-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -105,11 +117,12 @@ def run_benchmark(repeats: int = 5, quick: bool = False, work: Path | None = Non
         "single": start([TUNELAB, "serve", f"{SINGLE}={bundle / 'tasks' / SINGLE}", "--precision", "fp32"],
                         work / "serve-single.log"),
         "naive": start([sys.executable, str(BENCHMARKS / "naive_server.py"), str(merged)], work / "naive.log"),
+        "none": start([sys.executable, str(BENCHMARKS / "naive_server.py"), "none"], work / "none.log"),
     }
     sides = {"mixed": ("bundle", list(TASKS)), "one adapter": ("bundle", [SINGLE]),
              "one-run server": ("single", [SINGLE]), "naive": ("naive", [SINGLE]),
              "mixed, default precision": ("bundle-auto", list(TASKS)),
-             "one adapter, default precision": ("bundle-auto", [SINGLE])}
+             "one adapter, default precision": ("bundle-auto", [SINGLE]), "no model": ("none", [SINGLE])}
     try:
         for server, names in sides.values():  # warm-up: first batches, allocator, lazy imports
             load(servers[server][1], names, texts, 2)
@@ -117,6 +130,7 @@ def run_benchmark(repeats: int = 5, quick: bool = False, work: Path | None = Non
                                   lambda side, repeat: load(servers[sides[side][0]][1], sides[side][1], texts,
                                                             per_client)))
         rss = {name: psutil.Process(pid).memory_info().rss for name, (_, _, pid) in servers.items()}
+        batch_rows = {name: mean_batch_rows(servers[name][1]) for name in ("bundle", "bundle-auto", "single")}
     finally:
         for process, _, _ in servers.values():
             process.terminate()
@@ -134,6 +148,7 @@ def run_benchmark(repeats: int = 5, quick: bool = False, work: Path | None = Non
     summary["mixed_vs_one_adapter_default_precision"] = (summary["mixed, default precision"]["throughput_rps"]
                                                          / summary["one adapter, default precision"]["throughput_rps"])
     summary["rss_bytes"] = rss
+    summary["mean_batch_rows"] = batch_rows
     summary["rss_eight_vs_one"] = rss["bundle"] / rss["single"]
     bars = {"no_errors": all(summary[side]["errors"] == 0 for side in sides),
             "batched_at_least_3x_naive_both_fp32": summary["batched_vs_naive"] >= 3,

@@ -163,7 +163,8 @@ def serving_table() -> str:
              "one-run server": "tunelab, a server of that run alone (fp32)",
              "mixed, default precision": "tunelab, 8 adapters mixed (default precision)",
              "one adapter, default precision": "tunelab, one adapter of the 8 (default precision)",
-             "naive": "naive: a pipeline per request (fp32)"}
+             "naive": "naive: a pipeline per request (fp32)",
+             "no model": "no model: the HTTP stack's ceiling"}
     rows = [[label, f"{served[side]['throughput_rps']:.0f}", f"{served[side]['p50_ms']:.0f}",
              f"{served[side]['p99_ms']:.0f}", f"{served[side]['errors']} of {served[side]['requests']}"]
             for side, label in sides.items()]
@@ -175,7 +176,8 @@ def serving_table() -> str:
             + f"\n\nMicro-batched throughput {served['batched_vs_naive']:.1f}x the naive server's at the same "
             f"precision (fp32), {served['batched_vs_naive_default_precision']:.1f}x at tunelab's default (`auto`: bf16 "
             f"autocast on this CPU); mixing eight adapters {served['mixed_vs_one_adapter']:.2f}x one adapter's "
-            f"({served['mixed_vs_one_adapter_default_precision']:.2f}x at the default precision). Resident memory "
+            f"({served['mixed_vs_one_adapter_default_precision']:.2f}x at the default precision). Batches held "
+            f"{served['mean_batch_rows']['bundle']:.1f} rows on average (fp32 server). Resident memory "
             f"after the load: eight "
             f"adapters {rss['bundle'] / 1e6:.0f} MB, one run {rss['single'] / 1e6:.0f} MB "
             f"({served['rss_eight_vs_one']:.2f}x).")
