@@ -455,3 +455,28 @@ def test_logits_equal_in_every_row_whatever_the_batch_holds(models: ServedModels
                          (TEXTS[2], "lora")])
     for want, got in zip(alone, [mixed[1], mixed[3], mixed[4]], strict=True):
         np.testing.assert_allclose(list(got["probabilities"].values()), list(want.values()), atol=1e-5)
+
+
+def test_a_dpo_policy_is_served_for_completions(tiny_llama_lm: Path, tmp_path: Path):
+    import pandas as pd
+    from test_rlhf_dpo import PAIRS
+    from tiny import sentiment_frame
+
+    from tunelab.rlhf.dpo import DPOSettings, train_dpo
+    from tunelab.rlhf.sft import train_sft
+
+    text = pd.DataFrame({"text": sentiment_frame(24)["text"]})
+    sft = build_config({"model": str(tiny_llama_lm), "task": "generation", "strategy": {"name": "lora"},
+                        "output": str(tmp_path / "sft"), "training": {"max_length": 16, "epochs": 1}})
+    train_sft(sft, text, text.iloc[:4], progress=False)
+    train_dpo(DPOSettings(epochs=1, batch_size=4, max_length=16), tmp_path / "sft", PAIRS, PAIRS.iloc[:4],
+              tmp_path / "dpo", progress=False)
+    served = ServedModels("fp32")
+    [policy] = served.load([str(tmp_path / "dpo")])
+    assert (policy.name, policy.task, policy.strategy, policy.base) == ("dpo", "generation", "dpo",
+                                                                        str(tiny_llama_lm))
+    with TestClient(create_app(served)) as client:
+        body = client.post("/v1/completions", json={"model": "dpo", "prompt": "a good", "max_tokens": 5,
+                                                    "temperature": 0}).json()
+    expected = api.generate_text(tmp_path / "dpo", "a good", 5, continuation=True)
+    assert body["choices"][0]["text"].strip() == expected

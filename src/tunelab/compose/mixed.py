@@ -46,6 +46,11 @@ from tunelab.tasks.classification import LabelMap
 SENTENCE_TASKS = ("classification", "regression")
 ROUTE: ContextVar[torch.Tensor] = ContextVar("tunelab_mixed_route")  # each row's task index, during one forward
 NO_LORA = "__base__"  # PEFT's adapter name for a row that takes no LoRA
+# Batches are padded to a multiple of 8 tokens: a server sees batches of every length, and in bf16 on a CPU each new
+# shape keeps oneDNN kernels (with their converted weights) cached: resident memory grew by 400 MB over 600 varied
+# batches of MiniLM, and stays flat padded so (no slower, measured).
+PAD_TO = 8
+
 
 
 class RowScales(nn.Module):
@@ -207,7 +212,7 @@ class MixedPredictor:
         encoded = [self.tokenizer(texts[row], truncation=True, max_length=self.configs[tasks[row]].training.max_length)
                    for row in shared]
         for chosen in length_ordered_batches([len(item["input_ids"]) for item in encoded], batch_size):
-            batch = self.tokenizer.pad([encoded[i] for i in chosen], return_tensors="pt")
+            batch = self.tokenizer.pad([encoded[i] for i in chosen], return_tensors="pt", pad_to_multiple_of=PAD_TO)
             outputs = self.shared(batch["input_ids"], batch["attention_mask"], [tasks[shared[i]] for i in chosen])
             for i, output in zip(chosen, outputs, strict=True):
                 answers[shared[i]] = output.float().numpy()

@@ -8,10 +8,33 @@ refused at once (the server answers 503), which is kinder to clients than an unb
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+TRIM_EVERY_S = 1.0
+
+
+def _trimmer() -> Callable[[], None]:
+    """glibc keeps the memory of freed tensors of every shape a batch had, and a server sees many shapes: its
+    resident memory creeps up by tens of MB an hour of load. Handing free memory back (`malloc_trim`) at most once a
+    second keeps it flat; elsewhere (macOS, musl) this does nothing."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    last = [0.0]
+
+    def maybe_trim() -> None:
+        if time.monotonic() - last[0] >= TRIM_EVERY_S:
+            trim(0)
+            last[0] = time.monotonic()
+
+    return maybe_trim
 
 
 class Overloaded(Exception):
@@ -36,6 +59,7 @@ class MicroBatcher:
         self.worker: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunelab-batch")
+        self.trim = _trimmer()
 
     async def submit(self, items: list[Any]) -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -65,10 +89,15 @@ class MicroBatcher:
             self.on_batch(sum(len(job.items) for job in jobs), self.queue.qsize())
             await self._answer(jobs)
 
+    def _answer_and_trim(self, items: list[Any]) -> list[Any]:
+        results = self.answer(items)
+        self.trim()
+        return results
+
     async def _answer(self, jobs: list[_Job]) -> None:
         items = [item for job in jobs for item in job.items]
         try:
-            results = await self.loop.run_in_executor(self.thread, self.answer, items) if items else []
+            results = await self.loop.run_in_executor(self.thread, self._answer_and_trim, items) if items else []
         except Exception as error:  # the whole batch failed: each request hears why
             for job in jobs:
                 if not job.future.done():

@@ -121,21 +121,28 @@ def stream(model: CausalLM, tokenizer, ids: list[int], sampling: Sampling,
 
     threading.Thread(target=generate, daemon=True).start()
     try:
-        yield from _pieces(tap, tokenizer, sampling)
+        yield from _pieces(tap, tokenizer, sampling, _end_ids(model, tokenizer))
         if failure:
             raise failure[0]
     finally:
         tap.cancelled.set()  # the thread ends at its next token, or at its first once another generation is done
 
 
-def _pieces(tap: _Tap, tokenizer, sampling: Sampling) -> Iterator[Piece | Finished]:
+def _end_ids(model: CausalLM, tokenizer) -> set[int]:
+    """The tokens that end a generation: the tokenizer's end of sequence and the model's generation config's (an
+    instruction-tuned model may end its turn with another)."""
+    configured = model.backbone.generation_config.eos_token_id
+    ends = set(configured if isinstance(configured, list) else [configured])
+    return {token for token in ends | {tokenizer.eos_token_id} if token is not None}
+
+
+def _pieces(tap: _Tap, tokenizer, sampling: Sampling, ends: set[int]) -> Iterator[Piece | Finished]:
     """Decode the growing sequence and hand out what is settled: text that cannot still become a stop string or
     the start of a multi-byte character. A stop string ends the text before it."""
     tokens: list[int] = []
     sent = 0  # characters handed out
     held = Piece("")
     hold = max((len(stop) for stop in sampling.stop), default=1) - 1
-    eos = tokenizer.eos_token_id
     while (step := tap.steps.get()) is not None:
         token, logprob, top = step
         text = tokenizer.decode(tokens + [token], skip_special_tokens=True)
@@ -151,7 +158,7 @@ def _pieces(tap: _Tap, tokenizer, sampling: Sampling) -> Iterator[Piece | Finish
             _drain(tap)
             yield Finished("stop", len(tokens))
             return
-        if token == eos:
+        if token in ends:
             break
         settled = len(text) - hold if not text.endswith(REPLACEMENT) else text.rfind(REPLACEMENT)
         if settled > sent:
@@ -160,7 +167,7 @@ def _pieces(tap: _Tap, tokenizer, sampling: Sampling) -> Iterator[Piece | Finish
     text = tokenizer.decode(tokens, skip_special_tokens=True)
     if text[sent:] or held.tokens:
         yield Piece(text[sent:], held.tokens, held.logprobs, held.top)
-    yield Finished("stop" if tokens and tokens[-1] == eos else "length", len(tokens))
+    yield Finished("stop" if tokens and tokens[-1] in ends else "length", len(tokens))
 
 
 def _drain(tap: _Tap) -> None:
