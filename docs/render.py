@@ -170,14 +170,17 @@ def serving_table() -> str:
             for side, label in sides.items()]
     rss = served["rss_bytes"]
     return (f"{settings['clients']} concurrent clients on loopback, each sending {settings['requests_per_client']} "
-            f"requests of one text one after another, MiniLM in fp32, medians of {settings['repeats']} rounds on "
+            f"requests of one text one after another, MiniLM, medians of {settings['repeats']} rounds on "
             f"{result['machine']['nproc']} CPU cores:\n\n"
             + _table(["server", "requests/s", "p50 ms", "p99 ms", "errors"], rows)
             + f"\n\nMicro-batched throughput {served['batched_vs_naive']:.1f}x the naive server's at the same "
             f"precision (fp32), {served['batched_vs_naive_default_precision']:.1f}x at tunelab's default (`auto`: bf16 "
             f"autocast on this CPU); mixing eight adapters {served['mixed_vs_one_adapter']:.2f}x one adapter's "
             f"({served['mixed_vs_one_adapter_default_precision']:.2f}x at the default precision). Batches held "
-            f"{served['mean_batch_rows']['bundle']:.1f} rows on average (fp32 server). Resident memory "
+            f"{served['mean_batch_rows']['bundle']:.1f} rows on average (fp32 server). The same FastAPI answering "
+            f"without a model reaches {served['no model']['throughput_rps']:.0f} requests/s with this load generator "
+            f"on the same cores: on a small CPU each request's HTTP work (client and server) is a large share of its "
+            f"cost, and batching saves less per row than on a GPU. Resident memory "
             f"after the load: eight "
             f"adapters {rss['bundle'] / 1e6:.0f} MB, one run {rss['single'] / 1e6:.0f} MB "
             f"({served['rss_eight_vs_one']:.2f}x).")
