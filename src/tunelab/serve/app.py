@@ -18,7 +18,7 @@ from tunelab.errors import TunelabError
 from tunelab.serve import language_routes, predict_routes
 from tunelab.serve.keys import Keys
 from tunelab.serve.metrics import Metrics
-from tunelab.serve.models import NotServed, ServedModels
+from tunelab.serve.models import NameTaken, NotServed, ServedModels
 from tunelab.serve.schemas import Health, LoadRequest, Model, ModelList
 from tunelab.serve.server import ERRORS, Admin, ApiError, Caller, Limits, Server, error, served_for, server_of
 
@@ -109,8 +109,10 @@ def create_app(models: ServedModels, keys: Keys | None = None, limits: Limits | 
         source = f"{body.name}={body.path}" if body.name else body.path
         try:
             added = await asyncio.to_thread(server.models.load, [source])
+        except NameTaken as taken:
+            raise error(409, str(taken)) from None
         except TunelabError as refused:
-            raise error(409 if "served already" in str(refused) else 422, str(refused)) from None
+            raise error(422, str(refused)) from None
         return ModelList(data=[Model(**served.describe()) for served in added])
 
     @app.delete("/v1/adapters/{name:path}", response_model=Model, responses=ERRORS,

@@ -116,9 +116,8 @@ def _pad(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
-def prompt_ids(server: Server, model: LanguageModel, prompt: str) -> list[int]:
+def prompt_ids(model: LanguageModel, prompt: str) -> list[int]:
     """A completion prompt as `tunelab generate --continuation` reads it: plain text, no special tokens."""
-    server.check_texts([prompt], "prompt")
     ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if not ids:
         raise error(422, "the prompt has no tokens")
@@ -134,7 +133,7 @@ async def completions(body: CompletionRequest, request: Request, key: Caller) ->
     server.check_texts(prompts, "prompt")
     top = body.logprobs or 0
     settings = sampling(server, body, body.max_tokens or COMPLETION_MAX_TOKENS, top)
-    contexts = [prompt_ids(server, model, prompt) for prompt in prompts]
+    contexts = [prompt_ids(model, prompt) for prompt in prompts]
     header = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     if body.stream:
         cancelled = threading.Event()

@@ -42,6 +42,10 @@ class NotServed(TunelabError):
     """The model a request names is not (or no longer) served."""
 
 
+class NameTaken(TunelabError):
+    """A model is served under that name already."""
+
+
 class SentencePool:
     """The sentence tasks on one base model, in one mixed predictor."""
 
@@ -163,7 +167,7 @@ class ServedModels:
             named = named_sources(sources)
             taken = [name for name in named if name in self.entries]
             if taken:
-                raise TunelabError(f"'{taken[0]}' is served already; unload it first or load under another name "
+                raise NameTaken(f"'{taken[0]}' is served already; unload it first or load under another name "
                                    f"(NAME=PATH)")
             added = self._load(named)
             self.entries = {**self.entries, **{served.name: served for served in added}}
@@ -173,7 +177,7 @@ class ServedModels:
         """A bare causal LM (a packaged name, a folder or a hub id), served under its own name."""
         with self.lock:
             if model in self.entries:
-                raise TunelabError(f"'{model}' is served already")
+                raise NameTaken(f"'{model}' is served already")
             spec = resolve_model(model)
             language_model = LanguageModel(CausalLM(load_causal_lm(spec)).eval().to(best_device()),
                                            load_tokenizer(spec), DEFAULT_MAX_TOKENS)
