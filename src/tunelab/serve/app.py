@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.metadata import version
 from typing import Any
 
@@ -68,9 +70,16 @@ async def _nothing() -> Message:
     return {"type": "http.disconnect"}
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    for batcher in app.state.server.batchers.values():  # on shutdown: the workers stop, their threads end
+        batcher.close()
+
+
 def create_app(models: ServedModels, keys: Keys | None = None, limits: Limits | None = None) -> FastAPI:
     limits = limits or Limits()
-    app = FastAPI(title="tunelab", version=version("tunelab"),
+    app = FastAPI(title="tunelab", version=version("tunelab"), lifespan=_lifespan,
                   description="Trained tunelab runs and bundles: many adapters on one base model, micro-batched; "
                               "OpenAI-compatible completions and chat for language models.")
     app.state.server = Server(models, keys, limits)

@@ -89,6 +89,11 @@ class MicroBatcher:
             self.on_batch(sum(len(job.items) for job in jobs), self.queue.qsize())
             await self._answer(jobs)
 
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+        self.thread.shutdown(wait=False)
+
     def _answer_and_trim(self, items: list[Any]) -> list[Any]:
         results = self.answer(items)
         self.trim()
