@@ -9,9 +9,11 @@ from typing import Any
 
 from rich.console import RenderableType
 
+from tunelab.assets.models import resolve_model
 from tunelab.config import Precision, RunConfig, StrategyConfig
 from tunelab.errors import TunelabError
 from tunelab.export import is_export, load_export
+from tunelab.modeling import load_causal_lm, load_tokenizer
 from tunelab.recipes.generation import Generator
 from tunelab.recipes.runs import RunResult, evaluate_run, load_run, train_run
 from tunelab.runs import read_run_config, require_run
@@ -20,8 +22,8 @@ from tunelab.task_catalog import recipe_for
 from tunelab.tasks.generation import CausalLM, generate
 from tunelab.training.trainer import best_device
 
-__all__ = ["RunResult", "evaluate", "generate_text", "load_generator", "load_predictor", "predict", "run_task",
-           "train", "zero_shot"]
+__all__ = ["RunResult", "evaluate", "generate_text", "load_generator", "load_language_model", "load_predictor",
+           "predict", "run_task", "train", "zero_shot"]
 
 
 def train(config: RunConfig, overwrite: bool = False, progress: bool = True,
@@ -87,6 +89,13 @@ def load_generator(run_dir: Path, purpose: str = "generate") -> tuple[CausalLM, 
                            f"RLHF run")
     generator: Generator = load_predictor(run_dir)
     return generator.model, generator.tokenizer
+
+
+def load_language_model(model: str) -> tuple[CausalLM, Any]:
+    """A causal LM by name (packaged, a folder or a hub id), bare, as generation and scoring read it, on the fastest
+    device there is, with its tokenizer."""
+    spec = resolve_model(model)
+    return CausalLM(load_causal_lm(spec)).eval().to(best_device()), load_tokenizer(spec)
 
 
 def generate_text(run_dir: Path, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,

@@ -88,20 +88,31 @@ def events(chunks: Iterator[dict[str, Any]], cancelled: threading.Event) -> Stre
 
 # --- completions ------------------------------------------------------------------------------------------------
 
-def completion_logprobs(tokenizer: Any, pieces: list[Piece], offset: int, first_none: bool) -> dict[str, Any]:
-    """OpenAI's completion logprobs: tokens, their log-probabilities, the top alternatives, character offsets."""
-    tokens, chosen, tops, offsets = [], [], [], []
-    for piece in pieces:
-        for token, logprob, top in zip(piece.tokens, piece.logprobs, piece.top, strict=True):
-            text = token_text(tokenizer, token)
-            tokens.append(text)
-            chosen.append(logprob)
-            tops.append({token_text(tokenizer, other): value for other, value in top})
-            offsets.append(offset)
-            offset += len(text)
-    if first_none and chosen:
+def completion_logprobs(tokenizer: Any, piece: Piece, start: int, prompt: str | None = None) -> dict[str, Any]:
+    """OpenAI's completion logprobs of one piece: its tokens, their log-probabilities, the top alternatives, and
+    where each token starts in the answer's text (`start`: where the piece starts). An echoed `prompt` takes its
+    offsets from the tokenizer's own offset mapping, and its first token has no log-probability."""
+    if prompt is not None:
+        mapping = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True).get("offset_mapping")
+        offsets = [begin for begin, _ in mapping] if mapping else _decoded_offsets(tokenizer, piece.tokens, 0)
+    else:
+        offsets = _decoded_offsets(tokenizer, piece.tokens, start)
+    chosen: list[float | None] = list(piece.logprobs)
+    tops: list[dict[str, float] | None] = [{token_text(tokenizer, other): value for other, value in top}
+                                           for top in piece.top]
+    if prompt is not None and chosen:
         chosen[0], tops[0] = None, None
-    return {"tokens": tokens, "token_logprobs": chosen, "top_logprobs": tops, "text_offset": offsets}
+    return {"tokens": [token_text(tokenizer, token) for token in piece.tokens], "token_logprobs": chosen,
+            "top_logprobs": tops, "text_offset": offsets}
+
+
+def _decoded_offsets(tokenizer: Any, tokens: list[int], start: int) -> list[int]:
+    """Where each token starts: the length of the text the tokens before it decode to."""
+    return [start + len(tokenizer.decode(tokens[:index], skip_special_tokens=True)) for index in range(len(tokens))]
+
+
+def _joined(first: dict[str, list], second: dict[str, list]) -> dict[str, list]:
+    return {key: first[key] + second[key] for key in first}
 
 
 def echoed(model: LanguageModel, ids: list[int], top: int) -> Piece:
@@ -144,8 +155,10 @@ async def completions(body: CompletionRequest, request: Request, key: Caller) ->
         used += finished.completion_tokens
         logprobs = None
         if body.logprobs is not None:
-            prompt_piece = [await asyncio.to_thread(echoed, model, ids, top)] if body.echo else []
-            logprobs = completion_logprobs(model.tokenizer, [*prompt_piece, piece], 0, body.echo)
+            logprobs = completion_logprobs(model.tokenizer, piece, len(prompt) if body.echo else 0)
+            if body.echo:
+                echo = await asyncio.to_thread(echoed, model, ids, top)
+                logprobs = _joined(completion_logprobs(model.tokenizer, echo, 0, prompt), logprobs)
         choices.append({"index": index, "text": (prompt if body.echo else "") + piece.text, "logprobs": logprobs,
                         "finish_reason": finished.reason})
     prompt_tokens = sum(map(len, contexts))
@@ -163,7 +176,7 @@ def _completion_chunks(model: LanguageModel, prompts: list[str], contexts: list[
     for index, (prompt, ids) in enumerate(zip(prompts, contexts, strict=True)):
         offset = 0
         if body.echo:
-            logprobs = completion_logprobs(model.tokenizer, [echoed(model, ids, settings.top_logprobs)], 0, True) \
+            logprobs = completion_logprobs(model.tokenizer, echoed(model, ids, settings.top_logprobs), 0, prompt) \
                 if body.logprobs is not None else None
             offset = len(prompt)
             yield chunk(index, prompt, logprobs, None)
@@ -171,8 +184,7 @@ def _completion_chunks(model: LanguageModel, prompts: list[str], contexts: list[
             if isinstance(piece, Finished):
                 yield chunk(index, "", None, piece.reason)
                 break
-            logprobs = completion_logprobs(model.tokenizer, [piece], offset, False) if body.logprobs is not None \
-                else None
+            logprobs = completion_logprobs(model.tokenizer, piece, offset) if body.logprobs is not None else None
             offset += len(piece.text)
             yield chunk(index, piece.text, logprobs, None)
 

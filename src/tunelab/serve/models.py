@@ -15,19 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.api import load_generator
-from tunelab.assets.models import base_fingerprint, resolve_model
+from tunelab.api import load_generator, load_language_model
+from tunelab.assets.models import base_fingerprint
 from tunelab.compose.bundle import NAME, is_bundle, read_bundle
 from tunelab.compose.mixed import SENTENCE_TASKS, MixedPredictor
 from tunelab.config import Precision
 from tunelab.errors import TunelabError
-from tunelab.modeling import load_causal_lm, load_tokenizer
 from tunelab.recipes.runs import load_run
 from tunelab.rlhf.policy import is_policy_run, read_policy_settings
 from tunelab.runs import read_run_config, require_run
 from tunelab.task_catalog import recipe_for
 from tunelab.tasks.generation import CausalLM
-from tunelab.training.trainer import best_device
 
 GENERATION = "generation"
 BASE = "base"  # a bare causal LM, served under its model's name
@@ -118,8 +116,11 @@ class Served:
     engine: Any  # SentencePool, TaskEngine or LanguageModel
 
     def describe(self) -> dict[str, Any]:
+        """OpenAI's model entry, with the task and strategy; a language model's hidden size (a soft prompt's width)."""
+        hidden = self.engine.hidden_size if isinstance(self.engine, LanguageModel) else None
         return {"id": self.name, "object": "model", "owned_by": "tunelab", "root": self.base,
-                "parent": None if self.task == BASE else self.base, "task": self.task, "strategy": self.strategy}
+                "parent": None if self.task == BASE else self.base, "task": self.task, "strategy": self.strategy,
+                "hidden_size": hidden}
 
 
 def named_sources(sources: list[str]) -> dict[str, Path]:
@@ -178,10 +179,8 @@ class ServedModels:
         with self.lock:
             if model in self.entries:
                 raise NameTaken(f"'{model}' is served already")
-            spec = resolve_model(model)
-            language_model = LanguageModel(CausalLM(load_causal_lm(spec)).eval().to(best_device()),
-                                           load_tokenizer(spec), DEFAULT_MAX_TOKENS)
-            served = Served(model, BASE, model, None, None, language_model)
+            served = Served(model, BASE, model, None, None, LanguageModel(*load_language_model(model),
+                                                                          DEFAULT_MAX_TOKENS))
             self.entries = {**self.entries, model: served}
             return served
 

@@ -29,6 +29,7 @@ class Model(BaseModel):
     parent: str | None
     task: str
     strategy: str | None
+    hidden_size: int | None = Field(None, description="a language model's hidden size: the width of a soft prompt")
 
 
 class ModelList(BaseModel):

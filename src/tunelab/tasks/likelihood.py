@@ -30,8 +30,7 @@ def score_continuations(model: nn.Module, pairs: list[tuple[list[int], list[int]
                         soft_prompt: torch.Tensor | None = None, top: int = 0, pad_id: int = 0) -> list[Scored]:
     """For each (context, continuation) pair of token ids, in one right-padded batch: the log-probability of each
     continuation token. `model` is a `CausalLM` (its HF model under `backbone`); `soft_prompt` (virtual tokens,
-    hidden) is prepended to every row as input embeddings. A prompt-tuned model's own virtual tokens are allowed
-    for: they come before the row, so positions are counted from the end of the logits."""
+    hidden) is prepended to every row as input embeddings."""
     virtual = 0 if soft_prompt is None else soft_prompt.shape[0]
     for context, continuation in pairs:
         if not continuation:
@@ -39,21 +38,8 @@ def score_continuations(model: nn.Module, pairs: list[tuple[list[int], list[int]
         if not context and not virtual:
             raise TunelabError("the first token has nothing before it to be predicted from: give a prompt or a "
                                "soft prompt")
-    backbone = model.backbone
-    embed = backbone.get_input_embeddings()
-    device = embed.weight.device
-    width = max(len(context) + len(continuation) for context, continuation in pairs)
-    ids = torch.tensor([context + continuation + [pad_id] * (width - len(context) - len(continuation))
-                        for context, continuation in pairs], device=device)
-    mask = (torch.arange(width, device=device)[None] < torch.tensor(
-        [len(context) + len(continuation) for context, continuation in pairs], device=device)[:, None]).long()
-    embeddings = embed(ids)
-    if soft_prompt is not None:
-        soft = soft_prompt.to(device=device, dtype=embeddings.dtype)[None].expand(len(pairs), -1, -1)
-        embeddings = torch.cat([soft, embeddings], dim=1)
-        mask = torch.cat([torch.ones(len(pairs), virtual, dtype=mask.dtype, device=device), mask], dim=1)
-    logits = backbone(inputs_embeds=embeddings, attention_mask=mask).logits.float()
-    logprobs = torch.log_softmax(logits[:, logits.shape[1] - embeddings.shape[1]:], dim=-1)  # the rows' own positions
+    logprobs = _logprobs(model, [context + continuation for context, continuation in pairs], soft_prompt, pad_id)
+    device = logprobs.device
     scored = []
     for row, (context, continuation) in enumerate(pairs):
         first = virtual + len(context)  # the first continuation token's position in the row
@@ -65,3 +51,38 @@ def score_continuations(model: nn.Module, pairs: list[tuple[list[int], list[int]
                               for step in range(len(continuation))] if best is not None else
                              [[] for _ in continuation]))
     return scored
+
+
+@torch.no_grad()
+def next_token_logprobs(model: nn.Module, contexts: list[list[int]], tokens: list[int],
+                        soft_prompt: torch.Tensor | None = None, pad_id: int = 0) -> torch.Tensor:
+    """(contexts, tokens): the log-probability of each single token right after each context, from one forward
+    per context (label words of one token each: what `score_continuations` gives for them, for a fraction of the
+    compute)."""
+    if any(not context for context in contexts) and soft_prompt is None:
+        raise TunelabError("the first token has nothing before it to be predicted from: give a prompt or a soft "
+                           "prompt")
+    logprobs = _logprobs(model, contexts, soft_prompt, pad_id)
+    virtual = 0 if soft_prompt is None else soft_prompt.shape[0]
+    last = torch.tensor([virtual + len(context) - 1 for context in contexts], device=logprobs.device)
+    return logprobs[torch.arange(len(contexts), device=logprobs.device), last][:, tokens]
+
+
+def _logprobs(model: nn.Module, rows: list[list[int]], soft_prompt: torch.Tensor | None,
+              pad_id: int) -> torch.Tensor:
+    """(rows, soft + longest row, vocabulary) log-softmax of one right-padded forward, the soft prompt first. A
+    prompt-tuned model's own virtual tokens come before the row, so positions are counted from the end."""
+    backbone = model.backbone
+    embed = backbone.get_input_embeddings()
+    device = embed.weight.device
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], device=device)
+    mask = (torch.arange(width, device=device)[None] < torch.tensor([len(row) for row in rows],
+                                                                      device=device)[:, None]).long()
+    embeddings = embed(ids)
+    if soft_prompt is not None:
+        soft = soft_prompt.to(device=device, dtype=embeddings.dtype)[None].expand(len(rows), -1, -1)
+        embeddings = torch.cat([soft, embeddings], dim=1)
+        mask = torch.cat([torch.ones(len(rows), soft_prompt.shape[0], dtype=mask.dtype, device=device), mask], dim=1)
+    logits = backbone(inputs_embeds=embeddings, attention_mask=mask).logits.float()
+    return torch.log_softmax(logits[:, logits.shape[1] - embeddings.shape[1]:], dim=-1)

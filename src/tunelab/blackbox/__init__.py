@@ -1,0 +1,1 @@
+"""Black-box tuning: adapt a model through queries only, every call counted."""

@@ -1,0 +1,215 @@
+"""What a black-box method may ask of a model it can only query, and the meter on every question.
+
+One operation: the log-probability of each continuation (the label words) after each prompt, optionally after a
+soft prompt (input embeddings). Three endpoints answer it: the model in this process, a `tunelab serve` server
+(`/v1/score`, soft prompts included) and any OpenAI-compatible server (`/v1/completions` with `echo` and `logprobs`:
+no soft prompts). A method states what it needs and an endpoint that lacks it is refused before any call.
+
+Every request is a call: counted with its tokens and wall time, refused before it is made once the call (or token)
+budget would be passed, answered from a cache when the same question was asked before (not counted again), and
+retried with backoff on transient HTTP failures (each retry counted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from tunelab.errors import TunelabError
+from tunelab.runs import write_json
+
+RETRIES = 4
+BACKOFF_S = 0.5  # the first retry's wait; each next one waits twice as long
+TRANSIENT = {429, 500, 502, 503, 504}
+
+
+class BudgetSpent(TunelabError):
+    """The next call would pass the budget."""
+
+
+@dataclass
+class Usage:
+    calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    wall_s: float = 0.0
+    retries: int = 0
+    cached: int = 0  # questions answered from the cache, not counted as calls
+
+
+@dataclass(frozen=True)
+class Budget:
+    calls: int | None = None
+    tokens: int | None = None
+
+
+class Endpoint(ABC):
+    soft_prompts: bool = False  # takes input embeddings before the prompt
+    hidden_size: int | None = None  # the width of those embeddings, where known
+
+    def __init__(self, budget: Budget = Budget()):
+        self.budget, self.usage = budget, Usage()
+        self.cache: dict[str, np.ndarray] = {}
+        self.ledger: Path | None = None  # where the usage is written after every call, so none goes uncounted
+
+    def keep_ledger(self, path: Path) -> None:
+        """Count into `path`, starting from what it holds (a search resumed after a kill)."""
+        if path.exists():
+            self.usage = Usage(**json.loads(path.read_text(encoding="utf-8")))
+        self.ledger = path
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def remaining_calls(self) -> int | None:
+        return None if self.budget.calls is None else self.budget.calls - self.usage.calls
+
+    def score(self, prompts: list[str], continuations: list[str], soft_prompt: np.ndarray | None = None) -> np.ndarray:
+        """(prompts, continuations) log-probabilities, each continuation summed over its tokens."""
+        if soft_prompt is not None and not self.soft_prompts:
+            raise TunelabError(f"{self.describe()} takes no soft prompt")
+        key = _key(prompts, continuations, soft_prompt)
+        if key in self.cache:
+            self.usage.cached += 1
+            return self.cache[key]
+        if self.budget.calls is not None and self.usage.calls + 1 > self.budget.calls:
+            raise BudgetSpent(f"the budget of {self.budget.calls} calls is spent")
+        if self.budget.tokens is not None and self.usage.tokens_in >= self.budget.tokens:
+            raise BudgetSpent(f"the budget of {self.budget.tokens} tokens is spent")
+        started = time.perf_counter()
+        scores, tokens_in, tokens_out = self._score(prompts, continuations, soft_prompt)
+        self.usage.calls += 1
+        self.usage.tokens_in += tokens_in
+        self.usage.tokens_out += tokens_out
+        self.usage.wall_s += time.perf_counter() - started
+        if self.ledger is not None:
+            write_json(self.ledger, asdict(self.usage))
+        self.cache[key] = scores
+        return scores
+
+    @abstractmethod
+    def _score(self, prompts: list[str], continuations: list[str],
+               soft_prompt: np.ndarray | None) -> tuple[np.ndarray, int, int]:
+        """(scores, tokens sent, tokens received) of one call."""
+
+
+
+def _key(prompts: list[str], continuations: list[str], soft_prompt: np.ndarray | None) -> str:
+    digest = hashlib.sha256(json.dumps([prompts, continuations]).encode())
+    if soft_prompt is not None:
+        digest.update(np.ascontiguousarray(soft_prompt, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+class InProcess(Endpoint):
+    """A causal LM in this process: the reference every HTTP endpoint is compared with."""
+
+    soft_prompts = True
+
+    def __init__(self, model, tokenizer, budget: Budget = Budget()):
+        super().__init__(budget)
+        self.model, self.tokenizer = model, tokenizer
+        self.hidden_size = model.backbone.get_input_embeddings().weight.shape[1]
+
+    def describe(self) -> str:
+        return "the model in this process"
+
+    def _score(self, prompts, continuations, soft_prompt):
+        from tunelab.tasks.likelihood import next_token_logprobs, score_continuations
+
+        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        contexts, endings = [encode(prompt) for prompt in prompts], [encode(text) for text in continuations]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        soft = None if soft_prompt is None else torch.as_tensor(soft_prompt, dtype=torch.float32)
+        if all(len(ending) == 1 for ending in endings):  # one forward per prompt reads every label word
+            scores = next_token_logprobs(self.model, contexts, [ending[0] for ending in endings], soft, pad)
+            return scores.cpu().numpy(), sum(map(len, contexts)), 0
+        scored = score_continuations(self.model, [(context, ending) for context in contexts for ending in endings],
+                                     soft, pad_id=pad)
+        scores = np.array([item.total for item in scored]).reshape(len(prompts), len(continuations))
+        return scores, sum(len(c) + len(e) for c in contexts for e in endings), 0
+
+
+class _Http(Endpoint):
+    def __init__(self, url: str, model: str, api_key: str | None, budget: Budget = Budget(),
+                 client: httpx.Client | None = None):
+        """`client`: an httpx client of one's own (a test's, a proxy's); by default a plain one."""
+        super().__init__(budget)
+        self.url, self.model = url.rstrip("/"), model
+        self.client = client or httpx.Client(timeout=120)
+        if api_key:
+            self.client.headers["Authorization"] = f"Bearer {api_key}"
+
+    def describe(self) -> str:
+        return f"{self.url} (model {self.model})"
+
+    def post(self, path: str, body: dict) -> dict:
+        """The JSON answer, after retrying transient failures with exponential backoff (each retry counted)."""
+        for attempt in range(RETRIES + 1):
+            try:
+                response = self.client.post(f"{self.url}{path}", json=body)
+            except httpx.TransportError as failure:
+                problem = f"{type(failure).__name__}: {failure}"
+            else:
+                if response.status_code == 200:
+                    return response.json()
+                if response.status_code not in TRANSIENT:
+                    raise TunelabError(f"{self.url}{path} answered {response.status_code}: {response.text[:300]}")
+                problem = f"status {response.status_code}"
+            if attempt == RETRIES:
+                raise TunelabError(f"{self.url}{path} failed {RETRIES + 1} times, last with {problem}")
+            self.usage.retries += 1
+            time.sleep(BACKOFF_S * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+class TunelabServer(_Http):
+    """`tunelab serve`'s `/v1/score`: label words scored in one request per call, soft prompts included."""
+
+    soft_prompts = True
+
+    def __init__(self, url: str, model: str, api_key: str | None, budget: Budget = Budget(),
+                 client: httpx.Client | None = None):
+        super().__init__(url, model, api_key, budget, client)
+        listed = self.client.get(f"{self.url}/v1/models/{model}")
+        if listed.status_code != 200:
+            raise TunelabError(f"{self.url} does not serve '{model}': {listed.text[:200]}")
+        self.hidden_size = listed.json().get("hidden_size")
+
+    def _score(self, prompts, continuations, soft_prompt):
+        body = {"model": self.model, "prompts": prompts, "continuations": continuations}
+        if soft_prompt is not None:
+            body["soft_prompt"] = np.asarray(soft_prompt, dtype=np.float32).tolist()
+        answer = self.post("/v1/score", body)
+        scores = np.array([[item["logprob"] for item in row] for row in answer["data"]])
+        return scores, answer["usage"]["prompt_tokens"], 0
+
+
+class OpenAICompatible(_Http):
+    """Any OpenAI-compatible server: each prompt + continuation sent to `/v1/completions` with `echo` and
+    `logprobs`, one request per call, the continuation's tokens read from the echoed log-probabilities by their
+    character offsets. No soft prompts."""
+
+    def _score(self, prompts, continuations, soft_prompt):
+        texts = [prompt + ending for prompt in prompts for ending in continuations]
+        answer = self.post("/v1/completions", {"model": self.model, "prompt": texts, "max_tokens": 1, "echo": True,
+                                               "logprobs": 1, "temperature": 0})
+        choices = sorted(answer["choices"], key=lambda choice: choice["index"])
+        scores = []
+        for text, choice, (prompt, _) in zip(texts, choices, [(p, c) for p in prompts for c in continuations],
+                                             strict=True):
+            logprobs = choice["logprobs"]
+            offsets, values = logprobs["text_offset"], logprobs["token_logprobs"]
+            scores.append(sum(value for offset, value in zip(offsets, values, strict=True)
+                              if len(prompt) <= offset < len(text) and value is not None))
+        usage = answer.get("usage") or {}
+        return (np.array(scores).reshape(len(prompts), len(continuations)), usage.get("prompt_tokens", 0),
+                usage.get("completion_tokens", 0))

@@ -1,0 +1,79 @@
+"""A classification task as a black-box method asks it: each example's prompt as text (the template up to its label
+slot) and the label words as the continuations to score, so that one call scores every label of many examples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.special import logsumexp, softmax
+
+from tunelab.errors import TunelabError
+from tunelab.prompting.template import Field, LabelSlot, Soft, Template, Text
+from tunelab.prompting.verbalizer import Verbalizer
+
+
+@dataclass(frozen=True)
+class LabelPrompts:
+    template: Template
+    verbalizer: Verbalizer
+
+    @classmethod
+    def build(cls, template: str, verbalizer: dict | None, labels: list[str]) -> LabelPrompts:
+        return cls(checked_template(template), Verbalizer.build(verbalizer, labels))
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.verbalizer.words)
+
+    @property
+    def continuations(self) -> list[str]:
+        """Every label word with the whitespace the template puts before the label slot."""
+        lead = self.template.label_slot.lead
+        return [word if word[:1].isspace() else lead + word for words in self.verbalizer.words.values()
+                for word in words]
+
+    @property
+    def owners(self) -> np.ndarray:
+        """Each continuation's label index."""
+        return np.array([index for index, words in enumerate(self.verbalizer.words.values()) for _ in words])
+
+    def prompts(self, rows: pd.DataFrame) -> list[str]:
+        """Each row's text up to the label slot."""
+        texts = []
+        for _, row in rows.iterrows():
+            parts = []
+            for segment in self.template.segments:
+                if isinstance(segment, Text):
+                    parts.append(segment.text)
+                elif isinstance(segment, Field):
+                    parts.append(segment.lead + str(row[segment.name]))
+                elif isinstance(segment, LabelSlot | Soft):
+                    break
+            texts.append("".join(parts))
+        return texts
+
+    def label_logprobs(self, scores: np.ndarray) -> np.ndarray:
+        """(examples, words) log-probabilities -> (examples, labels) log-probabilities normalised over the labels;
+        a label of several words scores the probability of any of them."""
+        owners = self.owners
+        per_label = np.stack([logsumexp(scores[:, owners == label], axis=1) for label in range(len(self.labels))],
+                             axis=1)
+        return np.log(softmax(per_label, axis=1))
+
+
+def checked_template(template: str) -> Template:
+    """The template, if a black-box method can ask it: the label slot last (the words to score come next) and no
+    {soft} tokens (an endpoint reads text)."""
+    parsed = Template.parse(template)
+    if not parsed.ends_with_label_slot() or parsed.has_soft_tokens:
+        raise TunelabError(f"template '{template}': a black-box method asks for the next words, so the label slot "
+                           f"must end the template and it cannot hold {{soft}} tokens")
+    return parsed
+
+
+def loss_and_accuracy(label_logprobs: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
+    """Mean cross-entropy of the true labels, and accuracy."""
+    loss = -float(label_logprobs[np.arange(len(targets)), targets].mean())
+    return loss, float((label_logprobs.argmax(axis=1) == targets).mean())

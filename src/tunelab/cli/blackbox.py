@@ -1,0 +1,99 @@
+"""`tunelab blackbox`: tune a model you can only query."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tunelab.cli.app import app, console
+from tunelab.cli.options import TEMPLATE_HELP, VERBALIZER_HELP
+from tunelab.errors import TunelabError
+
+METHODS = ("bbt",)
+
+
+@app.command()
+def blackbox(
+    data: Annotated[str, typer.Option(help="a file or an embedded dataset (classification)")],
+    output: Annotated[Path, typer.Option(help="the run's folder")],
+    method: Annotated[str, typer.Option(help="bbt: a soft prompt searched by CMA-ES through a random projection "
+                                             "(the model in this process, or a `tunelab serve` endpoint)")] = "bbt",
+    model: Annotated[str, typer.Option(help="the causal LM: in this process, or its name on --endpoint")]
+    = "smollm2",
+    endpoint: Annotated[str | None, typer.Option(help="a `tunelab serve` URL (http://host:port); default: the "
+                                                      "model in this process")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="the environment variable holding the endpoint's API "
+                                                         "key")] = None,
+    shots: Annotated[int, typer.Option(help="labelled examples per label, for the search and again for "
+                                            "validation")] = 16,
+    budget: Annotated[int, typer.Option(min=1, help="calls the search may make (each scores every shot with "
+                                                    "every label word)")] = 4000,
+    virtual_tokens: Annotated[int, typer.Option(min=1, help="bbt: the soft prompt's length")] = 50,
+    intrinsic_dim: Annotated[int, typer.Option(min=1, help="bbt: the searched dimension")] = 500,
+    population: Annotated[int, typer.Option(min=2, help="bbt: CMA-ES candidates per generation")] = 20,
+    patience: Annotated[int, typer.Option(min=0, help="generations without a better validation accuracy before "
+                                                      "stopping (0: never)")] = 20,
+    template: Annotated[str | None, typer.Option(help=TEMPLATE_HELP)] = None,
+    verbalizer: Annotated[list[str] | None, typer.Option(help=VERBALIZER_HELP)] = None,
+    text_column: Annotated[str, typer.Option(help="the data's text column")] = "text",
+    label_column: Annotated[str, typer.Option(help="the data's label column")] = "label",
+    limit_eval: Annotated[int | None, typer.Option(help="score on at most N test examples")] = None,
+    seed: Annotated[int, typer.Option(help="draws the shots, the projection and the search")] = 42,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run at --output")] = False,
+) -> None:
+    """Tune a model through queries only: K labelled examples per label, a budget of calls, no gradients. Killed and
+    run again with the same command, a search resumes from its last finished generation."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from tunelab.blackbox.bbt import BBTSettings
+    from tunelab.blackbox.endpoints import InProcess, TunelabServer
+    from tunelab.blackbox.prompts import checked_template
+    from tunelab.blackbox.run import run_bbt
+    from tunelab.cli.options import prompt_settings, quiet_libraries
+    from tunelab.config import build_config
+
+    if method not in METHODS:
+        raise TunelabError(f"unknown --method '{method}'; choose {', '.join(METHODS)}")
+    config = build_config({"model": model, "task": "classification", "strategy": {"name": "zero-shot"},
+                           "data": {"source": data, "text_column": text_column, "label_column": label_column,
+                                    "shots": shots, "limit_eval": limit_eval},
+                           "training": {"seed": seed}, "prompt": prompt_settings(template, verbalizer),
+                           "output": str(output)})
+    if config.prompt.template is not None:
+        checked_template(config.prompt.template)
+    key = None
+    if api_key_env is not None:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise TunelabError(f"--api-key-env {api_key_env}: that environment variable is not set")
+    quiet_libraries()
+    if endpoint is None:
+        from tunelab.api import load_language_model
+
+        asked = InProcess(*load_language_model(model))
+    else:
+        asked = TunelabServer(endpoint, model, key)
+    settings = BBTSettings(virtual_tokens, intrinsic_dim, population, seed=seed, patience=patience)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} calls"),
+                  console=console, transient=True) as bar:
+        searching = bar.add_task("searching", total=budget)
+        path, metrics = run_bbt(config, asked, settings, budget, overwrite, lambda state: bar.update(
+            searching, completed=asked.usage.calls,
+            description=f"validation accuracy {state.best_validation:.3f}"))
+    console.print(result_table(path, metrics))
+
+
+def result_table(path: Path, metrics: dict) -> Table:
+    table = Table(title=escape(f"{path}: {metrics['shots']} shots per label, {metrics['test_examples']} test "
+                               f"examples"), caption=f"{metrics['generations']} generations; calls and tokens in "
+                                                     f"resources.json; the search curve in search_curve.png")
+    for column in ("prompt", "validation accuracy", "test accuracy"):
+        table.add_column(column)
+    table.add_row("found soft prompt", f"{metrics['validation_accuracy']:.3f}", f"{metrics['test']['accuracy']:.3f}")
+    table.add_row("the template alone (zero-shot)", "-", f"{metrics['zero_shot']['accuracy']:.3f}")
+    return table

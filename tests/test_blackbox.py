@@ -1,0 +1,179 @@
+"""Black-box tuning: every call counted exactly once (cache, retries, a kill and a resume), the budget never passed,
+each endpoint scoring as the model in this process does, and a bbt run written whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from tunelab import build_config
+from tunelab.api import load_language_model
+from tunelab.blackbox import endpoints
+from tunelab.blackbox.bbt import BBTSettings, BlackBoxTuning, Shots
+from tunelab.blackbox.endpoints import Budget, BudgetSpent, Endpoint, InProcess, OpenAICompatible, TunelabServer
+from tunelab.blackbox.prompts import LabelPrompts
+from tunelab.blackbox.run import run_bbt
+from tunelab.errors import TunelabError
+from tunelab.serve.app import create_app
+from tunelab.serve.models import ServedModels
+
+HIDDEN = 4
+
+
+class Counting(Endpoint):
+    """A fake model: a label word's score falls with the soft prompt's distance from a target, so a search can
+    find it; every call is recorded, and the call numbered `fail_at` raises (a kill)."""
+
+    soft_prompts = True
+    hidden_size = HIDDEN
+
+    def __init__(self, budget: Budget, fail_at: int | None = None):
+        super().__init__(budget)
+        self.made, self.fail_at = 0, fail_at
+        self.target = np.linspace(-0.02, 0.02, 2 * HIDDEN).reshape(2, HIDDEN)
+
+    def _score(self, prompts, continuations, soft_prompt):
+        self.made += 1
+        if self.fail_at is not None and self.made == self.fail_at:
+            raise KeyboardInterrupt
+        distance = 0.0 if soft_prompt is None else float(((soft_prompt - self.target) ** 2).sum())
+        scores = np.array([[-distance * 100 if index % 2 == label else -1.0 for index in range(len(continuations))]
+                           for label, _ in zip([0, 1] * len(prompts), prompts, strict=False)])
+        return scores, 10 * len(prompts), 0
+
+
+PROMPTS = LabelPrompts.build("{text} It was {label}", None, ["negative", "positive"])
+TRAIN = Shots(["a", "b", "c", "d"], np.array([0, 1, 0, 1]))
+SETTINGS = BBTSettings(virtual_tokens=2, intrinsic_dim=6, population=4, sigma=1.0, embedding_std=0.05, patience=0)
+
+
+def test_cached_questions_are_free_and_the_budget_is_never_passed():
+    endpoint = Counting(Budget(calls=3))
+    for _ in range(2):
+        endpoint.score(["x"], [" a", " b"])
+    assert (endpoint.usage.calls, endpoint.usage.cached, endpoint.made) == (1, 1, 1)
+    endpoint.score(["y"], [" a"])
+    endpoint.score(["z"], [" a"])
+    with pytest.raises(BudgetSpent, match="the budget of 3 calls is spent"):
+        endpoint.score(["w"], [" a"])
+    assert endpoint.usage.calls == endpoint.made == 3
+
+
+def test_a_search_stops_within_its_budget_and_counts_every_call(tmp_path: Path):
+    endpoint = Counting(Budget(calls=23))
+    state = BlackBoxTuning(endpoint, PROMPTS, SETTINGS).search(TRAIN, TRAIN, tmp_path / "state.pkl")
+    assert endpoint.usage.calls == endpoint.made <= 23
+    assert endpoint.usage.calls > 23 - (SETTINGS.population + 1)  # no room left for another generation
+    assert state.curve[-1]["calls"] == endpoint.usage.calls and state.generation == len(state.curve)
+    assert [point["train_loss"] for point in state.curve] == sorted(
+        [point["train_loss"] for point in state.curve], reverse=True)
+
+
+def test_a_killed_search_resumes_and_counts_each_call_once(tmp_path: Path):
+    ledger, checkpoint = tmp_path / "calls.json", tmp_path / "state.pkl"
+    first = Counting(Budget(calls=40), fail_at=13)  # dies inside the third generation
+    first.keep_ledger(ledger)
+    with pytest.raises(KeyboardInterrupt):
+        BlackBoxTuning(first, PROMPTS, SETTINGS).search(TRAIN, TRAIN, checkpoint)
+    assert json.loads(ledger.read_text())["calls"] == first.made - 1 == 12  # the failing call never answered
+    second = Counting(Budget(calls=40))
+    second.keep_ledger(ledger)
+    state = BlackBoxTuning(second, PROMPTS, SETTINGS).search(TRAIN, TRAIN, checkpoint)
+    assert second.usage.calls == 12 + second.made <= 40  # the calls before the kill, once, and the new ones
+    assert state.curve[0]["generation"] == 1 and state.generation == len(state.curve)
+
+
+def test_an_endpoint_without_soft_prompts_is_refused_before_any_call():
+    endpoint = OpenAICompatible("http://127.0.0.1:9", "x", None)
+    with pytest.raises(TunelabError, match="bbt puts a soft prompt before the text and .* takes none"):
+        BlackBoxTuning(endpoint, PROMPTS, SETTINGS)
+    assert endpoint.usage.calls == 0
+
+
+def test_transient_failures_are_retried_and_counted(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(endpoints, "BACKOFF_S", 0.0)
+    answers = iter([httpx.Response(503), httpx.Response(502),
+                    httpx.Response(200, json={"data": [[{"logprob": -1.0}]], "usage": {"prompt_tokens": 3}})])
+    transport = httpx.MockTransport(lambda request: next(answers) if request.url.path == "/v1/score" else
+                                    httpx.Response(200, json={"hidden_size": 8}))
+    endpoint = TunelabServer("http://server", "m", "key", client=httpx.Client(transport=transport))
+    assert endpoint.score(["p"], [" a"]).tolist() == [[-1.0]]
+    assert (endpoint.usage.calls, endpoint.usage.retries, endpoint.usage.tokens_in) == (1, 2, 3)
+    refused = httpx.MockTransport(lambda request: httpx.Response(400, text="bad request") if
+                                  request.url.path == "/v1/score" else httpx.Response(200, json={}))
+    endpoint = TunelabServer("http://server", "m", None, client=httpx.Client(transport=refused))
+    with pytest.raises(TunelabError, match="answered 400: bad request"):
+        endpoint.score(["p"], [" a"])
+    assert (endpoint.usage.calls, endpoint.usage.retries) == (0, 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_llama_lm: Path):
+    return load_language_model(str(tiny_llama_lm))
+
+
+def test_every_endpoint_scores_as_the_model_in_this_process(tiny_llama_lm: Path, tiny_lm):
+    models = ServedModels("fp32")
+    models.load_base(str(tiny_llama_lm))
+    prompts, words = ["the film was", "a dull and long"], [" good", " bad", " very bad"]
+    soft = np.random.default_rng(0).normal(0, 0.1, (3, tiny_lm[0].backbone.config.hidden_size))
+    local = InProcess(*tiny_lm)
+    with TestClient(create_app(models)) as client:
+        served = TunelabServer("http://testserver", str(tiny_llama_lm), None, client=client)
+        assert served.hidden_size == local.hidden_size
+        np.testing.assert_allclose(served.score(prompts, words), local.score(prompts, words), atol=1e-4)
+        np.testing.assert_allclose(served.score(prompts, words, soft), local.score(prompts, words, soft), atol=1e-4)
+        openai = OpenAICompatible("http://testserver", str(tiny_llama_lm), None, client=client)
+        np.testing.assert_allclose(openai.score(prompts, words), local.score(prompts, words), atol=1e-4)
+    single = local.score(prompts, [" good", " bad"], soft)  # one token each: one forward per prompt
+    np.testing.assert_allclose(single, local.score(prompts, [" good", " bad", " very bad"], soft)[:, :2], atol=1e-5)
+
+
+def test_label_prompts_render_up_to_the_label_slot():
+    prompts = LabelPrompts.build("Review: {text}\nSentiment: {label}", {"positive": "great, good", "negative": "bad"},
+                                 ["negative", "positive"])
+    assert prompts.prompts(pd.DataFrame({"text": ["fine"]})) == ["Review: fine\nSentiment:"]
+    assert prompts.continuations == [" bad", " great", " good"] and prompts.owners.tolist() == [0, 1, 1]
+    label = prompts.label_logprobs(np.log(np.array([[0.2, 0.3, 0.1]])))
+    np.testing.assert_allclose(np.exp(label), [[0.2 / 0.6, 0.4 / 0.6]])
+    with pytest.raises(TunelabError, match="the label slot must end the template"):
+        LabelPrompts.build("{label}: {text}", None, ["a", "b"])
+
+
+def test_a_bbt_run_is_written_whole_and_refuses_to_overwrite(tiny_lm, tiny_llama_lm: Path, sentiment_csv: Path,
+                                                             tmp_path: Path):
+    config = build_config({"model": str(tiny_llama_lm), "task": "classification", "strategy": {"name": "zero-shot"},
+                           "data": {"source": str(sentiment_csv), "shots": 2}, "output": str(tmp_path / "bbt")})
+    endpoint = InProcess(*tiny_lm)
+    path, metrics = run_bbt(config, endpoint, SETTINGS, budget=11)
+    assert {file.name for file in path.iterdir()} == {"blackbox.yaml", "metrics.json", "resources.json",
+                                                      "soft_prompt.safetensors", "search_curve.png"}
+    resources = json.loads((path / "resources.json").read_text())
+    assert resources["search"]["calls"] == metrics["curve"][-1]["calls"] <= 11
+    assert resources["evaluation"]["calls"] == 2 * 1  # 12 test rows, 32 per call: test and zero-shot
+    assert 0 <= metrics["test"]["accuracy"] <= 1 and metrics["test_examples"] == 12
+    assert not (tmp_path / ".bbt.search").exists()
+    with pytest.raises(TunelabError, match="already exists"):
+        run_bbt(config, InProcess(*tiny_lm), SETTINGS, budget=11)
+
+
+def test_bad_blackbox_input_is_one_line(sentiment_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture):
+    from tiny import run_main
+
+    base = ["blackbox", "--data", str(sentiment_csv), "--output", str(tmp_path / "out")]
+    code, _, err = run_main([*base, "--method", "grips"], monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: unknown --method 'grips'; choose bbt"), err
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    code, _, err = run_main([*base, "--endpoint", "http://127.0.0.1:9", "--api-key-env", "NO_SUCH_KEY"],
+                            monkeypatch, capsys)
+    assert code == 2 and "NO_SUCH_KEY: that environment variable is not set" in err, err
+    code, _, err = run_main([*base, "--template", "{label} {text}"], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
