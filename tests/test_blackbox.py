@@ -4,6 +4,7 @@ each endpoint scoring as the model in this process does, and a bbt run written w
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import httpx
@@ -15,10 +16,11 @@ from fastapi.testclient import TestClient
 from tunelab import build_config
 from tunelab.api import load_language_model
 from tunelab.blackbox import endpoints
-from tunelab.blackbox.bbt import BBTSettings, BlackBoxTuning, Shots
+from tunelab.blackbox.bbt import BBTSettings, BlackBoxTuning
 from tunelab.blackbox.endpoints import Budget, BudgetSpent, Endpoint, InProcess, OpenAICompatible, TunelabServer
-from tunelab.blackbox.prompts import LabelPrompts
-from tunelab.blackbox.run import run_bbt
+from tunelab.blackbox.prompts import LabelPrompts, checked_template
+from tunelab.blackbox.run import run_blackbox
+from tunelab.blackbox.search import Candidate, PromptSearch, SearchSettings
 from tunelab.errors import TunelabError
 from tunelab.serve.app import create_app
 from tunelab.serve.models import ServedModels
@@ -49,7 +51,7 @@ class Counting(Endpoint):
 
 
 PROMPTS = LabelPrompts.build("{text} It was {label}", None, ["negative", "positive"])
-TRAIN = Shots(["a", "b", "c", "d"], np.array([0, 1, 0, 1]))
+ROWS = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["negative", "positive"] * 2})
 SETTINGS = BBTSettings(virtual_tokens=2, intrinsic_dim=6, population=4, sigma=1.0, embedding_std=0.05, patience=0)
 
 
@@ -67,7 +69,7 @@ def test_cached_questions_are_free_and_the_budget_is_never_passed():
 
 def test_a_search_stops_within_its_budget_and_counts_every_call(tmp_path: Path):
     endpoint = Counting(Budget(calls=23))
-    state = BlackBoxTuning(endpoint, PROMPTS, SETTINGS).search(TRAIN, TRAIN, tmp_path / "state.pkl")
+    state = BlackBoxTuning(endpoint, PROMPTS, SETTINGS).search(ROWS, ROWS, tmp_path / "state.pkl")
     assert endpoint.usage.calls == endpoint.made <= 23
     assert endpoint.usage.calls > 23 - (SETTINGS.population + 1)  # no room left for another generation
     assert state.curve[-1]["calls"] == endpoint.usage.calls and state.generation == len(state.curve)
@@ -80,11 +82,11 @@ def test_a_killed_search_resumes_and_counts_each_call_once(tmp_path: Path):
     first = Counting(Budget(calls=40), fail_at=13)  # dies inside the third generation
     first.keep_ledger(ledger)
     with pytest.raises(KeyboardInterrupt):
-        BlackBoxTuning(first, PROMPTS, SETTINGS).search(TRAIN, TRAIN, checkpoint)
+        BlackBoxTuning(first, PROMPTS, SETTINGS).search(ROWS, ROWS, checkpoint)
     assert json.loads(ledger.read_text())["calls"] == first.made - 1 == 12  # the failing call never answered
     second = Counting(Budget(calls=40))
     second.keep_ledger(ledger)
-    state = BlackBoxTuning(second, PROMPTS, SETTINGS).search(TRAIN, TRAIN, checkpoint)
+    state = BlackBoxTuning(second, PROMPTS, SETTINGS).search(ROWS, ROWS, checkpoint)
     assert second.usage.calls == 12 + second.made <= 40  # the calls before the kill, once, and the new ones
     assert state.curve[0]["generation"] == 1 and state.generation == len(state.curve)
 
@@ -151,7 +153,7 @@ def test_a_bbt_run_is_written_whole_and_refuses_to_overwrite(tiny_lm, tiny_llama
     config = build_config({"model": str(tiny_llama_lm), "task": "classification", "strategy": {"name": "zero-shot"},
                            "data": {"source": str(sentiment_csv), "shots": 2}, "output": str(tmp_path / "bbt")})
     endpoint = InProcess(*tiny_lm)
-    path, metrics = run_bbt(config, endpoint, SETTINGS, budget=11)
+    path, metrics = run_blackbox(config, endpoint, SETTINGS, budget=11)
     assert {file.name for file in path.iterdir()} == {"blackbox.yaml", "metrics.json", "resources.json",
                                                       "soft_prompt.safetensors", "search_curve.png"}
     resources = json.loads((path / "resources.json").read_text())
@@ -160,7 +162,7 @@ def test_a_bbt_run_is_written_whole_and_refuses_to_overwrite(tiny_lm, tiny_llama
     assert 0 <= metrics["test"]["accuracy"] <= 1 and metrics["test_examples"] == 12
     assert not (tmp_path / ".bbt.search").exists()
     with pytest.raises(TunelabError, match="already exists"):
-        run_bbt(config, InProcess(*tiny_lm), SETTINGS, budget=11)
+        run_blackbox(config, InProcess(*tiny_lm), SETTINGS, budget=11)
 
 
 def test_bad_blackbox_input_is_one_line(sentiment_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -177,3 +179,43 @@ def test_bad_blackbox_input_is_one_line(sentiment_csv: Path, tmp_path: Path, mon
     code, _, err = run_main([*base, "--template", "{label} {text}"], monkeypatch, capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+SHOTS = pd.DataFrame({"text": ["good fine", "bad awful", "great nice", "poor nasty", "lovely superb", "ugly bad"],
+                      "label": ["positive", "negative"] * 3})
+
+
+def test_search_edits_keep_the_placeholders_and_never_score_a_shot_it_shows():
+    search = PromptSearch(Counting(Budget()), LabelPrompts.build("Review: {text} Overall, it was {label}", None,
+                                                                 ["negative", "positive"]), SearchSettings())
+    search.train = SHOTS
+    rng = random.Random(0)
+    candidate = Candidate("", "Review: {text} Overall, it was {label}", ())
+    for _ in range(60):
+        candidate = search.edit(candidate, rng)
+        template = checked_template(candidate.template)  # still a template a black-box method can ask
+        assert template.fields == ["text"] and len(candidate.demonstrations) <= 4
+        assert len(set(candidate.demonstrations)) == len(candidate.demonstrations)
+    shown = Candidate("Answer with one word: negative, positive.", "{text} It was {label}", (1, 0))
+    assert search.render(shown, SHOTS.iloc[[2]]) == [
+        "Answer with one word: negative, positive.\n\nbad awful It was negative\n\ngood fine It was positive\n\n"
+        "great nice It was"]
+    asked: list[list[str]] = []
+    search.endpoint._score = lambda prompts, words, soft: (asked.append(prompts) or np.zeros((len(prompts), 2)), 0, 0)
+    search.on_training(shown)
+    assert len(asked[0]) == 4 and not any(prompt.endswith(("good fine It was", "bad awful It was"))
+                                          for prompt in asked[0])
+
+
+def test_a_search_run_finds_a_prompt_within_its_budget(tiny_lm, tiny_llama_lm: Path, sentiment_csv: Path,
+                                                       tmp_path: Path):
+    config = build_config({"model": str(tiny_llama_lm), "task": "classification", "strategy": {"name": "zero-shot"},
+                           "data": {"source": str(sentiment_csv), "shots": 3},
+                           "prompt": {"template": "{text} Overall, it was {label}"}, "output": str(tmp_path / "s")})
+    endpoint = InProcess(*tiny_lm)
+    path, metrics = run_blackbox(config, endpoint, SearchSettings(candidates=3, patience=0), budget=14)
+    resources = json.loads((path / "resources.json").read_text())
+    assert resources["search"]["calls"] <= 14 and metrics["method"] == "search"
+    assert metrics["curve"][-1]["calls"] == resources["search"]["calls"] - 0  # every call of the search on the curve
+    assert "{text}" in (path / "prompt.txt").read_text() and (path / "search_curve.png").exists()
+    assert metrics["validation_accuracy"] >= 0 and 0 <= metrics["test"]["accuracy"] <= 1

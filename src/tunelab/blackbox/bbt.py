@@ -11,17 +11,21 @@ search killed at any point and started again resumes where it was, without count
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cma
 import numpy as np
 import pandas as pd
+import torch
+from safetensors.torch import save_file
 
 from tunelab.blackbox.endpoints import BudgetSpent, Endpoint
 from tunelab.blackbox.prompts import LabelPrompts, loss_and_accuracy
 from tunelab.errors import TunelabError
 from tunelab.runs import write_bytes_atomic
+
+SOFT_PROMPT_FILE = "soft_prompt.safetensors"
 
 
 @dataclass(frozen=True)
@@ -86,11 +90,14 @@ class BlackBoxTuning:
                                             {"popsize": settings.population, "seed": settings.seed, "verbose": -9})
         return SearchState(strategy, np.zeros(settings.intrinsic_dim))
 
-    def search(self, train: Shots, validation: Shots, checkpoint: Path,
+    name = "bbt"
+
+    def search(self, train_rows: pd.DataFrame, validation_rows: pd.DataFrame, checkpoint: Path,
                on_generation=lambda state: None) -> SearchState:
         """Generations of CMA-ES until the budget has no room for another (population + 1 validation calls), or
         the validation accuracy stops improving; resumes from `checkpoint` when it exists."""
-        state = self.resume(checkpoint) or self.start()
+        train, validation = shots(self.prompts, train_rows), shots(self.prompts, validation_rows)
+        state = resume(checkpoint) or self.start()
         generation_calls = self.settings.population + 1
         while True:
             remaining = self.endpoint.remaining_calls()
@@ -124,8 +131,17 @@ class BlackBoxTuning:
         state.curve.append({"generation": state.generation, "calls": self.endpoint.usage.calls,
                             "train_loss": state.best_loss, "validation_accuracy": state.best_validation})
 
-    @staticmethod
-    def resume(checkpoint: Path) -> SearchState | None:
-        """The state after the last finished generation; a generation cut short is searched again (its calls
-        stay counted in the endpoint's ledger)."""
-        return pickle.loads(checkpoint.read_bytes()) if checkpoint.exists() else None
+    def asked(self, state: SearchState | None, rows: pd.DataFrame) -> tuple[list[str], np.ndarray | None]:
+        """The prompts and soft prompt the found candidate asks `rows` with (None: the template alone)."""
+        return self.prompts.prompts(rows), None if state is None else self.soft_prompt(state.best_z)
+
+    def save(self, state: SearchState, folder: Path) -> dict:
+        """The found soft prompt in `folder`; what blackbox.yaml records of it."""
+        save_file({"soft_prompt": torch.from_numpy(self.soft_prompt(state.best_z))}, folder / SOFT_PROMPT_FILE)
+        return {"soft_prompt": SOFT_PROMPT_FILE, "bbt": asdict(self.settings)}
+
+
+def resume(checkpoint: Path):
+    """The state after the last finished generation or round; one cut short is searched again (its calls stay
+    counted in the endpoint's ledger)."""
+    return pickle.loads(checkpoint.read_bytes()) if checkpoint.exists() else None

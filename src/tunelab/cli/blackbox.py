@@ -14,7 +14,8 @@ from tunelab.cli.app import app, console
 from tunelab.cli.options import TEMPLATE_HELP, VERBALIZER_HELP
 from tunelab.errors import TunelabError
 
-METHODS = ("bbt",)
+METHODS = ("bbt", "search")
+APIS = ("tunelab", "openai")
 
 
 @app.command()
@@ -22,11 +23,16 @@ def blackbox(
     data: Annotated[str, typer.Option(help="a file or an embedded dataset (classification)")],
     output: Annotated[Path, typer.Option(help="the run's folder")],
     method: Annotated[str, typer.Option(help="bbt: a soft prompt searched by CMA-ES through a random projection "
-                                             "(the model in this process, or a `tunelab serve` endpoint)")] = "bbt",
+                                             "(the model in this process, or a `tunelab serve` endpoint); search: "
+                                             "edits of the instruction, the template's words and in-context "
+                                             "demonstrations (any endpoint)")] = "bbt",
     model: Annotated[str, typer.Option(help="the causal LM: in this process, or its name on --endpoint")]
     = "smollm2",
     endpoint: Annotated[str | None, typer.Option(help="a `tunelab serve` URL (http://host:port); default: the "
                                                       "model in this process")] = None,
+    api: Annotated[str, typer.Option(help="what --endpoint speaks: tunelab (`tunelab serve`'s /v1/score) or openai "
+                                          "(any OpenAI-compatible /v1/completions with echo and logprobs)")]
+    = "tunelab",
     api_key_env: Annotated[str | None, typer.Option(help="the environment variable holding the endpoint's API "
                                                          "key")] = None,
     shots: Annotated[int, typer.Option(help="labelled examples per label, for the search and again for "
@@ -36,8 +42,11 @@ def blackbox(
     virtual_tokens: Annotated[int, typer.Option(min=1, help="bbt: the soft prompt's length")] = 50,
     intrinsic_dim: Annotated[int, typer.Option(min=1, help="bbt: the searched dimension")] = 500,
     population: Annotated[int, typer.Option(min=2, help="bbt: CMA-ES candidates per generation")] = 20,
-    patience: Annotated[int, typer.Option(min=0, help="generations without a better validation accuracy before "
-                                                      "stopping (0: never)")] = 20,
+    demonstrations: Annotated[int, typer.Option(min=0, help="search: in-context examples at most")] = 4,
+    candidates: Annotated[int, typer.Option(min=1, help="search: edits tried per round")] = 8,
+    patience: Annotated[int | None, typer.Option(min=0, help="generations (rounds) without a better validation "
+                                                             "accuracy before stopping, 0: never [default: 20 for "
+                                                             "bbt, 10 for search]")] = None,
     template: Annotated[str | None, typer.Option(help=TEMPLATE_HELP)] = None,
     verbalizer: Annotated[list[str] | None, typer.Option(help=VERBALIZER_HELP)] = None,
     text_column: Annotated[str, typer.Option(help="the data's text column")] = "text",
@@ -51,14 +60,17 @@ def blackbox(
     from rich.progress import BarColumn, Progress, TextColumn
 
     from tunelab.blackbox.bbt import BBTSettings
-    from tunelab.blackbox.endpoints import InProcess, TunelabServer
+    from tunelab.blackbox.endpoints import InProcess, OpenAICompatible, TunelabServer
     from tunelab.blackbox.prompts import checked_template
-    from tunelab.blackbox.run import run_bbt
+    from tunelab.blackbox.run import run_blackbox
+    from tunelab.blackbox.search import SearchSettings
     from tunelab.cli.options import prompt_settings, quiet_libraries
     from tunelab.config import build_config
 
     if method not in METHODS:
         raise TunelabError(f"unknown --method '{method}'; choose {', '.join(METHODS)}")
+    if api not in APIS:
+        raise TunelabError(f"unknown --api '{api}'; choose {', '.join(APIS)}")
     config = build_config({"model": model, "task": "classification", "strategy": {"name": "zero-shot"},
                            "data": {"source": data, "text_column": text_column, "label_column": label_column,
                                     "shots": shots, "limit_eval": limit_eval},
@@ -72,17 +84,21 @@ def blackbox(
         if not key:
             raise TunelabError(f"--api-key-env {api_key_env}: that environment variable is not set")
     quiet_libraries()
+    if method == "bbt":
+        settings = BBTSettings(virtual_tokens, intrinsic_dim, population, seed=seed,
+                               patience=20 if patience is None else patience)
+    else:
+        settings = SearchSettings(demonstrations, candidates, 10 if patience is None else patience, seed)
     if endpoint is None:
         from tunelab.api import load_language_model
 
         asked = InProcess(*load_language_model(model))
     else:
-        asked = TunelabServer(endpoint, model, key)
-    settings = BBTSettings(virtual_tokens, intrinsic_dim, population, seed=seed, patience=patience)
+        asked = TunelabServer(endpoint, model, key) if api == "tunelab" else OpenAICompatible(endpoint, model, key)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} calls"),
                   console=console, transient=True) as bar:
         searching = bar.add_task("searching", total=budget)
-        path, metrics = run_bbt(config, asked, settings, budget, overwrite, lambda state: bar.update(
+        path, metrics = run_blackbox(config, asked, settings, budget, overwrite, lambda state: bar.update(
             searching, completed=asked.usage.calls,
             description=f"validation accuracy {state.best_validation:.3f}"))
     console.print(result_table(path, metrics))
@@ -94,6 +110,7 @@ def result_table(path: Path, metrics: dict) -> Table:
                                                      f"resources.json; the search curve in search_curve.png")
     for column in ("prompt", "validation accuracy", "test accuracy"):
         table.add_column(column)
-    table.add_row("found soft prompt", f"{metrics['validation_accuracy']:.3f}", f"{metrics['test']['accuracy']:.3f}")
+    found = "found soft prompt" if metrics["method"] == "bbt" else "found prompt (prompt.txt)"
+    table.add_row(found, f"{metrics['validation_accuracy']:.3f}", f"{metrics['test']['accuracy']:.3f}")
     table.add_row("the template alone (zero-shot)", "-", f"{metrics['zero_shot']['accuracy']:.3f}")
     return table
