@@ -10,7 +10,6 @@ search killed at any point and started again resumes where it was, without count
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,10 +19,10 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from tunelab.blackbox.endpoints import BudgetSpent, Endpoint
+from tunelab.blackbox.endpoints import Endpoint
+from tunelab.blackbox.loop import resume, search_rounds
 from tunelab.blackbox.prompts import LabelPrompts, loss_and_accuracy
 from tunelab.errors import TunelabError
-from tunelab.runs import write_bytes_atomic
 
 SOFT_PROMPT_FILE = "soft_prompt.safetensors"
 
@@ -62,6 +61,8 @@ def shots(prompts: LabelPrompts, rows: pd.DataFrame) -> Shots:
 
 
 class BlackBoxTuning:
+    name = "bbt"
+
     def __init__(self, endpoint: Endpoint, prompts: LabelPrompts, settings: BBTSettings):
         if not endpoint.soft_prompts:
             raise TunelabError(f"bbt puts a soft prompt before the text and {endpoint.describe()} takes none: use "
@@ -90,28 +91,14 @@ class BlackBoxTuning:
                                             {"popsize": settings.population, "seed": settings.seed, "verbose": -9})
         return SearchState(strategy, np.zeros(settings.intrinsic_dim))
 
-    name = "bbt"
-
     def search(self, train_rows: pd.DataFrame, validation_rows: pd.DataFrame, checkpoint: Path,
                on_generation=lambda state: None) -> SearchState:
         """Generations of CMA-ES until the budget has no room for another (population + 1 validation calls), or
         the validation accuracy stops improving; resumes from `checkpoint` when it exists."""
         train, validation = shots(self.prompts, train_rows), shots(self.prompts, validation_rows)
         state = resume(checkpoint) or self.start()
-        generation_calls = self.settings.population + 1
-        while True:
-            remaining = self.endpoint.remaining_calls()
-            if remaining is not None and remaining < generation_calls:
-                break
-            if self.settings.patience and state.stale >= self.settings.patience:
-                break
-            try:
-                self.generation(state, train, validation)
-            except BudgetSpent:  # a token budget: the generation is not kept
-                break
-            write_bytes_atomic(checkpoint, pickle.dumps(state))
-            on_generation(state)
-        return state
+        return search_rounds(self.endpoint, state, self.settings.population + 1, self.settings.patience,
+                             lambda: self.generation(state, train, validation), checkpoint, on_generation)
 
     def generation(self, state: SearchState, train: Shots, validation: Shots) -> None:
         candidates = state.strategy.ask()
@@ -140,8 +127,3 @@ class BlackBoxTuning:
         save_file({"soft_prompt": torch.from_numpy(self.soft_prompt(state.best_z))}, folder / SOFT_PROMPT_FILE)
         return {"soft_prompt": SOFT_PROMPT_FILE, "bbt": asdict(self.settings)}
 
-
-def resume(checkpoint: Path):
-    """The state after the last finished generation or round; one cut short is searched again (its calls stay
-    counted in the endpoint's ledger)."""
-    return pickle.loads(checkpoint.read_bytes()) if checkpoint.exists() else None

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunelab.blackbox.bbt import resume
-from tunelab.blackbox.endpoints import BudgetSpent, Endpoint
+from tunelab.blackbox.endpoints import Endpoint
+from tunelab.blackbox.loop import resume, search_rounds
 from tunelab.blackbox.prompts import LabelPrompts, checked_template, loss_and_accuracy
 from tunelab.prompting.template import Field, Text
 from tunelab.runs import write_bytes_atomic, write_text_atomic
@@ -166,20 +166,8 @@ class PromptSearch:
             state.best_train = self.on_training(start)
             state.best_validation = self.measure(start, validation_rows)[0]
             write_bytes_atomic(checkpoint, pickle.dumps(state))
-        round_calls = self.settings.candidates + 1
-        while True:
-            remaining = self.endpoint.remaining_calls()
-            if remaining is not None and remaining < round_calls:
-                break
-            if self.settings.patience and state.stale >= self.settings.patience:
-                break
-            try:
-                self.round(state, validation_rows)
-            except BudgetSpent:
-                break
-            write_bytes_atomic(checkpoint, pickle.dumps(state))
-            on_generation(state)
-        return state
+        return search_rounds(self.endpoint, state, self.settings.candidates + 1, self.settings.patience,
+                             lambda: self.round(state, validation_rows), checkpoint, on_generation)
 
     def round(self, state: SearchState, validation_rows: pd.DataFrame) -> None:
         tried = {self.edit(state.best, state.rng) for _ in range(self.settings.candidates)}
