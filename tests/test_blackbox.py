@@ -219,3 +219,24 @@ def test_a_search_run_finds_a_prompt_within_its_budget(tiny_lm, tiny_llama_lm: P
     assert metrics["curve"][-1]["calls"] == resources["search"]["calls"] - 0  # every call of the search on the curve
     assert "{text}" in (path / "prompt.txt").read_text() and (path / "search_curve.png").exists()
     assert metrics["validation_accuracy"] >= 0 and 0 <= metrics["test"]["accuracy"] <= 1
+
+
+def test_a_black_box_run_predicts_and_evaluates_as_its_search_found(tiny_lm, tiny_llama_lm: Path,
+                                                                      sentiment_csv: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture):
+    from tiny import run_main
+
+    from tunelab import api
+
+    for method, settings in (("bbt", SETTINGS), ("search", SearchSettings(candidates=2, patience=0))):
+        config = build_config({"model": str(tiny_llama_lm), "task": "classification",
+                               "strategy": {"name": "zero-shot"}, "data": {"source": str(sentiment_csv), "shots": 2},
+                               "output": str(tmp_path / method)})
+        path, metrics = run_blackbox(config, InProcess(*tiny_lm), settings, budget=8)
+        assert api.evaluate(path)["accuracy"] == pytest.approx(metrics["test"]["accuracy"])  # the same test split
+        records = api.predict(path, ["good great fine nice"])
+        assert records[0]["label"] in ("negative", "positive") and sum(records[0]["probabilities"].values()) == \
+            pytest.approx(1.0)
+        code, out, _ = run_main(["predict", str(path), "good great", "--json"], monkeypatch, capsys)
+        assert code == 0 and json.loads(out.splitlines()[0])["label"] in ("negative", "positive")

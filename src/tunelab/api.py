@@ -10,10 +10,12 @@ from typing import Any
 from rich.console import RenderableType
 
 from tunelab.assets.models import resolve_model
+from tunelab.blackbox.found import FoundPrompt, is_blackbox_run
 from tunelab.config import Precision, RunConfig, StrategyConfig
 from tunelab.errors import TunelabError
 from tunelab.export import is_export, load_export
 from tunelab.modeling import load_causal_lm, load_tokenizer
+from tunelab.recipes.base import refuse_context
 from tunelab.recipes.generation import Generator
 from tunelab.recipes.runs import RunResult, evaluate_run, load_run, train_run
 from tunelab.runs import read_run_config, require_run
@@ -37,8 +39,25 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True,
 def evaluate(run_dir: Path, source: str | None = None, text_column: str = "text", label_column: str = "label",
              limit: int | None = None, precision: Precision = "auto") -> dict[str, Any]:
     """Metrics of a trained run on a dataset: its own test split by default, else every row of `source`; computed
-    in `precision` (auto: bf16 where this machine computes it natively, else fp32)."""
+    in `precision` (auto: bf16 where this machine computes it natively, else fp32). A black-box run asks its model
+    in this process, as the search found to."""
+    if is_blackbox_run(run_dir):
+        return _evaluate_blackbox(run_dir, source, text_column, label_column, limit)
     return evaluate_run(run_dir, source, text_column, label_column, limit, precision)
+
+
+def _evaluate_blackbox(run_dir: Path, source: str | None, text_column: str, label_column: str,
+                       limit: int | None) -> dict[str, Any]:
+    from tunelab.blackbox.endpoints import InProcess
+
+    found = FoundPrompt(run_dir)
+    recipe = recipe_for("classification")
+    if source is None:
+        examples, name = recipe.test_examples(found.config), f"{found.config.data.source} (test split)"
+    else:
+        examples, name = recipe.read_examples(found.config, None, source, text_column, label_column), source
+    examples = examples.iloc[:limit] if limit is not None else examples
+    return found.score(examples, InProcess(*load_language_model(found.config.model)), name)
 
 
 def zero_shot(config: RunConfig) -> dict[str, Any]:
@@ -53,8 +72,8 @@ def zero_shot(config: RunConfig) -> dict[str, Any]:
 
 
 def run_task(run_dir: Path) -> str:
-    """The task of a run directory or of a merged export (a classifier)."""
-    if is_export(run_dir):
+    """The task of a run directory, of a merged export or of a black-box run (classifiers both)."""
+    if is_export(run_dir) or is_blackbox_run(run_dir):
         return "classification"
     require_run(run_dir)
     return read_run_config(run_dir).task
@@ -71,7 +90,14 @@ def load_predictor(run_dir: Path, precision: Precision = "auto") -> Any:
 def predict(run_dir: Path, inputs: list[str], context: str | None = None,
             precision: Precision = "auto") -> list[dict[str, Any]]:
     """One JSON-ready record per input: a label with every label's probability, a value, the entities with their
-    character spans, the answer to a question about `context`, or a generated answer."""
+    character spans, the answer to a question about `context`, or a generated answer. A black-box run asks its
+    model in this process, as the search found to."""
+    if is_blackbox_run(run_dir):
+        from tunelab.blackbox.endpoints import InProcess
+
+        found = FoundPrompt(run_dir)
+        refuse_context(context, "classification")
+        return found.predict(inputs, InProcess(*load_language_model(found.config.model)))
     return recipe_for(run_task(run_dir)).predict(load_predictor(run_dir, precision), inputs, context)
 
 

@@ -21,6 +21,7 @@ import yaml
 
 from tunelab.blackbox.bbt import BBTSettings, BlackBoxTuning
 from tunelab.blackbox.endpoints import Budget, Endpoint, Usage
+from tunelab.blackbox.found import SCORED_PAIRS, SETTINGS_FILE
 from tunelab.blackbox.prompts import LabelPrompts, loss_and_accuracy
 from tunelab.blackbox.search import PromptSearch, SearchSettings
 from tunelab.config import RunConfig
@@ -28,8 +29,7 @@ from tunelab.errors import TunelabError
 from tunelab.runs import StagedRun, write_json, write_text_atomic
 from tunelab.task_catalog import recipe_for
 
-SETTINGS_FILE = "blackbox.yaml"
-EVALUATION_PAIRS = 64  # prompt x label-word pairs per evaluation call (`tunelab serve`'s default --max-inputs)
+EVALUATION_PAIRS = SCORED_PAIRS
 
 
 def evaluate(method: BlackBoxTuning | PromptSearch, state: Any, rows: pd.DataFrame) -> float:

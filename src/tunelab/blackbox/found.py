@@ -1,0 +1,73 @@
+"""A finished black-box run, read back: how it asks the model about new texts (its prompt, its soft prompt, its
+label words), so that `predict` and `eval` answer through any endpoint as the search did."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from safetensors.numpy import load_file
+
+from tunelab.blackbox.bbt import SOFT_PROMPT_FILE
+from tunelab.blackbox.endpoints import Endpoint
+from tunelab.blackbox.prompts import LabelPrompts
+from tunelab.blackbox.search import Candidate, PromptSearch, SearchSettings
+from tunelab.config import RunConfig, build_config
+from tunelab.errors import TunelabError
+from tunelab.tasks.classification import LabelMap
+
+SETTINGS_FILE = "blackbox.yaml"
+SCORED_PAIRS = 64  # prompt x label-word pairs per call (`tunelab serve`'s default --max-inputs)
+
+
+def is_blackbox_run(path: Path) -> bool:
+    return (path / SETTINGS_FILE).exists()
+
+
+class FoundPrompt:
+    def __init__(self, path: Path):
+        if not is_blackbox_run(path):
+            raise TunelabError(f"{path} is not a black-box run (no {SETTINGS_FILE})")
+        self.record: dict[str, Any] = yaml.safe_load((path / SETTINGS_FILE).read_text(encoding="utf-8"))
+        self.config: RunConfig = build_config(self.record["config"])
+        labels = list(self.record["verbalizer"])
+        self.prompts = LabelPrompts.build(self.record["template"], self.record["verbalizer"], labels)
+        self.soft_prompt = load_file(str(path / SOFT_PROMPT_FILE))["soft_prompt"] if \
+            self.record["method"] == "bbt" else None
+
+    def asked(self, rows: pd.DataFrame, endpoint: Endpoint) -> list[str]:
+        """Each row's prompt as the run found it."""
+        if self.record["method"] == "bbt":
+            return self.prompts.prompts(rows)
+        search = PromptSearch(endpoint, self.prompts, SearchSettings())
+        search.train = pd.DataFrame(self.record["demonstrations"], columns=[*self.prompts.template.fields, "label"])
+        found = Candidate(self.record["instruction"], self.record["template"],
+                          tuple(range(len(search.train))))
+        return search.render(found, rows)
+
+    def label_logprobs(self, rows: pd.DataFrame, endpoint: Endpoint) -> np.ndarray:
+        """(rows, labels) log-probabilities, in calls of at most SCORED_PAIRS pairs."""
+        asked = self.asked(rows, endpoint)
+        step = max(1, SCORED_PAIRS // len(self.prompts.continuations))
+        scores = [endpoint.score(asked[start:start + step], self.prompts.continuations, self.soft_prompt)
+                  for start in range(0, len(asked), step)]
+        return self.prompts.label_logprobs(np.concatenate(scores))
+
+    def score(self, examples: pd.DataFrame, endpoint: Endpoint, source: str) -> dict[str, Any]:
+        """Classification metrics (accuracy, macro-F1, per class) on labelled `examples`."""
+        return LabelMap(self.prompts.labels).metrics(self.label_logprobs(examples, endpoint),
+                                                     examples["label"].tolist(), source)
+
+    def predict(self, texts: list[str], endpoint: Endpoint) -> list[dict[str, Any]]:
+        """For each text: the label and every label's probability, as `predict` gives them for a classifier."""
+        fields = self.prompts.template.fields
+        if fields != ["text"]:
+            raise TunelabError(f"this run's template reads {', '.join(fields)}: predict takes a single text")
+        probabilities = np.exp(self.label_logprobs(pd.DataFrame({"text": texts}), endpoint))
+        labels = self.prompts.labels
+        return [{"text": text, "label": labels[int(row.argmax())],
+                 "probabilities": dict(zip(labels, map(float, row), strict=True))}
+                for text, row in zip(texts, probabilities, strict=True)]
