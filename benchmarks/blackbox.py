@@ -1,0 +1,101 @@
+"""Black-box tuning on SmolLM2, movie-snippets, K shots per label, several seeds:
+- bbt in this process within 4,000 calls, against the default template's zero-shot accuracy on the same test split
+  and against soft-template (P-tuning, trained with gradients) on the same shots;
+- search through an OpenAI-compatible endpoint (`tunelab serve --base smollm2`, spoken to as any OpenAI server:
+  completions with echo and logprobs) within 1,000 calls, from a weak template ("{text} Overall, it was a {label}").
+The bars: bbt's mean test accuracy >= zero-shot + 2 points and within 3 points of soft-template; search >= its
+template's zero-shot + 10 points. Every run is an ordinary `tunelab blackbox` (or `train`) command; a run already in
+the working folder is reused, so a long benchmark can be resumed (`--work DIR`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import TUNELAB, log, machine, read_json, run_timed, write_result
+from serving import start
+
+NAME = "blackbox"
+WEAK_TEMPLATE = "{text} Overall, it was a {label}"
+
+
+def blackbox_run(folder: Path, name: str, options: list[str]) -> dict[str, Any]:
+    run = folder / name
+    if not (run / "metrics.json").exists():
+        run_timed([TUNELAB, "blackbox", *options, "--output", str(run)], folder / f"{name}.log")
+    metrics, resources = read_json(run / "metrics.json"), read_json(run / "resources.json")
+    return {"test_accuracy": metrics["test"]["accuracy"], "zero_shot_accuracy": metrics["zero_shot"]["accuracy"],
+            "validation_accuracy": metrics["validation_accuracy"], "calls": resources["search"]["calls"],
+            "tokens_in": resources["search"]["tokens_in"], "search_wall_s": resources["search"]["wall_s"],
+            "curve": metrics["curve"]}
+
+
+def soft_template_run(folder: Path, seed: int, shots: int, limit_eval: int | None) -> float:
+    run = folder / f"soft-template-{seed}"
+    if not (run / "metrics.json").exists():
+        run_timed([TUNELAB, "train", "--model", "smollm2", "--data", "movie-snippets", "--strategy", "soft-template",
+                   "--shots", str(shots), "--seed", str(seed), "--output", str(run), "--quiet",
+                   *(["--limit-eval", str(limit_eval)] if limit_eval else [])], folder / f"soft-template-{seed}.log")
+    return read_json(run / "metrics.json")["test"]["accuracy"]
+
+
+def run_benchmark(seeds: list[int], quick: bool, work: Path, parts: list[str]) -> dict[str, Any]:
+    shots = 16
+    bbt_budget, search_budget = (42, 20) if quick else (4000, 1000)
+    limit_eval = 50 if quick else None
+    common = ["--model", "smollm2", "--data", "movie-snippets", "--shots", str(shots),
+              *(["--limit-eval", str(limit_eval)] if limit_eval else [])]
+    result: dict[str, Any] = {"benchmark": NAME, "quick": quick, "machine": machine(),
+                              "settings": {"model": "smollm2", "data": "movie-snippets", "shots": shots,
+                                           "bbt_budget": bbt_budget, "search_budget": search_budget,
+                                           "weak_template": WEAK_TEMPLATE, "seeds": seeds, "limit_eval": limit_eval},
+                              "bars": {}}
+    if "bbt" in parts:
+        rows = []
+        for seed in seeds:
+            row = blackbox_run(work, f"bbt-{seed}", ["--method", "bbt", *common, "--budget", str(bbt_budget),
+                                                     "--seed", str(seed)])
+            row["soft_template_accuracy"] = soft_template_run(work, seed, shots, limit_eval)
+            rows.append({"seed": seed, **row})
+            log(f"{NAME}: bbt seed {seed}: {row['test_accuracy']:.3f} (zero-shot {row['zero_shot_accuracy']:.3f}, "
+                f"soft-template {row['soft_template_accuracy']:.3f}) in {row['calls']} calls")
+        mean = {key: statistics.fmean(row[key] for row in rows)
+                for key in ("test_accuracy", "zero_shot_accuracy", "soft_template_accuracy")}
+        result["bbt"] = {"rows": rows, "mean": mean}
+        result["bars"]["bbt_at_least_zero_shot_plus_2"] = mean["test_accuracy"] >= mean["zero_shot_accuracy"] + 0.02
+        result["bars"]["bbt_within_3_of_soft_template"] = mean["test_accuracy"] >= \
+            mean["soft_template_accuracy"] - 0.03
+    if "search" in parts:
+        server, url, _ = start([TUNELAB, "serve", "--base", "smollm2", "--max-inputs", "128"], work / "serve.log")
+        try:
+            rows = [{"seed": seed, **blackbox_run(work, f"search-{seed}", [
+                "--method", "search", *common, "--endpoint", url, "--api", "openai", "--budget", str(search_budget),
+                "--template", WEAK_TEMPLATE, "--seed", str(seed)])} for seed in seeds]
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+        gains = [row["test_accuracy"] - row["zero_shot_accuracy"] for row in rows]
+        result["search"] = {"rows": rows, "mean_gain": statistics.fmean(gains),
+                            "mean_test_accuracy": statistics.fmean(row["test_accuracy"] for row in rows)}
+        result["bars"]["search_gains_10_points"] = statistics.fmean(gains) >= 0.10
+    result["pass"] = all(result["bars"].values())
+    log(f"{NAME}: {result['bars']}")
+    log(f"{NAME}: wrote {write_result(NAME, result, quick)}")
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="42,43,44")
+    parser.add_argument("--parts", default="bbt,search")
+    parser.add_argument("--quick", action="store_true", help="one seed, tiny budgets, 50 test examples")
+    parser.add_argument("--work", type=Path, default=None, help="where the runs are kept; finished runs are reused")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="tunelab-bench-blackbox-"))
+    work.mkdir(parents=True, exist_ok=True)
+    chosen = [int(seed) for seed in args.seeds.split(",")][:1 if args.quick else None]
+    run_benchmark(chosen, args.quick, work, args.parts.split(","))
