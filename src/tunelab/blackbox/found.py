@@ -36,11 +36,11 @@ class FoundPrompt:
         labels = list(self.record["verbalizer"])
         self.prompts = LabelPrompts.build(self.record["template"], self.record["verbalizer"], labels)
         self.soft_prompt = load_file(str(path / SOFT_PROMPT_FILE))["soft_prompt"] if \
-            self.record["method"] == "bbt" else None
+            self.record["method"] != "search" else None
 
     def asked(self, rows: pd.DataFrame, endpoint: Endpoint) -> list[str]:
         """Each row's prompt as the run found it."""
-        if self.record["method"] == "bbt":
+        if self.record["method"] != "search":  # a soft prompt before the template
             return self.prompts.prompts(rows)
         search = PromptSearch(endpoint, self.prompts, SearchSettings())
         search.train = pd.DataFrame(self.record["demonstrations"], columns=[*self.prompts.template.fields, "label"])

@@ -22,6 +22,7 @@ import yaml
 from tunelab.blackbox.bbt import BBTSettings, BlackBoxTuning
 from tunelab.blackbox.endpoints import Budget, Endpoint, Usage
 from tunelab.blackbox.found import SCORED_PAIRS, SETTINGS_FILE
+from tunelab.blackbox.mezo import MeZO, MeZOSettings
 from tunelab.blackbox.prompts import LabelPrompts, loss_and_accuracy
 from tunelab.blackbox.search import PromptSearch, SearchSettings
 from tunelab.config import RunConfig
@@ -30,9 +31,10 @@ from tunelab.runs import StagedRun, write_json, write_text_atomic
 from tunelab.task_catalog import recipe_for
 
 EVALUATION_PAIRS = SCORED_PAIRS
+METHODS = {BBTSettings: BlackBoxTuning, SearchSettings: PromptSearch, MeZOSettings: MeZO}
 
 
-def evaluate(method: BlackBoxTuning | PromptSearch, state: Any, rows: pd.DataFrame) -> float:
+def evaluate(method: BlackBoxTuning | PromptSearch | MeZO, state: Any, rows: pd.DataFrame) -> float:
     """Accuracy on `rows` of what `state` found (None: the template alone), in calls of at most EVALUATION_PAIRS
     pairs."""
     prompts: LabelPrompts = method.prompts
@@ -44,10 +46,11 @@ def evaluate(method: BlackBoxTuning | PromptSearch, state: Any, rows: pd.DataFra
     return loss_and_accuracy(prompts.label_logprobs(np.concatenate(scores)), rows["label"].map(index).to_numpy())[1]
 
 
-def run_blackbox(config: RunConfig, endpoint: Endpoint, settings: BBTSettings | SearchSettings, budget: int,
+def run_blackbox(config: RunConfig, endpoint: Endpoint, settings: BBTSettings | SearchSettings | MeZOSettings,
+                 budget: int,
                  overwrite: bool = False, progress=lambda state: None) -> tuple[Path, dict[str, Any]]:
     """Search for `config`'s data (its `data.shots` per label) through `endpoint` within `budget` calls, by the
-    method `settings` belong to (bbt or search), and write the run to `config.output`."""
+    method `settings` belong to (bbt, search or mezo), and write the run to `config.output`."""
     if config.data.shots is None:
         raise TunelabError("black-box tuning learns from a few examples: pass --shots K (K per label)")
     output = Path(config.output)
@@ -55,8 +58,7 @@ def run_blackbox(config: RunConfig, endpoint: Endpoint, settings: BBTSettings | 
     prepared = recipe_for("classification").prepare(config)
     prompt = prepared.config.prompt
     prompts = LabelPrompts.build(prompt.template, prompt.verbalizer, prepared.targets.labels)
-    method = BlackBoxTuning(endpoint, prompts, settings) if isinstance(settings, BBTSettings) else \
-        PromptSearch(endpoint, prompts, settings)
+    method = METHODS[type(settings)](endpoint, prompts, settings)
     work = output.with_name(f".{output.name}.search")
     _resumable(work, {"method": method.name, "settings": asdict(settings), "budget": budget,
                       "endpoint": endpoint.describe(), "config": config.model_dump(mode="json", exclude={"output"})})

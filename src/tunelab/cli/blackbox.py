@@ -14,7 +14,7 @@ from tunelab.cli.app import app, console
 from tunelab.cli.options import TEMPLATE_HELP, VERBALIZER_HELP
 from tunelab.errors import TunelabError
 
-METHODS = ("bbt", "search")
+METHODS = ("bbt", "search", "mezo")
 APIS = ("tunelab", "openai")
 
 
@@ -25,7 +25,8 @@ def blackbox(
     method: Annotated[str, typer.Option(help="bbt: a soft prompt searched by CMA-ES through a random projection "
                                              "(the model in this process, or a `tunelab serve` endpoint); search: "
                                              "edits of the instruction, the template's words and in-context "
-                                             "demonstrations (any endpoint)")] = "bbt",
+                                             "demonstrations (any endpoint); mezo: a soft prompt trained by "
+                                             "zeroth-order SPSA, two calls a step")] = "bbt",
     model: Annotated[str, typer.Option(help="the causal LM: in this process, or its name on --endpoint")]
     = "smollm2",
     endpoint: Annotated[str | None, typer.Option(help="a `tunelab serve` URL (http://host:port); default: the "
@@ -39,10 +40,14 @@ def blackbox(
                                             "validation")] = 16,
     budget: Annotated[int, typer.Option(min=1, help="calls the search may make (each scores every shot with "
                                                     "every label word)")] = 4000,
-    virtual_tokens: Annotated[int, typer.Option(min=1, help="bbt: the soft prompt's length")] = 50,
+    virtual_tokens: Annotated[int | None, typer.Option(min=1, help="bbt, mezo: the soft prompt's length "
+                                                                   "[default: 50 for bbt, 10 for mezo]")] = None,
     intrinsic_dim: Annotated[int, typer.Option(min=1, help="bbt: the searched dimension")] = 500,
     population: Annotated[int, typer.Option(min=2, help="bbt: CMA-ES candidates per generation")] = 20,
     demonstrations: Annotated[int, typer.Option(min=0, help="search: in-context examples at most")] = 4,
+    lr: Annotated[float, typer.Option(min=0, help="mezo: the learning rate")] = 1e-3,
+    epsilon: Annotated[float, typer.Option(min=0, help="mezo: the perturbation's size")] = 1e-3,
+    eval_every: Annotated[int, typer.Option(min=1, help="mezo: steps between validation calls")] = 10,
     candidates: Annotated[int, typer.Option(min=1, help="search: edits tried per round")] = 8,
     patience: Annotated[int | None, typer.Option(min=0, help="generations (rounds) without a better validation "
                                                              "accuracy before stopping, 0: never [default: 20 for "
@@ -61,6 +66,7 @@ def blackbox(
 
     from tunelab.blackbox.bbt import BBTSettings
     from tunelab.blackbox.endpoints import InProcess, OpenAICompatible, TunelabServer
+    from tunelab.blackbox.mezo import MeZOSettings
     from tunelab.blackbox.prompts import checked_template
     from tunelab.blackbox.run import run_blackbox
     from tunelab.blackbox.search import SearchSettings
@@ -85,8 +91,11 @@ def blackbox(
             raise TunelabError(f"--api-key-env {api_key_env}: that environment variable is not set")
     quiet_libraries()
     if method == "bbt":
-        settings = BBTSettings(virtual_tokens, intrinsic_dim, population, seed=seed,
+        settings = BBTSettings(virtual_tokens or 50, intrinsic_dim, population, seed=seed,
                                patience=20 if patience is None else patience)
+    elif method == "mezo":
+        settings = MeZOSettings(virtual_tokens or 10, lr, epsilon, eval_every=eval_every, seed=seed,
+                                patience=10 if patience is None else patience)
     else:
         settings = SearchSettings(demonstrations, candidates, 10 if patience is None else patience, seed)
     if endpoint is None:
@@ -110,7 +119,7 @@ def result_table(path: Path, metrics: dict) -> Table:
                                                      f"resources.json; the search curve in search_curve.png")
     for column in ("prompt", "validation accuracy", "test accuracy"):
         table.add_column(column)
-    found = "found soft prompt" if metrics["method"] == "bbt" else "found prompt (prompt.txt)"
+    found = "found prompt (prompt.txt)" if metrics["method"] == "search" else "found soft prompt"
     table.add_row(found, f"{metrics['validation_accuracy']:.3f}", f"{metrics['test']['accuracy']:.3f}")
     table.add_row("the template alone (zero-shot)", "-", f"{metrics['zero_shot']['accuracy']:.3f}")
     return table
