@@ -52,7 +52,6 @@ NO_LORA = "__base__"  # PEFT's adapter name for a row that takes no LoRA
 PAD_TO = 8
 
 
-
 class RowScales(nn.Module):
     """(IA)^3 on one layer of a mixed batch: each row scaled by its task's vector, ones for tasks without one."""
 
@@ -159,7 +158,8 @@ def _attach_loras(model: SharedBase, runs: dict[str, Path], configs: dict[str, R
 
 
 class MixedPredictor:
-    """Every sentence task of a bundle, answering batches whose rows name different tasks."""
+    """Every sentence task of a bundle (or of runs on one base model), answering batches whose rows name different
+    tasks."""
 
     def __init__(self, source: Path | str | dict[str, Path], precision: Precision = "auto"):
         """`source`: a bundle's folder, or named runs of one base model (checked by its fingerprint)."""
