@@ -242,6 +242,8 @@ def test_a_black_box_run_predicts_and_evaluates_as_its_search_found(tiny_lm, tin
             pytest.approx(1.0)
         code, out, _ = run_main(["predict", str(path), "good great", "--json"], monkeypatch, capsys)
         assert code == 0 and json.loads(out.splitlines()[0])["label"] in ("negative", "positive")
+    code, out, _ = run_main(["summary", str(tmp_path / "bbt"), str(tmp_path / "search")], monkeypatch, capsys)
+    assert code == 0 and "black-box runs" in out and "search" in out and "bbt" in out
 
 
 def test_mezo_steps_against_the_two_sided_difference_and_descends(monkeypatch: pytest.MonkeyPatch):

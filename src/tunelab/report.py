@@ -67,6 +67,20 @@ def runs_table(run_dirs: list[Path], title: str = "runs") -> Table:
     return table
 
 
+def blackbox_table(run_dirs: list[Path], title: str = "black-box runs") -> Table:
+    """One row per black-box run: its method and shots, test accuracy beside its template's zero-shot accuracy on
+    the same test split, and what the search cost in calls, tokens and time."""
+    table = Table(title=title)
+    for column in ("run", "method", "shots", "test accuracy", "zero-shot", "calls", "tokens sent", "search time"):
+        table.add_column(column, justify="left" if column in ("run", "method") else "right")
+    for run_dir in run_dirs:
+        metrics, search = read_json(run_dir / METRICS_FILE), read_json(run_dir / RESOURCES_FILE)["search"]
+        table.add_row(run_dir.name, metrics["method"], str(metrics["shots"]), f"{metrics['test']['accuracy']:.3f}",
+                      f"{metrics['zero_shot']['accuracy']:.3f}", str(search["calls"]),
+                      human_count(search["tokens_in"]), f"{search['wall_s']:.0f} s")
+    return table
+
+
 def grid_table(summary: pd.DataFrame, title: str) -> Table:
     """A compare grid summarised over seeds: one row per (strategy, training-set size)."""
     from tunelab.compare.page import SUMMARY_HEADER, summary_rows

@@ -305,10 +305,17 @@ def export(
 
 @app.command()
 def summary(runs: Annotated[list[Path], typer.Argument(help="run directories (or bundles) to compare")]) -> None:
-    """Compare finished runs side by side: accuracy against what each one cost; a bundle shows each of its tasks."""
+    """Compare finished runs side by side: accuracy against what each one cost; a bundle shows each of its tasks,
+    black-box runs their calls."""
+    from tunelab.blackbox.found import is_blackbox_run
     from tunelab.compose.bundle import is_bundle, read_bundle
-    from tunelab.report import runs_table
+    from tunelab.report import blackbox_table, runs_table
 
     expanded = [task for run in runs for task in (read_bundle(run).runs() if is_bundle(run) else [run])]
-    console.print(runs_table(expanded, title="runs side by side"))
+    queried = [run for run in expanded if is_blackbox_run(run)]
+    trained = [run for run in expanded if run not in queried]
+    if trained:
+        console.print(runs_table(trained, title="runs side by side"))
+    if queried:
+        console.print(blackbox_table(queried))
 
