@@ -180,6 +180,9 @@ def test_bad_blackbox_input_is_one_line(sentiment_csv: Path, tmp_path: Path, mon
     code, _, err = run_main([*base, "--template", "{label} {text}"], monkeypatch, capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+    (tmp_path / "out").mkdir()
+    code, _, err = run_main(base, monkeypatch, capsys)
+    assert code == 2 and "already exists: choose another --output or pass --overwrite" in err, err
 
 
 SHOTS = pd.DataFrame({"text": ["good fine", "bad awful", "great nice", "poor nasty", "lovely superb", "ugly bad"],

@@ -54,7 +54,7 @@ def run_blackbox(config: RunConfig, endpoint: Endpoint, settings: BBTSettings | 
     if config.data.shots is None:
         raise TunelabError("black-box tuning learns from a few examples: pass --shots K (K per label)")
     output = Path(config.output)
-    staged = StagedRun(output, overwrite, marker=SETTINGS_FILE, kind="tunelab black-box run")
+    staged = staged_output(config, overwrite)
     prepared = recipe_for("classification").prepare(config)
     prompt = prepared.config.prompt
     prompts = LabelPrompts.build(prompt.template, prompt.verbalizer, prepared.targets.labels)
@@ -86,6 +86,11 @@ def run_blackbox(config: RunConfig, endpoint: Endpoint, settings: BBTSettings | 
         path = staged.commit()
     shutil.rmtree(work, ignore_errors=True)
     return path, metrics
+
+
+def staged_output(config: RunConfig, overwrite: bool) -> StagedRun:
+    """Where the run will be written; refused at once when a folder is there and may not be replaced."""
+    return StagedRun(Path(config.output), overwrite, marker=SETTINGS_FILE, kind="tunelab black-box run")
 
 
 def _resumable(work: Path, settings: dict[str, Any]) -> None:

@@ -68,7 +68,7 @@ def blackbox(
     from tunelab.blackbox.endpoints import InProcess, OpenAICompatible, TunelabServer
     from tunelab.blackbox.mezo import MeZOSettings
     from tunelab.blackbox.prompts import checked_template
-    from tunelab.blackbox.run import run_blackbox
+    from tunelab.blackbox.run import run_blackbox, staged_output
     from tunelab.blackbox.search import SearchSettings
     from tunelab.cli.options import prompt_settings, quiet_libraries
     from tunelab.config import build_config
@@ -84,6 +84,7 @@ def blackbox(
                            "output": str(output)})
     if config.prompt.template is not None:
         checked_template(config.prompt.template)
+    staged_output(config, overwrite)  # an existing --output is refused before the model loads
     key = None
     if api_key_env is not None:
         key = os.environ.get(api_key_env)
