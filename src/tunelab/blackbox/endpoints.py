@@ -25,6 +25,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.runs import write_json
+from tunelab.tasks.likelihood import score_texts
 
 RETRIES = 4
 BACKOFF_S = 0.5  # the first retry's wait; each next one waits twice as long
@@ -123,19 +124,10 @@ class InProcess(Endpoint):
         return "the model in this process"
 
     def _score(self, prompts, continuations, soft_prompt):
-        from tunelab.tasks.likelihood import next_token_logprobs, score_continuations
-
-        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        contexts, endings = [encode(prompt) for prompt in prompts], [encode(text) for text in continuations]
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         soft = None if soft_prompt is None else torch.as_tensor(soft_prompt, dtype=torch.float32)
-        if all(len(ending) == 1 for ending in endings):  # one forward per prompt reads every label word
-            scores = next_token_logprobs(self.model, contexts, [ending[0] for ending in endings], soft, pad)
-            return scores.cpu().numpy(), sum(map(len, contexts)), 0
-        scored = score_continuations(self.model, [(context, ending) for context in contexts for ending in endings],
-                                     soft, pad_id=pad)
-        scores = np.array([item.total for item in scored]).reshape(len(prompts), len(continuations))
-        return scores, sum(len(c) + len(e) for c in contexts for e in endings), 0
+        rows = score_texts(self.model, self.tokenizer, prompts, continuations, soft)
+        return (np.array([[scored.total for scored in row] for row in rows]),
+                sum(scored.read for row in rows for scored in row), 0)
 
 
 class _Http(Endpoint):

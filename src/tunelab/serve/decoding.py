@@ -19,7 +19,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from tunelab.tasks.generation import CausalLM
+from tunelab.tasks.generation import CausalLM, pad_id
 
 GENERATION_LOCK = threading.Lock()
 REPLACEMENT = "\ufffd"  # what a token that ends inside a multi-byte character decodes to
@@ -97,7 +97,7 @@ def stream(model: CausalLM, tokenizer, ids: list[int], sampling: Sampling,
     `cancelled` (a client that went away, a timeout) or closing the iterator stops the generation at its next
     token."""
     tap = _Tap(sampling.top_logprobs, cancelled or threading.Event())
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     options = {"do_sample": True, "temperature": sampling.temperature} if sampling.temperature > 0 else \
         {"do_sample": False}

@@ -31,11 +31,11 @@ from tunelab.serve.schemas import (
 )
 from tunelab.serve.server import ERRORS, Caller, Server, error, served_for, server_of
 from tunelab.tasks.conversation import context_ids
-from tunelab.tasks.likelihood import score_continuations
+from tunelab.tasks.generation import pad_id
+from tunelab.tasks.likelihood import score_continuations, score_texts
 
 router = APIRouter()
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-SCORE_BATCH = 16  # prompt x continuation pairs per forward
 STREAMED = {200: {"content": {"application/json": {}, "text/event-stream": {}},
                   "description": "the whole answer, or with `stream` a server-sent event per piece"}}
 
@@ -119,12 +119,8 @@ def echoed(model: LanguageModel, ids: list[int], top: int) -> Piece:
     """The prompt's own tokens with their log-probabilities (the first has none: nothing comes before it)."""
     if len(ids) < 2:
         return Piece("", ids, [0.0] * len(ids), [[] for _ in ids])
-    scored = score_continuations(model.model, [(ids[:1], ids[1:])], top=top, pad_id=_pad(model.tokenizer))[0]
+    scored = score_continuations(model.model, [(ids[:1], ids[1:])], top=top, pad_id=pad_id(model.tokenizer))[0]
     return Piece("", ids, [0.0, *scored.logprobs], [[], *scored.top])
-
-
-def _pad(tokenizer: Any) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
 def prompt_ids(model: LanguageModel, prompt: str) -> list[int]:
@@ -255,31 +251,21 @@ async def score(body: ScoreRequest, request: Request, key: Caller) -> Any:
         raise error(422, f"{len(prompts)} prompts x {len(body.continuations)} continuations in one request; at "
                          f"most {server.limits.max_inputs} pairs")
     soft = _soft_prompt(body.soft_prompt, model)
-    tokenizer = model.tokenizer
-    contexts = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
-    endings = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in body.continuations]
-    if not all(endings):
-        raise error(422, "a continuation has no tokens")
-    if soft is None and not all(contexts):
-        raise error(422, "a prompt has no tokens and there is no soft prompt: nothing to predict the first "
-                         "continuation token from")
-    pairs = [(context, ending) for context in contexts for ending in endings]
-
-    def scored() -> list:
-        results = []
-        for start in range(0, len(pairs), SCORE_BATCH):
-            results += score_continuations(model.model, pairs[start:start + SCORE_BATCH], soft,
-                                           body.top_logprobs, _pad(tokenizer))
-        return results
-
+    if soft is None and not all(prompts):
+        raise error(422, "a prompt is empty and there is no soft prompt: nothing to predict the first continuation "
+                         "token from")
+    scoring = asyncio.to_thread(score_texts, model.model, model.tokenizer, prompts, body.continuations, soft,
+                                body.top_logprobs)
     try:
-        results = await asyncio.wait_for(asyncio.to_thread(scored), server.limits.timeout_s)
+        rows = await asyncio.wait_for(scoring, server.limits.timeout_s)
     except asyncio.TimeoutError:
         raise error(504, f"no answer within {server.limits.timeout_s:g} s") from None
-    rows = [[_scored(tokenizer, text, results[row * len(endings) + column])
-             for column, text in enumerate(body.continuations)] for row in range(len(prompts))]
-    used = sum(len(context) + len(ending) for context, ending in pairs)
-    return {"object": "score", "model": body.model, "data": rows,
+    except TunelabError as refused:  # a text with no tokens
+        raise error(422, str(refused)) from None
+    used = sum(scored.read for row in rows for scored in row)
+    return {"object": "score", "model": body.model,
+            "data": [[_scored(model.tokenizer, text, scored) for text, scored in zip(body.continuations, row,
+                                                                                     strict=True)] for row in rows],
             "usage": {"prompt_tokens": used, "completion_tokens": 0, "total_tokens": used}}
 
 

@@ -145,6 +145,13 @@ def held_out_loss(model: nn.Module, data: datasets.Dataset, tokenizer: PreTraine
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens, "examples": len(data)}
 
 
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id a batch is padded with: the pad token, else the end of sequence (a causal LM's usual stand-in)."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
 @torch.no_grad()
 def complete(model: CausalLM, tokenizer: PreTrainedTokenizerBase, contexts: list[list[int]], max_new_tokens: int,
              temperature: float = 0.0, seed: int = 0, streamer: BaseStreamer | None = None) -> list[str]:
@@ -152,7 +159,7 @@ def complete(model: CausalLM, tokenizer: PreTrainedTokenizerBase, contexts: list
     sampled (seeded). `streamer` receives the tokens as they come (one context only). Every path that generates
     (`generate`, `tunelab chat`, ROUGE-L) comes through here."""
     model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     width = max(len(ids) for ids in contexts)
     device = next(model.parameters()).device
     ids = torch.tensor([[pad] * (width - len(row)) + row for row in contexts], device=device)  # (B, T)

@@ -4,11 +4,15 @@ embeddings: what label-word scoring, `echo` with logprobs and black-box tuning t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from tunelab.errors import TunelabError
+from tunelab.tasks.generation import pad_id
+
+SCORE_BATCH = 16  # (prompt, continuation) pairs per forward
 
 
 @dataclass
@@ -19,10 +23,16 @@ class Scored:
     tokens: list[int]
     logprobs: list[float]
     top: list[list[tuple[int, float]]]
+    context: int = 0  # tokens read before the continuation (a soft prompt's not counted)
 
     @property
     def total(self) -> float:
         return float(sum(self.logprobs))
+
+    @property
+    def read(self) -> int:
+        """Tokens the model read for it: the context and the continuation."""
+        return self.context + len(self.tokens)
 
 
 @torch.no_grad()
@@ -49,8 +59,32 @@ def score_continuations(model: nn.Module, pairs: list[tuple[list[int], list[int]
         scored.append(Scored(list(continuation), chosen,
                              [list(zip(best.indices[step].tolist(), best.values[step].tolist(), strict=True))
                               for step in range(len(continuation))] if best is not None else
-                             [[] for _ in continuation]))
+                             [[] for _ in continuation], len(context)))
     return scored
+
+
+def score_texts(model: nn.Module, tokenizer: Any, prompts: list[str], continuations: list[str],
+                soft_prompt: torch.Tensor | None = None, top: int = 0) -> list[list[Scored]]:
+    """[prompt][continuation]: each continuation after each prompt, both read as plain text (no special tokens),
+    in forwards of SCORE_BATCH pairs. When every continuation is one token and no alternatives are asked for, one
+    forward per prompt reads them all (label words: a fraction of the compute)."""
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    contexts, endings = [encode(prompt) for prompt in prompts], [encode(text) for text in continuations]
+    if not all(endings):
+        raise TunelabError("a continuation has no tokens")
+    pad = pad_id(tokenizer)
+    if top == 0 and all(len(ending) == 1 for ending in endings):
+        rows = []
+        for start in range(0, len(contexts), SCORE_BATCH):
+            chosen = next_token_logprobs(model, contexts[start:start + SCORE_BATCH], [ending[0] for ending in endings],
+                                         soft_prompt, pad).tolist()
+            rows += [[Scored(ending, [value], [[]], len(context)) for ending, value in zip(endings, row, strict=True)]
+                     for context, row in zip(contexts[start:start + SCORE_BATCH], chosen, strict=True)]
+        return rows
+    pairs = [(context, ending) for context in contexts for ending in endings]
+    scored = [item for start in range(0, len(pairs), SCORE_BATCH)
+              for item in score_continuations(model, pairs[start:start + SCORE_BATCH], soft_prompt, top, pad)]
+    return [scored[row * len(endings):(row + 1) * len(endings)] for row in range(len(contexts))]
 
 
 @torch.no_grad()
@@ -76,7 +110,7 @@ def _logprobs(model: nn.Module, rows: list[list[int]], soft_prompt: torch.Tensor
     embed = backbone.get_input_embeddings()
     device = embed.weight.device
     width = max(len(row) for row in rows)
-    ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], device=device)
+    ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], dtype=torch.long, device=device)
     mask = (torch.arange(width, device=device)[None] < torch.tensor([len(row) for row in rows],
                                                                       device=device)[:, None]).long()
     embeddings = embed(ids)
