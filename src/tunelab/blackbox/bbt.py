@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from tunelab.blackbox.endpoints import Endpoint
 from tunelab.blackbox.loop import resume, search_rounds
-from tunelab.blackbox.prompts import LabelPrompts, loss_and_accuracy
+from tunelab.blackbox.prompts import LabelPrompts, Shots
 from tunelab.errors import TunelabError
 
 SOFT_PROMPT_FILE = "soft_prompt.safetensors"
@@ -39,12 +39,6 @@ class BBTSettings:
 
 
 @dataclass
-class Shots:
-    prompts: list[str]
-    targets: np.ndarray
-
-
-@dataclass
 class SearchState:
     strategy: cma.CMAEvolutionStrategy
     best_z: np.ndarray
@@ -53,11 +47,6 @@ class SearchState:
     generation: int = 0
     stale: int = 0  # generations since the validation accuracy last improved
     curve: list[dict] = field(default_factory=list)  # per generation: calls, best loss, validation accuracy
-
-
-def shots(prompts: LabelPrompts, rows: pd.DataFrame) -> Shots:
-    index = {label: position for position, label in enumerate(prompts.labels)}
-    return Shots(prompts.prompts(rows), np.array([index[label] for label in rows["label"]]))
 
 
 class BlackBoxTuning:
@@ -81,9 +70,7 @@ class BlackBoxTuning:
 
     def evaluate(self, z: np.ndarray | None, data: Shots) -> tuple[float, float]:
         """(loss, accuracy) of a candidate (None: no soft prompt) on some shots: one call."""
-        soft = None if z is None else self.soft_prompt(z)
-        scores = self.endpoint.score(data.prompts, self.prompts.continuations, soft)
-        return loss_and_accuracy(self.prompts.label_logprobs(scores), data.targets)
+        return self.prompts.measure(self.endpoint, data, None if z is None else self.soft_prompt(z))
 
     def start(self) -> SearchState:
         settings = self.settings
@@ -95,7 +82,7 @@ class BlackBoxTuning:
                on_generation=lambda state: None) -> SearchState:
         """Generations of CMA-ES until the budget has no room for another (population + 1 validation calls), or
         the validation accuracy stops improving; resumes from `checkpoint` when it exists."""
-        train, validation = shots(self.prompts, train_rows), shots(self.prompts, validation_rows)
+        train, validation = self.prompts.shots(train_rows), self.prompts.shots(validation_rows)
         state = resume(checkpoint) or self.start()
         return search_rounds(self.endpoint, state, self.settings.population + 1, self.settings.patience,
                              lambda: self.generation(state, train, validation), checkpoint, on_generation)

@@ -20,7 +20,6 @@ from tunelab.errors import TunelabError
 from tunelab.tasks.classification import LabelMap
 
 SETTINGS_FILE = "blackbox.yaml"
-SCORED_PAIRS = 64  # prompt x label-word pairs per call (`tunelab serve`'s default --max-inputs)
 
 
 def is_blackbox_run(path: Path) -> bool:
@@ -49,12 +48,8 @@ class FoundPrompt:
         return search.render(found, rows)
 
     def label_logprobs(self, rows: pd.DataFrame, endpoint: Endpoint) -> np.ndarray:
-        """(rows, labels) log-probabilities, in calls of at most SCORED_PAIRS pairs."""
-        asked = self.asked(rows, endpoint)
-        step = max(1, SCORED_PAIRS // len(self.prompts.continuations))
-        scores = [endpoint.score(asked[start:start + step], self.prompts.continuations, self.soft_prompt)
-                  for start in range(0, len(asked), step)]
-        return self.prompts.label_logprobs(np.concatenate(scores))
+        """(rows, labels) log-probabilities."""
+        return self.prompts.ask(endpoint, self.asked(rows, endpoint), self.soft_prompt)
 
     def score(self, examples: pd.DataFrame, endpoint: Endpoint, source: str) -> dict[str, Any]:
         """Classification metrics (accuracy, macro-F1, per class) on labelled `examples`."""

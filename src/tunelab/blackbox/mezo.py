@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from tunelab.blackbox.bbt import SOFT_PROMPT_FILE, Shots, shots
+from tunelab.blackbox.bbt import SOFT_PROMPT_FILE
 from tunelab.blackbox.endpoints import Endpoint
 from tunelab.blackbox.loop import resume, search_rounds
-from tunelab.blackbox.prompts import LabelPrompts, loss_and_accuracy
+from tunelab.blackbox.prompts import LabelPrompts, Shots
 from tunelab.errors import TunelabError
 
 
@@ -56,8 +56,7 @@ class MeZO:
 
     def loss(self, theta: np.ndarray, data: Shots) -> tuple[float, float]:
         """(loss, accuracy) with `theta` as the soft prompt: one call."""
-        scores = self.endpoint.score(data.prompts, self.prompts.continuations, theta.astype(np.float32))
-        return loss_and_accuracy(self.prompts.label_logprobs(scores), data.targets)
+        return self.prompts.measure(self.endpoint, data, theta.astype(np.float32))
 
     def step(self, state: MeZOState, train: Shots) -> None:
         """One SPSA step: two calls."""
@@ -82,7 +81,7 @@ class MeZO:
 
     def search(self, train_rows: pd.DataFrame, validation_rows: pd.DataFrame, checkpoint: Path,
                on_generation=lambda state: None) -> MeZOState:
-        train, validation = shots(self.prompts, train_rows), shots(self.prompts, validation_rows)
+        train, validation = self.prompts.shots(train_rows), self.prompts.shots(validation_rows)
         state = resume(checkpoint)
         if state is None:
             rng = np.random.default_rng(self.settings.seed)

@@ -13,6 +13,16 @@ from tunelab.errors import TunelabError
 from tunelab.prompting.template import Field, LabelSlot, Soft, Template, Text
 from tunelab.prompting.verbalizer import Verbalizer
 
+SCORED_PAIRS = 64  # prompt x label-word pairs per call beyond a search's own (`tunelab serve`'s default --max-inputs)
+
+
+@dataclass
+class Shots:
+    """Examples as a method asks them: their prompts, and their labels' indices."""
+
+    prompts: list[str]
+    targets: np.ndarray
+
 
 @dataclass(frozen=True)
 class LabelPrompts:
@@ -53,6 +63,26 @@ class LabelPrompts:
                     break
             texts.append("".join(parts))
         return texts
+
+    def targets(self, rows: pd.DataFrame) -> np.ndarray:
+        """Each row's label as its index among the labels."""
+        index = {label: position for position, label in enumerate(self.labels)}
+        return rows["label"].map(index).to_numpy()
+
+    def shots(self, rows: pd.DataFrame) -> Shots:
+        return Shots(self.prompts(rows), self.targets(rows))
+
+    def measure(self, endpoint, shots: Shots, soft_prompt: np.ndarray | None = None) -> tuple[float, float]:
+        """(loss, accuracy) of asking `shots` through `endpoint` (after `soft_prompt`): one call."""
+        scores = endpoint.score(shots.prompts, self.continuations, soft_prompt)
+        return loss_and_accuracy(self.label_logprobs(scores), shots.targets)
+
+    def ask(self, endpoint, asked: list[str], soft_prompt: np.ndarray | None = None) -> np.ndarray:
+        """(prompts, labels) log-probabilities of any number of prompts, in calls of at most SCORED_PAIRS pairs."""
+        step = max(1, SCORED_PAIRS // len(self.continuations))
+        return self.label_logprobs(np.concatenate([endpoint.score(asked[start:start + step], self.continuations,
+                                                                  soft_prompt)
+                                                   for start in range(0, len(asked), step)]))
 
     def label_logprobs(self, scores: np.ndarray) -> np.ndarray:
         """(examples, words) log-probabilities -> (examples, labels) log-probabilities normalised over the labels;

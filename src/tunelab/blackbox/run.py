@@ -15,13 +15,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from tunelab.blackbox.bbt import BBTSettings, BlackBoxTuning
 from tunelab.blackbox.endpoints import Budget, Endpoint, Usage
-from tunelab.blackbox.found import SCORED_PAIRS, SETTINGS_FILE
+from tunelab.blackbox.found import SETTINGS_FILE
 from tunelab.blackbox.mezo import MeZO, MeZOSettings
 from tunelab.blackbox.prompts import LabelPrompts, loss_and_accuracy
 from tunelab.blackbox.search import PromptSearch, SearchSettings
@@ -30,20 +29,13 @@ from tunelab.errors import TunelabError
 from tunelab.runs import StagedRun, write_json, write_text_atomic
 from tunelab.task_catalog import recipe_for
 
-EVALUATION_PAIRS = SCORED_PAIRS
 METHODS = {BBTSettings: BlackBoxTuning, SearchSettings: PromptSearch, MeZOSettings: MeZO}
 
 
 def evaluate(method: BlackBoxTuning | PromptSearch | MeZO, state: Any, rows: pd.DataFrame) -> float:
-    """Accuracy on `rows` of what `state` found (None: the template alone), in calls of at most EVALUATION_PAIRS
-    pairs."""
-    prompts: LabelPrompts = method.prompts
+    """Accuracy on `rows` of what `state` found (None: the template alone)."""
     asked, soft = method.asked(state, rows)
-    step = max(1, EVALUATION_PAIRS // len(prompts.continuations))
-    scores = [method.endpoint.score(asked[start:start + step], prompts.continuations, soft)
-              for start in range(0, len(asked), step)]
-    index = {label: position for position, label in enumerate(prompts.labels)}
-    return loss_and_accuracy(prompts.label_logprobs(np.concatenate(scores)), rows["label"].map(index).to_numpy())[1]
+    return loss_and_accuracy(method.prompts.ask(method.endpoint, asked, soft), method.prompts.targets(rows))[1]
 
 
 def run_blackbox(config: RunConfig, endpoint: Endpoint, settings: BBTSettings | SearchSettings | MeZOSettings,

@@ -19,7 +19,7 @@ import pandas as pd
 
 from tunelab.blackbox.endpoints import Endpoint
 from tunelab.blackbox.loop import resume, search_rounds
-from tunelab.blackbox.prompts import LabelPrompts, checked_template, loss_and_accuracy
+from tunelab.blackbox.prompts import LabelPrompts, Shots, checked_template
 from tunelab.prompting.template import Field, Text
 from tunelab.runs import write_bytes_atomic, write_text_atomic
 
@@ -86,10 +86,8 @@ class PromptSearch:
 
     def measure(self, candidate: Candidate, rows: pd.DataFrame) -> tuple[float, float]:
         """(accuracy, -loss) of a candidate on `rows`: one call."""
-        scores = self.endpoint.score(self.render(candidate, rows), self.prompts.continuations)
-        index = {label: position for position, label in enumerate(self.prompts.labels)}
-        loss, accuracy = loss_and_accuracy(self.prompts.label_logprobs(scores),
-                                           pd.Series(rows["label"]).map(index).to_numpy())
+        loss, accuracy = self.prompts.measure(self.endpoint, Shots(self.render(candidate, rows),
+                                                                   self.prompts.targets(rows)))
         return accuracy, -loss
 
     def on_training(self, candidate: Candidate) -> tuple[float, float]:
