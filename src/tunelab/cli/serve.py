@@ -84,11 +84,13 @@ def serve(
 
 
 def served_table(models, url: str) -> Table:
+    from tunelab.serve.models import LanguageModel
+
     table = Table(title=escape(f"serving at {url} (OpenAPI: {url}/docs)"))
     for column in ("model", "task", "strategy", "base", "endpoint"):
         table.add_column(column)
     for served in models.entries.values():
-        endpoint = "/v1/predict" if served.task not in ("generation", "base") else \
+        endpoint = "/v1/predict" if not isinstance(served.engine, LanguageModel) else \
             "/v1/completions, /v1/chat/completions, /v1/score"
         table.add_row(escape(served.name), served.task, served.strategy or "-", escape(served.base), endpoint)
     return table

@@ -199,6 +199,7 @@ class ServedModels:
 
     def _load(self, named: dict[str, Path]) -> list[Served]:
         added, sentence = [], {}
+        fingerprints: dict[str, str] = {}  # model name -> its base's fingerprint: the weights are hashed once each
         for name, path in named.items():
             if is_policy_run(path):  # a PPO or DPO policy: its SFT run's model with the policy's LoRA
                 settings = read_policy_settings(path)
@@ -209,7 +210,9 @@ class ServedModels:
                 continue
             config = read_run_config(path)
             if config.task in SENTENCE_TASKS:
-                sentence.setdefault(base_fingerprint(config.model), {})[name] = path
+                if config.model not in fingerprints:
+                    fingerprints[config.model] = base_fingerprint(config.model)
+                sentence.setdefault(fingerprints[config.model], {})[name] = path
             elif config.task == GENERATION:
                 model, tokenizer = load_generator(path)
                 added.append(Served(name, GENERATION, config.model, config.strategy.name, path,

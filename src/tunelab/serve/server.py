@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from tunelab.serve.batcher import MicroBatcher, Overloaded
 from tunelab.serve.keys import Key, Keys
 from tunelab.serve.metrics import Metrics
-from tunelab.serve.models import NotServed, Served, ServedModels
+from tunelab.serve.models import NotServed, SentencePool, Served, ServedModels
 from tunelab.serve.schemas import ErrorBody
 
 
@@ -61,7 +61,7 @@ class Server:
     def batcher(self, served: Served) -> MicroBatcher:
         engine = served.engine
         if id(engine) not in self.batchers:
-            name = served.base if served.task in ("classification", "regression") else served.name
+            name = served.base if isinstance(engine, SentencePool) else served.name  # a pool batches its base
             self.batchers[id(engine)] = MicroBatcher(
                 engine.answer, self.limits.max_batch, self.limits.max_wait_ms, self.limits.max_queue,
                 lambda rows, queued: self.metrics.batched(name, rows, queued))
