@@ -93,6 +93,18 @@ def grid_table(summary: pd.DataFrame, title: str) -> Table:
     return table
 
 
+def search_table(result: dict[str, Any], title: str) -> Table:
+    """A search's Pareto set and hand defaults, re-evaluated over seeds."""
+    from tunelab.search.page import SEARCH_HEADER, search_rows
+
+    table = Table(title=title)
+    for index, column in enumerate(SEARCH_HEADER):
+        table.add_column(column, justify="left" if index in (0, 1, 8) else "right")
+    for row in search_rows(result):
+        table.add_row(*row)
+    return table
+
+
 def claims_table(claims: list[Claim], note: str = "") -> Table:
     colours = {"holds": "green", "does not hold": "red"}
     table = Table(title="the article's claims, measured", caption=note)

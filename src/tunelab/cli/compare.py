@@ -93,9 +93,17 @@ def compare(
 
 
 @app.command()
-def report(grid: Annotated[Path, typer.Argument(help="grid folder from `tunelab compare`")]) -> None:
-    """Summarise a compare grid: a table here, and report.html with plots beside the runs."""
-    _print_grid_report(grid)
+def report(folder: Annotated[Path, typer.Argument(help="grid folder from `tunelab compare`, or search folder from "
+                                                     "`tunelab search`")]) -> None:
+    """Summarise a compare grid or a configuration search: a table here, and report.html with plots beside them."""
+    from tunelab.search.study import SEARCH_FILE
+
+    if (folder / SEARCH_FILE).exists():
+        from tunelab.cli.search import print_search_report
+
+        print_search_report(folder)
+    else:
+        _print_grid_report(folder)
 
 
 

@@ -26,8 +26,9 @@ VERBALIZER_HELP = "prompt-based: LABEL=WORDS, e.g. positive=' great, good' (repe
 
 
 def run_config(config_file: Path | None, flags: dict[str, Any], set_: list[str] | None, option: list[str] | None,
-            template: str | None, verbalizer: list[str] | None) -> Any:
-    """The run config: the YAML file, then the flags that were given, then --set and --option overrides."""
+            template: str | None, verbalizer: list[str] | None, base: dict[str, Any] | None = None) -> Any:
+    """The run config: the YAML file (or `base`), then the flags that were given, then --set and --option
+    overrides."""
     from tunelab.config import build_config, parse_override, read_yaml
 
     overrides: dict[str, Any] = {FLAG_KEYS[key]: (str(value) if isinstance(value, Path) else value)
@@ -35,7 +36,7 @@ def run_config(config_file: Path | None, flags: dict[str, Any], set_: list[str] 
     overrides.update((f"prompt.{key}", value) for key, value in prompt_settings(template, verbalizer).items())
     overrides.update(parse_override(text) for text in set_ or [])
     overrides.update((f"strategy.options.{key}", value) for key, value in map(parse_override, option or []))
-    return build_config(read_yaml(config_file) if config_file else {}, overrides)
+    return build_config(read_yaml(config_file) if config_file else base or {}, overrides)
 
 
 def prompt_settings(template: str | None, verbalizer: list[str] | None) -> dict[str, Any]:

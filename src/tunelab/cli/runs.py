@@ -21,6 +21,20 @@ from tunelab.cli.options import (
 from tunelab.errors import TunelabError
 
 
+def _searched_trial(folder: Path | None, trial: int | None, config_file: Path | None,
+                    output: Path | None) -> dict | None:
+    """The config of `--from-search FOLDER --trial N` (flags and --set still apply on top); None without them."""
+    if folder is None:
+        if trial is not None:
+            raise TunelabError("--trial names a trial of a search: give --from-search FOLDER too")
+        return None
+    if trial is None or config_file is not None:
+        raise TunelabError("--from-search takes --trial N (a trial's number) and no config file")
+    from tunelab.cli.search import from_search_config
+
+    return from_search_config(folder, trial, output).model_dump(mode="json")
+
+
 @app.command()
 def train(
     config_file: Annotated[Path | None, typer.Argument(help="YAML run config; flags and --set override it")] = None,
@@ -64,6 +78,9 @@ def train(
                                                              "[default: auto]")] = None,
     option: Annotated[list[str] | None, typer.Option(help="strategy option KEY=VALUE (repeatable)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="any config key, e.g. training.epochs=2")] = None,
+    from_search: Annotated[Path | None, typer.Option(help="a `tunelab search` folder: train one of its trials "
+                                                          "(--trial) on the full rows")] = None,
+    trial: Annotated[int | None, typer.Option(help="with --from-search: the trial's number (t0017 is 17)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
@@ -72,7 +89,8 @@ def train(
     from tunelab.recipes.generation import generation_scores
     from tunelab.report import runs_table
 
-    config = run_config(config_file, locals(), set_, option, template, verbalizer)
+    config = run_config(config_file, locals(), set_, option, template, verbalizer,
+                        _searched_trial(from_search, trial, config_file, output))
     quiet_libraries()
     result = api.train(config, overwrite=overwrite, progress=not quiet, announce=console.print)
     console.print(runs_table([result.path], title=f"{config.strategy.name} on {config.data.source}"))

@@ -13,9 +13,11 @@ rather than mixing two grids in one report.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import runpy
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ from tunelab.strategies.registry import configure
 # Imported once, in the fork server, by name: a cell runs `python -m tunelab train` (which imports these), and the
 # grid, a layer below them, never imports them itself.
 CELL_PRELOAD = ["tunelab.cli", "tunelab.api", "tunelab.report", "tunelab.recipes.classification"]
+PR_SET_PDEATHSIG = 1  # prctl(2)
 GRID_FILE = "compare.yaml"
 FAILURES_FILE = "failures.json"
 CELLS, CONFIGS, LOGS = "cells", "configs", "logs"
@@ -129,18 +132,32 @@ def validate(spec: GridSpec) -> None:
         raise TunelabError(f"compare measures classification grids; task '{base.task}' is not supported yet")
 
 
-def _error_line(log: Path) -> str:
-    """The one-line reason a cell's `tunelab train` gave, or where to look when it crashed."""
+def _error_line(log: Path, code: int | None) -> str:
+    """The one-line reason a cell's `tunelab train` gave, or how it ended and where to look when it crashed."""
     lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
     errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-    return errors[-1] if errors else f"crashed; see {log}"
+    ended = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    return errors[-1] if errors else f"crashed ({ended}); see {log}"
 
 
-def _train_cell(config_path: str, log_path: str, environment: dict[str, str]) -> None:
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when its parent (the fork server) exits, so a grid or a search killed
+    with SIGKILL leaves no orphan still training and writing."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _train_cell(config_path: str, log_path: str, environment: dict[str, str], threads: int | None) -> None:
     """A cell's process: `tunelab train CONFIG --quiet` as `python -m tunelab` runs it, with the grid's environment
-    as it is now (the fork server's is as it was when it started), its output in the cell's log."""
+    as it is now (the fork server's is as it was when it started), its output in the cell's log, on `threads`
+    CPU threads when several cells train at once."""
+    _die_with_parent()
     os.environ.clear()
     os.environ.update({**environment, "COLUMNS": "200"})
+    if threads:
+        import torch  # already imported by the fork server's preload; the grid itself stays torch-free
+
+        torch.set_num_threads(threads)
     with open(log_path, "w", encoding="utf-8") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
@@ -156,15 +173,21 @@ def _cell_processes() -> multiprocessing.context.BaseContext:
     return context
 
 
-def run_cell(folder: Path, spec: GridSpec, cell: Cell) -> tuple[int, str]:
-    """Train one cell in a process of its own: (exit code, the reason it failed or "")."""
-    config_path = folder / CONFIGS / f"{cell.name}.yaml"
-    write_text_atomic(config_path, to_yaml(cell_config(spec, cell, folder)))
-    log = folder / LOGS / f"{cell.name}.log"
-    process = _cell_processes().Process(target=_train_cell, args=(str(config_path), str(log), dict(os.environ)))
+def train_in_process(config: RunConfig, config_path: Path, log: Path, threads: int | None = None) -> tuple[int, str]:
+    """Train `config` in a process of its own (its config written to `config_path`, its output to `log`):
+    (exit code, the reason it failed or "")."""
+    write_text_atomic(config_path, to_yaml(config))
+    process = _cell_processes().Process(target=_train_cell,
+                                        args=(str(config_path), str(log), dict(os.environ), threads))
     process.start()
     process.join()
-    return process.exitcode, "" if process.exitcode == 0 else _error_line(log)
+    return process.exitcode, "" if process.exitcode == 0 else _error_line(log, process.exitcode)
+
+
+def run_cell(folder: Path, spec: GridSpec, cell: Cell) -> tuple[int, str]:
+    """Train one cell in a process of its own: (exit code, the reason it failed or "")."""
+    return train_in_process(cell_config(spec, cell, folder), folder / CONFIGS / f"{cell.name}.yaml",
+                            folder / LOGS / f"{cell.name}.log")
 
 
 @dataclass

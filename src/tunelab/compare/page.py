@@ -32,7 +32,7 @@ figure { margin: 1.5em 0; } figure svg { max-width: 100%; height: auto; }
 """
 
 
-def _table(header: list[str], rows: list[list[str]], text_columns: frozenset[int] = frozenset({0})) -> str:
+def html_table(header: list[str], rows: list[list[str]], text_columns: frozenset[int] = frozenset({0})) -> str:
     """An HTML table of already escaped cells; text columns align left, numbers right."""
     head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
     body = "".join("<tr>" + "".join(f'<td class="text">{cell}</td>' if index in text_columns else f"<td>{cell}</td>"
@@ -64,7 +64,7 @@ def _claims(claims: list[Claim]) -> str:
     rows = [[html.escape(claim.statement), f"{claim.train_size}",
              f'<span class="{claim.verdict.replace(" ", "-")}">{claim.verdict}</span>', html.escape(claim.evidence)]
             for claim in claims]
-    return _table(["claim (the article's section 6)", "train n", "verdict", "evidence"], rows, frozenset({0, 2, 3}))
+    return html_table(["claim (the article's section 6)", "train n", "verdict", "evidence"], rows, frozenset({0, 2, 3}))
 
 
 def render(results: GridResults, summary: pd.DataFrame, claims: list[Claim]) -> str:
@@ -92,7 +92,7 @@ bound: it holds when the measured gap is at most 2 points.</p>
 <h2>Results</h2>
 <p class="muted">Test accuracy: mean ± standard deviation over seeds. Train time includes the per-epoch validation.
 Latency: one example at a time.</p>
-{_table(SUMMARY_HEADER, [[html.escape(cell) for cell in row] for row in summary_rows(summary)])}
+{html_table(SUMMARY_HEADER, [[html.escape(cell) for cell in row] for row in summary_rows(summary)])}
 {f"<h2>Runs that failed</h2><ul>{failures}</ul>" if failures else ""}
 <h2>Plots</h2>
 {figures}

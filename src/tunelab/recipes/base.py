@@ -46,20 +46,41 @@ class Fitted:
     timings: dict[str, float]
     test: dict[str, Any] | None = None  # test metrics measured while fitting, where that is cheaper; else scored after
     facts: dict[str, Any] = field(default_factory=dict)  # about the fit, for metrics.json (windows, base scores)
+    validation: dict[str, Any] | None = None  # the kept epoch's validation metrics; None where nothing trained
+
+
+@dataclass
+class TrainerFit:
+    trainer: Any
+    timings: dict[str, float]
+    validation: dict[str, Any]  # the kept epoch's validation metrics (what a configuration search ranks on)
+
+
+def kept_epoch_validation(trainer: Any) -> dict[str, Any]:
+    """The validation metrics of the epoch the Trainer kept (its best on `metric_for_best_model`), named without
+    the `eval_` prefix, with that epoch; the last evaluation where the Trainer kept none."""
+    evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    if not evaluations:
+        return {}
+    kept = next((entry for entry in evaluations if entry["step"] == trainer.state.best_global_step), evaluations[-1])
+    timings = ("_runtime", "_per_second")
+    return {"epoch": kept.get("epoch"), **{name.removeprefix("eval_"): value for name, value in kept.items()
+                                          if name.startswith("eval_") and not name.endswith(timings)}}
 
 
 def fit_with_trainer(model: nn.Module, config: RunConfig, strategy: ConfiguredStrategy, checkpoints: Path,
                      progress: bool, best_metric: str, train: torch.utils.data.Dataset,
                      validation: torch.utils.data.Dataset, collator: Callable | None,
-                     compute_metrics: Callable[[EvalPrediction], dict] | None) -> tuple[Any, dict[str, float]]:
+                     compute_metrics: Callable[[EvalPrediction], dict] | None) -> TrainerFit:
     """Every task's fit: a Trainer that evaluates each epoch and restores the best one on `best_metric`; returns the
-    trained Trainer (for the tasks that predict with it) and the training time."""
+    trained Trainer (for the tasks that predict with it), the training time and the kept epoch's validation."""
     args = training_arguments(config, strategy, checkpoints, progress, best_metric)
     trainer = build_trainer(model, args, train, validation, collator, compute_metrics,
-                            length_grouping(config.training.group_by_length, config.strategy.name))
+                            length_grouping(config.training.group_by_length, config.strategy.name),
+                            strategy.callbacks(model))
     start = time.perf_counter()
     trainer.train()
-    return trainer, {"train_s": time.perf_counter() - start}
+    return TrainerFit(trainer, {"train_s": time.perf_counter() - start}, kept_epoch_validation(trainer))
 
 
 def refuse_context(context: str | None, task: str) -> None:

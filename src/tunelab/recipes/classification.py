@@ -119,19 +119,20 @@ class SentenceRecipe(Recipe):
                                                              f"encoding {name}", progress), data["labels"])
                        for name, data in encoded.items()}
             feature_extraction_s = time.perf_counter() - start
-            trainer, timings = fit_with_trainer(FeatureClassifier(model.head, model.class_weights), config, strategy,
-                                                checkpoints, progress, prepared.selected_on, vectors["train"],
-                                                vectors["validation"], None, targets.validation_metrics)
+            fit = fit_with_trainer(FeatureClassifier(model.head, model.class_weights), config, strategy,
+                                   checkpoints, progress, prepared.selected_on, vectors["train"],
+                                   vectors["validation"], None, targets.validation_metrics)
             test, order = vectors["test"], np.arange(len(vectors["test"]))
         else:
             validation, _ = by_length(encoded["validation"])  # the validation metric does not depend on the order
-            trainer, timings = fit_with_trainer(model, config, strategy, checkpoints, progress, prepared.selected_on,
-                                                encoded["train"], validation, DataCollatorWithPadding(tokenizer),
-                                                targets.validation_metrics)
+            fit = fit_with_trainer(model, config, strategy, checkpoints, progress, prepared.selected_on,
+                                   encoded["train"], validation, DataCollatorWithPadding(tokenizer),
+                                   targets.validation_metrics)
             test, order = by_length(encoded["test"])
         timings = {"feature_extraction_s": feature_extraction_s,
-                   "train_s": feature_extraction_s + timings["train_s"]}
-        return Fitted(timings, score(in_original_order(trainer.predict(test).predictions, order)))
+                   "train_s": feature_extraction_s + fit.timings["train_s"]}
+        return Fitted(timings, score(in_original_order(fit.trainer.predict(test).predictions, order)),
+                      validation=fit.validation)
 
     def predictor(self, model: SequenceClassifier | PromptClassifier, tokenizer: PreTrainedTokenizerBase,
                   targets: LabelMap | TargetScale, config: RunConfig) -> Predictor:

@@ -99,10 +99,9 @@ class GenerationRecipe(Recipe):
         generator = Generator(model, tokenizer, config)  # on the device the Trainer would move it to
         test = generator.held_out(splits.test, source)
         base = generator.score(test)
-        _, timings = fit_with_trainer(model, config, strategy, checkpoints, progress, prepared.selected_on, train,
-                                      validation,
-                                      pair_collator(tokenizer), None)
-        return Fitted(timings, generator.score(test), {"base_test": base})
+        fit = fit_with_trainer(model, config, strategy, checkpoints, progress, prepared.selected_on, train, validation,
+                               pair_collator(tokenizer), None)
+        return Fitted(fit.timings, generator.score(test), {"base_test": base}, fit.validation)
 
     def predictor(self, model: CausalLM, tokenizer: PreTrainedTokenizerBase, targets: None,
                   config: RunConfig) -> Generator:

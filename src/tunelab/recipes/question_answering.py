@@ -146,11 +146,11 @@ class QuestionAnsweringRecipe(Recipe):
         config, splits = prepared.config, prepared.splits
         answerer = self.predictor(model, tokenizer, None, config)
         train_windows, validation_windows = answerer.windows(splits.train), answerer.windows(splits.validation)
-        _, timings = fit_with_trainer(model, config, strategy, checkpoints, progress, prepared.selected_on,
-                                      _dataset(train_windows),
-                                      _dataset(validation_windows), DataCollatorWithPadding(tokenizer),
-                                      _validation_scores(answerer, validation_windows, splits.validation))
-        return Fitted(timings, facts={"train_windows": len(train_windows.example)})
+        fit = fit_with_trainer(model, config, strategy, checkpoints, progress, prepared.selected_on,
+                               _dataset(train_windows), _dataset(validation_windows),
+                               DataCollatorWithPadding(tokenizer),
+                               _validation_scores(answerer, validation_windows, splits.validation))
+        return Fitted(fit.timings, facts={"train_windows": len(train_windows.example)}, validation=fit.validation)
 
     def predictor(self, model: SpanExtractor, tokenizer: PreTrainedTokenizerBase, targets: None,
                   config: RunConfig) -> Answerer:

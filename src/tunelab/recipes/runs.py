@@ -94,6 +94,8 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
                    "train_examples": len(prepared.splits.train),
                    "validation_examples": len(prepared.splits.validation),
                    "training": training_facts(strategy, prepared), **verdict(recipe, prepared, test, say)}
+        if fitted.validation:
+            metrics["validation"] = fitted.validation
         if checks is not None:
             write_json(staged.path / DATA_CHECKS_FILE, checks.as_dict())
         latency = recipe.latency_ms(predictor, prepared.splits.test)

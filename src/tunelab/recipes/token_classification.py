@@ -67,10 +67,9 @@ class TokenClassificationRecipe(Recipe):
         config, tags = prepared.config, prepared.targets
         train, validation = (tagged_dataset(tokenizer, part, tags, config.training.max_length)
                              for part in (prepared.splits.train, prepared.splits.validation))
-        _, timings = fit_with_trainer(model, config, strategy, checkpoints, progress, prepared.selected_on, train,
-                                      validation,
-                                      DataCollatorForTokenClassification(tokenizer), validation_metrics(tags.labels))
-        return Fitted(timings)
+        fit = fit_with_trainer(model, config, strategy, checkpoints, progress, prepared.selected_on, train, validation,
+                               DataCollatorForTokenClassification(tokenizer), validation_metrics(tags.labels))
+        return Fitted(fit.timings, validation=fit.validation)
 
     def predictor(self, model: TokenClassifier, tokenizer: PreTrainedTokenizerBase, targets: LabelMap,
                   config: RunConfig) -> Tagger:

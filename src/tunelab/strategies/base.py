@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import TrainerCallback
 
 from tunelab.errors import TunelabError
 from tunelab.strategies.catalog import StrategyEntry, entry
@@ -57,6 +58,9 @@ class Strategy(Protocol):
     def merge(self, model: nn.Module) -> None:
         """Fold the trained delta into `model.backbone`'s own weights, leaving a plain transformers model that
         computes the same; raises TunelabError when the delta is extra computation that cannot be folded."""
+
+    def callbacks(self, model: nn.Module, options: BaseModel) -> list[TrainerCallback]:
+        """Trainer callbacks the strategy needs while `model` trains (AdaLoRA's rank allocation); usually none."""
 
 
 def mark_applied(model: nn.Module, name: str) -> None:
@@ -149,6 +153,9 @@ class Catalogued:
 
     def training_defaults(self, options: BaseModel) -> tuple[float, float]:
         return self.entry.learning_rate, self.entry.epochs
+
+    def callbacks(self, model: nn.Module, options: BaseModel) -> list[TrainerCallback]:
+        return []
 
 
 class PromptBased:

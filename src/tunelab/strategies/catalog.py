@@ -94,6 +94,12 @@ _ENTRIES = (
                   "parameter-efficient", "some", 5e-3, 3.0, mergeable=True, trl=True, pet_tunable=True, delta="lora",
                   trade_off=_MINILM + "accuracy 0.854, 0.33% trainable, 308 KB per task, train time 0.74x full; "
                   "merges: no added latency"),
+    StrategyEntry("adalora", "adalora", "AdaLora",
+                  "LoRA in SVD form whose ranks are reallocated while training, to the layers that need them "
+                  "(Zhang et al. 2023); mergeable",
+                  "parameter-efficient", "some", 5e-3, 3.0, mergeable=True,
+                  trade_off="not measured in tunelab yet: a LoRA budget spread by importance; trains at init_r and "
+                  "saves each layer at its allocated rank"),
     StrategyEntry("ia3", "ia3", "Ia3",
                   "frozen backbone, learned rescaling vectors on keys, values and feed-forward; tiny and mergeable",
                   "parameter-efficient", "some", 1e-2, 3.0, mergeable=True, trl=True, pet_tunable=True, delta="ia3",

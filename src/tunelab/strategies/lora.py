@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from tunelab.errors import TunelabError
 from tunelab.strategies.peft_adapter import PeftAdapter, check_targets
 
 # Inside a numbered block: encoder.layer.3.attention.self.query, layers.0.mlp.up_proj, h.2.attn.c_attn
@@ -35,6 +36,7 @@ class LoraOptions(BaseModel):
                           "layer inside the transformer blocks; default: the attention's query and value")
     use_dora: bool = Field(False, description="weight-decomposed LoRA (Liu et al. 2024)")
     use_rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(r) (Kalajdzievski 2023)")
+    layers: list[int] | None = Field(None, description="block indices to adapt (default: every block)")
 
 
 def block_linear_layers(backbone: nn.Module) -> list[str]:
@@ -51,6 +53,18 @@ def default_targets(backbone: nn.Module) -> list[str]:
     return list(targets) if targets else block_linear_layers(backbone)
 
 
+def layers_to_adapt(backbone: nn.Module, layers: list[int] | None, strategy: str) -> list[int] | None:
+    """The block indices to adapt, checked against the model's depth (PEFT would silently adapt nothing)."""
+    if layers is None:
+        return None
+    depth = backbone.config.num_hidden_layers
+    wrong = sorted({index for index in layers if not 0 <= index < depth})
+    if wrong or not layers:
+        raise TunelabError(f"{strategy}: layers must be block indices from 0 to {depth - 1} (got {layers}); "
+                           f"this model has {depth} blocks")
+    return sorted(set(layers))
+
+
 class Lora(PeftAdapter):
     name = "lora"
     Options = LoraOptions
@@ -62,4 +76,5 @@ class Lora(PeftAdapter):
             targets = options.target_modules or default_targets(backbone)
         check_targets(backbone, targets, self.name)
         return LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
-                          target_modules=targets, use_dora=options.use_dora, use_rslora=options.use_rslora)
+                          target_modules=targets, use_dora=options.use_dora, use_rslora=options.use_rslora,
+                          layers_to_transform=layers_to_adapt(backbone, options.layers, self.name))

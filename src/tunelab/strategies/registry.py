@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 from torch import nn
+from transformers import TrainerCallback
 
 from tunelab.config import StrategyConfig, TrainingConfig
 from tunelab.errors import TunelabError
@@ -58,6 +59,9 @@ class ConfiguredStrategy:
 
     def load_delta(self, model: nn.Module, folder: Path) -> None:
         self.strategy.load_delta(model, self.options, folder)
+
+    def callbacks(self, model: nn.Module) -> list[TrainerCallback]:
+        return self.strategy.callbacks(model, self.options)
 
 
 def configure(config: StrategyConfig, training: TrainingConfig | None = None) -> ConfiguredStrategy:

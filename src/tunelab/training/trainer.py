@@ -21,6 +21,7 @@ from transformers import (
     EvalPrediction,
     PrinterCallback,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
 )
 
@@ -146,11 +147,14 @@ class TrainableOnlyTrainer(Trainer):
 
 def build_trainer(model: nn.Module, args: TrainingArguments, train: torch.utils.data.Dataset,
                   validation: torch.utils.data.Dataset, collator: Callable | None,
-                  compute_metrics: Callable[[EvalPrediction], dict] | None, group_by_length: str) -> Trainer:
-    """A Trainer on token ids (with a padding collator) or, without a collator, on feature vectors."""
+                  compute_metrics: Callable[[EvalPrediction], dict] | None, group_by_length: str,
+                  callbacks: list[TrainerCallback] | None = None) -> Trainer:
+    """A Trainer on token ids (with a padding collator) or, without a collator, on feature vectors; `callbacks` are
+    the strategy's own (AdaLoRA's rank allocation)."""
     return quiet_when_asked(TrainableOnlyTrainer(model=model, args=args, train_dataset=train,
                                                  eval_dataset=validation, data_collator=collator,
-                                                 compute_metrics=compute_metrics, group_by_length=group_by_length))
+                                                 compute_metrics=compute_metrics, group_by_length=group_by_length,
+                                                 callbacks=callbacks))
 
 
 def best_device() -> torch.device:

@@ -1,0 +1,242 @@
+"""`tunelab search`: run the trials on K local workers, then re-evaluate the Pareto set beside the hand defaults and
+write the result. The folder is locked while a search runs in it; a search killed at any moment (Ctrl-C, SIGKILL)
+resumes when the same command runs again: finished trials are in the study, the interrupted ones run again, and
+runs already on disk are kept."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers import AutoConfig
+
+from tunelab.assets.models import resolve_model
+from tunelab.config import build_config
+from tunelab.errors import TunelabError
+from tunelab.runs import write_json
+from tunelab.search.objectives import COSTS, format_cost, quality
+from tunelab.search.reevaluate import dominance, hand_defaults, pareto_trials, summarise, train_candidates
+from tunelab.search.space import check_space
+from tunelab.search.study import (
+    INTERRUPTED,
+    WORKER,
+    SearchSpec,
+    counted,
+    open_storage,
+    open_study,
+    prepare_folder,
+    recover_abandoned,
+    retry,
+    worker_id,
+)
+from tunelab.search.trials import (
+    CONFIGS,
+    LOGS,
+    LOW_VALUES,
+    NAME,
+    PLAN,
+    REASON,
+    TRIALS,
+    Scale,
+    run_trial,
+    trial_plan,
+    write_scale,
+)
+from tunelab.strategies.catalog import entry
+from tunelab.task_catalog import recipe_for
+
+RESULT_FILE = "search.json"
+LOCK_FILE = ".search.lock"
+
+
+def validate(spec: SearchSpec) -> None:
+    """Refuse a bad search before the first trial: a bad base config, space, objective or hand default."""
+    base = build_config(spec.base)
+    spec.parsed_objectives  # noqa: B018 -- parsing is the check
+    check_space(spec.space)
+    for name in [*spec.space, *spec.hand_defaults]:
+        if not entry(name).serves(base.task):
+            raise TunelabError(f"search: {name} does not apply to {base.task}: {entry(name).not_served[base.task]}")
+    if not spec.reevaluate_seeds and spec.hand_defaults:
+        raise TunelabError("search: hand defaults are compared on the re-evaluation seeds; give --seeds")
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """One search process per folder: the lock goes with the process, even one killed with SIGKILL."""
+    path = folder / LOCK_FILE
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise TunelabError(f"another tunelab search is running in {folder} (process {handle.read().strip()}); "
+                               f"wait for it or stop it first") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+def training_rows(spec: SearchSpec) -> int:
+    """The full rung's training rows: --limit-train, else the training split's size (the data is read once)."""
+    config = build_config(spec.base)
+    if config.data.limit_train:
+        return config.data.limit_train
+    return len(recipe_for(config.task).prepare(config).splits.train)
+
+
+def model_depth(spec: SearchSpec) -> int:
+    """The base model's number of blocks, for the per-layer switches."""
+    return AutoConfig.from_pretrained(resolve_model(build_config(spec.base).model).path).num_hidden_layers
+
+
+def threads_per_worker(workers: int) -> int | None:
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+
+
+def _trial_line(trial: FrozenTrial, spec: SearchSpec) -> str:
+    """One finished trial as it prints: its name, plan and what it reached."""
+    objectives = spec.parsed_objectives
+    head = f"  {trial.user_attrs.get(NAME, trial.number)} "
+    head += trial_plan(trial).describe() if PLAN in trial.user_attrs else "?"
+    index = objectives.index(quality(objectives))
+    if trial.state == TrialState.COMPLETE:
+        costs = "".join(f", {objective.name} {format_cost(objective.name, value)}"
+                        for objective, value in zip(objectives, trial.values, strict=True) if objective.is_cost)
+        return f"{head}: {objectives[index].name} {trial.values[index]:.3f}{costs}"
+    if trial.state == TrialState.PRUNED:
+        return f"{head}: stopped at the low rung ({objectives[index].name} {trial.user_attrs[LOW_VALUES][index]:.3f})"
+    return f"{head}: failed: {trial.user_attrs.get(REASON, 'interrupted')}"
+
+
+@dataclass
+class SearchResult:
+    folder: Path
+    result: dict[str, Any]
+
+
+def _work(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, ask: threading.Lock,
+          stop: threading.Event) -> None:
+    """One worker: ask for a trial while fewer than --trials are counted, train it, tell; until done or stopped."""
+    while not stop.is_set():
+        with ask:
+            if isinstance(study._storage, RDBStorage):
+                fail_stale_trials(study)  # another machine's dead worker: retried by the storage's callback
+            if counted(study) >= spec.trials:
+                return
+            trial = study.ask()
+            trial.set_user_attr(WORKER, worker_id())
+        try:
+            run_trial(study, trial, folder, spec, scale)
+        except Exception:
+            if not stop.is_set():
+                raise
+
+
+def run_trials(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, workers: int, console: Console,
+               progress: bool) -> None:
+    """The trials on `workers` threads, each training its trial's runs in processes of their own."""
+    printed = {trial.number for trial in study.get_trials(deepcopy=False) if trial.state.is_finished()}
+    ask, stop = threading.Lock(), threading.Event()
+    threads = [threading.Thread(target=_work, args=(study, folder, spec, scale, ask, stop), daemon=True)
+               for _ in range(workers)]
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=not progress) as bar:
+        task = bar.add_task("trials", total=spec.trials)
+        try:
+            for thread in threads:
+                thread.start()
+            while any(thread.is_alive() for thread in threads):
+                for thread in threads:
+                    thread.join(timeout=1.0)
+                for trial in study.get_trials(deepcopy=False):
+                    if trial.state.is_finished() and trial.number not in printed and \
+                            not trial.user_attrs.get(INTERRUPTED):
+                        printed.add(trial.number)
+                        bar.console.print(_trial_line(trial, spec), markup=False, highlight=False)
+                bar.update(task, completed=counted(study) - _running(study))
+        except KeyboardInterrupt:
+            stop.set()
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if trial.user_attrs.get(WORKER) == worker_id():
+                    retry(study, trial)
+            finished = counted(study)
+            raise TunelabError(f"interrupted with {finished} of {spec.trials} trials finished; run the same "
+                               f"command again to resume") from None
+
+
+def _running(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def run_search(folder: Path, spec: SearchSpec, console: Console, workers: int = 1, storage: str | None = None,
+               progress: bool = True) -> SearchResult:
+    """Run (or resume) the search in `folder`, re-evaluate its Pareto set, and write `search.json`."""
+    validate(spec)
+    if workers < 1:
+        raise TunelabError("--workers must be at least 1")
+    prepare_folder(folder, spec)
+    for part in (TRIALS, CONFIGS, LOGS):
+        (folder / part).mkdir(exist_ok=True)
+    with folder_lock(folder):
+        study = open_study(open_storage(folder, storage), spec)
+        retried = recover_abandoned(study)
+        if retried:
+            console.print(f"resuming: trial(s) {', '.join(map(str, retried))} were interrupted and run again")
+        scale = Scale(training_rows(spec), model_depth(spec), threads_per_worker(workers))
+        write_scale(folder, scale)
+        run_trials(study, folder, spec, scale, workers, console, progress)
+        return SearchResult(folder, finish(study, folder, spec, scale, workers, console))
+
+
+def finish(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, workers: int,
+           console: Console) -> dict[str, Any]:
+    """Re-evaluate the Pareto set and the hand defaults on the seeds; the search's result, also in search.json."""
+    objectives = spec.parsed_objectives
+    front = pareto_trials(study, objectives)
+    candidates = [*front, *hand_defaults(spec)] if spec.reevaluate_seeds else []
+    if candidates:
+        console.print(f"re-evaluating the Pareto set ({len(front)} configurations) and {len(spec.hand_defaults)} "
+                      f"hand defaults on seeds {', '.join(map(str, spec.reevaluate_seeds))}")
+
+    def done(name: str, reason: str) -> None:
+        console.print(f"  {'failed ' + name + ': ' + reason if reason else 'done   ' + name}", markup=False,
+                      highlight=False)
+
+    runs = train_candidates(folder, spec, scale, candidates, workers, done)
+    rows = summarise(candidates, runs, objectives)
+    trials = study.get_trials(deepcopy=False)
+    result = {"objectives": [objective.name for objective in objectives], "sampler": study.user_attrs.get("sampler"),
+              "rows": scale.rows, "eta": spec.eta,
+              "trials": {state.name.lower(): sum(1 for trial in trials if trial.state == state
+                                                 and not trial.user_attrs.get(INTERRUPTED))
+                         for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)},
+              "interrupted": sum(1 for trial in trials if trial.user_attrs.get(INTERRUPTED)),
+              "search_trials": [trial_record(trial) for trial in trials if trial.state.is_finished()],
+              "pareto": [candidate.name for candidate in front], "evaluated": rows,
+              "dominates": dominance(rows, quality(objectives).direction == "maximize"),
+              "costs": {name: description for name, (_, description) in COSTS.items()}}
+    write_json(folder / RESULT_FILE, result)
+    return result
+
+
+def trial_record(trial: FrozenTrial) -> dict[str, Any]:
+    """A finished trial as the report shows it: plan, state, values (full rows) or low-rung values."""
+    attrs = trial.user_attrs
+    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() \
+        if trial.datetime_complete and trial.datetime_start else None
+    return {"number": trial.number, "name": attrs.get(NAME), "state": trial.state.name.lower(),
+            "plan": attrs.get(PLAN), "values": trial.values, "low_values": attrs.get(LOW_VALUES),
+            "interrupted": bool(attrs.get(INTERRUPTED)), "reason": attrs.get(REASON), "seconds": seconds}
