@@ -88,8 +88,8 @@ def render(folder: Path, result: dict[str, Any]) -> str:
 <h1>{html.escape(title)}</h1>
 <p class="muted">objectives {html.escape(", ".join(result["objectives"]))} ·
 sampler {html.escape(str(result["sampler"]))} · {result["rows"]} training rows, low rung 1/{result["eta"]} of them ·
-{trials["complete"]} trials finished, {trials["pruned"]} stopped at the low rung, {trials["fail"]} failed, {result["interrupted"]} interrupted and run
-again</p>
+{trials["complete"]} trials finished, {trials["pruned"]} stopped at the low rung, {trials["fail"]} failed,
+{result["interrupted"]} interrupted and run again</p>
 <h2>Against the hand defaults</h2>
 <p class="muted">A configuration dominates a default when it is no worse beyond noise with fewer trainable
 parameters, or better beyond noise with no more; noise is twice the standard error of the difference over seeds.</p>

@@ -224,12 +224,20 @@ def finish(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, wo
                                                  and not trial.user_attrs.get(INTERRUPTED))
                          for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)},
               "interrupted": sum(1 for trial in trials if trial.user_attrs.get(INTERRUPTED)),
+              "trials_wall_s": trials_wall_s(trials),
               "search_trials": [trial_record(trial) for trial in trials if trial.state.is_finished()],
               "pareto": [candidate.name for candidate in front], "evaluated": rows,
               "dominates": dominance(rows, quality(objectives).direction == "maximize"),
               "costs": {name: description for name, (_, description) in COSTS.items()}}
     write_json(folder / RESULT_FILE, result)
     return result
+
+
+def trials_wall_s(trials: list[FrozenTrial]) -> float | None:
+    """From the first trial's start to the last one's end (a resumed search counts its pauses too)."""
+    starts = [trial.datetime_start for trial in trials if trial.datetime_start]
+    ends = [trial.datetime_complete for trial in trials if trial.datetime_complete]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else None
 
 
 def trial_record(trial: FrozenTrial) -> dict[str, Any]:
