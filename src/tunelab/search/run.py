@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -32,12 +31,14 @@ from tunelab.search.study import (
     INTERRUPTED,
     WORKER,
     SearchSpec,
+    ask,
     counted,
     open_storage,
     open_study,
     prepare_folder,
     recover_abandoned,
     retry,
+    retry_stale,
     worker_id,
 )
 from tunelab.search.trials import (
@@ -127,30 +128,30 @@ class SearchResult:
     result: dict[str, Any]
 
 
-def _work(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, ask: threading.Lock,
-          stop: threading.Event) -> None:
-    """One worker: ask for a trial while fewer than --trials are counted, train it, tell; until done or stopped."""
-    while not stop.is_set():
-        with ask:
-            if isinstance(study._storage, RDBStorage):
-                fail_stale_trials(study)  # another machine's dead worker: retried by the storage's callback
-            if counted(study) >= spec.trials:
-                return
-            trial = study.ask()
-            trial.set_user_attr(WORKER, worker_id())
-        try:
+def _work(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, asking: threading.Lock,
+          stop: threading.Event, errors: list[BaseException]) -> None:
+    """One worker: ask for a trial while fewer than --trials are counted, train it, tell; until done or stopped.
+    What goes wrong outside a trial's own training (the storage, a bug) stops every worker and is raised."""
+    try:
+        while not stop.is_set():
+            with asking:
+                retry_stale(study)
+                if counted(study) >= spec.trials:
+                    return
+                trial = ask(study)
             run_trial(study, trial, folder, spec, scale)
-        except Exception:
-            if not stop.is_set():
-                raise
+    except Exception as error:
+        if not stop.is_set():
+            errors.append(error)
+            stop.set()
 
 
 def run_trials(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, workers: int, console: Console,
                progress: bool) -> None:
     """The trials on `workers` threads, each training its trial's runs in processes of their own."""
     printed = {trial.number for trial in study.get_trials(deepcopy=False) if trial.state.is_finished()}
-    ask, stop = threading.Lock(), threading.Event()
-    threads = [threading.Thread(target=_work, args=(study, folder, spec, scale, ask, stop), daemon=True)
+    asking, stop, errors = threading.Lock(), threading.Event(), []
+    threads = [threading.Thread(target=_work, args=(study, folder, spec, scale, asking, stop, errors), daemon=True)
                for _ in range(workers)]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not progress) as bar:
@@ -167,6 +168,8 @@ def run_trials(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale
                         printed.add(trial.number)
                         bar.console.print(_trial_line(trial, spec), markup=False, highlight=False)
                 bar.update(task, completed=counted(study) - _running(study))
+            if errors:
+                raise errors[0]
         except KeyboardInterrupt:
             stop.set()
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

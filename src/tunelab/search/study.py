@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 import yaml
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import (
+    BaseStorage,
+    JournalStorage,
+    RDBStorage,
+    RetryHeartbeatStaleTrialCallback,
+    fail_stale_trials,
+)
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,12 +41,11 @@ JOURNAL_FILE = "study.journal"
 STUDY_NAME = "tunelab-search"
 WORKER, INTERRUPTED, RETRY_OF = "worker", "interrupted", "retry_of"  # trial user attributes
 HEARTBEAT_S, GRACE_S = 30, 120
+OPEN_ATTEMPTS = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SAMPLER = "TPE (multivariate, grouped by strategy family, constant liar)"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # tunelab prints each trial itself
-# TPE's `group` and `set_metric_names` are marked experimental; tunelab pins Optuna and tests what it uses of them.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 class SearchSpec(BaseModel):
@@ -81,21 +88,53 @@ def open_storage(folder: Path, url: str | None) -> BaseStorage:
                            "--storage out for a journal file in the search folder, or use postgresql://...")
     if not url.startswith(("postgresql", "mysql")):
         raise TunelabError(f"--storage {url!r}: give a database URL such as postgresql://user@host/db")
-    try:
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=2))
-    except Exception as error:  # the driver's own errors (not installed, refused, bad password) differ by database
-        raise TunelabError(f"--storage: cannot open {url.split('@')[-1]}: {str(error).splitlines()[0]}") from None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # the retry callback is marked experimental; tunelab pins Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        except Exception as error:  # the driver's own errors (missing, refused, bad password) differ by database
+            if attempt + 1 == OPEN_ATTEMPTS:
+                raise TunelabError(f"--storage: cannot open {url.split('@')[-1]}: "
+                                   f"{str(error).splitlines()[0]}") from None
+            time.sleep(1.0)  # machines starting together race to create the schema: the loser finds it made
+    raise AssertionError("unreachable")
 
 
 def open_study(storage: BaseStorage, spec: SearchSpec) -> optuna.Study:
     objectives = spec.parsed_objectives
-    sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True, constant_liar=True)
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, load_if_exists=True,
-                                directions=[objective.direction for objective in objectives])
-    study.set_metric_names([objective.name for objective in objectives])
+    with warnings.catch_warnings():  # `group` and metric names are marked experimental; tunelab pins Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True, constant_liar=True)
+        study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, load_if_exists=True,
+                                    directions=[objective.direction for objective in objectives])
+        study.set_metric_names([objective.name for objective in objectives])
     study.set_user_attr("sampler", SAMPLER + (", multi-objective" if len(objectives) > 1 else ""))
     return study
+
+
+def has_heartbeat(storage: BaseStorage) -> bool:
+    """A database storage records each running trial's heartbeat; the journal file does not."""
+    return isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
+
+
+def retry_stale(study: optuna.Study) -> None:
+    """Another machine's trial whose heartbeat stopped is failed, and queued again by the storage's callback."""
+    if has_heartbeat(study._storage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fail_stale_trials(study)
+
+
+def ask(study: optuna.Study) -> optuna.Trial:
+    """The next trial, sampled or queued. Optuna warns that heartbeats are meant for `optimize`; tunelab's own
+    loop records them (`trials._Heartbeat`), so the warning is not for us."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        trial = study.ask()
+    trial.set_user_attr(WORKER, worker_id())
+    return trial
 
 
 def worker_id() -> str:

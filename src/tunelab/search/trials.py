@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from tunelab.compare.grid import train_in_process
@@ -20,7 +19,7 @@ from tunelab.runs import read_json, write_json
 from tunelab.search.fidelity import low_rows, promoted
 from tunelab.search.objectives import Objective
 from tunelab.search.space import TrialPlan, suggest
-from tunelab.search.study import FINISHED, HEARTBEAT_S, RETRY_OF, SearchSpec
+from tunelab.search.study import FINISHED, HEARTBEAT_S, RETRY_OF, SearchSpec, has_heartbeat
 from tunelab.strategies.registry import configure
 
 TRIALS, CONFIGS, LOGS = "trials", "configs", "logs"
@@ -74,7 +73,7 @@ class _Heartbeat:
             self.storage.record_heartbeat(self.trial_id)
 
     def __enter__(self) -> _Heartbeat:
-        if isinstance(self.storage, BaseHeartbeat) and self.storage.is_heartbeat_enabled():
+        if has_heartbeat(self.storage):
             self.storage.record_heartbeat(self.trial_id)
             self.thread.start()
         return self
