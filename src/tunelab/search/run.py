@@ -69,8 +69,6 @@ def validate(spec: SearchSpec) -> None:
     for name in [*spec.space, *spec.hand_defaults]:
         if not entry(name).serves(base.task):
             raise TunelabError(f"search: {name} does not apply to {base.task}: {entry(name).not_served[base.task]}")
-    if not spec.reevaluate_seeds and spec.hand_defaults:
-        raise TunelabError("search: hand defaults are compared on the re-evaluation seeds; give --seeds")
 
 
 @contextmanager
