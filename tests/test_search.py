@@ -3,6 +3,7 @@ the tiny BERT: two workers, a kill -9 mid-trial and the resume, `train --from-se
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -130,7 +131,11 @@ def test_two_workers_finish_every_trial_once(search_spec: SearchSpec, tmp_path: 
     assert result["trials"]["complete"] + result["trials"]["pruned"] == 8 and result["interrupted"] == 0
     for trial in trials:  # every trial trained its low rung; only the finished ones the full rows
         assert (folder / "trials" / f"{trial['name']}-n20" / "metrics.json").exists()
-        assert (folder / "trials" / f"{trial['name']}-n60" / "metrics.json").exists() == (trial["state"] == "complete")
+        full = folder / "trials" / f"{trial['name']}-n60"
+        assert (full / "metrics.json").exists() == (trial["state"] == "complete")
+        if trial["state"] == "complete":  # the quality is the kept epoch's validation accuracy, not the test's
+            validation = json.loads((full / "metrics.json").read_text())["validation"]
+            assert trial["values"][0] == validation["accuracy"] and validation["epoch"] > 0
     assert result["pareto"] and {row["name"] for row in result["evaluated"]} == {*result["pareto"], "default-lora"}
     assert set(result["dominates"]) == {"default-lora"}
     study = open_study(open_storage(folder, None), search_spec)
@@ -213,12 +218,14 @@ def test_kill_9_mid_trial_resumes_without_losing_a_trial(search_spec: SearchSpec
     (["--storage", "sqlite:///x.db"], "SQLite locks up under parallel workers"),
     (["--objectives", "trainable-params"], "--objectives takes one validation metric"),
     (["--defaults", "full-typo"], "unknown strategy 'full-typo'"),
+    (["--text-column", "review"], "review"),
 ])
 def test_bad_search_input_is_one_line(args: list[str], message: str, tiny_bert: Path, sentiment_csv: Path,
                                       tmp_path: Path, monkeypatch, capsys):
     code, _, err = run_main(["search", "--model", str(tiny_bert), "--data", str(sentiment_csv), "--trials", "2",
                              "--output", str(tmp_path / "s"), *args], monkeypatch, capsys)
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()  # refused before the search folder is made
 
 
 def test_from_search_input_errors(tmp_path: Path, monkeypatch, capsys):

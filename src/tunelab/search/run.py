@@ -32,6 +32,7 @@ from tunelab.search.study import (
     WORKER,
     SearchSpec,
     ask,
+    check_storage,
     counted,
     open_storage,
     open_study,
@@ -89,10 +90,9 @@ def folder_lock(folder: Path) -> Iterator[None]:
 
 
 def training_rows(spec: SearchSpec) -> int:
-    """The full rung's training rows: --limit-train, else the training split's size (the data is read once)."""
+    """The full rung's training rows (the training split, at most --limit-train). Reading the data once here also
+    refuses a missing file, a wrong column or empty data before any trial starts."""
     config = build_config(spec.base)
-    if config.data.limit_train:
-        return config.data.limit_train
     return len(recipe_for(config.task).prepare(config).splits.train)
 
 
@@ -186,8 +186,10 @@ def run_search(folder: Path, spec: SearchSpec, console: Console, workers: int = 
                progress: bool = True) -> SearchResult:
     """Run (or resume) the search in `folder`, re-evaluate its Pareto set, and write `search.json`."""
     validate(spec)
+    check_storage(storage)
     if workers < 1:
         raise TunelabError("--workers must be at least 1")
+    scale = Scale(training_rows(spec), model_depth(spec), threads_per_worker(workers))  # bad data fails here
     prepare_folder(folder, spec)
     for part in (TRIALS, CONFIGS, LOGS):
         (folder / part).mkdir(exist_ok=True)
@@ -196,7 +198,6 @@ def run_search(folder: Path, spec: SearchSpec, console: Console, workers: int = 
         retried = recover_abandoned(study)
         if retried:
             console.print(f"resuming: trial(s) {', '.join(map(str, retried))} were interrupted and run again")
-        scale = Scale(training_rows(spec), model_depth(spec), threads_per_worker(workers))
         write_scale(folder, scale)
         run_trials(study, folder, spec, scale, workers, console, progress)
         return SearchResult(folder, finish(study, folder, spec, scale, workers, console))

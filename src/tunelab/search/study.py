@@ -79,15 +79,22 @@ def read_spec(folder: Path) -> SearchSpec:
     return SearchSpec.model_validate(yaml.safe_load((folder / SEARCH_FILE).read_text(encoding="utf-8")))
 
 
-def open_storage(folder: Path, url: str | None) -> BaseStorage:
-    """The journal file in `folder`, or the database at `url`."""
+def check_storage(url: str | None) -> None:
+    """Refuse a storage the search cannot share between workers, before anything is written."""
     if url is None:
-        return JournalStorage(JournalFileBackend(str(folder / JOURNAL_FILE)))
+        return
     if url.startswith("sqlite"):
         raise TunelabError("--storage: SQLite locks up under parallel workers (\"database is locked\"); leave "
                            "--storage out for a journal file in the search folder, or use postgresql://...")
     if not url.startswith(("postgresql", "mysql")):
         raise TunelabError(f"--storage {url!r}: give a database URL such as postgresql://user@host/db")
+
+
+def open_storage(folder: Path, url: str | None) -> BaseStorage:
+    """The journal file in `folder`, or the database at `url`."""
+    check_storage(url)
+    if url is None:
+        return JournalStorage(JournalFileBackend(str(folder / JOURNAL_FILE)))
     for attempt in range(OPEN_ATTEMPTS):
         try:
             with warnings.catch_warnings():  # the retry callback is marked experimental; tunelab pins Optuna
