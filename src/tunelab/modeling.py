@@ -4,7 +4,14 @@ classifier heads share."""
 from __future__ import annotations
 
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from tunelab.assets.models import ModelSpec, Pooling
 from tunelab.errors import TunelabError
@@ -47,3 +54,16 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     """Cross-entropy; with weights, the weighted mean over the batch (each example counts its label's weight)."""
     weight = None if class_weights is None else class_weights.to(logits.device, logits.dtype)
     return torch.nn.functional.cross_entropy(logits, labels, weight=weight)
+
+
+DEFAULT_HEAD_DROPOUT = 0.1
+
+
+def head_dropout(config: PretrainedConfig) -> float:
+    """The dropout before a task head, as transformers' own heads choose it: the model's classifier dropout, else
+    its hidden dropout, else 0.1 (models that name neither, such as Llama)."""
+    for name in ("classifier_dropout", "hidden_dropout_prob"):
+        value = getattr(config, name, None)
+        if value is not None:
+            return float(value)
+    return DEFAULT_HEAD_DROPOUT

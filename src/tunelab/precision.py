@@ -70,10 +70,10 @@ def resolve_precision(requested: Precision, device: str | None = None) -> Resolv
 
 
 def trainer_flags(precision: Resolved) -> dict[str, bool]:
-    """The Trainer's (and TRL's) mixed-precision switches: autocast in the forward, fp32 weights and optimizer. The
-    Trainer takes bf16 on a CPU only when told it runs on one (`use_cpu`)."""
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16",
-            "use_cpu": precision == "bf16" and device_type() == "cpu"}
+    """The Trainer's (and TRL's) mixed-precision switches: autocast in the forward, fp32 weights and optimizer. On a
+    machine without an accelerator the Trainer is told it runs on the CPU (`use_cpu`): without it, it refuses bf16
+    there, and under torchrun it silently trains every process alone on all the data instead of with DDP (gloo)."""
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": device_type() == "cpu"}
 
 
 def in_precision(model: nn.Module, precision: Resolved) -> nn.Module:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -33,6 +33,24 @@ def _searched_trial(folder: Path | None, trial: int | None, config_file: Path | 
     from tunelab.cli.search import from_search_config
 
     return from_search_config(folder, trial, output).model_dump(mode="json")
+
+
+def _launch(config: Any, overwrite: bool, nproc: int, nnodes: int, node_rank: int, master_addr: str | None,
+            master_port: int) -> None:
+    """This very command under torchrun, once what can be refused before training is refused here."""
+    import sys
+
+    from tunelab.cli.launch import launch, torchrun_command
+    from tunelab.ranks import per_process, world_size
+    from tunelab.recipes.runs import configure_run
+    from tunelab.runs import StagedRun
+
+    if world_size() > 1:
+        raise TunelabError("--nproc launches torchrun; under torchrun already, leave --nproc out")
+    configure_run(config)
+    StagedRun(Path(config.output), overwrite)  # an existing output is refused now, not by every process
+    per_process(config.training.batch_size, "--batch-size", nproc * nnodes)
+    raise typer.Exit(launch(torchrun_command(sys.argv[1:], nproc, nnodes, node_rank, master_addr, master_port)))
 
 
 @app.command()
@@ -83,15 +101,28 @@ def train(
     trial: Annotated[int | None, typer.Option(help="with --from-search: the trial's number (t0017 is 17)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    nproc: Annotated[int, typer.Option(min=1, help="training processes on this machine (torchrun: DDP, gloo on "
+                                                   "CPU, nccl on GPUs); --batch-size stays the global batch")] = 1,
+    nnodes: Annotated[int, typer.Option(min=1, help="machines, each running this command with its --node-rank")]
+    = 1,
+    node_rank: Annotated[int, typer.Option(min=0, help="this machine's number, 0 to --nnodes - 1")] = 0,
+    master_addr: Annotated[str | None, typer.Option(help="address of the machine with --node-rank 0")] = None,
+    master_port: Annotated[int, typer.Option(help="port for the processes to meet at --master-addr")] = 29500,
 ) -> None:
     """Fine-tune a model on a dataset with one strategy and write a run directory."""
     from tunelab import api
+    from tunelab.ranks import is_main
     from tunelab.recipes.generation import generation_scores
     from tunelab.report import runs_table
 
     config = run_config(config_file, locals(), set_, option, template, verbalizer,
                         _searched_trial(from_search, trial, config_file, output))
+    if nproc * nnodes > 1:
+        _launch(config, overwrite, nproc, nnodes, node_rank, master_addr, master_port)
     quiet_libraries()
+    if not is_main():  # under torchrun: rank 0 prints and writes, the others train
+        api.train(config, overwrite=overwrite, progress=False)
+        return
     result = api.train(config, overwrite=overwrite, progress=not quiet, announce=console.print)
     console.print(runs_table([result.path], title=f"{config.strategy.name} on {config.data.source}"))
     baseline = result.metrics.get("baseline")

@@ -46,14 +46,14 @@ class Fitted:
     timings: dict[str, float]
     test: dict[str, Any] | None = None  # test metrics measured while fitting, where that is cheaper; else scored after
     facts: dict[str, Any] = field(default_factory=dict)  # about the fit, for metrics.json (windows, base scores)
-    validation: dict[str, Any] | None = None  # the kept epoch's validation metrics; None where nothing trained
+    log: dict[str, Any] = field(default_factory=dict)  # the Trainer's record, for metrics.json (`trainer_log`)
 
 
 @dataclass
 class TrainerFit:
     trainer: Any
     timings: dict[str, float]
-    validation: dict[str, Any]  # the kept epoch's validation metrics (what a configuration search ranks on)
+    log: dict[str, Any]  # `validation`: the kept epoch's metrics (what a search ranks on); `loss_curve`: (step, loss)
 
 
 def kept_epoch_validation(trainer: Any) -> dict[str, Any]:
@@ -80,7 +80,9 @@ def fit_with_trainer(model: nn.Module, config: RunConfig, strategy: ConfiguredSt
                             strategy.callbacks(model))
     start = time.perf_counter()
     trainer.train()
-    return TrainerFit(trainer, {"train_s": time.perf_counter() - start}, kept_epoch_validation(trainer))
+    log = {"validation": kept_epoch_validation(trainer),
+           "loss_curve": [[entry["step"], entry["loss"]] for entry in trainer.state.log_history if "loss" in entry]}
+    return TrainerFit(trainer, {"train_s": time.perf_counter() - start}, log)
 
 
 def refuse_context(context: str | None, task: str) -> None:

@@ -132,7 +132,7 @@ class SentenceRecipe(Recipe):
         timings = {"feature_extraction_s": feature_extraction_s,
                    "train_s": feature_extraction_s + fit.timings["train_s"]}
         return Fitted(timings, score(in_original_order(fit.trainer.predict(test).predictions, order)),
-                      validation=fit.validation)
+                      log=fit.log)
 
     def predictor(self, model: SequenceClassifier | PromptClassifier, tokenizer: PreTrainedTokenizerBase,
                   targets: LabelMap | TargetScale, config: RunConfig) -> Predictor:

@@ -150,7 +150,7 @@ class QuestionAnsweringRecipe(Recipe):
                                _dataset(train_windows), _dataset(validation_windows),
                                DataCollatorWithPadding(tokenizer),
                                _validation_scores(answerer, validation_windows, splits.validation))
-        return Fitted(fit.timings, facts={"train_windows": len(train_windows.example)}, validation=fit.validation)
+        return Fitted(fit.timings, facts={"train_windows": len(train_windows.example)}, log=fit.log)
 
     def predictor(self, model: SpanExtractor, tokenizer: PreTrainedTokenizerBase, targets: None,
                   config: RunConfig) -> Answerer:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from torch import nn
 from tunelab.config import Precision, PromptConfig, RunConfig
 from tunelab.errors import TunelabError
 from tunelab.precision import in_precision, resolve_precision
+from tunelab.ranks import is_main
 from tunelab.recipes.base import Prepared, Recipe
 from tunelab.resources import PeakMemory, run_resources
 from tunelab.runs import CHECKPOINTS, StagedRun, read_run_config, require_run, write_json, write_run
@@ -67,7 +69,8 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
               announce: Callable[[RenderableType], None] | None = None) -> RunResult:
     """Train `config.strategy` on `config.data` for `config.task` and write a complete run directory to
     `config.output`: staged in a hidden folder and renamed into place only when complete. `announce` receives the
-    data checks before training and, after it, a warning when the run did not learn."""
+    data checks before training and, after it, a warning when the run did not learn. Under torchrun every process
+    calls it; rank 0 writes the run and the others return a result without metrics."""
     say = announce or (lambda message: None)
     strategy = configure_run(config)
     config = with_validated_options(config, strategy)
@@ -83,9 +86,11 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
         say(checks.table(f"{config.data.source}: the data"))
         for warning in checks.warnings:
             say(f"[yellow]warning:[/yellow] {escape(warning)}")
-    with staged:
+    with staged if is_main() else nullcontext():
         with PeakMemory() as memory:
             fitted = recipe.fit(model, tokenizer, prepared, strategy, staged.path / CHECKPOINTS, progress)
+        if not is_main():  # under torchrun the other processes only train; rank 0 measures and writes the run
+            return RunResult(staged.final, {}, {}, None)
         model.eval()
         predictor = recipe.predictor(in_precision(model, resolve_precision(config.training.precision)), tokenizer,
                                      prepared.targets, config)
@@ -93,9 +98,8 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
         metrics = {"task": config.task, "test": test, **fitted.facts, **prepared.facts,
                    "train_examples": len(prepared.splits.train),
                    "validation_examples": len(prepared.splits.validation),
-                   "training": training_facts(strategy, prepared), **verdict(recipe, prepared, test, say)}
-        if fitted.validation:
-            metrics["validation"] = fitted.validation
+                   "training": training_facts(strategy, prepared), **fitted.log,
+                   **verdict(recipe, prepared, test, say)}
         if checks is not None:
             write_json(staged.path / DATA_CHECKS_FILE, checks.as_dict())
         latency = recipe.latency_ms(predictor, prepared.splits.test)

@@ -15,7 +15,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from tunelab.assets.models import Pooling
 from tunelab.errors import TunelabError
-from tunelab.modeling import pool, weighted_cross_entropy
+from tunelab.modeling import head_dropout, pool, weighted_cross_entropy
 
 LABELS_FILE = "labels.json"  # the label order, saved with the run
 
@@ -80,11 +80,12 @@ class SequenceClassifier(nn.Module):
 
     class_weights: torch.Tensor | None = None  # per-label loss weights (`--class-weights balanced`), not saved
 
-    def __init__(self, backbone: nn.Module, num_labels: int, pooling: Pooling, dropout: float = 0.1):
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: Pooling):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.config.hidden_size, num_labels))
+        self.head = nn.Sequential(nn.Dropout(head_dropout(backbone.config)),
+                                  nn.Linear(backbone.config.hidden_size, num_labels))
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -23,6 +23,7 @@ from transformers.modeling_outputs import TokenClassifierOutput
 
 from tunelab.batching import padded_batches
 from tunelab.errors import TunelabError
+from tunelab.modeling import head_dropout
 from tunelab.tasks import IGNORE
 from tunelab.tasks.classification import LabelMap
 from tunelab.tasks.tags import OUTSIDE, convert, entity_metrics, scheme_of, split_words, to_entities
@@ -36,10 +37,11 @@ class TokenClassifier(nn.Module):
     The head lives outside the backbone, as a sentence classifier's does, so that adapter libraries only wrap
     the backbone and every strategy saves the head under `head.`."""
 
-    def __init__(self, backbone: nn.Module, num_tags: int, dropout: float = 0.1):
+    def __init__(self, backbone: nn.Module, num_tags: int):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.config.hidden_size, num_tags))
+        self.head = nn.Sequential(nn.Dropout(head_dropout(backbone.config)),
+                                  nn.Linear(backbone.config.hidden_size, num_tags))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor | None = None) -> TokenClassifierOutput:

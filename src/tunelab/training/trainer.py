@@ -29,6 +29,7 @@ from tunelab.batching import LengthBucketSampler, random_order_padding_share
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.precision import device_type, resolve_precision, trainer_flags
+from tunelab.ranks import per_process, world_size
 from tunelab.strategies.catalog import entry
 from tunelab.strategies.registry import ConfiguredStrategy
 
@@ -81,14 +82,15 @@ def in_original_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
 def training_arguments(config: RunConfig, strategy: ConfiguredStrategy, output_dir: Path, progress: bool,
                        best_metric: str) -> TrainingArguments:
     """Evaluate and checkpoint every epoch; keep the best epoch on `best_metric` (a loss: lower is better), at the
-    strategy's learning rate and epochs, in the run's precision."""
+    strategy's learning rate and epochs, in the run's precision. The batch size is global: under torchrun each
+    process takes its share, so N processes make the optimizer steps one would."""
     training = config.training
     return TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=strategy.learning_rate,
         num_train_epochs=strategy.epochs,
-        per_device_train_batch_size=training.batch_size,
-        per_device_eval_batch_size=training.eval_batch_size,
+        per_device_train_batch_size=per_process(training.batch_size, "--batch-size"),
+        per_device_eval_batch_size=max(1, training.eval_batch_size // world_size()),
         weight_decay=training.weight_decay,
         warmup_steps=training.warmup_ratio,  # a float < 1 is a fraction of the training steps
         eval_strategy="epoch",

@@ -1,0 +1,67 @@
+"""`tunelab train --nproc N`: the same command again under torchrun, N processes on this machine (and `--nnodes`
+machines), rank 0 printing and writing. torchrun reports a failed process with a multi-page report; the user sees
+the processes' own one-line error instead."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from rich.console import Console
+from rich.markup import escape
+
+from tunelab.errors import TunelabError
+
+TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} ")  # torchrun's own log lines (glog style: W1205 20:34:58 ...)
+TORCH_WARNING = re.compile(r"^\[rank\d+\]:\[W")
+LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port")
+
+
+def without_launch_flags(argv: list[str]) -> list[str]:
+    """The command's own arguments, minus the flags that only say how to launch it."""
+    kept, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument in LAUNCH_FLAGS:
+            skip = True
+        elif not argument.startswith(tuple(f"{flag}=" for flag in LAUNCH_FLAGS)):
+            kept.append(argument)
+    return kept
+
+
+def torchrun_command(argv: list[str], nproc: int, nnodes: int, node_rank: int, master_addr: str | None,
+                     master_port: int) -> list[str]:
+    """`python -m torch.distributed.run ... -m tunelab ARGS`: standalone on one machine, a static rendezvous at
+    `master_addr` for several."""
+    if nnodes > 1 and master_addr is None:
+        raise TunelabError("--nnodes above 1 needs --master-addr: the address of the node with --node-rank 0")
+    where = ["--standalone"] if nnodes == 1 else ["--nnodes", str(nnodes), "--node-rank", str(node_rank),
+                                                  "--master-addr", master_addr, "--master-port", str(master_port)]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), *where,
+            "-m", "tunelab", *without_launch_flags(argv)]
+
+
+def launch(command: list[str]) -> int:
+    """Run torchrun with its processes' output shown as it comes, torchrun's own failure report left out; the
+    processes' one-line error (each process gives the same) shown once. The exit code: 0, 2 for a user error."""
+    errors: list[str] = []
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1) as process:
+        reporting = False  # from a traceback on, torchrun (or a crashed process) is reporting a failure
+        for line in process.stderr:
+            if TORCH_WARNING.match(line):  # e.g. DDP's note on find_unused_parameters, once per process
+                continue
+            reporting = reporting or line.startswith(("Traceback", "[rank"))
+            if line.startswith("error: "):
+                errors.append(line.removeprefix("error: ").strip())
+            elif not reporting and not TORCHRUN_LOG.match(line):
+                sys.stderr.write(line)
+    if process.returncode == 0:
+        return 0
+    if errors:
+        Console(stderr=True).print(f"[red]error:[/red] {escape(errors[0])}", highlight=False, soft_wrap=True)
+        return 2
+    Console(stderr=True).print(f"[red]error:[/red] a training process failed (torchrun exit code "
+                               f"{process.returncode}); run with --nproc 1 to see its error", highlight=False)
+    return 1
