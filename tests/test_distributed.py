@@ -16,6 +16,7 @@ import torch
 from tunelab.predict import Predictor
 from tunelab.recipes.runs import load_run
 from tunelab.runs import METRICS_FILE
+from tunelab.strategies.catalog import CATALOG
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +76,16 @@ def test_errors_of_a_multi_process_run_are_one_line(extra: list[str], message: s
     assert run.returncode == 2 and message in run.stderr, run.stderr[-3000:]
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_every_catalogue_strategy_trains_under_two_processes(bert_without_dropout: Path, tiny_llama_lm: Path,
+                                                            sentiment_csv: Path, tmp_path: Path):
+    """One torchrun launch trains every strategy in turn (the prompt-based ones on the causal LM, AdapterFusion on
+    two adapter runs): none needs refusing under DDP."""
+    script = Path(__file__).with_name("ddp_catalog.py")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(script), str(bert_without_dropout), str(tiny_llama_lm), str(sentiment_csv),
+                          str(tmp_path / "runs")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    trained = {path.name for path in (tmp_path / "runs").iterdir() if (path / METRICS_FILE).exists()}
+    assert trained == {*CATALOG, "adapter-b"}
