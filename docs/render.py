@@ -186,6 +186,24 @@ def serving_table() -> str:
             f"({served['rss_eight_vs_one']:.2f}x).")
 
 
+def search_table() -> str:
+    """The measured search: its cost, the re-evaluated Pareto set beside the hand defaults, and the verdicts."""
+    from tunelab.search.page import search_rows, verdict
+
+    result = _results("search")
+    settings, trials = result["settings"], result["trials"]
+    rows = [[f"`{cell}`" if index == 0 else cell for index, cell in enumerate(row[:8])] for row in search_rows(result)]
+    verdicts = "; ".join(f"`{default}` {verdict(winners)}" for default, winners in result["dominates"].items())
+    return (f"Measured on this project's {result['machine']['nproc']}-core CPU: `tunelab {result['command']}` ran "
+            f"{settings['trials']} trials ({trials['complete']} to the full {settings['rows']} rows, "
+            f"{trials['pruned']} stopped at the low rung, {trials['fail']} failed) in "
+            f"{result['trials_wall_s'] / 60:.0f} minutes, and the whole command, the re-evaluation included, in "
+            f"{result['wall_s'] / 60:.0f} minutes. Test accuracy over seeds {settings['seeds']}:\n\n"
+            + _table(["configuration", "searched plan", "test (mean ± sd)", "seeds", "trainable", "share", "delta",
+                      "latency"], rows)
+            + f"\n\nAgainst the hand defaults: {verdicts}.")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -242,7 +260,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "results_page": results_page, "cli_reference": cli_reference, "speed_table": speed_table,
     "precision_table": precision_table, "demo_line": demo_line, "merge_table": merge_table,
     "few_shot_composition_table": few_shot_composition_table, "mixed_batches_line": mixed_batches_line,
-    "serving_table": serving_table,
+    "serving_table": serving_table, "search_table": search_table,
 }
 
 

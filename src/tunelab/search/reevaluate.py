@@ -75,7 +75,7 @@ def train_candidates(folder: Path, spec: SearchSpec, scale: Scale, candidates: l
             name = f"{candidate.name}-s{seed}"
             output = folder / REEVALUATED / name
             config = (_default_config(spec, candidate, scale.rows, seed, output) if candidate.is_default
-                      else plan_config(spec, candidate.plan, scale.rows, seed, output))
+                      else plan_config(spec, candidate.plan, scale.rows, scale.rows, seed, output))
             jobs.append((candidate.name, name, config))
 
     def train(job: tuple[str, str, Any]) -> tuple[str, Path, str]:

@@ -49,6 +49,7 @@ from tunelab.search.trials import (
     NAME,
     PLAN,
     REASON,
+    RUN,
     TRIALS,
     Scale,
     run_trial,
@@ -248,5 +249,5 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() \
         if trial.datetime_complete and trial.datetime_start else None
     return {"number": trial.number, "name": attrs.get(NAME), "state": trial.state.name.lower(),
-            "plan": attrs.get(PLAN), "values": trial.values, "low_values": attrs.get(LOW_VALUES),
+            "plan": attrs.get(PLAN), "run": attrs.get(RUN), "values": trial.values, "low_values": attrs.get(LOW_VALUES),
             "interrupted": bool(attrs.get(INTERRUPTED)), "reason": attrs.get(REASON), "seconds": seconds}

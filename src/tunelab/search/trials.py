@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from tunelab.compare.grid import train_in_process
 from tunelab.config import RunConfig, StrategyConfig, build_config, read_yaml
 from tunelab.errors import TunelabError
-from tunelab.runs import read_json, write_json
+from tunelab.runs import METRICS_FILE, read_json, write_json
 from tunelab.search.fidelity import low_rows, promoted
 from tunelab.search.objectives import Objective
 from tunelab.search.space import TrialPlan, suggest
@@ -36,14 +36,13 @@ class Scale:
     threads: int | None
 
 
-def plan_config(spec: SearchSpec, plan: TrialPlan, rows: int, seed: int, output: Path) -> RunConfig:
+def plan_config(spec: SearchSpec, plan: TrialPlan, rows: int, full_rows: int, seed: int, output: Path) -> RunConfig:
     """The run of a plan on `rows` training rows: the base config with the plan's strategy, options and learning
-    rate, and the epochs the strategy would train the full rows for (so the low rung makes 1/eta of the steps)."""
-    base = build_config(spec.base)
-    training = base.training.model_copy(update={"learning_rate": plan.learning_rate or base.training.learning_rate})
+    rate, and the epochs `train` would give `full_rows` (the base's, else the strategy's raised to min_steps), so
+    that the low rung makes 1/eta of the steps."""
+    training = build_config(spec.base).training
     strategy = configure(StrategyConfig(name=plan.strategy, options=plan.options), training)
-    full_rows = base.data.limit_train or rows
-    epochs = strategy.budgeted(full_rows, training.batch_size, training.min_steps).epochs
+    epochs = training.epochs or strategy.budgeted(full_rows, training.batch_size, training.min_steps).epochs
     return build_config(spec.base, {"strategy.name": plan.strategy, "strategy.options": plan.options,
                                     "data.limit_train": rows, "training.seed": seed, "training.epochs": epochs,
                                     **({"training.learning_rate": plan.learning_rate} if plan.learning_rate else {}),
@@ -53,7 +52,7 @@ def plan_config(spec: SearchSpec, plan: TrialPlan, rows: int, seed: int, output:
 def train_plan(folder: Path, name: str, config: RunConfig, threads: int | None) -> tuple[Path, str]:
     """Train (or find already trained) one run: its folder and "" or the reason it failed."""
     output = Path(config.output)
-    if (output / "metrics.json").exists():
+    if (output / METRICS_FILE).exists():
         return output, ""
     code, reason = train_in_process(config, folder / CONFIGS / f"{name}.yaml", folder / LOGS / f"{name}.log",
                                     threads)
@@ -100,8 +99,8 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, folder: Path, spec: Sear
     with _Heartbeat(study, trial):
         for rows in rungs:
             name = f"{trial_name}-n{rows}"
-            run, reason = train_plan(folder, name, plan_config(spec, plan, rows, spec.seed,
-                                                               folder / TRIALS / name), scale.threads)
+            config = plan_config(spec, plan, rows, scale.rows, spec.seed, folder / TRIALS / name)
+            run, reason = train_plan(folder, name, config, scale.threads)
             if reason:
                 trial.set_user_attr(REASON, reason)
                 study.tell(trial, state=TrialState.FAIL)
