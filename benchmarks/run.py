@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import compare_grid
 import composition
 import demo
+import distributed
 import few_shot
 import mixed_batches
 import onnx_export
@@ -15,6 +18,7 @@ import probe_cache
 import prompt_templates
 import regression
 import rlhf_pipeline
+import search
 import serving
 import small_data
 import speed
@@ -178,6 +182,28 @@ def precision_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             for name, s in result["vs_fp32"].items()]
 
 
+def search_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    trials, minutes = result["trials"], result["trials_wall_s"] / 60
+    return [("search: trials (complete, pruned, failed)",
+             f"{trials['complete']}, {trials['pruned']}, {trials['fail']} in {minutes:.0f} min", ""),
+            *((f"search: {row['name']} ({row['plan']})", f"{row['test_mean']:.3f} ± {row['test_sd']:.3f}, "
+               f"{row['trainable-params']:,.0f} trainable", "") for row in result["evaluated"]),
+            *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
+
+
+def distributed_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    s = result["summary"]
+    return [*((f"distributed: {side}", f"accuracy {s[side]['accuracy_mean']:.3f} ± {s[side]['accuracy_sd']:.3f}, "
+               f"{s[side]['train_s_per_step_median'] * 1000:.0f} ms a step", "")
+              for side in ("one process", "two processes")),
+            ("distributed: step time, two processes vs one", f"{s['step_time_ratio_two_vs_one']:.2f}x", ""),
+            *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
+
+
+def _work(name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"tunelab-bench-{name}-"))
+
+
 def demo_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     s = result["summary"]
     return [("demo: make demo after the install (median)", f"{s['wall_s']:.0f} s, {s['cells']} cells", ""),
@@ -206,6 +232,10 @@ DRIVERS = {
     "mixed": lambda args: mixed_rows(mixed_batches.run_benchmark(args.repeats or 20, args.quick)),
     "serving": lambda args: serving_rows(serving.run_benchmark(args.repeats or 5, args.quick)),
     "composition": lambda args: composition_rows(composition.run_benchmark(args.repeats or 3, args.quick)),
+    "search": lambda args: search_rows(search.run_benchmark(args.quick, _work("search"))),
+    "distributed": lambda args: distributed_rows(distributed.run_benchmark(
+        list(range(1, (1 if args.quick else args.repeats or 3) + 1)), 200 if args.quick else 2000, args.quick,
+        _work("distributed"))),
 }
 
 
