@@ -24,8 +24,8 @@ from tunelab.config import build_config
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, read_json
 from tunelab.search.objectives import COSTS, Objective, pareto_front, quality
 from tunelab.search.space import TrialPlan
-from tunelab.search.study import SearchSpec
-from tunelab.search.trials import NAME, Scale, plan_config, train_plan, trial_plan
+from tunelab.search.study import NAME, SearchSpec
+from tunelab.search.trials import Scale, plan_config, train_plan, trial_plan
 
 REEVALUATED = "reevaluated"
 TRAINABLE = "trainable_parameters"

@@ -24,11 +24,12 @@ from tunelab.assets.models import resolve_model
 from tunelab.config import build_config
 from tunelab.errors import TunelabError
 from tunelab.runs import write_json
-from tunelab.search.objectives import COSTS, format_cost, quality
+from tunelab.search.objectives import COSTS, format_cost, parse_objectives, quality
 from tunelab.search.reevaluate import dominance, hand_defaults, pareto_trials, summarise, train_candidates
 from tunelab.search.space import check_space
 from tunelab.search.study import (
     INTERRUPTED,
+    NAME,
     WORKER,
     SearchSpec,
     ask,
@@ -46,7 +47,6 @@ from tunelab.search.trials import (
     CONFIGS,
     LOGS,
     LOW_VALUES,
-    NAME,
     PLAN,
     REASON,
     RUN,
@@ -66,7 +66,7 @@ LOCK_FILE = ".search.lock"
 def validate(spec: SearchSpec) -> None:
     """Refuse a bad search before the first trial: a bad base config, space, objective or hand default."""
     base = build_config(spec.base)
-    spec.parsed_objectives  # noqa: B018 -- parsing is the check
+    parse_objectives(spec.objectives)
     check_space(spec.space)
     for name in [*spec.space, *spec.hand_defaults]:
         if not entry(name).serves(base.task):
@@ -103,7 +103,7 @@ def model_depth(spec: SearchSpec) -> int:
 
 
 def threads_per_worker(workers: int) -> int | None:
-    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+    return max(1, len(os.sched_getaffinity(0)) // workers) if workers > 1 else None
 
 
 def _trial_line(trial: FrozenTrial, spec: SearchSpec) -> str:

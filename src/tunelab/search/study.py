@@ -39,7 +39,8 @@ from tunelab.search.objectives import Objective, parse_objectives
 SEARCH_FILE = "search.yaml"
 JOURNAL_FILE = "study.journal"
 STUDY_NAME = "tunelab-search"
-WORKER, INTERRUPTED, RETRY_OF = "worker", "interrupted", "retry_of"  # trial user attributes
+WORKER, INTERRUPTED, NAME = "worker", "interrupted", "name"  # trial user attributes
+RETRIED = "retry_history"  # system attribute: the trials a database storage's stale-trial callback ran again
 HEARTBEAT_S, GRACE_S = 30, 120
 OPEN_ATTEMPTS = 3
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -170,8 +171,13 @@ def retry(study: optuna.Study, trial: FrozenTrial) -> None:
     storage = study._storage  # Optuna's public API finishes only trials this process asked for
     storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
     storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.user_attrs.get(RETRY_OF, trial.number)},
-                        skip_if_exists=False)
+    study.enqueue_trial(trial.params, user_attrs={NAME: trial_name(trial)}, skip_if_exists=False)
+
+
+def trial_name(trial: FrozenTrial | optuna.Trial) -> str:
+    """A trial's name, which its runs carry: t0007, kept by the trial that runs it again after an interruption (so
+    the runs its first attempt finished are reused)."""
+    return trial.user_attrs.get(NAME) or f"t{trial.number:04d}"
 
 
 def recover_abandoned(study: optuna.Study) -> list[int]:
@@ -185,7 +191,10 @@ def recover_abandoned(study: optuna.Study) -> list[int]:
 
 def counted(study: optuna.Study) -> int:
     """Trials that count towards --trials: finished, running, or failed for a reason of their own (a trial
-    interrupted by a kill is not counted; its retry is)."""
-    return sum(1 for trial in study.get_trials(deepcopy=False)
+    interrupted by a kill, or whose machine stopped beating, is not counted; its retry is)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {number for trial in trials for number in trial.system_attrs.get(RETRIED, [])}
+    return sum(1 for trial in trials
                if trial.state in (*FINISHED, TrialState.RUNNING)
-               or (trial.state == TrialState.FAIL and not trial.user_attrs.get(INTERRUPTED)))
+               or (trial.state == TrialState.FAIL and not trial.user_attrs.get(INTERRUPTED)
+                   and trial.number not in retried))

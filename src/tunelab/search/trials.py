@@ -19,11 +19,11 @@ from tunelab.runs import METRICS_FILE, read_json, write_json
 from tunelab.search.fidelity import low_rows, promoted
 from tunelab.search.objectives import Objective
 from tunelab.search.space import TrialPlan, suggest
-from tunelab.search.study import FINISHED, HEARTBEAT_S, RETRY_OF, SearchSpec, has_heartbeat
+from tunelab.search.study import FINISHED, HEARTBEAT_S, NAME, SearchSpec, has_heartbeat, trial_name
 from tunelab.strategies.registry import configure
 
 TRIALS, CONFIGS, LOGS = "trials", "configs", "logs"
-LOW_VALUES, RUN, PLAN, REASON, NAME = "low_values", "run", "plan", "reason", "name"  # trial user attributes
+LOW_VALUES, RUN, PLAN, REASON = "low_values", "run", "plan", "reason"  # trial user attributes
 SCALE_FILE = "scale.json"
 
 
@@ -94,13 +94,13 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, folder: Path, spec: Sear
     trial.set_user_attr(PLAN, {"strategy": plan.strategy, "options": plan.options,
                                "learning_rate": plan.learning_rate})
     rungs = [low_rows(scale.rows, spec.eta), scale.rows] if spec.eta > 1 else [scale.rows]
-    trial_name = f"t{trial.user_attrs.get(RETRY_OF, trial.number):04d}"  # a retry reuses its first attempt's runs
-    trial.set_user_attr(NAME, trial_name)
+    name = trial_name(trial)
+    trial.set_user_attr(NAME, name)
     with _Heartbeat(study, trial):
         for rows in rungs:
-            name = f"{trial_name}-n{rows}"
-            config = plan_config(spec, plan, rows, scale.rows, spec.seed, folder / TRIALS / name)
-            run, reason = train_plan(folder, name, config, scale.threads)
+            run_name = f"{name}-n{rows}"
+            config = plan_config(spec, plan, rows, scale.rows, spec.seed, folder / TRIALS / run_name)
+            run, reason = train_plan(folder, run_name, config, scale.threads)
             if reason:
                 trial.set_user_attr(REASON, reason)
                 study.tell(trial, state=TrialState.FAIL)
