@@ -193,8 +193,11 @@ def search_table() -> str:
     result = _results("search")
     settings, trials = result["settings"], result["trials"]
     rows = [[f"`{cell}`" if index == 0 else cell for index, cell in enumerate(row[:8])] for row in search_rows(result)]
+    words = result["command"].split()  # as a user would type it: their own --output, no --quiet
+    words[words.index("--output") + 1] = "runs/search"
+    command = " ".join(word for word in words if word != "--quiet")
     verdicts = "; ".join(f"`{default}` {verdict(winners)}" for default, winners in result["dominates"].items())
-    return (f"Measured on this project's {result['machine']['nproc']}-core CPU: `tunelab {result['command']}` ran "
+    return (f"Measured on this project's {result['machine']['nproc']}-core CPU: `tunelab {command}` ran "
             f"{settings['trials']} trials ({trials['complete']} to the full {settings['rows']} rows, "
             f"{trials['pruned']} stopped at the low rung, {trials['fail']} failed) in "
             f"{result['trials_wall_s'] / 60:.0f} minutes, and the whole command, the re-evaluation included, in "

@@ -109,7 +109,7 @@ def test_strict_latency_with_many_tasks_puts_lora_above_adapter() -> None:
 
 def test_generation_leaves_only_strategies_that_serve_it_feasible() -> None:
     feasible = {r.strategy for r in recommend(Situation(samples=500, task="generation")) if r.feasible}
-    assert feasible == {"full", "lora", "ia3", "adapter"}
+    assert feasible == {"full", "lora", "adalora", "ia3", "adapter"}
 
 
 def test_generation_with_an_encoder_is_infeasible_for_every_strategy() -> None:

@@ -20,7 +20,8 @@ def test_the_config_takes_exactly_the_known_tasks():
 
 def test_an_unsupported_pair_names_the_reason_and_the_alternatives():
     with pytest.raises(TunelabError, match=r"^strategy linear-probe does not apply to generation: it trains only a "
-                                           r"new head, and generation has none; use one of full, lora, ia3, adapter$"):
+                                           r"new head, and generation has none; use one of full, lora, adalora, ia3, "
+                                           r"adapter$"):
         check_serves_task("linear-probe", "generation")
     with pytest.raises(TunelabError, match="^unknown task 'translation'; choose one of classification, regression"):
         check_serves_task("full", "translation")
