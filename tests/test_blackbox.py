@@ -50,6 +50,10 @@ class Counting(Endpoint):
                            for label, _ in zip([0, 1] * len(prompts), prompts, strict=False)])
         return scores, 10 * len(prompts), 0
 
+    def _generate(self, prompt, samples, max_tokens, temperature, seed):
+        self.made += 1
+        return [f"say word {index}" for index in range(samples)], 10, 3 * samples
+
 
 PROMPTS = LabelPrompts.build("{text} It was {label}", None, ["negative", "positive"])
 ROWS = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["negative", "positive"] * 2})
@@ -134,6 +138,9 @@ def test_every_endpoint_scores_as_the_model_in_this_process(tiny_llama_lm: Path,
         np.testing.assert_allclose(served.score(prompts, words, soft), local.score(prompts, words, soft), atol=1e-4)
         openai = OpenAICompatible("http://testserver", str(tiny_llama_lm), None, client=client)
         np.testing.assert_allclose(openai.score(prompts, words), local.score(prompts, words), atol=1e-4)
+        written = local.generate("the film was", 2, 5, 0.0, 0)  # greedy: the same text through every endpoint
+        assert len(written) == 2 and written[0] == written[1] and local.usage.tokens_out > 0
+        assert served.generate("the film was", 2, 5, 0.0, 0) == openai.generate("the film was", 2, 5, 0.0, 0) == written
     single = local.score(prompts, [" good", " bad"], soft)  # one token each: one forward per prompt
     np.testing.assert_allclose(single, local.score(prompts, [" good", " bad", " very bad"], soft)[:, :2], atol=1e-5)
 
@@ -209,6 +216,37 @@ def test_search_edits_keep_the_placeholders_and_never_score_a_shot_it_shows():
     search.on_training(shown)
     assert len(asked[0]) == 4 and not any(prompt.endswith(("good fine It was", "bad awful It was"))
                                           for prompt in asked[0])
+
+
+class Instructed(Counting):
+    """A fake model that answers right only under the instruction "Say the magic word." (which it proposes when
+    asked to write instructions), and 50/50 otherwise: the prompt search can find it only through a proposal."""
+
+    def _score(self, prompts, continuations, soft_prompt):
+        self.made += 1
+        right = [0 if any(word in prompt.split("\n")[-1] for word in ("bad", "poor")) else 1 for prompt in prompts]
+        scores = [[0.0 if index == label else -5.0 for index in range(len(continuations))]
+                  if prompt.startswith("Say the magic word.") else [-1.0] * len(continuations)
+                  for prompt, label in zip(prompts, right, strict=True)]
+        return np.array(scores), 10 * len(prompts), 0
+
+    def _generate(self, prompt, samples, max_tokens, temperature, seed):
+        self.made += 1
+        self.generated = getattr(self, "generated", 0) + 1
+        assert prompt.endswith("The instruction was to") and "Input: " in prompt and "Output: " in prompt
+        return ["say the magic word\nand more", ""][:samples], 10, 6
+
+
+def test_proposed_instructions_are_tried_and_every_call_counted(tmp_path: Path):
+    endpoint = Instructed(Budget(calls=30))
+    settings = SearchSettings(demonstrations=0, candidates=1, patience=0, proposals=2)
+    search = PromptSearch(endpoint, LabelPrompts.build("{text} It was {label}", None, ["negative", "positive"]),
+                          settings)
+    state = search.search(SHOTS, SHOTS, tmp_path / "state.pkl")
+    assert state.best.instruction == "Say the magic word." and state.best_validation == 1.0
+    assert endpoint.usage.calls == endpoint.made <= 30  # generation calls counted with the scoring ones
+    assert endpoint.usage.calls > 30 - settings.calls_per_round  # stopped for want of room, not before
+    assert endpoint.generated == state.generation and endpoint.usage.tokens_out == 6 * endpoint.generated
 
 
 def test_a_search_run_finds_a_prompt_within_its_budget(tiny_lm, tiny_llama_lm: Path, sentiment_csv: Path,

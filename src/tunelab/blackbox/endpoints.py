@@ -1,9 +1,10 @@
 """What a black-box method may ask of a model it can only query, and the meter on every question.
 
-One operation: the log-probability of each continuation (the label words) after each prompt, optionally after a
-soft prompt (input embeddings). Three endpoints answer it: the model in this process, a `tunelab serve` server
-(`/v1/score`, soft prompts included) and any OpenAI-compatible server (`/v1/completions` with `echo` and `logprobs`:
-no soft prompts). A method states what it needs and an endpoint that lacks it is refused before any call.
+Two operations: the log-probability of each continuation (the label words) after each prompt, optionally after a
+soft prompt (input embeddings); and text generated after a prompt (the prompt search's proposals). Three endpoints
+answer them: the model in this process, a `tunelab serve` server (`/v1/score`, soft prompts included) and any
+OpenAI-compatible server (`/v1/completions` with `echo` and `logprobs`: no soft prompts); both servers generate
+through `/v1/completions`. A method states what it needs and an endpoint that lacks it is refused before any call.
 
 Every request is a call: counted with its tokens and wall time, refused before it is made once the call (or token)
 budget would be passed, answered from a cache when the same question was asked before (not counted again), and
@@ -16,8 +17,10 @@ import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -25,6 +28,7 @@ import torch
 
 from tunelab.errors import TunelabError
 from tunelab.runs import write_json
+from tunelab.tasks.generation import complete
 from tunelab.tasks.likelihood import score_texts
 
 RETRIES = 4
@@ -77,7 +81,17 @@ class Endpoint(ABC):
         """(prompts, continuations) log-probabilities, each continuation summed over its tokens."""
         if soft_prompt is not None and not self.soft_prompts:
             raise TunelabError(f"{self.describe()} takes no soft prompt")
-        key = _key(prompts, continuations, soft_prompt)
+        return self._metered(_key("score", prompts, continuations, soft_prompt=soft_prompt),
+                             lambda: self._score(prompts, continuations, soft_prompt))
+
+    def generate(self, prompt: str, samples: int, max_tokens: int, temperature: float, seed: int) -> list[str]:
+        """`samples` continuations of `prompt` (plain text, no chat template), sampled with `seed`: one call."""
+        return self._metered(_key("generate", [prompt], [], samples, max_tokens, temperature, seed),
+                             lambda: self._generate(prompt, samples, max_tokens, temperature, seed))
+
+    def _metered(self, key: str, ask: Callable[[], tuple[Any, int, int]]) -> Any:
+        """One question: from the cache (not counted), or asked within the budget and counted, with its tokens and
+        time, into the ledger."""
         if key in self.cache:
             self.usage.cached += 1
             return self.cache[key]
@@ -86,25 +100,29 @@ class Endpoint(ABC):
         if self.budget.tokens is not None and self.usage.tokens_in >= self.budget.tokens:
             raise BudgetSpent(f"the budget of {self.budget.tokens} tokens is spent")
         started = time.perf_counter()
-        scores, tokens_in, tokens_out = self._score(prompts, continuations, soft_prompt)
+        answer, tokens_in, tokens_out = ask()
         self.usage.calls += 1
         self.usage.tokens_in += tokens_in
         self.usage.tokens_out += tokens_out
         self.usage.wall_s += time.perf_counter() - started
         if self.ledger is not None:
             write_json(self.ledger, asdict(self.usage))
-        self.cache[key] = scores
-        return scores
+        self.cache[key] = answer
+        return answer
 
     @abstractmethod
     def _score(self, prompts: list[str], continuations: list[str],
                soft_prompt: np.ndarray | None) -> tuple[np.ndarray, int, int]:
         """(scores, tokens sent, tokens received) of one call."""
 
+    @abstractmethod
+    def _generate(self, prompt: str, samples: int, max_tokens: int, temperature: float,
+                  seed: int) -> tuple[list[str], int, int]:
+        """(texts, tokens sent, tokens received) of one call."""
 
 
-def _key(prompts: list[str], continuations: list[str], soft_prompt: np.ndarray | None) -> str:
-    digest = hashlib.sha256(json.dumps([prompts, continuations]).encode())
+def _key(*question: Any, soft_prompt: np.ndarray | None = None) -> str:
+    digest = hashlib.sha256(json.dumps(question).encode())
     if soft_prompt is not None:
         digest.update(np.ascontiguousarray(soft_prompt, dtype=np.float32).tobytes())
     return digest.hexdigest()
@@ -128,6 +146,12 @@ class InProcess(Endpoint):
         rows = score_texts(self.model, self.tokenizer, prompts, continuations, soft)
         return (np.array([[scored.total for scored in row] for row in rows]),
                 sum(scored.read for row in rows for scored in row), 0)
+
+    def _generate(self, prompt, samples, max_tokens, temperature, seed):
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        texts = complete(self.model, self.tokenizer, [ids] * samples, max_tokens, temperature, seed)
+        return texts, len(ids), sum(len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                                    for text in texts)
 
 
 class _Http(Endpoint):
@@ -161,6 +185,15 @@ class _Http(Endpoint):
             self.usage.retries += 1
             time.sleep(BACKOFF_S * 2**attempt)
         raise AssertionError("unreachable")
+
+    def _generate(self, prompt, samples, max_tokens, temperature, seed):
+        """`/v1/completions` with the prompt `samples` times (a list of prompts: every OpenAI-compatible server takes
+        it, where not every one takes `n`)."""
+        answer = self.post("/v1/completions", {"model": self.model, "prompt": [prompt] * samples,
+                                               "max_tokens": max_tokens, "temperature": temperature, "seed": seed})
+        texts = [choice["text"] for choice in sorted(answer["choices"], key=lambda choice: choice["index"])]
+        usage = answer.get("usage") or {}
+        return texts, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
 
 
 class TunelabServer(_Http):

@@ -4,8 +4,11 @@ demonstrations (training shots written through the template with their label wor
 the best prompt so far in `candidates` ways (GrIPS' phrase edits of the instruction and the template's words:
 delete, swap, add; and the demonstrations: add, drop, replace, reorder), scores each on the training shots that are
 not among its demonstrations (one call each), and keeps the round's best if it also scores better on the
-validation shots (one more call). The search stops when the budget has no room for a round, or after `patience`
-rounds without a better validation accuracy; its state is saved after every round, so a killed search resumes.
+validation shots (one more call). With `proposals`, each round also asks the endpoint to write instructions
+(APE, Zhou et al. 2023: a few training pairs shown, "The instruction was to"; one generation call) and tries each
+proposal as the best prompt's instruction. The search stops when the budget has no room for a round, or after
+`patience` rounds without a better validation accuracy; its state is saved after every round, so a killed search
+resumes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ class SearchSettings:
     candidates: int = 8  # edits tried per round
     patience: int = 10  # rounds without a better validation accuracy before stopping; 0: never
     seed: int = 42
+    proposals: int = 0  # instructions the endpoint writes per round (one generation call); 0: edits only
+
+    @property
+    def calls_per_round(self) -> int:
+        """The candidates' training calls, the proposals' and their generation call, one validation call."""
+        return self.candidates + (self.proposals + 1 if self.proposals else 0) + 1
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,11 @@ class SearchState:
     stale: int = 0
     curve: list[dict] = field(default_factory=list)
     rng: random.Random = field(default_factory=random.Random)
+
+
+PROPOSAL_SHOTS, PROPOSAL_TOKENS, PROPOSAL_TEMPERATURE = 5, 32, 0.9
+INDUCTION = ("I gave a friend an instruction and some inputs. The friend read the instruction and wrote an output "
+             "for every one of the inputs. Here are the input-output pairs:\n\n{pairs}\n\nThe instruction was to")
 
 
 def instructions(labels: list[str]) -> list[str]:
@@ -164,11 +178,24 @@ class PromptSearch:
             state.best_train = self.on_training(start)
             state.best_validation = self.measure(start, validation_rows)[0]
             write_bytes_atomic(checkpoint, pickle.dumps(state))
-        return search_rounds(self.endpoint, state, self.settings.candidates + 1, self.settings.patience,
+        return search_rounds(self.endpoint, state, self.settings.calls_per_round, self.settings.patience,
                              lambda: self.round(state, validation_rows), checkpoint, on_generation)
+
+    def proposed(self, best: Candidate, rng: random.Random) -> set[Candidate]:
+        """The best prompt with each instruction the endpoint proposes from a few training pairs (one call)."""
+        if not self.settings.proposals:
+            return set()
+        shown = self.train.sample(min(PROPOSAL_SHOTS, len(self.train)), random_state=rng.randrange(2**31))
+        words = {label: words[0].strip() for label, words in self.prompts.verbalizer.words.items()}
+        pairs = "\n\n".join(f"Input: {text}\nOutput: {words[label]}"
+                             for text, label in zip(self.prompts.prompts(shown), shown["label"], strict=True))
+        texts = self.endpoint.generate(INDUCTION.format(pairs=pairs), self.settings.proposals, PROPOSAL_TOKENS,
+                                       PROPOSAL_TEMPERATURE, rng.randrange(2**31))
+        return {replace(best, instruction=instruction) for instruction in map(as_instruction, texts) if instruction}
 
     def round(self, state: SearchState, validation_rows: pd.DataFrame) -> None:
         tried = {self.edit(state.best, state.rng) for _ in range(self.settings.candidates)}
+        tried |= self.proposed(state.best, state.rng)
         measured = sorted(((self.on_training(candidate), candidate) for candidate in tried),
                           key=lambda pair: pair[0], reverse=True)
         (train, best), state.generation = measured[0], state.generation + 1
@@ -187,6 +214,14 @@ class PromptSearch:
         return {"prompt": PROMPT_FILE, "instruction": state.best.instruction, "template": state.best.template,
                 "demonstrations": [self.train.iloc[index].to_dict() for index in state.best.demonstrations],
                 "search": asdict(self.settings)}
+
+
+def as_instruction(proposal: str) -> str:
+    """A proposal's first line as an instruction: "classify the review" -> "Classify the review."."""
+    line = proposal.strip().split("\n")[0].strip()
+    if not line:
+        return ""
+    return line[0].upper() + line[1:] + ("" if line.endswith((".", "!", "?")) else ".")
 
 
 def _source(segments: list) -> str:

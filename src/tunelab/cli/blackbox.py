@@ -49,6 +49,9 @@ def blackbox(
     epsilon: Annotated[float, typer.Option(min=0, help="mezo: the perturbation's size")] = 1e-3,
     eval_every: Annotated[int, typer.Option(min=1, help="mezo: steps between validation calls")] = 10,
     candidates: Annotated[int, typer.Option(min=1, help="search: edits tried per round")] = 8,
+    propose: Annotated[int, typer.Option(min=0, help="search: instructions the model writes per round from a few "
+                                                     "training pairs (APE; one generation call), tried beside the "
+                                                     "edits")] = 0,
     patience: Annotated[int | None, typer.Option(min=0, help="generations (rounds) without a better validation "
                                                              "accuracy before stopping, 0: never [default: 20 for "
                                                              "bbt, 10 for search]")] = None,
@@ -98,7 +101,7 @@ def blackbox(
         settings = MeZOSettings(virtual_tokens or 10, lr, epsilon, eval_every=eval_every, seed=seed,
                                 patience=10 if patience is None else patience)
     else:
-        settings = SearchSettings(demonstrations, candidates, 10 if patience is None else patience, seed)
+        settings = SearchSettings(demonstrations, candidates, 10 if patience is None else patience, seed, propose)
     if endpoint is None:
         from tunelab.api import load_language_model
 
