@@ -285,6 +285,17 @@ def test_a_black_box_run_predicts_and_evaluates_as_its_search_found(tiny_lm, tin
         assert code == 0 and json.loads(out.splitlines()[0])["label"] in ("negative", "positive")
     code, out, _ = run_main(["summary", str(tmp_path / "bbt"), str(tmp_path / "search")], monkeypatch, capsys)
     assert code == 0 and "black-box runs" in out and "search" in out and "bbt" in out
+    models = ServedModels("fp32")  # served, each answers as `predict` does in this process
+    models.load([f"{method}={tmp_path / method}" for method in ("bbt", "search", "mezo")])
+    with TestClient(create_app(models)) as client:
+        for method in ("bbt", "search", "mezo"):
+            answer = client.post("/v1/predict", json={"model": method, "inputs": ["good great", "awful bad"]})
+            assert answer.status_code == 200, answer.text
+            served, local = answer.json()["data"], api.predict(tmp_path / method, ["good great", "awful bad"])
+            assert [row["label"] for row in served] == [row["label"] for row in local]
+            for row, expected in zip(served, local, strict=True):
+                assert row["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
+        assert client.get("/v1/models/search").json()["strategy"] == "blackbox search"
 
 
 def test_mezo_steps_against_the_two_sided_difference_and_descends(monkeypatch: pytest.MonkeyPatch):

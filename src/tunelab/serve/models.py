@@ -5,7 +5,8 @@ The sentence tasks (classification, regression) of one base model, from any bund
 `MixedPredictor`: one base in memory, every row through its own task's delta and head. Adding or removing such a
 task builds a new predictor and swaps it in whole; batches already running finish on the old one, and a queued
 request for a removed task is answered "not found". Token classification and question answering runs load on
-their own; generation runs (SFT, PPO, DPO) and bare causal LMs answer completions and scoring.
+their own; generation runs (SFT, PPO, DPO) and bare causal LMs answer completions and scoring. A black-box run
+classifies through its found prompt (or soft prompt) asked of its base model in this process.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 from tunelab.api import load_generator, load_language_model
 from tunelab.assets.models import base_fingerprint
+from tunelab.blackbox.endpoints import InProcess
+from tunelab.blackbox.found import FoundPrompt, is_blackbox_run
 from tunelab.compose.bundle import NAME, is_bundle, read_bundle
 from tunelab.compose.mixed import SENTENCE_TASKS, MixedPredictor
 from tunelab.config import Precision
@@ -93,6 +96,23 @@ class TaskEngine:
         return answers
 
 
+class FoundPromptEngine:
+    """A black-box run: the prompt its search found, asked of its base model in this process."""
+
+    def __init__(self, path: Path):
+        self.found = FoundPrompt(path)
+        self.endpoint = InProcess(*load_language_model(self.found.config.model))
+
+    def answer(self, items: list[tuple[str, str | None]]) -> list[dict[str, Any] | Exception]:
+        """(text, no context) items -> a label with every label's probability each, as `predict` gives them."""
+        try:
+            return self.found.predict([text for text, _ in items], self.endpoint)
+        except TunelabError as error:
+            return [error] * len(items)
+        finally:
+            self.endpoint.cache.clear()  # a server's texts are seldom asked twice: keep no answers
+
+
 @dataclass
 class LanguageModel:
     """A causal LM that completes text, chats and scores continuations."""
@@ -113,7 +133,7 @@ class Served:
     base: str  # the base model as the run names it
     strategy: str | None
     path: Path | None  # the run directory; None for a bare base model
-    engine: Any  # SentencePool, TaskEngine or LanguageModel
+    engine: Any  # SentencePool, TaskEngine, FoundPromptEngine or LanguageModel
 
     def describe(self) -> dict[str, Any]:
         """OpenAI's model entry, with the task and strategy; a language model's hidden size (a soft prompt's width)."""
@@ -136,7 +156,7 @@ def named_sources(sources: list[str]) -> dict[str, Path]:
             bundle = read_bundle(folder)
             found = {f"{name}/{task}" if name else task: bundle.run(task) for task in bundle.tasks}
         else:
-            if not is_policy_run(folder):
+            if not (is_policy_run(folder) or is_blackbox_run(folder)):
                 require_run(folder)
             found = {name or folder.resolve().name: folder}
         for each in found:
@@ -201,6 +221,11 @@ class ServedModels:
         added, sentence = [], {}
         fingerprints: dict[str, str] = {}  # model name -> its base's fingerprint: the weights are hashed once each
         for name, path in named.items():
+            if is_blackbox_run(path):
+                engine = FoundPromptEngine(path)
+                added.append(Served(name, "classification", engine.found.config.model,
+                                    f"blackbox {engine.found.record['method']}", path, engine))
+                continue
             if is_policy_run(path):  # a PPO or DPO policy: its SFT run's model with the policy's LoRA
                 settings = read_policy_settings(path)
                 model, tokenizer = load_generator(path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from tunelab.errors import TunelabError
-from tunelab.serve.models import NotServed, SentencePool, TaskEngine
+from tunelab.serve.models import FoundPromptEngine, NotServed, SentencePool, TaskEngine
 from tunelab.serve.schemas import PredictRequest, PredictResponse
 from tunelab.serve.server import ERRORS, Caller, error, served_for, server_of
 
@@ -20,7 +20,7 @@ async def predict(body: PredictRequest, request: Request, key: Caller) -> dict:
     served = served_for(request, key, body.model)
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     server.check_texts(texts)
-    if isinstance(served.engine, SentencePool):
+    if isinstance(served.engine, SentencePool | FoundPromptEngine):
         if body.context is not None:
             raise error(422, f"'{body.model}' is a {served.task} model: it takes no context")
         items = [(text, served.name) for text in texts]
