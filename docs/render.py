@@ -207,6 +207,21 @@ def search_table() -> str:
             + f"\n\nAgainst the hand defaults: {verdicts}.")
 
 
+def distributed_line() -> str:
+    """Two processes against one, as measured."""
+    result = _results("distributed")
+    settings, summary = result["settings"], result["summary"]
+    one, two = summary["one process"], summary["two processes"]
+    return (f"Measured on this project's {result['machine']['nproc']}-core CPU (MiniLM, movie-snippets, "
+            f"{settings['rows']:,} training rows, `{settings['strategy']}`, global batch {settings['global_batch']}, "
+            f"seeds {', '.join(map(str, settings['seeds']))}): one process {one['accuracy_mean']:.3f} ± "
+            f"{one['accuracy_sd']:.3f} test accuracy, two processes {two['accuracy_mean']:.3f} ± "
+            f"{two['accuracy_sd']:.3f} (a difference of {summary['accuracy_difference']:+.3f} against a noise margin "
+            f"of {summary['noise']:.3f}); a training step took {two['train_s_per_step_median'] * 1000:.0f} ms with "
+            f"two processes of one thread each and {one['train_s_per_step_median'] * 1000:.0f} ms with one process "
+            f"of two threads ({summary['step_time_ratio_two_vs_one']:.2f}x), medians.")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -264,6 +279,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "precision_table": precision_table, "demo_line": demo_line, "merge_table": merge_table,
     "few_shot_composition_table": few_shot_composition_table, "mixed_batches_line": mixed_batches_line,
     "serving_table": serving_table, "search_table": search_table,
+    "distributed_line": distributed_line,
 }
 
 
