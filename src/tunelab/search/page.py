@@ -15,6 +15,7 @@ from tunelab.compare.plots import svg_text
 from tunelab.errors import TunelabError
 from tunelab.runs import read_json, write_text_atomic
 from tunelab.search.objectives import format_cost
+from tunelab.search.study import RESULT_FILE
 
 REPORT_FILE = "report.html"
 SEARCH_HEADER = ["configuration", "strategy", "test (mean ± sd)", "seeds", "trainable", "share", "delta",
@@ -22,8 +23,6 @@ SEARCH_HEADER = ["configuration", "strategy", "test (mean ± sd)", "seeds", "tra
 
 
 def read_result(folder: Path) -> dict[str, Any]:
-    from tunelab.search.run import RESULT_FILE
-
     if not (folder / RESULT_FILE).exists():
         raise TunelabError(f"{folder} has no finished search ({RESULT_FILE}); run `tunelab search` with --output "
                            f"{folder}")

@@ -30,6 +30,7 @@ from tunelab.search.space import check_space
 from tunelab.search.study import (
     INTERRUPTED,
     NAME,
+    RESULT_FILE,
     WORKER,
     SearchSpec,
     ask,
@@ -59,7 +60,6 @@ from tunelab.search.trials import (
 from tunelab.strategies.catalog import entry
 from tunelab.task_catalog import recipe_for
 
-RESULT_FILE = "search.json"
 LOCK_FILE = ".search.lock"
 
 

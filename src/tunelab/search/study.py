@@ -37,6 +37,7 @@ from tunelab.runs import open_resumable
 from tunelab.search.objectives import Objective, parse_objectives
 
 SEARCH_FILE = "search.yaml"
+RESULT_FILE = "search.json"
 JOURNAL_FILE = "study.journal"
 STUDY_NAME = "tunelab-search"
 WORKER, INTERRUPTED, NAME = "worker", "interrupted", "name"  # trial user attributes
