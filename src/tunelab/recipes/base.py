@@ -46,7 +46,7 @@ class Fitted:
     timings: dict[str, float]
     test: dict[str, Any] | None = None  # test metrics measured while fitting, where that is cheaper; else scored after
     facts: dict[str, Any] = field(default_factory=dict)  # about the fit, for metrics.json (windows, base scores)
-    log: dict[str, Any] = field(default_factory=dict)  # the Trainer's record, for metrics.json (`trainer_log`)
+    log: dict[str, Any] = field(default_factory=dict)  # the Trainer's record, merged into metrics.json
 
 
 @dataclass
@@ -73,7 +73,8 @@ def fit_with_trainer(model: nn.Module, config: RunConfig, strategy: ConfiguredSt
                      validation: torch.utils.data.Dataset, collator: Callable | None,
                      compute_metrics: Callable[[EvalPrediction], dict] | None) -> TrainerFit:
     """Every task's fit: a Trainer that evaluates each epoch and restores the best one on `best_metric`; returns the
-    trained Trainer (for the tasks that predict with it), the training time and the kept epoch's validation."""
+    trained Trainer (for the tasks that predict with it), the training time and its log (the kept epoch's validation
+    metrics, the training loss curve)."""
     args = training_arguments(config, strategy, checkpoints, progress, best_metric)
     trainer = build_trainer(model, args, train, validation, collator, compute_metrics,
                             length_grouping(config.training.group_by_length, config.strategy.name),
