@@ -1,6 +1,8 @@
 """Prompt search through a server tunelab did not write: llama-cpp-python's OpenAI-compatible server on the embedded
-SmolLM2 file (SmolLM2-135M-Instruct, GGUF Q4_1), spoken to as any OpenAI server (completions with echo and
-logprobs), from the weak template "{text} Overall, it was a {label}", 16 shots per label, within `--budget` calls.
+SmolLM2 file (SmolLM2-135M-Instruct, GGUF Q4_1), spoken to as an OpenAI server that takes one prompt per request
+and whose echoed log-probabilities cannot be used (`--api openai-top`: the label word's first token read from the
+next token's top 20), from the weak template "{text} Overall, it was a {label}", 16 shots per label, within
+`--budget` calls.
 The search bar: the found prompt's test accuracy >= the template's zero-shot + 10 points (3 seeds).
 
 llama-cpp-python compiles llama.cpp when it installs, so it is not one of tunelab's dependencies: give the Python
@@ -52,7 +54,7 @@ def run_benchmark(python: str, seeds: list[int], budget: int, quick: bool, work:
     try:
         rows = [{"seed": seed, **blackbox_run(work, f"search-{seed}", [
             "--method", "search", "--model", "smollm2", "--data", "movie-snippets", "--shots", "16", *limit,
-            "--endpoint", url, "--api", "openai", "--budget", str(budget), "--template", WEAK_TEMPLATE,
+            "--endpoint", url, "--api", "openai-top", "--budget", str(budget), "--template", WEAK_TEMPLATE,
             "--seed", str(seed)])} for seed in seeds]
     finally:
         server.terminate()
@@ -70,7 +72,11 @@ def run_benchmark(python: str, seeds: list[int], budget: int, quick: bool, work:
                                                                                     for row in rows),
                                         "median_s_per_call": statistics.median(row["search_wall_s"] / row["calls"]
                                                                                for row in rows)},
-              "bars": {"search_gains_10_points": statistics.fmean(gains) >= 0.10}}
+              "bars": {"search_gains_10_points": statistics.fmean(gains) >= 0.10} if budget >= 1000 and
+              len(seeds) >= 3 else {}}
+    if not result["bars"]:
+        result["note"] = (f"{len(seeds)} seed(s) at {budget} calls: fewer than the bar's 3 seeds at 1,000 calls, so "
+                          f"no bar is judged")
     log(f"{NAME}: {result['summary']}")
     log(f"{NAME}: wrote {write_result(NAME, result, quick)}")
     return result

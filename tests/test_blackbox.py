@@ -96,6 +96,26 @@ def test_a_killed_search_resumes_and_counts_each_call_once(tmp_path: Path):
     assert state.curve[0]["generation"] == 1 and state.generation == len(state.curve)
 
 
+def test_top_logprob_scoring_asks_each_prompt_alone_and_reads_first_tokens():
+    asked: list[dict] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        asked.append(body)
+        top = {" pos": -0.5, " neg": -1.5, " the": -2.0} if "good" in body["prompt"] else {" neg": -0.2, " pos": -3.0}
+        return httpx.Response(200, json={"choices": [{"index": 0, "text": " x", "logprobs": {"top_logprobs": [top]}}],
+                                         "usage": {"prompt_tokens": 4, "completion_tokens": 1}})
+
+    endpoint = OpenAICompatible("http://server", "m", None, client=httpx.Client(transport=httpx.MockTransport(server)),
+                                scoring="top")
+    scores = endpoint.score(["good film", "dull film"], [" positive", " negative", " other"])
+    # " positive" starts with the token " pos"; " other" is not among the top entries: the lowest listed
+    assert scores.tolist() == [[-0.5, -1.5, -2.0], [-3.0, -0.2, -3.0]]
+    assert [body["prompt"] for body in asked] == ["good film", "dull film"]  # one prompt per request
+    assert asked[0]["logprobs"] == 20 and asked[0]["max_tokens"] == 1 and "echo" not in asked[0]
+    assert (endpoint.usage.calls, endpoint.usage.tokens_in, endpoint.usage.tokens_out) == (1, 8, 2)
+
+
 def test_an_endpoint_without_soft_prompts_is_refused_before_any_call():
     endpoint = OpenAICompatible("http://127.0.0.1:9", "x", None)
     with pytest.raises(TunelabError, match="bbt puts a soft prompt before the text and .* takes none"):

@@ -34,6 +34,8 @@ from tunelab.tasks.likelihood import score_texts
 RETRIES = 4
 BACKOFF_S = 0.5  # the first retry's wait; each next one waits twice as long
 TRANSIENT = {429, 500, 502, 503, 504}
+SCORINGS = ("echo", "top")
+TOP_LOGPROBS = 20  # OpenAI's most
 
 
 class BudgetSpent(TunelabError):
@@ -187,13 +189,17 @@ class _Http(Endpoint):
         raise AssertionError("unreachable")
 
     def _generate(self, prompt, samples, max_tokens, temperature, seed):
-        """`/v1/completions` with the prompt `samples` times (a list of prompts: every OpenAI-compatible server takes
-        it, where not every one takes `n`)."""
-        answer = self.post("/v1/completions", {"model": self.model, "prompt": [prompt] * samples,
-                                               "max_tokens": max_tokens, "temperature": temperature, "seed": seed})
-        texts = [choice["text"] for choice in sorted(answer["choices"], key=lambda choice: choice["index"])]
-        usage = answer.get("usage") or {}
-        return texts, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        """`/v1/completions` once per sample, each with its own seed: every OpenAI-compatible server takes one prompt
+        and a seed, where not every one takes `n` or a list of prompts."""
+        texts, tokens_in, tokens_out = [], 0, 0
+        for sample in range(samples):
+            answer = self.post("/v1/completions", {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
+                                                   "temperature": temperature, "seed": seed + sample})
+            texts.append(answer["choices"][0]["text"])
+            usage = answer.get("usage") or {}
+            tokens_in, tokens_out = tokens_in + usage.get("prompt_tokens", 0), \
+                tokens_out + usage.get("completion_tokens", 0)
+        return texts, tokens_in, tokens_out
 
 
 class TunelabServer(_Http):
@@ -219,11 +225,25 @@ class TunelabServer(_Http):
 
 
 class OpenAICompatible(_Http):
-    """Any OpenAI-compatible server: each prompt + continuation sent to `/v1/completions` with `echo` and
-    `logprobs`, one request per call, the continuation's tokens read from the echoed log-probabilities by their
-    character offsets. No soft prompts."""
+    """Any OpenAI-compatible server, `/v1/completions`, one of two ways (`scoring`). `echo` (the exact way): each
+    prompt + continuation sent with `echo` and `logprobs`, all in one request per call, the continuation's tokens read
+    from the echoed log-probabilities by their character offsets. `top`, for servers whose echoed log-probabilities
+    cannot be used or that take one prompt per request (llama-cpp-python's server: it pairs each echoed token with
+    the next position's distribution when the model adds no BOS token): each prompt alone, one generated token with
+    its top log-probabilities, a continuation scored by its first token (the entry it starts with; absent from the
+    top, the lowest listed: an upper bound). No soft prompts."""
+
+    def __init__(self, url: str, model: str, api_key: str | None, budget: Budget = Budget(),
+                 client: httpx.Client | None = None, scoring: str = "echo"):
+        super().__init__(url, model, api_key, budget, client)
+        if scoring not in SCORINGS:
+            raise TunelabError(f"unknown scoring '{scoring}'; choose {', '.join(SCORINGS)}")
+        self.scoring = scoring
 
     def _score(self, prompts, continuations, soft_prompt):
+        return (self._echoed if self.scoring == "echo" else self._top)(prompts, continuations)
+
+    def _echoed(self, prompts: list[str], continuations: list[str]) -> tuple[np.ndarray, int, int]:
         texts = [prompt + ending for prompt in prompts for ending in continuations]
         answer = self.post("/v1/completions", {"model": self.model, "prompt": texts, "max_tokens": 1, "echo": True,
                                                "logprobs": 1, "temperature": 0})
@@ -238,3 +258,22 @@ class OpenAICompatible(_Http):
         usage = answer.get("usage") or {}
         return (np.array(scores).reshape(len(prompts), len(continuations)), usage.get("prompt_tokens", 0),
                 usage.get("completion_tokens", 0))
+
+    def _top(self, prompts: list[str], continuations: list[str]) -> tuple[np.ndarray, int, int]:
+        scores, tokens_in, tokens_out = np.empty((len(prompts), len(continuations))), 0, 0
+        for row, prompt in enumerate(prompts):
+            answer = self.post("/v1/completions", {"model": self.model, "prompt": prompt, "max_tokens": 1,
+                                                   "logprobs": TOP_LOGPROBS, "temperature": 0})
+            top = answer["choices"][0]["logprobs"]["top_logprobs"][0]
+            scores[row] = [first_token_logprob(top, ending) for ending in continuations]
+            usage = answer.get("usage") or {}
+            tokens_in, tokens_out = tokens_in + usage.get("prompt_tokens", 0), \
+                tokens_out + usage.get("completion_tokens", 0)
+        return scores, tokens_in, tokens_out
+
+
+def first_token_logprob(top: dict[str, float], continuation: str) -> float:
+    """A continuation's log-probability read from the next token's top entries: the longest entry it starts with;
+    none, the lowest listed (the continuation is at most that likely)."""
+    matches = [token for token in top if token.strip() and continuation.startswith(token)]
+    return top[max(matches, key=len)] if matches else min(top.values())

@@ -15,7 +15,7 @@ from tunelab.cli.options import TEMPLATE_HELP, VERBALIZER_HELP
 from tunelab.errors import TunelabError
 
 METHODS = ("bbt", "search", "mezo")
-APIS = ("tunelab", "openai")
+APIS = ("tunelab", "openai", "openai-top")
 
 
 @app.command()
@@ -31,8 +31,10 @@ def blackbox(
     = "smollm2",
     endpoint: Annotated[str | None, typer.Option(help="a `tunelab serve` URL (http://host:port); default: the "
                                                       "model in this process")] = None,
-    api: Annotated[str, typer.Option(help="what --endpoint speaks: tunelab (`tunelab serve`'s /v1/score) or openai "
-                                          "(any OpenAI-compatible /v1/completions with echo and logprobs)")]
+    api: Annotated[str, typer.Option(help="what --endpoint speaks: tunelab (`tunelab serve`'s /v1/score), openai "
+                                          "(any OpenAI-compatible /v1/completions with echo and logprobs), or "
+                                          "openai-top (the same, the label word's first token read from the next "
+                                          "token's top 20: servers without usable echo, e.g. llama-cpp-python)")]
     = "tunelab",
     api_key_env: Annotated[str | None, typer.Option(help="the environment variable holding the endpoint's API "
                                                          "key")] = None,
@@ -107,7 +109,8 @@ def blackbox(
 
         asked = InProcess(*load_language_model(model))
     else:
-        asked = TunelabServer(endpoint, model, key) if api == "tunelab" else OpenAICompatible(endpoint, model, key)
+        asked = TunelabServer(endpoint, model, key) if api == "tunelab" else \
+            OpenAICompatible(endpoint, model, key, scoring="top" if api == "openai-top" else "echo")
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} calls"),
                   console=console, transient=True) as bar:
         searching = bar.add_task("searching", total=budget)
