@@ -222,6 +222,18 @@ def distributed_line() -> str:
             f"of two threads ({summary['step_time_ratio_two_vs_one']:.2f}x), medians.")
 
 
+def foreign_server_line() -> str:
+    """The prompt search through llama-cpp-python's server, as measured."""
+    result = _results("foreign_server")
+    settings, summary = result["settings"], result["summary"]
+    runs = "; ".join(f"seed {row['seed']}: {row['zero_shot_accuracy']:.3f} -> {row['test_accuracy']:.3f} in "
+                     f"{row['calls']} calls" for row in result["rows"])
+    return (f"Measured through {settings['server']}'s server on the packaged SmolLM2 file ({settings['model']}), "
+            f"`--api openai-top`, {settings['shots']} shots per label, a budget of {settings['budget']} calls, from "
+            f"\"{settings['template']}\", test accuracy on the whole test split: {runs}; a mean gain of "
+            f"{summary['mean_gain'] * 100:+.1f} points, {summary['median_s_per_call']:.1f} s a call (median).")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -279,7 +291,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "precision_table": precision_table, "demo_line": demo_line, "merge_table": merge_table,
     "few_shot_composition_table": few_shot_composition_table, "mixed_batches_line": mixed_batches_line,
     "serving_table": serving_table, "search_table": search_table,
-    "distributed_line": distributed_line,
+    "distributed_line": distributed_line, "foreign_server_line": foreign_server_line,
 }
 
 
