@@ -30,6 +30,7 @@ TARGETS_DEFAULT = "default"  # target_modules choice: the strategy's own default
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "lora": {"r": [1, 2, 4, 8, 16, 32], "alpha": [4, 8, 16, 32, 64], "target_modules": [TARGETS_DEFAULT, "all-linear"],
              "layers": PER_LAYER},
+    # every target_r choice is at most every init_r choice: AdaLoRA refuses a budget above its starting rank
     "adalora": {"init_r": [8, 12, 16], "target_r": [2, 4, 8], "target_modules": [TARGETS_DEFAULT, "all-linear"]},
     "ia3": {},
     "adapter": {"variant": ["houlsby", "pfeiffer", "parallel"], "bottleneck_size": [4, 8, 16, 32, 64, 128],
@@ -152,6 +153,4 @@ def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]], depth: int) -
                 options[name] = layers
         else:
             options[name] = _option_value(name, _suggest(trial, f"{family}.{name}", spec))
-    if family == "adalora" and options.get("target_r", 0) > options.get("init_r", 12):
-        options["target_r"] = options["init_r"]  # a budget above the starting rank cuts nothing
     return TrialPlan(family, {name: value for name, value in options.items() if value is not None}, learning_rate)

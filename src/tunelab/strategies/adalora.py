@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from peft import AdaLoraConfig
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,8 +23,8 @@ from torch import nn
 from transformers import TrainerCallback
 
 from tunelab.errors import TunelabError
-from tunelab.strategies.lora import ALL_LINEAR, block_linear_layers, default_targets, layers_to_adapt
-from tunelab.strategies.peft_adapter import ADAPTER_DIR, PeftAdapter, check_targets
+from tunelab.strategies.lora import layers_to_adapt, resolve_targets
+from tunelab.strategies.peft_adapter import ADAPTER_DIR, PeftAdapter
 
 ADAPTER_NAME = "default"
 PLACEHOLDER_STEPS = 1_000  # PEFT wants a schedule before training; `RankAllocation` sets the run's own
@@ -35,7 +36,7 @@ class AdaLoraOptions(BaseModel):
     target_r: int = Field(4, gt=0, description="the average rank left after allocation")
     alpha: float = Field(16.0, gt=0, description="scaling numerator, as LoRA's")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapted layers' input")
-    target_modules: list[str] | str | None = Field(
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
         None, description="module name suffixes to adapt, or all-linear; default: the attention's query and value")
     layers: list[int] | None = Field(None, description="block indices to adapt (default: every block)")
     warmup_share: float = Field(0.1, ge=0, lt=1, description="share of the steps trained before ranks are cut")
@@ -82,13 +83,7 @@ class AdaLora(PeftAdapter):
     Options = AdaLoraOptions
 
     def peft_config(self, backbone: nn.Module, options: AdaLoraOptions) -> AdaLoraConfig:
-        if options.target_modules == ALL_LINEAR:
-            targets = block_linear_layers(backbone)
-        elif isinstance(options.target_modules, str):
-            raise TunelabError("adalora: target_modules is a list of module names or all-linear")
-        else:
-            targets = options.target_modules or default_targets(backbone)
-        check_targets(backbone, targets, self.name)
+        targets = resolve_targets(backbone, options.target_modules, self.name)
         return AdaLoraConfig(init_r=options.init_r, target_r=options.target_r, lora_alpha=options.alpha,
                              lora_dropout=options.dropout, target_modules=targets, deltaT=options.allocate_every,
                              total_step=PLACEHOLDER_STEPS, layers_to_transform=layers_to_adapt(

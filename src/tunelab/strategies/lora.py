@@ -65,16 +65,23 @@ def layers_to_adapt(backbone: nn.Module, layers: list[int] | None, strategy: str
     return sorted(set(layers))
 
 
+def resolve_targets(backbone: nn.Module, target_modules: list[str] | str | None, strategy: str) -> list[str]:
+    """The module names a LoRA-style strategy adapts: the given ones, every block linear layer (all-linear), or the
+    default, checked against the model."""
+    if target_modules == ALL_LINEAR:
+        targets = block_linear_layers(backbone)
+    else:
+        targets = target_modules or default_targets(backbone)
+    check_targets(backbone, targets, strategy)
+    return targets
+
+
 class Lora(PeftAdapter):
     name = "lora"
     Options = LoraOptions
 
     def peft_config(self, backbone: nn.Module, options: LoraOptions) -> LoraConfig:
-        if options.target_modules == ALL_LINEAR:
-            targets = block_linear_layers(backbone)
-        else:
-            targets = options.target_modules or default_targets(backbone)
-        check_targets(backbone, targets, self.name)
+        targets = resolve_targets(backbone, options.target_modules, self.name)
         return LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
                           target_modules=targets, use_dora=options.use_dora, use_rslora=options.use_rslora,
                           layers_to_transform=layers_to_adapt(backbone, options.layers, self.name))
