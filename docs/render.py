@@ -234,6 +234,20 @@ def foreign_server_line() -> str:
             f"{summary['mean_gain'] * 100:+.1f} points, {summary['median_s_per_call']:.1f} s a call (median).")
 
 
+def chaos_line() -> str:
+    """`tunelab train` killed at ten moments and run again, as measured."""
+    result = _results("chaos")
+    settings, summary = result["settings"], result["summary"]
+    moments = ", ".join(dict.fromkeys(row["moment"] for row in result["kills"]))
+    return (f"Measured (MiniLM, movie-snippets, `{settings['strategy']}`, {settings['rows']} training rows, "
+            f"`--checkpoint-every {settings['checkpoint_every']}`, {result['reference']['optimizer_steps']} steps): "
+            f"{summary['kills']} runs killed with SIGKILL ({moments}) and run again; "
+            f"{summary['resumed_to_identical_metrics']} of {summary['kills']} ended with metrics identical to an "
+            f"uninterrupted run's ({summary['resumed_from_a_checkpoint']} of them resumed from a checkpoint, the "
+            f"others had none yet and started over), {summary['half_written_seen']} half-written runs were ever "
+            f"visible, and {summary['staging_left']} staging folders were left behind.")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -291,7 +305,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "precision_table": precision_table, "demo_line": demo_line, "merge_table": merge_table,
     "few_shot_composition_table": few_shot_composition_table, "mixed_batches_line": mixed_batches_line,
     "serving_table": serving_table, "search_table": search_table,
-    "distributed_line": distributed_line, "foreign_server_line": foreign_server_line,
+    "distributed_line": distributed_line, "foreign_server_line": foreign_server_line, "chaos_line": chaos_line,
 }
 
 

@@ -1,17 +1,24 @@
 """Run directories: never overwritten by accident, never left half-written, replaced only when complete."""
 
+import errno
+import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny import TrainedRun, tiny_config
+from tiny import TrainedRun, run_main, tiny_config
+from transformers import TrainerCallback
 
 from tunelab import api
 from tunelab.errors import TunelabError
+from tunelab.recipes import base
 from tunelab.recipes.classification import ClassificationRecipe
 from tunelab.recipes.runs import load_run
+from tunelab.runs import MANIFEST_FILE, StagedRun, staging_folder
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -122,6 +129,7 @@ def test_load_run_on_a_folder_that_is_not_a_run(tmp_path: Path):
 
 
 def test_delta_that_does_not_fit_is_refused(existing_run: Path):
+    (existing_run / MANIFEST_FILE).unlink()  # a run written before manifests: the delta is checked as it loads
     delta = load_file(str(existing_run / "delta.safetensors"))
     save_file({**delta, "head.2.weight": torch.zeros(1)}, str(existing_run / "delta.safetensors"))
     with pytest.raises(TunelabError, match=r"delta.safetensors does not fit this model .*head\.2\.weight"):
@@ -129,3 +137,116 @@ def test_delta_that_does_not_fit_is_refused(existing_run: Path):
     save_file({"head.1.weight": delta["head.1.weight"]}, str(existing_run / "delta.safetensors"))
     with pytest.raises(TunelabError, match=r"delta.safetensors does not fit this model .*head\.1\.bias"):
         load_run(existing_run)
+
+
+def test_every_file_of_a_run_is_in_its_manifest(existing_run: Path):
+    listed = json.loads((existing_run / MANIFEST_FILE).read_text())["files"]
+    on_disk = {name for name in _snapshot(existing_run) if name != MANIFEST_FILE}
+    assert set(listed) == on_disk and "delta.safetensors" in listed
+    assert all(len(entry["sha256"]) == 64 and entry["bytes"] > 0 for entry in listed.values())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered", "missing"])
+def test_a_damaged_run_is_refused_naming_the_file(damage: str, existing_run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture):
+    delta = existing_run / "delta.safetensors"
+    data = delta.read_bytes()
+    if damage == "truncated":
+        delta.write_bytes(data[:len(data) // 2])
+    elif damage == "altered":
+        delta.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    else:
+        delta.unlink()
+    expected = {"truncated": rf"is truncated \({len(data) // 2} of {len(data)} bytes\)",
+                "altered": "has changed since the run was written", "missing": "is missing"}[damage]
+    with pytest.raises(TunelabError, match=rf"delta.safetensors {expected} \(checked against manifest.json\)"):
+        load_run(existing_run)
+    code, _, err = run_main(["predict", str(existing_run), "a good film"], monkeypatch, capsys)
+    assert code == 2 and "delta.safetensors" in err and err.count("\n") == 1
+
+
+def test_a_second_writer_to_one_output_is_refused(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path):
+    output = tmp_path / "runs" / "run"
+    with StagedRun(output, overwrite=False):
+        with pytest.raises(TunelabError, match=rf"another process is writing {output} \(process {os.getpid()} on "):
+            api.train(_probe_config(tiny_bert, sentiment_csv, output), progress=False)
+        assert staging_folder(output).is_dir()  # the first writer's folder is left alone
+    api.train(_probe_config(tiny_bert, sentiment_csv, output), progress=False)  # the lock went with its writer
+    assert _siblings(output) == ["run"]
+
+
+def test_a_run_committed_meanwhile_is_not_replaced(tmp_path: Path, existing_run: Path):
+    late = StagedRun(tmp_path / "late", overwrite=False)
+    shutil.copytree(existing_run, tmp_path / "late")  # another process commits first
+    with late, pytest.raises(TunelabError, match="another process wrote .*late while this one ran"):
+        late.commit()
+    assert (tmp_path / "late" / "delta.safetensors").exists()
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_keeps_the_previous_run(existing_run: Path, tiny_bert: Path, sentiment_csv: Path,
+                                            monkeypatch: pytest.MonkeyPatch):
+    before = _snapshot(existing_run)
+    monkeypatch.setattr("tunelab.runs.write_manifest", _disk_full)  # the very last write before the rename
+    with pytest.raises(TunelabError, match=r"^the disk is full: writing .*run failed; free some space and run the "
+                                           r"same command again$"):
+        api.train(_probe_config(tiny_bert, sentiment_csv, existing_run), overwrite=True, progress=False)
+    assert _snapshot(existing_run) == before and _siblings(existing_run) == ["run"]
+
+
+class FillsTheDisk(TrainerCallback):
+    """The disk fills up at step 5, after the checkpoint of step 4."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 5:
+            _disk_full()
+
+
+def test_a_full_disk_keeps_a_resumable_staged_run(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path,
+                                                  monkeypatch: pytest.MonkeyPatch):
+    output = tmp_path / "run"
+    config = tiny_config(tiny_bert, sentiment_csv, output, "lora", epochs=2, checkpoint_every=2)
+    build = base.build_trainer
+    with monkeypatch.context() as patch:
+        patch.setattr(base, "build_trainer",
+                      lambda *args, **kwargs: _with_callback(build(*args, **kwargs), FillsTheDisk()))
+        with pytest.raises(TunelabError, match="the disk is full: .*; the run so far is kept in .* and resumes"):
+            api.train(config, progress=False)
+    assert (staging_folder(output) / "checkpoints" / "checkpoint-4").is_dir()
+    said = []
+    api.train(config, progress=False, announce=said.append)
+    assert "resuming the interrupted run from step 4" in said and (output / MANIFEST_FILE).exists()
+
+
+def _with_callback(trainer, callback):
+    trainer.add_callback(callback)
+    return trainer
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 8 MB filesystem (tmpfs); skipped where this user may not mount one."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_really_full_disk(small_disk: Path, existing_run: Path, tiny_bert: Path, sentiment_csv: Path,
+                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    run = Path(shutil.copytree(existing_run, small_disk / "run"))
+    before = _snapshot(run)
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * (free - 8192))  # room for a few small files, not for a run
+    code, _, err = run_main(["train", "--model", str(tiny_bert), "--data", str(sentiment_csv), "--strategy", "full",
+                             "--epochs", "1", "--max-length", "16", "--batch-size", "8", "--overwrite", "--quiet",
+                             "--output", str(run)], monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: the disk is full") and err.count("\n") == 1
+    assert _snapshot(run) == before and sorted(path.name for path in small_disk.iterdir()) == ["filler", "run"]
+    load_run(run)  # still whole, checksums and all

@@ -22,6 +22,7 @@ from tunelab.runs import read_run_config, require_run
 from tunelab.strategies.registry import configure
 from tunelab.task_catalog import recipe_for
 from tunelab.tasks.generation import CausalLM, generate
+from tunelab.training.resume import Resume
 from tunelab.training.trainer import best_device
 
 __all__ = ["RunResult", "evaluate", "generate_text", "load_generator", "load_language_model", "load_predictor",
@@ -29,11 +30,12 @@ __all__ = ["RunResult", "evaluate", "generate_text", "load_generator", "load_lan
 
 
 def train(config: RunConfig, overwrite: bool = False, progress: bool = True,
-          announce: Callable[[RenderableType], None] | None = None) -> RunResult:
+          announce: Callable[[RenderableType], None] | None = None, resume: Resume = "auto") -> RunResult:
     """Train `config.strategy` on `config.data` and write a complete run directory to `config.output`;
     `announce` (e.g. `rich.console.Console().print`) receives the data checks and a warning if the run did not
-    learn, which `result.metrics["learned"]` also says."""
-    return train_run(config, overwrite, progress, announce)
+    learn, which `result.metrics["learned"]` also says. With `training.checkpoint_every`, a run interrupted before
+    its end resumes from its last checkpoint when called again (`resume`: auto, require or restart)."""
+    return train_run(config, overwrite, progress, announce, resume)
 
 
 def evaluate(run_dir: Path, source: str | None = None, text_column: str = "text", label_column: str = "label",

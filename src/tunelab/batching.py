@@ -45,17 +45,22 @@ class LengthBucketSampler(torch.utils.data.Sampler[int]):
     `bucket_batches` batches by length, cuts it into batches and shuffles the batches, so that a batch pads to a
     length close to its examples' while the order still randomises (HF's LengthGroupedSampler sorts whole
     mega-batches and keeps their batches in order of length, longest first). A short last batch stays last, so that
-    a DataLoader cutting the order every `batch_size` indices sees exactly these batches. Draws its seed from
-    torch's generator, as a RandomSampler does: seeded runs repeat."""
+    a DataLoader cutting the order every `batch_size` indices sees exactly these batches. Each epoch's order follows
+    from the seed and the epoch alone (the Trainer calls `set_epoch`), so a run resumed mid-epoch skips exactly the
+    batches it had trained on."""
 
-    def __init__(self, lengths: list[int], batch_size: int, bucket_batches: int = 16):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, bucket_batches: int = 16):
         self.lengths, self.batch_size, self.bucket = np.asarray(lengths), batch_size, batch_size * bucket_batches
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        rng = np.random.default_rng([self.seed, self.epoch])
         shuffled = rng.permutation(len(self.lengths))
         buckets = [shuffled[start:start + self.bucket] for start in range(0, len(shuffled), self.bucket)]
         ordered = np.concatenate([bucket[np.argsort(self.lengths[bucket], kind="stable")] for bucket in buckets])

@@ -102,6 +102,9 @@ class TrainingConfig(_Section):
     report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard] or [mlflow]")
     keep_checkpoints: bool = Field(False, description="keep the Trainer's checkpoints (full weights and "
                                                       "optimizer state) in the run; the delta is always kept")
+    checkpoint_every: int | None = Field(None, gt=0, description="a resumable checkpoint every N optimizer steps "
+                                                                 "(and each epoch): a killed run resumes when the same "
+                                                                 "command runs again")
 
 
 class GenerationConfig(_Section):

@@ -31,7 +31,7 @@ from tunelab.precision import in_precision, resolve_precision
 from tunelab.predict import Predictor
 from tunelab.recipes.runs import load_run
 from tunelab.resources import latency_per_example_ms
-from tunelab.runs import StagedRun, write_json
+from tunelab.runs import StagedRun, verify_manifest, write_json
 from tunelab.strategies.registry import get_strategy
 from tunelab.tasks.classification import LabelMap, SequenceClassifier
 
@@ -175,6 +175,7 @@ def is_export(path: Path) -> bool:
 
 def load_export(path: Path, precision: Precision = "auto") -> Predictor:
     """A merged export as a predictor in `precision`: plain transformers backbone, pooling, and the saved head."""
+    verify_manifest(path)
     report = json.loads((path / EXPORT_FILE).read_text(encoding="utf-8"))
     spec = resolve_model(str(path))
     label_map = LabelMap(report["labels"])

@@ -38,6 +38,6 @@ def main() -> None:
         _fail(f"{command}: {error.format_message().rstrip('.')} (see `{command} --help`)")
     except ClickException as error:
         _fail(error.format_message())
-    except typer.Abort:
-        _fail("aborted")
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted")
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) returns its code here; success is 0

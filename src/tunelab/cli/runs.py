@@ -35,9 +35,10 @@ def _searched_trial(folder: Path | None, trial: int | None, config_file: Path | 
     return from_search_config(folder, trial, output).model_dump(mode="json")
 
 
-def _launch(config: Any, overwrite: bool, nproc: int, nnodes: int, node_rank: int, master_addr: str | None,
-            master_port: int) -> None:
-    """This very command under torchrun, once what can be refused before training is refused here."""
+def _launch(config: Any, overwrite: bool, mode: str, nproc: int, nnodes: int, node_rank: int,
+            master_addr: str | None, master_port: int) -> None:
+    """This very command under torchrun, once what can be refused before training is refused here. --restart
+    discards the interrupted run here, once, so that every process then finds the same (no) checkpoint."""
     import sys
 
     from tunelab.cli.launch import launch, torchrun_command
@@ -48,9 +49,21 @@ def _launch(config: Any, overwrite: bool, nproc: int, nnodes: int, node_rank: in
     if world_size() > 1:
         raise TunelabError("--nproc launches torchrun; under torchrun already, leave --nproc out")
     configure_run(config)
-    StagedRun(Path(config.output), overwrite)  # an existing output is refused now, not by every process
+    staged = StagedRun(Path(config.output), overwrite)  # an existing output is refused now, not by every process
     per_process(config.training.batch_size, "--batch-size", nproc * nnodes)
-    raise typer.Exit(launch(torchrun_command(sys.argv[1:], nproc, nnodes, node_rank, master_addr, master_port)))
+    if mode == "restart":
+        with staged:  # entered without `resumable`: the interrupted run's files are cleared
+            pass
+    arguments = [argument for argument in sys.argv[1:] if argument != "--restart"]
+    raise typer.Exit(launch(torchrun_command(arguments, nproc, nnodes, node_rank, master_addr, master_port)))
+
+
+def _resume_mode(resume: bool, restart: bool, config: Any) -> str:
+    if resume and restart:
+        raise TunelabError("--resume and --restart contradict each other: pass one")
+    if (resume or restart) and not config.training.checkpoint_every:
+        raise TunelabError("--resume and --restart act on the checkpoints of --checkpoint-every N: pass it too")
+    return "require" if resume else "restart" if restart else "auto"
 
 
 @app.command()
@@ -100,6 +113,12 @@ def train(
                                                           "(--trial) on the full rows")] = None,
     trial: Annotated[int | None, typer.Option(help="with --from-search: the trial's number (t0017 is 17)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    checkpoint_every: Annotated[int | None, typer.Option(min=1, help="a resumable checkpoint every N optimizer steps: "
+                                                                     "a killed run resumes when the same command "
+                                                                     "runs again")] = None,
+    resume: Annotated[bool, typer.Option(help="resume an interrupted run, or fail when there is none (without it, "
+                                              "one is resumed when found)")] = False,
+    restart: Annotated[bool, typer.Option(help="discard an interrupted run's checkpoints and start over")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     nproc: Annotated[int, typer.Option(min=1, help="training processes on this machine (torchrun: DDP, gloo on "
                                                    "CPU, nccl on GPUs); --batch-size stays the global batch")] = 1,
@@ -117,13 +136,20 @@ def train(
 
     config = run_config(config_file, locals(), set_, option, template, verbalizer,
                         _searched_trial(from_search, trial, config_file, output))
+    mode = _resume_mode(resume, restart, config)
     if nproc * nnodes > 1:
-        _launch(config, overwrite, nproc, nnodes, node_rank, master_addr, master_port)
+        _launch(config, overwrite, mode, nproc, nnodes, node_rank, master_addr, master_port)
     quiet_libraries()
     if not is_main():  # under torchrun: rank 0 prints and writes, the others train
-        api.train(config, overwrite=overwrite, progress=False)
+        api.train(config, overwrite=overwrite, progress=False, resume=mode)
         return
-    result = api.train(config, overwrite=overwrite, progress=not quiet, announce=console.print)
+    try:
+        result = api.train(config, overwrite=overwrite, progress=not quiet, announce=console.print, resume=mode)
+    except KeyboardInterrupt:
+        from tunelab.runs import staging_folder
+        from tunelab.training.resume import interrupted
+
+        raise TunelabError(interrupted(staging_folder(Path(config.output)))) from None
     console.print(runs_table([result.path], title=f"{config.strategy.name} on {config.data.source}"))
     baseline = result.metrics.get("baseline")
     if baseline is not None:

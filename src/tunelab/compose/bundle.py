@@ -18,7 +18,14 @@ import yaml
 from tunelab.assets.models import base_fingerprint
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
-from tunelab.runs import CHECKPOINTS, StagedRun, read_run_config, require_run, write_text_atomic
+from tunelab.runs import (
+    CHECKPOINTS,
+    StagedRun,
+    read_run_config,
+    require_run,
+    verify_manifest,
+    write_text_atomic,
+)
 
 BUNDLE_FILE = "bundle.yaml"
 TASKS = "tasks"
@@ -52,6 +59,7 @@ def read_bundle(path: Path | str) -> Bundle:
     if not is_bundle(path):
         raise TunelabError(f"{path} is not a tunelab bundle (no {BUNDLE_FILE}); make one with `tunelab compose "
                            f"bundle RUN... --output {path}`")
+    verify_manifest(path)
     stored = yaml.safe_load((path / BUNDLE_FILE).read_text(encoding="utf-8"))
     return Bundle(path, stored["model"], stored["fingerprint"], stored["tasks"], stored.get("merge"))
 

@@ -36,6 +36,7 @@ from tunelab.precision import in_precision, resolve_precision
 from tunelab.recipes.runs import LoadedRun
 from tunelab.runs import (
     CHECKPOINTS,
+    MANIFEST_FILE,
     METRICS_FILE,
     RESOURCES_FILE,
     StagedRun,
@@ -136,7 +137,8 @@ def _merged_task(name: str, run: Path, config: RunConfig, delta: MergedDelta, fo
     if loaded.unexpected_keys:
         raise TunelabError(f"the merged delta does not fit {run}'s model (e.g. {loaded.unexpected_keys[0]})")
     load_tensors(model, HEAD, run / DELTA_FILE)
-    shutil.copytree(run, folder, ignore=shutil.ignore_patterns(CHECKPOINTS, ADAPTER_DIR, DELTA_FILE))
+    shutil.copytree(run, folder, ignore=shutil.ignore_patterns(CHECKPOINTS, ADAPTER_DIR, DELTA_FILE,
+                                                                MANIFEST_FILE))
     strategy.save_delta(model, folder)
     model.eval()
     predictor = LoadedRun(config, targets, in_precision(model, resolve_precision(precision)), tokenizer).predictor()

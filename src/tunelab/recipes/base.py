@@ -27,6 +27,7 @@ from tunelab.data.splits import Splits
 from tunelab.errors import TunelabError
 from tunelab.strategies.registry import ConfiguredStrategy
 from tunelab.tasks.classification import LABELS_FILE, LabelMap
+from tunelab.training.resume import CheckpointEvery, latest_checkpoint
 from tunelab.training.trainer import build_trainer, length_grouping, training_arguments
 
 
@@ -74,13 +75,16 @@ def fit_with_trainer(model: nn.Module, config: RunConfig, strategy: ConfiguredSt
                      compute_metrics: Callable[[EvalPrediction], dict] | None) -> TrainerFit:
     """Every task's fit: a Trainer that evaluates each epoch and restores the best one on `best_metric`; returns the
     trained Trainer (for the tasks that predict with it), the training time and its log (the kept epoch's validation
-    metrics, the training loss curve)."""
+    metrics, the training loss curve). With `training.checkpoint_every`, it also checkpoints every N steps and
+    resumes from the newest complete checkpoint in `checkpoints`, if any."""
     args = training_arguments(config, strategy, checkpoints, progress, best_metric)
+    every = config.training.checkpoint_every
     trainer = build_trainer(model, args, train, validation, collator, compute_metrics,
                             length_grouping(config.training.group_by_length, config.strategy.name),
-                            strategy.callbacks(model))
+                            strategy.callbacks(model) + ([CheckpointEvery(every)] if every else []))
+    resume = latest_checkpoint(checkpoints) if every else None
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     log = {"validation": kept_epoch_validation(trainer),
            "loss_curve": [[entry["step"], entry["loss"]] for entry in trainer.state.log_history if "loss" in entry]}
     return TrainerFit(trainer, {"train_s": time.perf_counter() - start}, log)

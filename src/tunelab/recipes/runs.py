@@ -22,10 +22,27 @@ from tunelab.precision import in_precision, resolve_precision
 from tunelab.ranks import is_main
 from tunelab.recipes.base import Prepared, Recipe
 from tunelab.resources import PeakMemory, run_resources
-from tunelab.runs import CHECKPOINTS, StagedRun, read_run_config, require_run, write_json, write_run
+from tunelab.runs import (
+    CHECKPOINTS,
+    StagedRun,
+    read_run_config,
+    require_run,
+    verify_manifest,
+    write_json,
+    write_run,
+)
 from tunelab.strategies.catalog import check_serves_task
 from tunelab.strategies.registry import ConfiguredStrategy, check_prompt_settings, configure
 from tunelab.task_catalog import check_shots, recipe_for
+from tunelab.training.resume import (
+    RESUME_FILE,
+    Resume,
+    check_resumable,
+    check_settings,
+    checkpoint_step,
+    has_checkpoint,
+    record_settings,
+)
 
 DATA_CHECKS_FILE = "data_checks.json"  # what the data looked like when the run trained
 
@@ -48,6 +65,7 @@ def configure_run(config: RunConfig) -> ConfiguredStrategy:
     check_prompt_settings(strategy.strategy, config.prompt != PromptConfig())
     recipe_for(config.task).check_training(config)
     resolve_precision(config.training.precision)
+    check_resumable(config)
     return strategy
 
 
@@ -66,15 +84,19 @@ def budget(strategy: ConfiguredStrategy, config: RunConfig, examples: int) -> Co
 
 
 def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
-              announce: Callable[[RenderableType], None] | None = None) -> RunResult:
+              announce: Callable[[RenderableType], None] | None = None, resume: Resume = "auto") -> RunResult:
     """Train `config.strategy` on `config.data` for `config.task` and write a complete run directory to
     `config.output`: staged in a hidden folder and renamed into place only when complete. `announce` receives the
     data checks before training and, after it, a warning when the run did not learn. Under torchrun every process
-    calls it; rank 0 writes the run and the others return a result without metrics."""
+    calls it; rank 0 writes the run and the others return a result without metrics.
+
+    With `training.checkpoint_every`, an interrupted run's checkpoints stay in the staging folder and the same call
+    resumes them (`resume`: auto; `require`, an error when there is nothing to resume; `restart`, discard them)."""
     say = announce or (lambda message: None)
     strategy = configure_run(config)
     config = with_validated_options(config, strategy)
-    staged = StagedRun(Path(config.output), overwrite)
+    staged = StagedRun(Path(config.output), overwrite,
+                       resumable=has_checkpoint if config.training.checkpoint_every else None)
     recipe = recipe_for(config.task)
     prepared = recipe.prepare(config)
     config = prepared.config
@@ -87,6 +109,8 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
         for warning in checks.warnings:
             say(f"[yellow]warning:[/yellow] {escape(warning)}")
     with staged if is_main() else nullcontext():
+        if is_main() and config.training.checkpoint_every:
+            resume_or_restart(staged, config, prepared, resume, say)
         with PeakMemory() as memory:
             fitted = recipe.fit(model, tokenizer, prepared, strategy, staged.path / CHECKPOINTS, progress)
         if not is_main():  # under torchrun the other processes only train; rank 0 measures and writes the run
@@ -106,6 +130,21 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
         recipe.save_targets(prepared.targets, staged.path)
         resources = run_resources(model, fitted.timings, memory, strategy.save_delta(model, staged.path), latency)
         return RunResult(commit(staged, config, metrics, resources), metrics, resources, predictor)
+
+
+def resume_or_restart(staged: StagedRun, config: RunConfig, prepared: Prepared, resume: Resume,
+                      say: Callable[[RenderableType], None]) -> None:
+    """Before training: keep the staged run's checkpoints if they were written with these settings and this data
+    (refused otherwise, naming the difference), or discard them when asked; then record the settings for the next
+    run to compare with."""
+    if resume == "restart":
+        staged.clear()
+    elif staged.resumes():
+        check_settings(staged.path, config, prepared.splits.train)
+        say(f"resuming the interrupted run from step {checkpoint_step(staged.path)}")
+    elif resume == "require":
+        raise TunelabError(f"there is no interrupted run of {staged.final} to resume; leave out --resume to start one")
+    record_settings(staged.path, config, prepared.splits.train)
 
 
 def training_facts(strategy: ConfiguredStrategy, prepared: Prepared) -> dict[str, Any]:
@@ -133,9 +172,11 @@ def verdict(recipe: Recipe, prepared: Prepared, test: dict[str, Any],
 def commit(staged: StagedRun, config: RunConfig, metrics: dict[str, Any], resources: dict[str, Any]) -> Path:
     """What every run ends with, its delta saved: the Trainer's checkpoints removed unless kept (the delta holds
     what was learned; checkpoints may be full copies), the config, metrics and costs written, and the staged folder
-    renamed into place."""
+    renamed into place. A process killed in between leaves a staged run that the next one trains again (the same
+    way, to the same result)."""
     if not config.training.keep_checkpoints:
         shutil.rmtree(staged.path / CHECKPOINTS, ignore_errors=True)
+    (staged.path / RESUME_FILE).unlink(missing_ok=True)
     write_run(staged.path, config, metrics, resources)
     return staged.commit()
 
@@ -159,6 +200,7 @@ def load_run(path: Path, precision: Precision = "auto") -> LoadedRun:
     """Rebuild a trained model from its run directory (base model + saved delta), to predict in `precision` on this
     machine (whatever the run trained in)."""
     require_run(path)
+    verify_manifest(path)
     config = read_run_config(path)
     recipe = recipe_for(config.task)
     strategy = configure(config.strategy, config.training)

@@ -17,7 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from tunelab.errors import TunelabError
 from tunelab.recipes.runs import load_run
-from tunelab.runs import write_text_atomic
+from tunelab.runs import verify_manifest, write_text_atomic
 from tunelab.strategies.registry import get_strategy
 from tunelab.tasks.generation import CausalLM
 
@@ -75,6 +75,7 @@ def read_policy_settings(run: Path) -> dict[str, Any]:
 
 def load_policy(run: Path) -> Policy:
     """A PPO or DPO run's policy: its SFT run, merged, with the run's adapter on top."""
+    verify_manifest(run)
     sft_run = Path(read_policy_settings(run)["sft_run"])
     model, tokenizer = merged_sft(sft_run)
     lm = PeftModel.from_pretrained(model.backbone, run / ADAPTER_FOLDER)

@@ -25,7 +25,7 @@ from tunelab.batching import length_ordered_batches
 from tunelab.config import Precision
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_tokenizer
-from tunelab.runs import StagedRun, write_text_atomic
+from tunelab.runs import StagedRun, verify_manifest, write_text_atomic
 from tunelab.training.trainer import best_device, quiet_when_asked
 from tunelab.training.trl_stage import commit_stage, files_under, train_stage, trl_quiet, trl_stage_settings
 
@@ -139,6 +139,7 @@ def reward_function(run: Path) -> Callable[[list[str]], torch.Tensor]:
 def load_reward_model(run: Path) -> tuple[PreTrainedModel, Any, RewardSettings]:
     """A trained reward model, its tokenizer and settings, from its run directory."""
     require_reward_run(run)
+    verify_manifest(run)
     settings = RewardSettings.model_validate(yaml.safe_load((run / REWARD_CONFIG_FILE).read_text(encoding="utf-8")))
     model = AutoModelForSequenceClassification.from_pretrained(run / MODEL_FOLDER, dtype=torch.float32)
     return model.eval(), AutoTokenizer.from_pretrained(run / MODEL_FOLDER), settings

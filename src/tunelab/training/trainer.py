@@ -6,6 +6,7 @@ logging; tunelab only decides the arguments and the data it sees.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from transformers import (
 )
 
 from tunelab.batching import LengthBucketSampler, random_order_padding_share
-from tunelab.config import RunConfig
+from tunelab.config import RunConfig, TrainingConfig
 from tunelab.errors import TunelabError
 from tunelab.precision import device_type, resolve_precision, trainer_flags
 from tunelab.ranks import per_process, world_size
@@ -96,17 +97,24 @@ def training_arguments(config: RunConfig, strategy: ConfiguredStrategy, output_d
         eval_strategy="epoch",
         save_strategy="epoch",
         save_total_limit=1,
-        # Checkpoints exist to restore the best epoch; optimizer state only matters to resume a kept checkpoint.
-        save_only_model=not training.keep_checkpoints,
+        # Checkpoints exist to restore the best epoch; optimizer state only matters to resume.
+        save_only_model=not (training.keep_checkpoints or training.checkpoint_every),
         load_best_model_at_end=True,
         metric_for_best_model=best_metric,
-        logging_steps=training.logging_steps,
+        logging_steps=logging_steps(training),
         seed=training.seed,
         report_to=training.report_to or "none",
         disable_tqdm=not progress,
         dataloader_pin_memory=torch.cuda.is_available(),
         **trainer_flags(resolve_precision(training.precision)),
     )
+
+
+def logging_steps(training: TrainingConfig) -> int:
+    """The Trainer logs the mean loss since its last log, and a resumed run starts counting at its checkpoint: with
+    resumable checkpoints every N steps, logs fall on every checkpoint too, so a resumed loss curve is exact."""
+    every = training.checkpoint_every
+    return math.gcd(training.logging_steps, every) if every else training.logging_steps
 
 
 class TrainableOnlyTrainer(Trainer):
@@ -137,7 +145,7 @@ class TrainableOnlyTrainer(Trainer):
         batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
         if self.group_by_length == "auto" and random_order_padding_share(lengths, batch_size) < GROUPING_PADDING_SHARE:
             return super()._get_train_sampler(train_dataset)
-        return LengthBucketSampler(lengths, batch_size)
+        return LengthBucketSampler(lengths, batch_size, self.args.seed)
 
     def _issue_warnings_after_load(self, load_result: Any) -> None:
         """Restoring the best epoch loads the trainable tensors; the frozen ones are missing by design."""

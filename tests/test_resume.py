@@ -1,0 +1,160 @@
+"""Resuming `train`: a run interrupted after a checkpoint ends exactly where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from tiny import generation_config, run_main, tiny_config
+from transformers import TrainerCallback
+
+from tunelab import api
+from tunelab.errors import TunelabError
+from tunelab.recipes import base
+from tunelab.runs import CHECKPOINTS, MANIFEST_FILE, staging_folder
+from tunelab.training.resume import RESUME_FILE
+
+
+class Interrupt(TrainerCallback):
+    """Ctrl-C at an optimizer step, as a user (or a dying machine) would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def _interrupt_at(step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    def with_interrupt(*args, **kwargs):
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(Interrupt(step))
+        return trainer
+
+    build = base.build_trainer
+    monkeypatch.setattr(base, "build_trainer", with_interrupt)
+
+
+def _tensors(run: Path) -> dict:
+    return {name: tensor for path in sorted(run.rglob("*.safetensors")) if CHECKPOINTS not in path.parts
+            for name, tensor in load_file(str(path)).items()}
+
+
+def _same_run(resumed: api.RunResult, whole: api.RunResult) -> None:
+    assert resumed.metrics == whole.metrics  # test and validation metrics, the loss curve: all of it, exactly
+    expected = _tensors(whole.path)
+    assert expected and _tensors(resumed.path).keys() == expected.keys()
+    assert all(_tensors(resumed.path)[name].equal(tensor) for name, tensor in expected.items())
+
+
+CASES = {
+    "lora": lambda tiny_bert, tiny_llama_lm, csv, jsonl, out: tiny_config(tiny_bert, csv, out, "lora", epochs=3),
+    "full, length-grouped batches": lambda tiny_bert, tiny_llama_lm, csv, jsonl, out: tiny_config(
+        tiny_bert, csv, out, "full", epochs=3, group_by_length="on"),
+    "generation": lambda tiny_bert, tiny_llama_lm, csv, jsonl, out: generation_config(tiny_llama_lm, jsonl, out,
+                                                                                       epochs=2),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(case: str, tiny_bert: Path, tiny_llama_lm: Path,
+                                                                sentiment_csv: Path, writing_jsonl: Path,
+                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def config(output: Path):
+        made = CASES[case](tiny_bert, tiny_llama_lm, sentiment_csv, writing_jsonl, output)
+        return made.model_copy(update={"training": made.training.model_copy(update={"checkpoint_every": 3})})
+
+    whole = api.train(config(tmp_path / "whole"), progress=False)
+    steps = whole.metrics["training"]["optimizer_steps"]
+    with monkeypatch.context() as patch:
+        _interrupt_at(steps // 2 + 1, patch)  # mid-epoch, one step past a checkpoint at most two steps back
+        with pytest.raises(KeyboardInterrupt):
+            api.train(config(tmp_path / "resumed"), progress=False)
+    staged = staging_folder(tmp_path / "resumed")
+    assert not (tmp_path / "resumed").exists() and (staged / RESUME_FILE).exists()
+    said = []
+    resumed = api.train(config(tmp_path / "resumed"), progress=False, announce=said.append)
+    assert f"resuming the interrupted run from step {(steps // 2 + 1) // 3 * 3}" in said
+    _same_run(resumed, whole)
+    assert not staged.exists() and not (resumed.path / RESUME_FILE).exists()
+    assert not (resumed.path / CHECKPOINTS).exists()
+
+
+def test_resume_refuses_other_settings_then_restart_discards(tiny_bert: Path, sentiment_csv: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    output = tmp_path / "run"
+    config = tiny_config(tiny_bert, sentiment_csv, output, "lora", epochs=2, checkpoint_every=2)
+    with monkeypatch.context() as patch:
+        _interrupt_at(5, patch)
+        with pytest.raises(KeyboardInterrupt):
+            api.train(config, progress=False)
+    other = tiny_config(tiny_bert, sentiment_csv, output, "lora", epochs=2, checkpoint_every=2, learning_rate=0.05)
+    with pytest.raises(TunelabError, match=r"other settings: training.learning_rate \(0.02 then, 0.05 now\); .*"
+                                           r"--restart"):
+        api.train(other, progress=False)
+    assert (staging_folder(output) / CHECKPOINTS / "checkpoint-4").is_dir()  # refused, and kept for the right run
+    said = []
+    api.train(other, progress=False, announce=said.append, resume="restart")
+    assert not any("resuming" in str(line) for line in said) and (output / MANIFEST_FILE).exists()
+
+
+def test_resume_required_without_an_interrupted_run(tiny_bert: Path, sentiment_csv: Path, tmp_path: Path):
+    config = tiny_config(tiny_bert, sentiment_csv, tmp_path / "run", "lora", epochs=1, checkpoint_every=2)
+    with pytest.raises(TunelabError, match="there is no interrupted run of .* to resume; leave out --resume"):
+        api.train(config, progress=False, resume="require")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_adalora_is_refused_before_anything_loads(tiny_bert: Path, sentiment_csv: Path, tmp_path: Path):
+    config = tiny_config(tiny_bert, sentiment_csv, tmp_path / "run", "adalora", checkpoint_every=2)
+    with pytest.raises(TunelabError, match="adalora cannot resume"):
+        api.train(config, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_resume_flags_are_checked(tiny_bert: Path, sentiment_csv: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    common = ["train", "--model", str(tiny_bert), "--data", str(sentiment_csv), "--output", str(tmp_path / "run")]
+    code, _, err = run_main([*common, "--resume"], monkeypatch, capsys)
+    assert code == 2 and "pass it too" in err and err.count("\n") == 1
+    code, _, err = run_main([*common, "--checkpoint-every", "2", "--resume", "--restart"], monkeypatch, capsys)
+    assert code == 2 and "contradict" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _train_command(tiny_bert: Path, data: Path, output: Path) -> list[str]:
+    return [sys.executable, "-m", "tunelab", "train", "--model", str(tiny_bert), "--data", str(data), "--strategy",
+            "lora", "--epochs", "40", "--lr", "0.02", "--batch-size", "8", "--max-length", "16",
+            "--checkpoint-every", "5", "--quiet", "--output", str(output)]
+
+
+def test_kill_9_then_the_same_command_resumes(tiny_bert: Path, sentiment_csv: Path, tmp_path: Path):
+    """SIGKILL, no chance to clean up: the next run of the same command finds the checkpoint and ends as a whole
+    run does."""
+    whole = subprocess.run(_train_command(tiny_bert, sentiment_csv, tmp_path / "whole"), capture_output=True,
+                           text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    output = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(tiny_bert, sentiment_csv, output), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    checkpoints = staging_folder(output) / CHECKPOINTS
+    deadline = time.monotonic() + 120
+    while not list(checkpoints.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not output.exists()  # nothing half-written is visible
+    again = subprocess.run(_train_command(tiny_bert, sentiment_csv, output), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "resuming the interrupted run from step" in again.stdout
+    whole_metrics, resumed_metrics = ((tmp_path / name / "metrics.json").read_text() for name in ("whole", "killed"))
+    assert resumed_metrics == whole_metrics
+    assert not staging_folder(output).exists()
