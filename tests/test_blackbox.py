@@ -183,7 +183,7 @@ def test_a_bbt_run_is_written_whole_and_refuses_to_overwrite(tiny_lm, tiny_llama
     endpoint = InProcess(*tiny_lm)
     path, metrics = run_blackbox(config, endpoint, SETTINGS, budget=11)
     assert {file.name for file in path.iterdir()} == {"blackbox.yaml", "metrics.json", "resources.json",
-                                                      "soft_prompt.safetensors", "search_curve.png"}
+                                                      "soft_prompt.safetensors", "search_curve.png", "manifest.json"}
     resources = json.loads((path / "resources.json").read_text())
     assert resources["search"]["calls"] == metrics["curve"][-1]["calls"] <= 11
     assert resources["evaluation"]["calls"] == 2 * 1  # 12 test rows, 32 per call: test and zero-shot

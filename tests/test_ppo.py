@@ -111,7 +111,7 @@ def test_a_ppo_run_starts_at_the_sft_policy_and_writes_its_delta(tiny_llama_lm: 
     assert metrics["sft_test"]["kl"] == pytest.approx(0.0, abs=1e-5)  # a fresh LoRA on the merged SFT model
     assert len(metrics["iterations"]) == 2 and metrics["test"]["prompts"] == 2
     assert {path.name for path in (tmp_path / "ppo").iterdir()} == {"adapter", "value_head.safetensors", "policy.yaml",
-                                                                     "metrics.json", "resources.json"}
+                                                                     "metrics.json", "resources.json", "manifest.json"}
     assert json.loads((tmp_path / "ppo" / "metrics.json").read_text())["iterations"][0]["kl_coef"] > 0
 
 

@@ -43,7 +43,7 @@ def test_dpo_lowers_the_held_out_loss_and_writes_a_policy_run(sft_run: Path, tmp
     assert metrics["test"]["loss"] < math.log(2) - 0.1  # log 2: the loss of a policy equal to its reference
     assert metrics["test"]["preference_accuracy"] == 1.0 and metrics["test"]["pairs"] == 4
     assert {path.name for path in (tmp_path / "dpo").iterdir()} == {"adapter", POLICY_FILE, "metrics.json",
-                                                                    "resources.json"}
+                                                                    "resources.json", "manifest.json"}
     assert read_policy_settings(tmp_path / "dpo")["sft_run"] == str(sft_run.resolve())
     policy = load_policy(tmp_path / "dpo")
     sft = load_run(sft_run).model
