@@ -21,6 +21,15 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def wait_for_each_other() -> None:
+    """Every process of a multi-process run waits here for the others (rank 0 for its commit), so that a run is on
+    disk for all of them when `train` returns; nothing to wait for in a single process."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def per_process(batch_size: int, what: str, processes: int | None = None) -> int:
     """A global batch split over the processes (default: this run's), so that N processes take the steps one
     process would."""

@@ -19,7 +19,7 @@ from torch import nn
 from tunelab.config import Precision, PromptConfig, RunConfig
 from tunelab.errors import TunelabError
 from tunelab.precision import in_precision, resolve_precision
-from tunelab.ranks import is_main
+from tunelab.ranks import is_main, wait_for_each_other
 from tunelab.recipes.base import Prepared, Recipe
 from tunelab.resources import PeakMemory, run_resources
 from tunelab.runs import (
@@ -114,6 +114,7 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
         with PeakMemory() as memory:
             fitted = recipe.fit(model, tokenizer, prepared, strategy, staged.path / CHECKPOINTS, progress)
         if not is_main():  # under torchrun the other processes only train; rank 0 measures and writes the run
+            wait_for_each_other()
             return RunResult(staged.final, {}, {}, None)
         model.eval()
         predictor = recipe.predictor(in_precision(model, resolve_precision(config.training.precision)), tokenizer,
@@ -129,7 +130,9 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
         latency = recipe.latency_ms(predictor, prepared.splits.test)
         recipe.save_targets(prepared.targets, staged.path)
         resources = run_resources(model, fitted.timings, memory, strategy.save_delta(model, staged.path), latency)
-        return RunResult(commit(staged, config, metrics, resources), metrics, resources, predictor)
+        committed = commit(staged, config, metrics, resources)
+    wait_for_each_other()
+    return RunResult(committed, metrics, resources, predictor)
 
 
 def resume_or_restart(staged: StagedRun, config: RunConfig, prepared: Prepared, resume: Resume,
