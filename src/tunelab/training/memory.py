@@ -12,9 +12,11 @@ from __future__ import annotations
 import gc
 import inspect
 import re
+import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -38,6 +40,10 @@ LARGEST_TENSOR_SHARE = 0.5
 # What torch says when an allocation fails: CUDA's message and the CPU allocator's.
 TRIED_TO_ALLOCATE = re.compile(r"(?:Tried to allocate|you tried to allocate) ([\d.]+) ?(bytes|[KMGT]iB)")
 UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+# A container's memory limit and use (cgroup v2, then v1); a limit of "max" or a huge number means none.
+CGROUP = Path("/sys/fs/cgroup")
+CGROUP_MEMORY = ((CGROUP / "memory.max", CGROUP / "memory.current"),
+                 (CGROUP / "memory/memory.limit_in_bytes", CGROUP / "memory/memory.usage_in_bytes"))
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -48,11 +54,18 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def available_bytes(device: torch.device) -> int:
     """What new tensors can take now: on a GPU the free memory plus what torch's cache holds unused; on a CPU the
-    RAM available."""
+    RAM available, within this process's address-space limit (`ulimit -v`) and its container's memory limit."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return psutil.virtual_memory().available
+    room = [psutil.virtual_memory().available]
+    address_space, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if address_space != resource.RLIM_INFINITY:
+        room.append(address_space - psutil.Process().memory_info().vms)
+    for limit, usage in CGROUP_MEMORY:
+        if limit.exists() and usage.exists() and limit.read_text().strip().isdigit():
+            room.append(int(limit.read_text()) - int(usage.read_text()))
+    return max(0, min(room))
 
 
 def describe(device: torch.device) -> str:
