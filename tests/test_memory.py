@@ -230,3 +230,27 @@ def test_out_of_memory_errors_are_recognised_and_read():
     assert memory.failed_allocation_bytes(cpu) == 123456
     assert memory.failed_allocation_bytes(gpu) == int(1.5 * 2**30)
     assert memory.divisors(12) == [1, 2, 3, 4, 6, 12] and memory.largest_divisor_within(12, 5) == 4
+
+
+def test_a_served_batch_that_runs_out_of_memory_fails_its_requests_with_one_line(monkeypatch: pytest.MonkeyPatch):
+    import asyncio
+
+    from tunelab.serve.batcher import MicroBatcher
+
+    def answer(items: list[str]) -> list[str]:
+        if len(items) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+        return items
+
+    async def ask() -> tuple[list[str], BaseException]:
+        batcher = MicroBatcher(answer, max_batch=8, max_wait_ms=50, max_queue=8)
+        alone = await batcher.submit(["one"])
+        failed = (await asyncio.gather(batcher.submit(["a", "b"]), return_exceptions=True))[0]
+        return alone, failed
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 8 * 2**30)  # a batch of 2 fits its tensor 4 times
+    alone, failed = asyncio.run(ask())
+    assert alone == ["one"]
+    assert isinstance(failed, TunelabError) and "\n" not in str(failed)
+    assert re.search(r"predicting in batches of 2 examples; about 1 would fit: pass tunelab serve --max-batch 1",
+                     str(failed))
