@@ -254,3 +254,29 @@ def test_a_served_batch_that_runs_out_of_memory_fails_its_requests_with_one_line
     assert isinstance(failed, TunelabError) and "\n" not in str(failed)
     assert re.search(r"predicting in batches of 2 examples; about 1 would fit: pass tunelab serve --max-batch 1",
                      str(failed))
+
+
+def test_a_run_that_ran_out_with_checkpoints_resumes_in_micro_batches(tiny_bert: Path, sentiment_csv: Path,
+                                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture):
+    """Memory runs short in the fourth step (another process took some): the checkpoint of step 2 stays, and the
+    same command with --micro-batch-size auto resumes it in micro-batches that fit."""
+    steps = []
+
+    def forward(self, input_ids=None, attention_mask=None, features=None, labels=None):
+        if self.training and input_ids.shape[0] > 1:  # the probe's one example aside
+            steps.append(input_ids.shape[0])
+            if len(steps) == 4 and input_ids.shape[0] > 4:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+        return FORWARD(self, input_ids, attention_mask, features, labels)
+
+    monkeypatch.setattr(SequenceClassifier, "forward", forward)
+    command = _train(tiny_bert, sentiment_csv, tmp_path / "run", "--batch-size", "8", "--checkpoint-every", "2")
+    code, _, err = run_main(command, monkeypatch, capsys)
+    assert code == 2 and "training 8 examples per step" in err and "to step 2, is kept" in err, err
+    memory_for(monkeypatch, 4, "train")
+    code, out, err = run_main([*command, "--micro-batch-size", "auto"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "resuming the interrupted run from step 2" in out
+    training = json.loads((tmp_path / "run" / "metrics.json").read_text())["training"]
+    assert training["micro_batch_size"] == 4 and training["gradient_accumulation_steps"] == 2
