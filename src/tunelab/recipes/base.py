@@ -32,12 +32,12 @@ from tunelab.tasks.classification import LABELS_FILE, LabelMap
 from tunelab.training.memory import (
     Probe,
     is_out_of_memory,
-    largest_micro_batch,
+    micro_batch,
     micro_batch_facts,
     training_out_of_memory,
 )
 from tunelab.training.resume import CheckpointEvery, checkpoint_step, latest_checkpoint
-from tunelab.training.trainer import best_device, build_trainer, length_grouping, training_arguments
+from tunelab.training.trainer import build_trainer, length_grouping, training_arguments
 
 
 @dataclass
@@ -91,10 +91,7 @@ def fit_with_trainer(model: nn.Module, config: RunConfig, strategy: ConfiguredSt
     training = config.training
     share = per_process(training.batch_size, "--batch-size")
     probe = Probe.of(model, train, collator, resolve_precision(training.precision))
-    micro = training.micro_batch_size
-    if micro == "auto":
-        micro = largest_micro_batch(probe.on(best_device()), share)
-    micro = micro or share
+    micro = micro_batch(probe, training.micro_batch_size, share)
     args = training_arguments(config, strategy, checkpoints, progress, best_metric, micro)
     every = training.checkpoint_every
     trainer = build_trainer(model, args, train, validation, collator, compute_metrics,

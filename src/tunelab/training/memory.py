@@ -236,6 +236,14 @@ def largest_micro_batch(probe: Probe, share: int) -> int:
     return sizes[fitting]
 
 
+def micro_batch(probe: Probe, setting: int | str | None, share: int) -> int:
+    """The examples per forward and backward: as set, found by the probe on the device training runs on (`auto`), or
+    by default the whole of this process's batch."""
+    if setting == "auto":
+        return largest_micro_batch(probe.on(torch.device(device_type())), share)
+    return setting or share
+
+
 def cpu_limit(model: nn.Module, per_example: int) -> int | float:
     """On a CPU, the examples per step whose activations (measured for one) fit beside the optimizer's state in the
     RAM available; on a GPU no limit (its probes fail cleanly)."""
