@@ -22,6 +22,7 @@ from tunelab.runs import read_run_config, require_run
 from tunelab.strategies.registry import configure
 from tunelab.task_catalog import recipe_for
 from tunelab.tasks.generation import CausalLM, generate
+from tunelab.training.memory import inference_memory
 from tunelab.training.resume import Resume
 from tunelab.training.trainer import best_device
 
@@ -39,13 +40,13 @@ def train(config: RunConfig, overwrite: bool = False, progress: bool = True,
 
 
 def evaluate(run_dir: Path, source: str | None = None, text_column: str = "text", label_column: str = "label",
-             limit: int | None = None, precision: Precision = "auto") -> dict[str, Any]:
+             limit: int | None = None, precision: Precision = "auto", batch_size: int | None = None) -> dict[str, Any]:
     """Metrics of a trained run on a dataset: its own test split by default, else every row of `source`; computed
-    in `precision` (auto: bf16 where this machine computes it natively, else fp32). A black-box run asks its model
-    in this process, as the search found to."""
+    in `precision` (auto: bf16 where this machine computes it natively, else fp32), in batches of `batch_size`
+    (default: the run's evaluation batch). A black-box run asks its model in this process, as the search found to."""
     if is_blackbox_run(run_dir):
         return _evaluate_blackbox(run_dir, source, text_column, label_column, limit)
-    return evaluate_run(run_dir, source, text_column, label_column, limit, precision)
+    return evaluate_run(run_dir, source, text_column, label_column, limit, precision, batch_size)
 
 
 def _evaluate_blackbox(run_dir: Path, source: str | None, text_column: str, label_column: str,
@@ -81,26 +82,31 @@ def run_task(run_dir: Path) -> str:
     return read_run_config(run_dir).task
 
 
-def load_predictor(run_dir: Path, precision: Precision = "auto") -> Any:
-    """A trained run, or a merged export of one (`tunelab export --merge`), ready to predict in `precision`: its
-    task's predictor (`Predictor`, `Tagger`, `Answerer` or `Generator`)."""
+def load_predictor(run_dir: Path, precision: Precision = "auto", batch_size: int | None = None) -> Any:
+    """A trained run, or a merged export of one (`tunelab export --merge`), ready to predict in `precision`, in
+    batches of `batch_size` (default: the run's evaluation batch): its task's predictor (`Predictor`, `Tagger`,
+    `Answerer` or `Generator`)."""
     if is_export(run_dir):
         return load_export(run_dir, precision)
-    return load_run(run_dir, precision).predictor()
+    return load_run(run_dir, precision, batch_size).predictor()
 
 
-def predict(run_dir: Path, inputs: list[str], context: str | None = None,
-            precision: Precision = "auto") -> list[dict[str, Any]]:
+def predict(run_dir: Path, inputs: list[str], context: str | None = None, precision: Precision = "auto",
+            batch_size: int | None = None) -> list[dict[str, Any]]:
     """One JSON-ready record per input: a label with every label's probability, a value, the entities with their
-    character spans, the answer to a question about `context`, or a generated answer. A black-box run asks its
-    model in this process, as the search found to."""
+    character spans, the answer to a question about `context`, or a generated answer; in batches of `batch_size`
+    (default: the run's evaluation batch; running out of memory is one line with a batch that would fit). A
+    black-box run asks its model in this process, as the search found to."""
     if is_blackbox_run(run_dir):
         from tunelab.blackbox.endpoints import InProcess
 
         found = FoundPrompt(run_dir)
         refuse_context(context, "classification")
         return found.predict(inputs, InProcess(*load_language_model(found.config.model)))
-    return recipe_for(run_task(run_dir)).predict(load_predictor(run_dir, precision), inputs, context)
+    predictor = load_predictor(run_dir, precision, batch_size)
+    size = getattr(predictor, "batch_size", None) or read_run_config(run_dir).training.eval_batch_size  # a Generator's
+    with inference_memory(size, "--batch-size"):
+        return recipe_for(run_task(run_dir)).predict(predictor, inputs, context)
 
 
 def load_generator(run_dir: Path, purpose: str = "generate") -> tuple[CausalLM, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -76,8 +76,13 @@ class PromptConfig(_Section):
 class TrainingConfig(_Section):
     epochs: float | None = Field(None, gt=0, description="passes over the training data (strategy default)")
     learning_rate: float | None = Field(None, gt=0, description="peak learning rate (strategy default)")
-    batch_size: int = Field(32, gt=0)
-    eval_batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(32, gt=0, description="examples per optimizer step, over all processes")
+    micro_batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] | None = Field(
+        None, description="examples per forward and backward on one device: the batch is computed in micro-batches "
+                          "whose gradients add up (gradient accumulation), so the optimisation stays the batch's; "
+                          "auto: the largest that fits in memory, found by a probe before training (default: the "
+                          "whole batch at once)")
+    eval_batch_size: int = Field(64, gt=0, description="examples per forward when evaluating and predicting")
     max_length: int = Field(128, gt=0, description="tokens per example; longer inputs are truncated")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)

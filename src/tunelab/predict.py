@@ -17,18 +17,21 @@ from tunelab.tasks.regression import TargetScale
 
 class Predictor:
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, targets: LabelMap | TargetScale,
-                 max_length: int):
-        """`targets` says what the outputs mean: the labels' logits, or a standardised regression target."""
-        self.model, self.tokenizer, self.targets = model, tokenizer, targets
+                 max_length: int, batch_size: int = 64):
+        """`targets` says what the outputs mean: the labels' logits, or a standardised regression target;
+        `batch_size`: examples per forward (the run's evaluation batch)."""
+        self.model, self.tokenizer, self.targets, self.batch_size = model, tokenizer, targets, batch_size
         self.encoder = input_encoder(model, tokenizer, max_length)
 
     @torch.no_grad()
-    def logits(self, texts: list[str] | pd.DataFrame, batch_size: int = 64) -> np.ndarray:
-        """(N, C) logits. Batches are formed in order of length, so that little of each is padding."""
+    def logits(self, texts: list[str] | pd.DataFrame, batch_size: int | None = None) -> np.ndarray:
+        """(N, C) logits, in batches of `batch_size` (default: the predictor's) formed in order of length, so that
+        little of each is padding."""
         rows = texts if isinstance(texts, pd.DataFrame) else pd.DataFrame({"text": list(texts)})
         self.model.eval()
         logits = np.zeros((len(rows), self.targets.width), dtype=np.float32)
-        for chosen, batch in padded_batches(self.model, self.tokenizer, self.encoder(rows), batch_size):
+        for chosen, batch in padded_batches(self.model, self.tokenizer, self.encoder(rows),
+                                           batch_size or self.batch_size):
             output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             logits[chosen] = output.logits.float().cpu().numpy()
         return logits

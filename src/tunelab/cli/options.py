@@ -18,7 +18,8 @@ FLAG_KEYS = {
     "seed": "training.seed", "shots": "data.shots", "tune": "strategy.options.tune", "calibrate": "prompt.calibrate",
     "min_steps": "training.min_steps", "class_weights": "training.class_weights", "select_on": "training.select_on",
     "precision": "training.precision", "group_by_length": "training.group_by_length",
-    "checkpoint_every": "training.checkpoint_every",
+    "checkpoint_every": "training.checkpoint_every", "micro_batch_size": "training.micro_batch_size",
+    "eval_batch_size": "training.eval_batch_size",
 }
 TEMPLATE_HELP = "prompt-based: e.g. 'Review: {text}\\nSentiment: {label}' (\\n is a newline; default: the dataset's)"
 PRECISION_HELP = ("auto (bf16 where this machine computes it natively: CUDA GPUs with bf16, CPUs with avx512_bf16 "
@@ -32,12 +33,33 @@ def run_config(config_file: Path | None, flags: dict[str, Any], set_: list[str] 
     overrides."""
     from tunelab.config import build_config, parse_override, read_yaml
 
+    flags = {**flags, **batch_flags(flags.get("batch_size"), flags.get("micro_batch_size"))}
     overrides: dict[str, Any] = {FLAG_KEYS[key]: (str(value) if isinstance(value, Path) else value)
                                  for key, value in flags.items() if key in FLAG_KEYS and value is not None}
     overrides.update((f"prompt.{key}", value) for key, value in prompt_settings(template, verbalizer).items())
     overrides.update(parse_override(text) for text in set_ or [])
     overrides.update((f"strategy.options.{key}", value) for key, value in map(parse_override, option or []))
     return build_config(read_yaml(config_file) if config_file else base or {}, overrides)
+
+
+def batch_flags(batch_size: int | str | None, micro_batch_size: str | None) -> dict[str, Any]:
+    """`--batch-size N` or `auto`, `--micro-batch-size N` or `auto`, as numbers. `--batch-size auto` keeps the batch
+    (the optimizer's, which the optimisation depends on) and finds the largest micro-batch that fits, as
+    `--micro-batch-size auto` does."""
+    if batch_size == "auto":
+        if micro_batch_size is not None:
+            raise TunelabError("--batch-size auto finds the micro-batch that fits: leave out --micro-batch-size")
+        return {"batch_size": None, "micro_batch_size": "auto"}
+    return {"batch_size": count_or_auto(batch_size, "--batch-size", auto=False),
+            "micro_batch_size": count_or_auto(micro_batch_size, "--micro-batch-size", auto=True)}
+
+
+def count_or_auto(text: int | str | None, option: str, auto: bool) -> int | str | None:
+    if text is None or isinstance(text, int) or (auto and text == "auto"):
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise TunelabError(f"{option} '{text}' is not a number of examples or auto")
 
 
 def prompt_settings(template: str | None, verbalizer: list[str] | None) -> dict[str, Any]:

@@ -45,12 +45,14 @@ def _launch(config: Any, overwrite: bool, mode: str, nproc: int, nnodes: int, no
     from tunelab.ranks import per_process, world_size
     from tunelab.recipes.runs import configure_run
     from tunelab.runs import StagedRun
+    from tunelab.training.memory import check_micro_batch
 
     if world_size() > 1:
         raise TunelabError("--nproc launches torchrun; under torchrun already, leave --nproc out")
     configure_run(config)
     staged = StagedRun(Path(config.output), overwrite)  # an existing output is refused now, not by every process
     per_process(config.training.batch_size, "--batch-size", nproc * nnodes)
+    check_micro_batch(config, nproc * nnodes)
     if mode == "restart":
         with staged:  # entered without `resumable`: the interrupted run's files are cleared
             pass
@@ -85,7 +87,14 @@ def train(
     limit_eval: Annotated[int | None, typer.Option(help="evaluate on at most N examples")] = None,
     epochs: Annotated[float | None, typer.Option(help="passes over the data (default: the strategy's)")] = None,
     lr: Annotated[float | None, typer.Option(help="peak learning rate (default: the strategy's)")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="examples per training step")] = None,
+    batch_size: Annotated[str | None, typer.Option(help="examples per optimizer step [default: 32]; auto keeps the "
+                                                        "batch and computes it in the largest micro-batches that fit "
+                                                        "in memory (gradient accumulation)")] = None,
+    micro_batch_size: Annotated[str | None, typer.Option(help="examples per forward and backward (a divisor of the "
+                                                              "batch; the gradients accumulate), or auto "
+                                                              "[default: the whole batch]")] = None,
+    eval_batch_size: Annotated[int | None, typer.Option(min=1, help="examples per forward when evaluating "
+                                                                    "[default: 64]")] = None,
     max_length: Annotated[int | None, typer.Option(help="tokens per example; longer texts are truncated")] = None,
     seed: Annotated[int | None, typer.Option(help="seed for initialisation, dropout and data order")] = None,
     min_steps: Annotated[int | None, typer.Option(help="with the default epochs, at least this many optimizer steps "
@@ -159,7 +168,17 @@ def train(
     if config.task == "generation":
         console.print(f"held-out, untrained -> trained: "
                       f"{generation_scores(result.metrics['test'], result.metrics['base_test'])}")
+    _print_micro_batch(result.metrics["training"], config.training.batch_size)
     console.print(f"run saved to [bold]{escape(str(result.path))}[/bold]")
+
+
+def _print_micro_batch(training: dict[str, Any], batch_size: int) -> None:
+    """How the batch was computed, when in parts: the micro-batch `auto` found is what repeats the run exactly."""
+    steps = training.get("gradient_accumulation_steps", 1)
+    if steps > 1 or training.get("micro_batch_found"):
+        found = " (the largest that fits: --micro-batch-size {0} repeats it)" if training["micro_batch_found"] else ""
+        console.print(f"trained in micro-batches of {training['micro_batch_size']}, {steps} per optimizer step of "
+                      f"{batch_size}{found.format(training['micro_batch_size'])}")
 
 
 @app.command()
@@ -207,6 +226,8 @@ def evaluate(
     text_column: Annotated[str, typer.Option(help="column with the input text")] = "text",
     label_column: Annotated[str, typer.Option(help="column with the label")] = "label",
     limit: Annotated[int | None, typer.Option(min=1, help="score at most N examples")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="examples per forward [default: the run's "
+                                                               "evaluation batch]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print metrics as JSON")] = False,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     task: Annotated[str | None, typer.Option(help=TASK_HELP + "; default for a bundle: every task on its own test "
@@ -223,7 +244,7 @@ def evaluate(
         _evaluate_bundle(run, limit, precision, as_json)
         return
     run = task_run(run, task)
-    metrics = api.evaluate(run, data, text_column, label_column, limit, precision)
+    metrics = api.evaluate(run, data, text_column, label_column, limit, precision, batch_size)
     if as_json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -262,6 +283,8 @@ def predict(
     context: Annotated[str | None, typer.Option(help="question-answering runs: the passage the questions (the "
                                                      "texts) are about")] = None,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    batch_size: Annotated[int | None, typer.Option(min=1, help="examples per forward [default: the run's "
+                                                               "evaluation batch]")] = None,
     task: Annotated[str | None, typer.Option(help=TASK_HELP)] = None,
 ) -> None:
     """Predict with a trained run: the label and every label's probability, the value of a regression run, the
@@ -277,7 +300,7 @@ def predict(
         _predict_mixed(run, texts, as_json, precision)
         return
     run = task_run(run, task)
-    records = api.predict(run, texts, context, precision)
+    records = api.predict(run, texts, context, precision, batch_size)
     if as_json:
         for record in records:
             print(json.dumps(record))

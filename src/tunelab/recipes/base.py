@@ -25,9 +25,18 @@ from tunelab.config import RunConfig
 from tunelab.data.checks import DataChecks
 from tunelab.data.splits import Splits
 from tunelab.errors import TunelabError
+from tunelab.precision import resolve_precision
+from tunelab.ranks import per_process
 from tunelab.strategies.registry import ConfiguredStrategy
 from tunelab.tasks.classification import LABELS_FILE, LabelMap
-from tunelab.training.resume import CheckpointEvery, latest_checkpoint
+from tunelab.training.memory import (
+    Probe,
+    is_out_of_memory,
+    micro_batch,
+    micro_batch_facts,
+    training_out_of_memory,
+)
+from tunelab.training.resume import CheckpointEvery, checkpoint_step, latest_checkpoint
 from tunelab.training.trainer import build_trainer, length_grouping, training_arguments
 
 
@@ -75,19 +84,40 @@ def fit_with_trainer(model: nn.Module, config: RunConfig, strategy: ConfiguredSt
                      compute_metrics: Callable[[EvalPrediction], dict] | None) -> TrainerFit:
     """Every task's fit: a Trainer that evaluates each epoch and restores the best one on `best_metric`; returns the
     trained Trainer (for the tasks that predict with it), the training time and its log (the kept epoch's validation
-    metrics, the training loss curve). With `training.checkpoint_every`, it also checkpoints every N steps and
-    resumes from the newest complete checkpoint in `checkpoints`, if any."""
-    args = training_arguments(config, strategy, checkpoints, progress, best_metric)
-    every = config.training.checkpoint_every
+    metrics, the training loss curve, the micro-batches it computed in). With `training.checkpoint_every`, it also
+    checkpoints every N steps and resumes from the newest complete checkpoint in `checkpoints`, if any. Running out
+    of memory while training is one line with a micro-batch that would fit; in evaluation, it is left to the
+    caller, which knows the inference batch."""
+    training = config.training
+    share = per_process(training.batch_size, "--batch-size")
+    probe = Probe.of(model, train, collator, resolve_precision(training.precision))
+    micro = micro_batch(probe, training.micro_batch_size, share)
+    args = training_arguments(config, strategy, checkpoints, progress, best_metric, micro)
+    every = training.checkpoint_every
     trainer = build_trainer(model, args, train, validation, collator, compute_metrics,
-                            length_grouping(config.training.group_by_length, config.strategy.name),
+                            length_grouping(training.group_by_length, config.strategy.name),
                             strategy.callbacks(model) + ([CheckpointEvery(every)] if every else []))
     resume = latest_checkpoint(checkpoints) if every else None
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    log = {"validation": kept_epoch_validation(trainer),
-           "loss_curve": [[entry["step"], entry["loss"]] for entry in trainer.state.log_history if "loss" in entry]}
-    return TrainerFit(trainer, {"train_s": time.perf_counter() - start}, log)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not (is_out_of_memory(error) and model.training):
+            raise
+    else:
+        log = {"validation": kept_epoch_validation(trainer),
+               "loss_curve": [[entry["step"], entry["loss"]] for entry in trainer.state.log_history if "loss" in entry],
+               "training": micro_batch_facts(micro, share, training.micro_batch_size == "auto")}
+        return TrainerFit(trainer, {"train_s": time.perf_counter() - start}, log)
+    trainer.accelerator.free_memory()  # the failed run's optimizer state, before memory is measured for the estimate
+    trainer.optimizer = trainer.lr_scheduler = None
+    raise training_out_of_memory(probe, share, micro, kept_checkpoint(checkpoints) if every else "")
+
+
+def kept_checkpoint(checkpoints: Path) -> str:
+    """What the error line adds when the run so far is kept to resume."""
+    step = checkpoint_step(checkpoints.parent)
+    return "" if step is None else f" (the run so far, to step {step}, is kept: the same command with it resumes)"
 
 
 def refuse_context(context: str | None, task: str) -> None:

@@ -106,7 +106,8 @@ class SentenceRecipe(Recipe):
         score = lambda logits: targets.metrics(logits, splits.test["label"].tolist(), "test split")  # noqa: E731
         if count_parameters(model)[0] == 0:
             start = time.perf_counter()
-            logits = Predictor(model, tokenizer, targets, training.max_length).logits(splits.test)
+            logits = Predictor(model, tokenizer, targets, training.max_length,
+                               training.eval_batch_size).logits(splits.test)
             return Fitted({"feature_extraction_s": 0.0, "train_s": 0.0, "predict_s": time.perf_counter() - start},
                           score(logits))
         encode = input_encoder(model, tokenizer, training.max_length)
@@ -136,7 +137,7 @@ class SentenceRecipe(Recipe):
 
     def predictor(self, model: SequenceClassifier | PromptClassifier, tokenizer: PreTrainedTokenizerBase,
                   targets: LabelMap | TargetScale, config: RunConfig) -> Predictor:
-        return Predictor(model, tokenizer, targets, config.training.max_length)
+        return Predictor(model, tokenizer, targets, config.training.max_length, config.training.eval_batch_size)
 
     def score(self, predictor: Predictor, examples: pd.DataFrame, source: str) -> dict[str, Any]:
         return predictor.score(examples, source)

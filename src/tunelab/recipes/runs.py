@@ -19,7 +19,7 @@ from torch import nn
 from tunelab.config import Precision, PromptConfig, RunConfig
 from tunelab.errors import TunelabError
 from tunelab.precision import in_precision, resolve_precision
-from tunelab.ranks import is_main, wait_for_each_other
+from tunelab.ranks import is_main, wait_for_each_other, world_size
 from tunelab.recipes.base import Prepared, Recipe
 from tunelab.resources import PeakMemory, run_resources
 from tunelab.runs import (
@@ -34,6 +34,7 @@ from tunelab.runs import (
 from tunelab.strategies.catalog import check_serves_task
 from tunelab.strategies.registry import ConfiguredStrategy, check_prompt_settings, configure
 from tunelab.task_catalog import check_shots, recipe_for
+from tunelab.training.memory import check_micro_batch, inference_memory
 from tunelab.training.resume import (
     RESUME_FILE,
     Resume,
@@ -66,6 +67,7 @@ def configure_run(config: RunConfig) -> ConfiguredStrategy:
     recipe_for(config.task).check_training(config)
     resolve_precision(config.training.precision)
     check_resumable(config)
+    check_micro_batch(config, world_size())
     return strategy
 
 
@@ -111,23 +113,25 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
     with staged if is_main() else nullcontext():
         if is_main() and config.training.checkpoint_every:
             resume_or_restart(staged, config, prepared, resume, say)
-        with PeakMemory() as memory:
-            fitted = recipe.fit(model, tokenizer, prepared, strategy, staged.path / CHECKPOINTS, progress)
-        if not is_main():  # under torchrun the other processes only train; rank 0 measures and writes the run
-            wait_for_each_other()
-            return RunResult(staged.final, {}, {}, None)
-        model.eval()
-        predictor = recipe.predictor(in_precision(model, resolve_precision(config.training.precision)), tokenizer,
-                                     prepared.targets, config)
-        test = fitted.test if fitted.test is not None else recipe.test(predictor, prepared, staged.path)
+        with inference_memory(config.training.eval_batch_size, "--eval-batch-size"):
+            with PeakMemory() as memory:
+                fitted = recipe.fit(model, tokenizer, prepared, strategy, staged.path / CHECKPOINTS, progress)
+            if not is_main():  # under torchrun the other processes only train; rank 0 measures and writes the run
+                wait_for_each_other()
+                return RunResult(staged.final, {}, {}, None)
+            model.eval()
+            predictor = recipe.predictor(in_precision(model, resolve_precision(config.training.precision)),
+                                         tokenizer, prepared.targets, config)
+            test = fitted.test if fitted.test is not None else recipe.test(predictor, prepared, staged.path)
+            latency = recipe.latency_ms(predictor, prepared.splits.test)
+        log = dict(fitted.log)
         metrics = {"task": config.task, "test": test, **fitted.facts, **prepared.facts,
                    "train_examples": len(prepared.splits.train),
                    "validation_examples": len(prepared.splits.validation),
-                   "training": training_facts(strategy, prepared), **fitted.log,
+                   "training": {**training_facts(strategy, prepared), **log.pop("training", {})}, **log,
                    **verdict(recipe, prepared, test, say)}
         if checks is not None:
             write_json(staged.path / DATA_CHECKS_FILE, checks.as_dict())
-        latency = recipe.latency_ms(predictor, prepared.splits.test)
         recipe.save_targets(prepared.targets, staged.path)
         resources = run_resources(model, fitted.timings, memory, strategy.save_delta(model, staged.path), latency)
         committed = commit(staged, config, metrics, resources)
@@ -199,12 +203,15 @@ class LoadedRun:
         return self.recipe.predictor(self.model, self.tokenizer, self.targets, self.config)
 
 
-def load_run(path: Path, precision: Precision = "auto") -> LoadedRun:
+def load_run(path: Path, precision: Precision = "auto", batch_size: int | None = None) -> LoadedRun:
     """Rebuild a trained model from its run directory (base model + saved delta), to predict in `precision` on this
-    machine (whatever the run trained in)."""
+    machine (whatever the run trained in), in batches of `batch_size` (default: the run's evaluation batch)."""
     require_run(path)
     verify_manifest(path)
     config = read_run_config(path)
+    if batch_size is not None:
+        config = config.model_copy(update={"training": config.training.model_copy(
+            update={"eval_batch_size": batch_size})})
     recipe = recipe_for(config.task)
     strategy = configure(config.strategy, config.training)
     targets = recipe.load_targets(path)
@@ -215,9 +222,11 @@ def load_run(path: Path, precision: Precision = "auto") -> LoadedRun:
 
 
 def evaluate_run(run_dir: Path, source: str | None = None, text_column: str = "text", label_column: str = "label",
-                 limit: int | None = None, precision: Precision = "auto") -> dict[str, Any]:
-    """Metrics of a trained run on a dataset: its own test split by default, else every row of `source`."""
-    run = load_run(run_dir, precision)
+                 limit: int | None = None, precision: Precision = "auto",
+                 batch_size: int | None = None) -> dict[str, Any]:
+    """Metrics of a trained run on a dataset: its own test split by default, else every row of `source`; in batches
+    of `batch_size` (default: the run's evaluation batch)."""
+    run = load_run(run_dir, precision, batch_size)
     recipe = run.recipe
     if source is None:
         examples, name = recipe.test_examples(run.config), f"{run.config.data.source} (test split)"
@@ -226,4 +235,5 @@ def evaluate_run(run_dir: Path, source: str | None = None, text_column: str = "t
         name = source
     if limit is not None:
         examples = examples.iloc[:limit]
-    return recipe.score(run.predictor(), examples, name)
+    with inference_memory(run.config.training.eval_batch_size, "--batch-size"):
+        return recipe.score(run.predictor(), examples, name)

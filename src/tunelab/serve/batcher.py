@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from tunelab.training.memory import inference_memory
+
 TRIM_EVERY_S = 1.0
 
 
@@ -95,7 +97,10 @@ class MicroBatcher:
         self.thread.shutdown(wait=False)
 
     def _answer_and_trim(self, items: list[Any]) -> list[Any]:
-        results = self.answer(items)
+        """The batch's answers; a batch that runs out of memory fails its requests with one line (the server stays
+        up), naming a `--max-batch` that would fit."""
+        with inference_memory(len(items), "tunelab serve --max-batch"):
+            results = self.answer(items)
         self.trim()
         return results
 

@@ -23,8 +23,9 @@ RESUME_FILE = ".resume.yaml"  # in a staging folder: the settings and data its c
 TRAINER_STATE = "trainer_state.json"
 # What a resumable checkpoint holds besides the trainable weights; the Trainer writes its state last.
 RESUME_STATE = ("optimizer.pt", "scheduler.pt", TRAINER_STATE)
-# Settings that change how often progress is kept, not what is trained: a resume may change them.
-FREE_SETTINGS = ("training.checkpoint_every", "training.keep_checkpoints")
+# Settings that change how often progress is kept, or how a batch is computed (in micro-batches that fit), not what
+# is trained: a resume may change them (a run that ran out of memory resumes with --batch-size auto).
+FREE_SETTINGS = ("training.checkpoint_every", "training.keep_checkpoints", "training.micro_batch_size")
 
 
 class CheckpointEvery(TrainerCallback):

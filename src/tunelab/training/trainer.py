@@ -81,16 +81,20 @@ def in_original_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 
 def training_arguments(config: RunConfig, strategy: ConfiguredStrategy, output_dir: Path, progress: bool,
-                       best_metric: str) -> TrainingArguments:
+                       best_metric: str, micro_batch: int | None = None) -> TrainingArguments:
     """Evaluate and checkpoint every epoch; keep the best epoch on `best_metric` (a loss: lower is better), at the
     strategy's learning rate and epochs, in the run's precision. The batch size is global: under torchrun each
-    process takes its share, so N processes make the optimizer steps one would."""
+    process takes its share, so N processes make the optimizer steps one would; a `micro_batch` (dividing the
+    share) computes it in parts whose gradients accumulate."""
     training = config.training
+    share = per_process(training.batch_size, "--batch-size")
+    micro_batch = micro_batch or share
     return TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=strategy.learning_rate,
         num_train_epochs=strategy.epochs,
-        per_device_train_batch_size=per_process(training.batch_size, "--batch-size"),
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=share // micro_batch,
         per_device_eval_batch_size=max(1, training.eval_batch_size // world_size()),
         weight_decay=training.weight_decay,
         warmup_steps=training.warmup_ratio,  # a float < 1 is a fraction of the training steps
