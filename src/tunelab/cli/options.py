@@ -18,6 +18,7 @@ FLAG_KEYS = {
     "seed": "training.seed", "shots": "data.shots", "tune": "strategy.options.tune", "calibrate": "prompt.calibrate",
     "min_steps": "training.min_steps", "class_weights": "training.class_weights", "select_on": "training.select_on",
     "precision": "training.precision", "group_by_length": "training.group_by_length",
+    "distributed": "training.distributed",
 }
 TEMPLATE_HELP = "prompt-based: e.g. 'Review: {text}\\nSentiment: {label}' (\\n is a newline; default: the dataset's)"
 PRECISION_HELP = ("auto (bf16 where this machine computes it natively: CUDA GPUs with bf16, CPUs with avx512_bf16 "

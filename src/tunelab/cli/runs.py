@@ -38,19 +38,13 @@ def _searched_trial(folder: Path | None, trial: int | None, config_file: Path | 
 def _launch(config: Any, overwrite: bool, nproc: int, nnodes: int, node_rank: int, master_addr: str | None,
             master_port: int) -> None:
     """This very command under torchrun, once what can be refused before training is refused here."""
-    import sys
-
-    from tunelab.cli.launch import launch, torchrun_command
-    from tunelab.ranks import per_process, world_size
+    from tunelab.cli.launch import relaunch
     from tunelab.recipes.runs import configure_run
     from tunelab.runs import StagedRun
 
-    if world_size() > 1:
-        raise TunelabError("--nproc launches torchrun; under torchrun already, leave --nproc out")
-    configure_run(config)
+    configure_run(config, nproc * nnodes)
     StagedRun(Path(config.output), overwrite)  # an existing output is refused now, not by every process
-    per_process(config.training.batch_size, "--batch-size", nproc * nnodes)
-    raise typer.Exit(launch(torchrun_command(sys.argv[1:], nproc, nnodes, node_rank, master_addr, master_port)))
+    relaunch(config.training.batch_size, nproc, nnodes, node_rank, master_addr, master_port)
 
 
 @app.command()
@@ -101,8 +95,10 @@ def train(
     trial: Annotated[int | None, typer.Option(help="with --from-search: the trial's number (t0017 is 17)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
-    nproc: Annotated[int, typer.Option(min=1, help="training processes on this machine (torchrun: DDP, gloo on "
-                                                   "CPU, nccl on GPUs); --batch-size stays the global batch")] = 1,
+    nproc: Annotated[int, typer.Option(min=1, help="training processes on this machine (torchrun; gloo on CPU, "
+                                                   "nccl on GPUs); --batch-size stays the global batch")] = 1,
+    distributed: Annotated[str | None, typer.Option(help="how the processes share the model: ddp, fsdp, "
+                                                         "deepspeed-zero2 or deepspeed-zero3 [default: ddp]")] = None,
     nnodes: Annotated[int, typer.Option(min=1, help="machines, each running this command with its --node-rank")]
     = 1,
     node_rank: Annotated[int, typer.Option(min=0, help="this machine's number, 0 to --nnodes - 1")] = 0,

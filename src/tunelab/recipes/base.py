@@ -27,7 +27,13 @@ from tunelab.data.splits import Splits
 from tunelab.errors import TunelabError
 from tunelab.strategies.registry import ConfiguredStrategy
 from tunelab.tasks.classification import LABELS_FILE, LabelMap
-from tunelab.training.trainer import build_trainer, length_grouping, training_arguments
+from tunelab.training.trainer import (
+    build_trainer,
+    check_engaged,
+    checkpoint_activations,
+    length_grouping,
+    training_arguments,
+)
 
 
 @dataclass
@@ -75,10 +81,13 @@ def fit_with_trainer(model: nn.Module, config: RunConfig, strategy: ConfiguredSt
     """Every task's fit: a Trainer that evaluates each epoch and restores the best one on `best_metric`; returns the
     trained Trainer (for the tasks that predict with it), the training time and its log (the kept epoch's validation
     metrics, the training loss curve)."""
-    args = training_arguments(config, strategy, checkpoints, progress, best_metric)
+    args = training_arguments(config, strategy, checkpoints, progress, best_metric, model)
+    if config.training.gradient_checkpointing:
+        checkpoint_activations(model)
     trainer = build_trainer(model, args, train, validation, collator, compute_metrics,
                             length_grouping(config.training.group_by_length, config.strategy.name),
                             strategy.callbacks(model))
+    check_engaged(trainer, config.training.distributed)
     start = time.perf_counter()
     trainer.train()
     log = {"validation": kept_epoch_validation(trainer),

@@ -17,9 +17,10 @@ from rich.markup import escape
 from torch import nn
 
 from tunelab.config import Precision, PromptConfig, RunConfig
+from tunelab.engines import check_engine
 from tunelab.errors import TunelabError
 from tunelab.precision import in_precision, resolve_precision
-from tunelab.ranks import is_main
+from tunelab.ranks import is_main, world_size
 from tunelab.recipes.base import Prepared, Recipe
 from tunelab.resources import PeakMemory, run_resources
 from tunelab.runs import CHECKPOINTS, StagedRun, read_run_config, require_run, write_json, write_run
@@ -38,11 +39,14 @@ class RunResult:
     predictor: Any  # the task's predictor around the in-memory model (Predictor, Tagger, Answerer, Generator)
 
 
-def configure_run(config: RunConfig) -> ConfiguredStrategy:
-    """The run's strategy, resolved once, after every check that can fail before anything loads."""
+def configure_run(config: RunConfig, processes: int | None = None) -> ConfiguredStrategy:
+    """The run's strategy, resolved once, after every check that can fail before anything loads (`processes`: those
+    that will train it, default this run's)."""
     if config.output is None:
         raise TunelabError("no output directory: pass --output DIR")
     check_serves_task(config.strategy.name, config.task)
+    check_engine(config.training.distributed, config.strategy.name, processes or world_size(),
+                 config.training.gradient_checkpointing)
     strategy = configure(config.strategy, config.training)
     check_shots(config.task, config.data.shots)
     check_prompt_settings(strategy.strategy, config.prompt != PromptConfig())
