@@ -1,6 +1,6 @@
 """The RLHF stages under torchrun: `tunelab rlhf sft --nproc 2` trains in two CPU processes (DDP over gloo) as one
-process does with the same global batch (to 0.5% of the held-out loss), the first process alone writing; PPO, a single-process loop, is refused
-under torchrun as one line."""
+process does with the same global batch (to 0.5% of the held-out loss), the first process alone writing; PPO, a
+single-process loop, is refused under torchrun as one line."""
 
 from __future__ import annotations
 
