@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tunelab.engines import AVOIDED, ENGINES, TRAPS, pair_table
 from tunelab.strategies.catalog import CATALOG, strategies_for
 from tunelab.task_catalog import TASK_CATALOG, TASKS
 
@@ -222,6 +223,50 @@ def distributed_line() -> str:
             f"of two threads ({summary['step_time_ratio_two_vs_one']:.2f}x), medians.")
 
 
+def engine_table() -> str:
+    """The engines of `--distributed`, from `tunelab.engines`."""
+    def where(engine: Any) -> str:
+        needs = [f"GPUs ({engine.needs_accelerator})" if engine.needs_accelerator else "CPUs (gloo) and GPUs",
+                 f"`pip install 'tunelab[{engine.package}]'`" if engine.package else ""]
+        return "; ".join(need for need in needs if need)
+
+    return _table(["engine", "what it does", "shards", "runs on", "shipped config", "in tunelab runs"],
+                  [[f"`{name}`", engine.summary, ", ".join(engine.shards) or "nothing", where(engine),
+                    f"`tunelab/engines/{engine.config}`" if engine.config else "-",
+                    f"not yet: {engine.not_yet}" if engine.not_yet else "yes"]
+                   for name, engine in ENGINES.items()])
+
+
+def engine_pair_table() -> str:
+    """Every catalogue strategy under every engine: allowed, or refused before launch (the trap's number)."""
+    numbers = {id(trap): number for number, trap in enumerate(TRAPS, 1)}
+    plain, checkpointing = pair_table(), pair_table(checkpointing=True)
+
+    def cell(strategy: str, engine: str) -> str:
+        trap = plain[strategy][engine] or checkpointing[strategy][engine]
+        if trap is None:
+            return "yes"
+        return f"not with gradient checkpointing ({numbers[id(trap)]})" if trap.with_checkpointing else \
+            f"refused ({numbers[id(trap)]})"
+
+    table = _table(["strategy", *(f"`{engine}`" for engine in ENGINES)],
+                   [[f"`{strategy}`", *(cell(strategy, engine) for engine in ENGINES)] for strategy in CATALOG])
+    traps = "\n".join(f"{number}. {trap.reason}; instead: {trap.instead}." for number, trap in enumerate(TRAPS, 1))
+    avoided = "\n".join(f"- {trap}: {answer}." for trap, answer in AVOIDED)
+    return f"{table}\n\n{traps}\n\nKept out of reach by design:\n\n{avoided}"
+
+
+def engine_advice() -> str:
+    """What `tunelab recommend` says of full fine-tuning of a 7B model on eight 80 GB GPUs, computed."""
+    from tunelab.compare.advisor import Situation, recommend
+
+    situation = Situation(samples=50_000, model_parameters=7e9, causal=True, gpu=True, memory_gb=80, gpus=8)
+    full = next(row for row in recommend(situation) if row.strategy == "full")
+    note = full.trade_off[full.trade_off.index("needs ~"):]
+    return (f"```bash\ntunelab recommend --samples 50000 --model-size 7B --causal --gpu --memory 80GB --gpus 8\n"
+            f"# full: {note}\n# run: {full.command}\n```")
+
+
 def foreign_server_line() -> str:
     """The prompt search through llama-cpp-python's server, as measured."""
     result = _results("foreign_server")
@@ -306,6 +351,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "few_shot_composition_table": few_shot_composition_table, "mixed_batches_line": mixed_batches_line,
     "serving_table": serving_table, "search_table": search_table,
     "distributed_line": distributed_line, "foreign_server_line": foreign_server_line, "chaos_line": chaos_line,
+    "engine_table": engine_table, "engine_pair_table": engine_pair_table, "engine_advice": engine_advice,
 }
 
 

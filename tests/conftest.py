@@ -80,6 +80,19 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bert_without_dropout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT whose forward is deterministic: dropout would draw other masks in two processes than in one."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        vocab_size=30522, initializer_range=0.1, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    return _save_with_tokenizer(BertModel(config), tmp_path_factory.mktemp("bert-no-dropout"))
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_mlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT with its masked-LM head, hidden 32, random weights: what prompt-based strategies read."""
     import torch

@@ -19,6 +19,7 @@ from tunelab.compare.advisor import (
     qlora_note,
     recommend,
 )
+from tunelab.engines import ENGINES
 from tunelab.errors import TunelabError
 from tunelab.strategies.catalog import CATALOG, NAMES, STANDALONE
 
@@ -90,7 +91,35 @@ def test_lora_on_a_7b_model_mentions_qlora_and_full_does_not_fit() -> None:
     lora, full = recommendations["lora"], recommendations["full"]
     assert "QLoRA" in " ".join(lora.reasons) + lora.trade_off
     assert qlora_note() in lora.trade_off
-    assert not full.feasible and full.reasons[0] == "full needs ~134.4 GB, you have 16 GB"
+    assert not full.feasible and full.reasons[0] == "full needs ~134.4 GB on one device, you have 16 GB"
+
+
+SEVEN_B_FULL = dict(samples=50_000, model_parameters=7e9, causal=True, gpu=True)
+
+
+def test_the_estimate_per_device_shards_what_each_engine_shards() -> None:
+    """Full fine-tuning of 7B: 14 GB of weights, 14 of gradients, 84 of optimizer state, 22.4 of activations."""
+    situation = Situation(**SEVEN_B_FULL, memory_gb=40)
+    per_gpu = {engine: estimate_training_memory_gb("full", situation, engine, 8) for engine in ENGINES}
+    assert per_gpu["ddp"] == pytest.approx(134.4)  # nothing sharded: one device's estimate
+    assert per_gpu["deepspeed-zero2"] == pytest.approx(14 + (14 + 84) / 8 + 22.4)
+    assert per_gpu["deepspeed-zero3"] == per_gpu["fsdp"] == pytest.approx(112 / 8 + 22.4)
+    lora = estimate_training_memory_gb("lora", situation, "deepspeed-zero3", 4)
+    assert lora == pytest.approx((14 + 1.12) / 4 + 0.224)  # a frozen bf16 base and 1% trained, all sharded
+
+
+def test_the_advice_names_the_engine_that_fits_when_one_device_does_not() -> None:
+    on_eight_80gb = by_name(Situation(**SEVEN_B_FULL, memory_gb=80, gpus=8))["full"]
+    assert on_eight_80gb.feasible and on_eight_80gb.command.endswith("--nproc 8 --distributed deepspeed-zero2")
+    assert "on your 8 GPUs with deepspeed-zero2: per GPU deepspeed-zero2 48.6 GB" in on_eight_80gb.trade_off
+    on_eight_40gb = by_name(Situation(**SEVEN_B_FULL, memory_gb=40, gpus=8))["full"]
+    assert not on_eight_40gb.feasible  # only ZeRO-3 fits, and tunelab cannot train with it yet
+    assert on_eight_40gb.reasons[0] == ("full needs ~134.4 GB on one device, you have 40 GB; on your 8 GPUs with "
+                                        "deepspeed-zero3 (tunelab cannot train with it yet): per GPU deepspeed-zero2 "
+                                        "48.6 GB, deepspeed-zero3 36.4 GB, fsdp 36.4 GB")
+    one_40gb = by_name(Situation(**SEVEN_B_FULL, memory_gb=40))["full"]
+    assert "it would fit on 8 GPUs with deepspeed-zero3" in one_40gb.reasons[0]
+    assert "--nproc" not in one_40gb.command
 
 
 def test_memory_estimates_follow_the_documented_formula() -> None:

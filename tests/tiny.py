@@ -5,6 +5,7 @@ Imported by conftest.py after it has put the hub clients offline.
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 import subprocess
@@ -109,6 +110,39 @@ def train_recording(config: RunConfig) -> TrainedRun:
     """tunelab.api.train, keeping hold of the in-memory trained model through the result's predictor."""
     result = api.train(config, progress=False)
     return TrainedRun(result.path, config, result.metrics, result.resources, result.predictor)
+
+
+def train_cli(model: Path, data: Path, output: Path, strategy: str, *extra: str,
+              python: str = sys.executable) -> subprocess.CompletedProcess:
+    """`tunelab train` in a subprocess (so that it may launch torchrun), deterministic and in fp32: on the 60 training
+    rows of `sentiment_csv` at a global batch of 4, every step a full batch (DDP pads a last, partial one)."""
+    return subprocess.run([python, "-m", "tunelab", "train", "--model", str(model), "--data", str(data),
+                           "--strategy", strategy, "--batch-size", "4", "--epochs", "2", "--lr", "1e-2",
+                           "--set", "training.max_length=16", "--set", "training.logging_steps=1",
+                           "--set", "training.precision=fp32", "--output", str(output), "--quiet", *extra],
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_trained_alike(one: Path, many: Path, many_stdout: str) -> None:
+    """A multi-process run (`many`, its printed output) trained as the single-process run `one` did: rank 0 alone
+    printed, the same loss curve and scores within 1e-4, and saved runs that compute the same."""
+    import numpy as np
+
+    from tunelab.recipes.runs import load_run
+    from tunelab.runs import METRICS_FILE
+
+    assert many_stdout.count("run saved to") == 1  # rank 0 alone prints
+    metrics = [json.loads((run / METRICS_FILE).read_text()) for run in (one, many)]
+    curves = [np.array(run["loss_curve"]) for run in metrics]
+    assert curves[0].shape == curves[1].shape == (30, 2)  # 15 steps an epoch in both
+    np.testing.assert_allclose(curves[1], curves[0], rtol=0, atol=1e-4)
+    assert metrics[1]["test"] == metrics[0]["test"] and metrics[1]["validation"] == pytest.approx(
+        metrics[0]["validation"], abs=1e-4)
+    # the saved runs compute the same (not every weight is equal: an attention key bias has no gradient in exact
+    # arithmetic, so AdamW turns two processes' different rounding noise into different steps of lr size)
+    probe = ["good great film", "awful terrible", "nice"]
+    logits = [Predictor(run.model, run.tokenizer, run.targets, 16).logits(probe) for run in map(load_run, (one, many))]
+    np.testing.assert_allclose(logits[1], logits[0], rtol=0, atol=1e-4)
 
 
 def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:

@@ -15,6 +15,7 @@ from tunelab.task_catalog import TASKS
 CONFIG_FILE = "config.yaml"  # a run directory's resolved config
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # resolved for the hardware by `tunelab.precision`
+Distributed = Literal["ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"]  # `tunelab.engines` has a row for each
 
 
 class _Section(BaseModel):
@@ -103,6 +104,12 @@ class TrainingConfig(_Section):
         "auto", description="training batches of similar length (shuffled buckets, so the order still randomises): "
                             "less padding to compute; auto groups the strategies measured to keep their accuracy "
                             "(full) when random batches would be at least 20% padding")
+    distributed: Distributed = Field(
+        "ddp", description="how several processes (--nproc) train one model: ddp (each holds it whole), fsdp (FSDP2: "
+                           "weights, gradients and optimizer state sharded; GPUs), deepspeed-zero2 (optimizer state "
+                           "and gradients sharded) or deepspeed-zero3 (weights too)")
+    gradient_checkpointing: bool = Field(False, description="recompute each layer's activations in the backward "
+                                                            "pass instead of keeping them: less memory, more compute")
     logging_steps: int = Field(50, gt=0)
     report_to: list[str] = Field(default_factory=list, description="e.g. [tensorboard] or [mlflow]")
     keep_checkpoints: bool = Field(False, description="keep the Trainer's checkpoints (full weights and "

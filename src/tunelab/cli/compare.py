@@ -119,8 +119,10 @@ def recommend(
     causal: Annotated[bool | None, typer.Option("--causal/--encoder", help="a causal LM or an encoder")] = None,
     lm_head: Annotated[bool, typer.Option("--lm-head", help="an encoder with its masked-LM head (can take the "
                                                             "prompt-based strategies)")] = False,
-    memory: Annotated[str, typer.Option(help="memory for training, e.g. 8GB (GPU memory on a GPU)")] = "8GB",
+    memory: Annotated[str, typer.Option(help="memory for training, e.g. 8GB (GPU memory on a GPU, per GPU)")] = "8GB",
     gpu: Annotated[bool, typer.Option("--gpu/--cpu", help="training on a GPU or on a CPU")] = False,
+    gpus: Annotated[int, typer.Option(min=1, help="GPUs to train on together (the advice names the engine that "
+                                                  "shards the model over them where one does not hold it)")] = 1,
     tasks_to_serve: Annotated[int, typer.Option(min=1, help="tasks to deploy on one base model")] = 1,
     latency: Annotated[str, typer.Option(help="strict (no added inference latency) or normal")] = "normal",
     grid: Annotated[Path | None, typer.Option("--from", help="a `tunelab compare` grid: rank by what it measured")]
@@ -162,8 +164,8 @@ def recommend(
     situation = Situation(
         samples=samples, task=task, model=model, prompt_model=prompt_model, model_parameters=parameters,
         causal=known_causal if causal is None else causal, has_lm_head=known_head or lm_head,
-        memory_gb=size_amount(memory, MEMORY_UNITS_GB, "--memory", "8GB"), gpu=gpu, tasks_to_serve=tasks_to_serve,
-        latency=latency)
+        memory_gb=size_amount(memory, MEMORY_UNITS_GB, "--memory", "8GB"), gpu=gpu, gpus=gpus,
+        tasks_to_serve=tasks_to_serve, latency=latency)
     ranked = advise(situation, measured, train_data)
     for rank, choice in enumerate([choice for choice in ranked if choice.feasible][:top], start=1):
         console.print(f"\n[bold]{rank}. {choice.strategy}[/bold] (score {choice.score:g})")

@@ -7,11 +7,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from typing import NoReturn
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 
 from tunelab.errors import TunelabError
+from tunelab.ranks import per_process, world_size
 
 TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} ")  # torchrun's own log lines (glog style: W1205 20:34:58 ...)
 TORCH_WARNING = re.compile(r"^\[rank\d+\]:\[W")
@@ -41,6 +44,23 @@ def torchrun_command(argv: list[str], nproc: int, nnodes: int, node_rank: int, m
                                                   "--master-addr", master_addr, "--master-port", str(master_port)]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), *where,
             "-m", "tunelab", *without_launch_flags(argv)]
+
+
+def relaunch(batch_size: int, nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: str | None = None,
+             master_port: int = 29500, drop: tuple[str, ...] = ()) -> NoReturn:
+    """This very command again under torchrun (less the flags in `drop`, done once here), once the caller has
+    refused what it can before launching; the batch size is global, so it must split over the processes."""
+    if world_size() > 1:
+        raise TunelabError("--nproc launches torchrun; under torchrun already, leave --nproc out")
+    per_process(batch_size, "--batch-size", nproc * nnodes)
+    arguments = [argument for argument in sys.argv[1:] if argument not in drop]
+    raise typer.Exit(launch(torchrun_command(arguments, nproc, nnodes, node_rank, master_addr, master_port)))
+
+
+def single_process(command: str, reason: str) -> None:
+    """Refuse a run under torchrun that only one process can make."""
+    if world_size() > 1:
+        raise TunelabError(f"{command} runs in one process ({reason}); run it without torchrun")
 
 
 def launch(command: list[str]) -> int:

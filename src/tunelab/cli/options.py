@@ -20,6 +20,7 @@ FLAG_KEYS = {
     "precision": "training.precision", "group_by_length": "training.group_by_length",
     "checkpoint_every": "training.checkpoint_every", "micro_batch_size": "training.micro_batch_size",
     "eval_batch_size": "training.eval_batch_size",
+    "distributed": "training.distributed",
 }
 TEMPLATE_HELP = "prompt-based: e.g. 'Review: {text}\\nSentiment: {label}' (\\n is a newline; default: the dataset's)"
 PRECISION_HELP = ("auto (bf16 where this machine computes it natively: CUDA GPUs with bf16, CPUs with avx512_bf16 "

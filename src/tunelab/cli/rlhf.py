@@ -17,6 +17,10 @@ from tunelab.cli.options import (
 )
 from tunelab.errors import TunelabError
 
+PPO_ONE_PROCESS = "tunelab's PPO loop samples, scores and steps one policy in one process"
+NPROC_HELP = ("training processes on this machine (torchrun, DDP: gloo on CPU, nccl on GPUs); --batch-size stays the "
+              "global batch")
+
 rlhf_app = typer.Typer(help="RLHF: supervised fine-tuning, a reward model from preference pairs, PPO, DPO beside "
                             "it, the whole pipeline on a preset, and a judge of the policies.",
                        no_args_is_help=True)
@@ -56,8 +60,11 @@ def rlhf_sft(
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    nproc: Annotated[int, typer.Option(min=1, help=NPROC_HELP)] = 1,
 ) -> None:
     """Supervised fine-tuning of a causal LM (TRL SFTTrainer); held-out loss and perplexity before and after."""
+    from tunelab.cli.launch import relaunch
+    from tunelab.ranks import is_main
     from tunelab.rlhf.data import stage_splits
     from tunelab.rlhf.sft import train_sft
 
@@ -65,9 +72,14 @@ def rlhf_sft(
                             "output": output, "epochs": epochs, "lr": lr, "batch_size": batch_size,
                             "max_length": max_length, "seed": seed, "limit_train": limit_train,
                             "limit_eval": limit_eval, "precision": precision}, None, option, None, None)
+    if nproc > 1:
+        relaunch(batch_size, nproc)
     train, test = stage_splits(data, "sft", seed=seed)
     quiet_libraries()
-    metrics = train_sft(config, train.iloc[:limit_train], test.iloc[:limit_eval], overwrite, progress=not quiet)
+    metrics = train_sft(config, train.iloc[:limit_train], test.iloc[:limit_eval], overwrite,
+                        progress=not quiet and is_main())
+    if not is_main():  # under torchrun: the first process prints
+        return
     test, base = metrics["test"], metrics["base_test"]
     console.print(f"sft {strategy} on {escape(data)}: {metrics['train_examples']} examples; held-out loss "
                   f"{base['loss']:.3f} -> {test['loss']:.3f} (perplexity {base['perplexity']:.1f} -> "
@@ -97,12 +109,14 @@ def rlhf_ppo(
     quiet: Annotated[bool, typer.Option(help="no progress display")] = False,
 ) -> None:
     """PPO against the reward model, with a per-token KL penalty to the SFT policy (Ziegler et al. 2019)."""
+    from tunelab.cli.launch import single_process
     from tunelab.rlhf.data import stage_splits
     from tunelab.rlhf.ppo import PPOSettings
     from tunelab.rlhf.ppo_train import train_ppo
     from tunelab.rlhf.reward import require_reward_run
     from tunelab.runs import require_run
 
+    single_process("rlhf ppo", PPO_ONE_PROCESS)
     require_run(policy)  # before the prompts load: a typo should not wait for data
     require_reward_run(reward)
     settings = PPOSettings(iterations=iterations, rollout_size=rollout_size, max_new_tokens=max_new_tokens,
@@ -131,17 +145,25 @@ def rlhf_reward(
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    nproc: Annotated[int, typer.Option(min=1, help=NPROC_HELP)] = 1,
 ) -> None:
     """Train a reward model on preference pairs (TRL RewardTrainer) and report its pairwise accuracy on held-out
     pairs."""
+    from tunelab.cli.launch import relaunch
+    from tunelab.ranks import is_main
     from tunelab.rlhf.data import stage_splits
     from tunelab.rlhf.reward import RewardSettings, train_reward_model
 
     settings = RewardSettings(model=model, data=data, epochs=epochs, learning_rate=lr, batch_size=batch_size,
                               max_length=max_length, seed=seed, precision=precision)
+    if nproc > 1:
+        relaunch(batch_size, nproc)
     train_pairs, test_pairs = stage_splits(data, "reward", test_share=0.1, seed=seed)
     quiet_libraries()
-    metrics = train_reward_model(settings, train_pairs, test_pairs, output, overwrite, progress=not quiet)
+    metrics = train_reward_model(settings, train_pairs, test_pairs, output, overwrite,
+                                 progress=not quiet and is_main())
+    if not is_main():
+        return
     table = Table(title=f"reward model {model} on {data}: {metrics['train_pairs']} training pairs")
     for column in ("held-out pairs", "pairwise accuracy", "mean margin", "loss"):
         table.add_column(column, justify="right")
@@ -168,19 +190,26 @@ def rlhf_dpo(
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    nproc: Annotated[int, typer.Option(min=1, help=NPROC_HELP)] = 1,
 ) -> None:
     """Direct preference optimisation of the SFT policy (TRL DPOTrainer, LoRA; the reference is the SFT policy)."""
+    from tunelab.cli.launch import relaunch
+    from tunelab.ranks import is_main
     from tunelab.rlhf.data import stage_splits
     from tunelab.rlhf.dpo import DPOSettings, train_dpo
     from tunelab.runs import require_run
 
     require_run(policy)
+    if nproc > 1:
+        relaunch(batch_size, nproc)
     settings = DPOSettings(data=data, beta=beta, epochs=epochs, learning_rate=lr, batch_size=batch_size,
                            max_length=max_length, seed=seed, precision=precision)
     train_pairs, test_pairs = stage_splits(data, "dpo", test_share=0.1, seed=seed)
     quiet_libraries()
     metrics = train_dpo(settings, policy, train_pairs, test_pairs.iloc[:limit_eval], output, overwrite,
-                        progress=not quiet)
+                        progress=not quiet and is_main())
+    if not is_main():
+        return
     test = metrics["test"]
     console.print(f"dpo on {escape(data)}: {metrics['train_pairs']} training pairs; on {test['pairs']} held-out "
                   f"pairs: DPO loss {test['loss']:.3f} (log 2 = 0.693 at the start), preference accuracy "
@@ -234,7 +263,10 @@ def rlhf_pipeline(
 ) -> None:
     """SFT, reward model, PPO and DPO on a preset, then every policy judged on the same held-out prompts. Running
     the same command again resumes after the last finished stage."""
+    from tunelab.cli.launch import single_process
     from tunelab.rlhf.pipeline import PipelineSettings, run_pipeline
+
+    single_process("rlhf pipeline", f"its PPO stage does: {PPO_ONE_PROCESS}")
 
     given = {"preset": preset, "policy_model": policy_model, "reward_model": reward_model,
              "sft_examples": sft_examples, "dpo_pairs": dpo_pairs, "judge_prompts": judge_prompts,

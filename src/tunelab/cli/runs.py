@@ -39,25 +39,16 @@ def _launch(config: Any, overwrite: bool, mode: str, nproc: int, nnodes: int, no
             master_addr: str | None, master_port: int) -> None:
     """This very command under torchrun, once what can be refused before training is refused here. --restart
     discards the interrupted run here, once, so that every process then finds the same (no) checkpoint."""
-    import sys
-
-    from tunelab.cli.launch import launch, torchrun_command
-    from tunelab.ranks import per_process, world_size
+    from tunelab.cli.launch import relaunch
     from tunelab.recipes.runs import configure_run
     from tunelab.runs import StagedRun
-    from tunelab.training.memory import check_micro_batch
 
-    if world_size() > 1:
-        raise TunelabError("--nproc launches torchrun; under torchrun already, leave --nproc out")
-    configure_run(config)
+    configure_run(config, nproc * nnodes)
     staged = StagedRun(Path(config.output), overwrite)  # an existing output is refused now, not by every process
-    per_process(config.training.batch_size, "--batch-size", nproc * nnodes)
-    check_micro_batch(config, nproc * nnodes)
     if mode == "restart":
         with staged:  # entered without `resumable`: the interrupted run's files are cleared
             pass
-    arguments = [argument for argument in sys.argv[1:] if argument != "--restart"]
-    raise typer.Exit(launch(torchrun_command(arguments, nproc, nnodes, node_rank, master_addr, master_port)))
+    relaunch(config.training.batch_size, nproc, nnodes, node_rank, master_addr, master_port, drop=("--restart",))
 
 
 def _resume_mode(resume: bool, restart: bool, config: Any) -> str:
@@ -129,8 +120,10 @@ def train(
                                               "one is resumed when found)")] = False,
     restart: Annotated[bool, typer.Option(help="discard an interrupted run's checkpoints and start over")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
-    nproc: Annotated[int, typer.Option(min=1, help="training processes on this machine (torchrun: DDP, gloo on "
-                                                   "CPU, nccl on GPUs); --batch-size stays the global batch")] = 1,
+    nproc: Annotated[int, typer.Option(min=1, help="training processes on this machine (torchrun; gloo on CPU, "
+                                                   "nccl on GPUs); --batch-size stays the global batch")] = 1,
+    distributed: Annotated[str | None, typer.Option(help="how the processes share the model: ddp, fsdp, "
+                                                         "deepspeed-zero2 or deepspeed-zero3 [default: ddp]")] = None,
     nnodes: Annotated[int, typer.Option(min=1, help="machines, each running this command with its --node-rank")]
     = 1,
     node_rank: Annotated[int, typer.Option(min=0, help="this machine's number, 0 to --nnodes - 1")] = 0,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from tunelab.engines import ENGINES, per_device_bytes
 from tunelab.errors import TunelabError
 from tunelab.strategies.catalog import CATALOG, NAMES, StrategyEntry, entry
 from tunelab.task_catalog import check_task
@@ -37,8 +38,9 @@ class Situation:
     model_parameters: float = 22.7e6
     causal: bool = False  # causal LM (else encoder)
     has_lm_head: bool = False  # can take prompt-based strategies (causal LMs always can)
-    memory_gb: float = 8.0  # memory budget for training (GPU memory on a GPU, RAM on CPU)
+    memory_gb: float = 8.0  # memory budget for training (GPU memory on a GPU, RAM on CPU), per device
     gpu: bool = False  # a big/any GPU (else a CPU laptop)
+    gpus: int = 1  # devices to train on together, each with memory_gb
     tasks_to_serve: int = 1  # tasks to deploy on one base model
     latency: str = "normal"  # "strict" | "normal"
 
@@ -50,6 +52,8 @@ class Situation:
             raise TunelabError(f"latency '{self.latency}' is unknown; use one of {', '.join(LATENCIES)}")
         if self.model_parameters <= 0 or self.memory_gb <= 0:
             raise TunelabError("model parameters and memory (GB) must be positive numbers")
+        if self.gpus < 1:
+            raise TunelabError(f"gpus must be at least 1 (got {self.gpus})")
         if self.tasks_to_serve < 1:
             raise TunelabError(f"tasks to serve must be at least 1 (got {self.tasks_to_serve})")
 
@@ -177,8 +181,9 @@ CONSTRAINTS: tuple[Constraint, ...] = (
                and not (s.causal or s.has_lm_head),
                "{strategy} reads the LM head and {model} has none; use a causal LM (smollm2) or a masked LM with its "
                "MLM head"),
-    Constraint("memory", lambda f, s: estimate_training_memory_gb(f.name, s) > s.memory_gb,
-               "{strategy} needs ~{needed_gb:.1f} GB, you have {memory_gb:g} GB"),
+    Constraint("memory", lambda f, s: estimate_training_memory_gb(f.name, s) > s.memory_gb
+               and not runnable(sharded_fit(f.name, s)),
+               "{strategy} needs ~{needed_gb:.1f} GB on one device, you have {memory_gb:g} GB{engine_note}"),
 )
 
 
@@ -192,11 +197,13 @@ class Recommendation:
     feasible: bool  # False when it cannot run here; ranked after all feasible ones
 
 
-def estimate_training_memory_gb(strategy: str, situation: Situation) -> float:
-    """Training memory in GB (1e9 bytes) for the situation's model size; rough, meant to rank, not to promise.
+def training_state_gb(strategy: str, situation: Situation) -> tuple[dict[str, float], float]:
+    """One whole copy of the training state in GB (1e9 bytes), as `tunelab.engines.STATES` -> size, and the
+    activations every device keeps for its own batch; rough, meant to rank, not to promise.
 
-    - trains all weights (full; pet, which tunes the whole LM by default): 16 bytes per parameter with AdamW
-      (weights, gradients, two Adam moments) + 20% for activations.
+    - trains all weights (full; pet, which tunes the whole LM by default): 16 bytes per parameter with AdamW in
+      mixed precision, as ZeRO counts them (Rajbhandari et al. 2020): 2 for the weights, 2 for the gradients, 12 for
+      the optimizer (an fp32 copy and two Adam moments); activations 20% of that.
     - frozen base (lora, ia3, adapter, prefix, prompt-tuning, p-tuning, soft-template): the base weights at 2 bytes
       per parameter on a GPU (bf16) or 4 on a CPU (fp32), + ~1% of the parameters trained at 16 bytes, + 20% of that
       trained state for activations (small batches). A 7B bf16 base: ~15.3 GB, which is why LoRA just fits 16 GB
@@ -204,11 +211,50 @@ def estimate_training_memory_gb(strategy: str, situation: Situation) -> float:
     - forward only (linear-probe, zero-shot): the weights.
     """
     parameters, trains = situation.model_parameters, entry(strategy).trains
-    if trains == "all":
-        return parameters * 16 * 1.2 / GB
-    weights = parameters * (2 if situation.gpu else 4)
-    trained_state = 0.01 * parameters * 16 if trains == "some" else 0.0
-    return (weights + 1.2 * trained_state) / GB
+    trained = {"all": parameters, "some": 0.01 * parameters, "none": 0.0}[trains]
+    frozen = 0.0 if trains == "all" else parameters * (2 if situation.gpu else 4)
+    state = {"parameters": frozen + 2 * trained, "gradients": 2 * trained, "optimizer": 12 * trained}
+    return {name: size / GB for name, size in state.items()}, 0.2 * 16 * trained / GB
+
+
+def estimate_training_memory_gb(strategy: str, situation: Situation, engine: str = "ddp", devices: int = 1) -> float:
+    """Training memory per device in GB under `engine` on `devices` (default: one device, nothing sharded): the
+    states the engine shards divided over the devices, the rest and the activations whole on each."""
+    state, activations = training_state_gb(strategy, situation)
+    return per_device_bytes(state, engine, devices) + activations
+
+
+SHARDING = ("deepspeed-zero2", "deepspeed-zero3", "fsdp")  # least sharding (and least communication) first
+DEVICE_COUNTS = (2, 4, 8, 16, 32, 64)  # what the advisor tries when the user has one device
+
+
+def sharded_fit(strategy: str, situation: Situation) -> tuple[str, int] | None:
+    """The engine and device count that fit the strategy in the situation's memory per device, least sharding and
+    fewest devices first: on the user's GPUs when they have several, else the smallest count that would do."""
+    if not situation.gpu or estimate_training_memory_gb(strategy, situation) <= situation.memory_gb:
+        return None
+    counts = (situation.gpus,) if situation.gpus > 1 else DEVICE_COUNTS
+    return next(((name, count) for count in counts for name in SHARDING
+                 if estimate_training_memory_gb(strategy, situation, name, count) <= situation.memory_gb), None)
+
+
+def runnable(fit: tuple[str, int] | None) -> bool:
+    """tunelab can train with the fitting engine on GPUs the user has."""
+    return fit is not None and ENGINES[fit[0]].not_yet is None and fit[1] > 1
+
+
+def engine_note(strategy: str, situation: Situation) -> str:
+    """Where one device's memory is too small: the engine that fits and the estimate per device under each sharding
+    engine at that device count; empty where one device does, or on a CPU."""
+    fit = sharded_fit(strategy, situation)
+    if fit is None:
+        return ""
+    name, count = fit
+    each = ", ".join(f"{engine} {estimate_training_memory_gb(strategy, situation, engine, count):.1f} GB"
+                     for engine in SHARDING)
+    where = "on your" if situation.gpus > 1 else "it would fit on"
+    later = "" if ENGINES[name].not_yet is None else " (tunelab cannot train with it yet)"
+    return f"; {where} {count} GPUs with {name}{later}: per GPU {each}"
 
 
 def qlora_note() -> str:
@@ -262,7 +308,8 @@ def _trade_off(strategy: str, situation: Situation, grid: MeasuredGrid | None) -
     text = _measured_trade_off(grid.train_size, grid.rows[strategy]) if in_grid else CATALOG[strategy].trade_off
     needed = estimate_training_memory_gb(strategy, situation)
     if needed > 0.75 * situation.memory_gb:
-        text += f"; needs ~{needed:.1f} GB of your {situation.memory_gb:g} GB"
+        text += f"; needs ~{needed:.1f} GB of your {situation.memory_gb:g} GB on one device"
+        text += engine_note(strategy, situation)
         if strategy == "lora":
             text += f". {qlora_note()}"
     return text
@@ -285,6 +332,9 @@ def _command(facts: StrategyEntry, situation: Situation, data: list[str]) -> str
     words = ["tunelab", "train", "--model", _model_name(facts, situation), *data, "--strategy", facts.name]
     if situation.task != "classification":
         words += ["--task", situation.task]
+    fit = sharded_fit(facts.name, situation)
+    if runnable(fit):
+        words += ["--nproc", str(fit[1]), "--distributed", fit[0]]
     return " ".join(shlex.quote(word) for word in words)
 
 
@@ -308,6 +358,7 @@ def _recommendation(facts: StrategyEntry, situation: Situation, grid: MeasuredGr
                     moves: list[tuple[Rule, dict[str, float]]], data: list[str]) -> Recommendation:
     fields = {**_fields(situation, grid), "strategy": facts.name,
               "needed_gb": estimate_training_memory_gb(facts.name, situation),
+              "engine_note": engine_note(facts.name, situation),
               "task_reason": facts.not_served.get(situation.task)}
     moved = sorted(((points[facts.name], rule) for rule, points in moves if points.get(facts.name)),
                    key=lambda move: -abs(move[0]))

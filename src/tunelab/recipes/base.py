@@ -37,7 +37,13 @@ from tunelab.training.memory import (
     training_out_of_memory,
 )
 from tunelab.training.resume import CheckpointEvery, checkpoint_step, latest_checkpoint
-from tunelab.training.trainer import build_trainer, length_grouping, training_arguments
+from tunelab.training.trainer import (
+    build_trainer,
+    check_engaged,
+    checkpoint_activations,
+    length_grouping,
+    training_arguments,
+)
 
 
 @dataclass
@@ -89,14 +95,17 @@ def fit_with_trainer(model: nn.Module, config: RunConfig, strategy: ConfiguredSt
     of memory while training is one line with a micro-batch that would fit; in evaluation, it is left to the
     caller, which knows the inference batch."""
     training = config.training
+    if training.gradient_checkpointing:
+        checkpoint_activations(model)
     share = per_process(training.batch_size, "--batch-size")
     probe = Probe.of(model, train, collator, resolve_precision(training.precision))
     micro = micro_batch(probe, training.micro_batch_size, share)
-    args = training_arguments(config, strategy, checkpoints, progress, best_metric, micro)
+    args = training_arguments(config, strategy, checkpoints, progress, best_metric, micro, model)
     every = training.checkpoint_every
     trainer = build_trainer(model, args, train, validation, collator, compute_metrics,
                             length_grouping(training.group_by_length, config.strategy.name),
                             strategy.callbacks(model) + ([CheckpointEvery(every)] if every else []))
+    check_engaged(trainer, training.distributed)
     resume = latest_checkpoint(checkpoints) if every else None
     start = time.perf_counter()
     try:

@@ -17,6 +17,7 @@ from rich.markup import escape
 from torch import nn
 
 from tunelab.config import Precision, PromptConfig, RunConfig
+from tunelab.engines import check_engine
 from tunelab.errors import TunelabError
 from tunelab.precision import in_precision, resolve_precision
 from tunelab.ranks import is_main, wait_for_each_other, world_size
@@ -56,18 +57,21 @@ class RunResult:
     predictor: Any  # the task's predictor around the in-memory model (Predictor, Tagger, Answerer, Generator)
 
 
-def configure_run(config: RunConfig) -> ConfiguredStrategy:
-    """The run's strategy, resolved once, after every check that can fail before anything loads."""
+def configure_run(config: RunConfig, processes: int | None = None) -> ConfiguredStrategy:
+    """The run's strategy, resolved once, after every check that can fail before anything loads (`processes`: those
+    that will train it, default this run's)."""
     if config.output is None:
         raise TunelabError("no output directory: pass --output DIR")
     check_serves_task(config.strategy.name, config.task)
+    processes = processes or world_size()
+    check_engine(config.training.distributed, config.strategy.name, processes, config.training.gradient_checkpointing)
     strategy = configure(config.strategy, config.training)
     check_shots(config.task, config.data.shots)
     check_prompt_settings(strategy.strategy, config.prompt != PromptConfig())
     recipe_for(config.task).check_training(config)
     resolve_precision(config.training.precision)
     check_resumable(config)
-    check_micro_batch(config, world_size())
+    check_micro_batch(config, processes)
     return strategy
 
 

@@ -4,7 +4,9 @@ policy's log-probability gain over the reference.
 
 The policy is a fresh LoRA on the merged SFT model (`rlhf/policy.py`), handed to TRL as a `peft_config`, so TRL's
 reference is the adapter-disabled model, the SFT policy, with no second copy. The reference's log-probabilities never
-change, so they are computed once before training (`precompute_ref_log_probs`) instead of at every step.
+change, so they are computed once before training (`precompute_ref_log_probs`) instead of at every step; under
+torchrun at every step after all, since TRL caches them in a file each process names in its own temporary folder for
+in-memory data, which the other processes then cannot find.
 
 Pairs with an implicit prompt (two whole texts, as in the movie-sentiment preset) get the tokenizer's
 beginning-of-text token as their prompt: TRL would otherwise take the texts' longest common prefix, which for two
@@ -23,10 +25,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.config import Precision
 from tunelab.errors import TunelabError
+from tunelab.ranks import is_main, world_size
 from tunelab.rlhf.policy import ADAPTER_FOLDER, POLICY_FILE, merged_sft, policy_lora, save_policy
 from tunelab.runs import StagedRun
 from tunelab.training.trainer import quiet_when_asked
-from tunelab.training.trl_stage import commit_stage, files_under, train_stage, trl_quiet, trl_stage_settings
+from tunelab.training.trl_stage import (
+    commit_stage,
+    files_under,
+    staged_on_main,
+    train_stage,
+    trl_quiet,
+    trl_stage_settings,
+)
 
 
 class DPOSettings(BaseModel):
@@ -76,17 +86,19 @@ def train_dpo(settings: DPOSettings, sft_run: Path, train_pairs: pd.DataFrame, t
     model, tokenizer = merged_sft(sft_run)
     as_dataset = lambda pairs: datasets.Dataset.from_pandas(  # noqa: E731
         with_explicit_prompt(pairs, tokenizer).reset_index(drop=True))
-    with staged, trl_quiet(progress):
-        args = DPOConfig(beta=settings.beta,
-                         num_train_epochs=settings.epochs, learning_rate=settings.learning_rate,
-                         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=32,
-                         max_length=settings.max_length, precompute_ref_log_probs=True, seed=settings.seed,
-                         logging_steps=25, **trl_stage_settings(staged.path, progress, settings.precision))
+    with staged_on_main(staged), trl_quiet(progress):
+        args = DPOConfig(beta=settings.beta, num_train_epochs=settings.epochs, learning_rate=settings.learning_rate,
+                         max_length=settings.max_length, precompute_ref_log_probs=world_size() == 1,
+                         seed=settings.seed,
+                         logging_steps=25, **trl_stage_settings(staged.path, progress, settings.precision,
+                                                                settings.batch_size, eval_batch_size=32))
         trainer = quiet_when_asked(DPOTrainer(model=model.backbone, args=args, processing_class=tokenizer,
                                               train_dataset=as_dataset(train_pairs),
                                               eval_dataset=as_dataset(test_pairs), peft_config=policy_lora()))
         timings, memory = train_stage(trainer, staged)
         metrics = {"test": {**_held_out(trainer), "pairs": len(test_pairs)}, "train_pairs": len(train_pairs)}
+        if not is_main():  # under torchrun every process evaluates (together); the first one writes
+            return metrics
         save_policy(staged.path, trainer.model, "dpo", sft_run, settings.model_dump())
         commit_stage(staged, trainer.model, metrics, timings, memory, files_under(staged.path / ADAPTER_FOLDER))
     return metrics

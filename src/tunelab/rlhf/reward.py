@@ -25,9 +25,17 @@ from tunelab.batching import length_ordered_batches
 from tunelab.config import Precision
 from tunelab.errors import TunelabError
 from tunelab.modeling import load_tokenizer
+from tunelab.ranks import is_main
 from tunelab.runs import StagedRun, verify_manifest, write_text_atomic
 from tunelab.training.trainer import best_device, quiet_when_asked
-from tunelab.training.trl_stage import commit_stage, files_under, train_stage, trl_quiet, trl_stage_settings
+from tunelab.training.trl_stage import (
+    commit_stage,
+    files_under,
+    staged_on_main,
+    train_stage,
+    trl_quiet,
+    trl_stage_settings,
+)
 
 REWARD_CONFIG_FILE = "reward.yaml"
 MODEL_FOLDER = "model"
@@ -104,16 +112,17 @@ def train_reward_model(settings: RewardSettings, train_pairs: pd.DataFrame, test
     staged = StagedRun(output, overwrite, marker=REWARD_CONFIG_FILE, kind="tunelab reward model run")
     torch.manual_seed(settings.seed)
     model, tokenizer = load_reward_backbone(settings.model)
-    with staged, trl_quiet(progress):
-        args = RewardConfig(num_train_epochs=settings.epochs,
-                            learning_rate=settings.learning_rate, per_device_train_batch_size=settings.batch_size,
+    with staged_on_main(staged), trl_quiet(progress):
+        args = RewardConfig(num_train_epochs=settings.epochs, learning_rate=settings.learning_rate,
                             max_length=settings.max_length, seed=settings.seed, logging_steps=50,
-                            **trl_stage_settings(staged.path, progress, settings.precision))
+                            **trl_stage_settings(staged.path, progress, settings.precision, settings.batch_size))
         trainer = quiet_when_asked(RewardTrainer(model=model, args=args, processing_class=tokenizer,
                                                  train_dataset=tokenize_pairs(train_pairs, tokenizer,
                                                                               settings.max_length)))
-        base = pairwise_accuracy(model, tokenizer, test_pairs, settings.max_length)
+        base = pairwise_accuracy(model, tokenizer, test_pairs, settings.max_length) if is_main() else {}
         timings, memory = train_stage(trainer, staged)
+        if not is_main():  # under torchrun the first process scores and writes
+            return {}
         metrics = {"test": pairwise_accuracy(model, tokenizer, test_pairs, settings.max_length),
                    "untrained_test": base, "train_pairs": len(train_pairs)}
         model.save_pretrained(staged.path / MODEL_FOLDER)

@@ -19,12 +19,13 @@ from trl import SFTConfig, SFTTrainer
 
 from tunelab.config import RunConfig, to_yaml
 from tunelab.errors import TunelabError
+from tunelab.ranks import is_main
 from tunelab.runs import CONFIG_FILE, StagedRun, write_text_atomic
 from tunelab.strategies.catalog import TRL_STRATEGIES
 from tunelab.strategies.registry import configure
 from tunelab.task_catalog import recipe_for
 from tunelab.training.trainer import quiet_when_asked
-from tunelab.training.trl_stage import commit_stage, train_stage, trl_quiet, trl_stage_settings
+from tunelab.training.trl_stage import commit_stage, staged_on_main, train_stage, trl_quiet, trl_stage_settings
 
 
 def _held_out(trainer: SFTTrainer) -> dict[str, float]:
@@ -34,7 +35,8 @@ def _held_out(trainer: SFTTrainer) -> dict[str, float]:
 
 def train_sft(config: RunConfig, train: pd.DataFrame, test: pd.DataFrame, overwrite: bool = False,
               progress: bool = True) -> dict[str, Any]:
-    """Fine-tune `config.model` with `config.strategy` on `train`; held-out loss before and after on `test`."""
+    """Fine-tune `config.model` with `config.strategy` on `train`; held-out loss before and after on `test`. Under
+    torchrun every process trains and evaluates; the first one writes the run."""
     if config.strategy.name not in TRL_STRATEGIES:
         raise TunelabError(f"rlhf sft trains with {', '.join(TRL_STRATEGIES)}; strategy {config.strategy.name} keeps "
                            f"weights outside the LM that TRL's trainer sees")
@@ -43,12 +45,11 @@ def train_sft(config: RunConfig, train: pd.DataFrame, test: pd.DataFrame, overwr
     torch.manual_seed(config.training.seed)
     model, tokenizer = recipe_for("generation").build(config, strategy, None)
     training = config.training
-    with staged, trl_quiet(progress):
+    with staged_on_main(staged), trl_quiet(progress):
         args = SFTConfig(num_train_epochs=strategy.epochs, learning_rate=strategy.learning_rate,
-                         per_device_train_batch_size=training.batch_size,
-                         per_device_eval_batch_size=training.eval_batch_size, max_length=training.max_length,
-                         seed=training.seed, logging_steps=training.logging_steps,
-                         **trl_stage_settings(staged.path, progress, training.precision))
+                         max_length=training.max_length, seed=training.seed, logging_steps=training.logging_steps,
+                         **trl_stage_settings(staged.path, progress, training.precision, training.batch_size,
+                                              training.eval_batch_size))
         trainer = quiet_when_asked(SFTTrainer(model=model.backbone, args=args, processing_class=tokenizer,
                                               train_dataset=datasets.Dataset.from_pandas(train),
                                               eval_dataset=datasets.Dataset.from_pandas(test)))
@@ -56,6 +57,8 @@ def train_sft(config: RunConfig, train: pd.DataFrame, test: pd.DataFrame, overwr
         timings, memory = train_stage(trainer, staged)
         metrics = {"task": "generation", "test": _held_out(trainer), "base_test": base, "train_examples": len(train),
                    "validation_examples": 0}
+        if not is_main():
+            return metrics
         delta = strategy.save_delta(model, staged.path)
         write_text_atomic(staged.path / CONFIG_FILE, to_yaml(config))
         commit_stage(staged, model, metrics, timings, memory, delta)

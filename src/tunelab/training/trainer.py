@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import (
     EvalPrediction,
+    PreTrainedModel,
     PrinterCallback,
     Trainer,
     TrainerCallback,
@@ -28,6 +29,7 @@ from transformers import (
 
 from tunelab.batching import LengthBucketSampler, random_order_padding_share
 from tunelab.config import RunConfig, TrainingConfig
+from tunelab.engines import engine
 from tunelab.errors import TunelabError
 from tunelab.precision import device_type, resolve_precision, trainer_flags
 from tunelab.ranks import per_process, world_size
@@ -81,15 +83,16 @@ def in_original_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 
 def training_arguments(config: RunConfig, strategy: ConfiguredStrategy, output_dir: Path, progress: bool,
-                       best_metric: str, micro_batch: int | None = None) -> TrainingArguments:
+                       best_metric: str, micro_batch: int | None = None,
+                       model: nn.Module | None = None) -> TrainingArguments:
     """Evaluate and checkpoint every epoch; keep the best epoch on `best_metric` (a loss: lower is better), at the
     strategy's learning rate and epochs, in the run's precision. The batch size is global: under torchrun each
-    process takes its share, so N processes make the optimizer steps one would; a `micro_batch` (dividing the
-    share) computes it in parts whose gradients accumulate."""
+    process takes its share, so N processes make the optimizer steps one would, under the run's engine (set up
+    for `model`); a `micro_batch` (dividing the share) computes it in parts whose gradients accumulate."""
     training = config.training
     share = per_process(training.batch_size, "--batch-size")
     micro_batch = micro_batch or share
-    return TrainingArguments(
+    settings = dict(
         output_dir=str(output_dir),
         learning_rate=strategy.learning_rate,
         num_train_epochs=strategy.epochs,
@@ -112,6 +115,35 @@ def training_arguments(config: RunConfig, strategy: ConfiguredStrategy, output_d
         dataloader_pin_memory=torch.cuda.is_available(),
         **trainer_flags(resolve_precision(training.precision)),
     )
+    layers, hidden_size = transformer_facts(model) if model is not None else ([], None)
+    return TrainingArguments(**settings | engine(training.distributed).trainer_arguments(layers, hidden_size))
+
+
+def transformer_facts(model: nn.Module) -> tuple[list[str], int | None]:
+    """The transformer layer classes of the models inside `model` (their `_no_split_modules`), and the hidden size
+    of the outermost one."""
+    inner = [module for module in model.modules() if isinstance(module, PreTrainedModel)]
+    layers = sorted({name for module in inner for name in module._no_split_modules or ()})
+    return layers, getattr(inner[0].config.get_text_config(), "hidden_size", None) if inner else None
+
+
+def checkpoint_activations(model: nn.Module) -> None:
+    """Gradient checkpointing on the outermost transformers model inside `model` (tunelab's task models wrap one):
+    its layers recompute their activations in the backward pass (non-reentrant, which DDP and frozen weights
+    take)."""
+    outermost = next((module for module in model.modules() if isinstance(module, PreTrainedModel)), None)
+    if outermost is None or not outermost.supports_gradient_checkpointing:
+        raise TunelabError("gradient checkpointing needs a transformers model that supports it; this one does not")
+    outermost.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
+def check_engaged(trainer: Trainer, name: str) -> None:
+    """The Trainer runs the engine asked for: where accelerate cannot, it falls back to plain DDP without a word."""
+    if world_size() == 1 or name == "ddp":
+        return
+    engaged = trainer.is_fsdp_enabled if name == "fsdp" else trainer.is_deepspeed_enabled
+    if not engaged:
+        raise TunelabError(f"the Trainer would run {name} as plain DDP on this machine; use --distributed ddp")
 
 
 def logging_steps(training: TrainingConfig) -> int:

@@ -1,5 +1,6 @@
 """What the RLHF stages share: the TRL stages' (SFT, reward model, DPO) trainer settings, quiet progress and timed
-training, and for every stage (PPO too) a commit with the same resources.json as every other run."""
+training, and for every stage (PPO too) a commit with the same resources.json as every other run. Under torchrun the
+TRL stages train in every process (DDP, each on its share of the global batch) and the first process alone writes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +18,31 @@ from torch import nn
 
 from tunelab.config import Precision
 from tunelab.precision import resolve_precision, trainer_flags
+from tunelab.ranks import is_main, per_process, world_size
 from tunelab.resources import PeakMemory, run_resources
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json
 
 TRL_SCRATCH = "checkpoints"  # TRL's output_dir; nothing is saved in it, and a stage removes it before committing
 
 
-def trl_stage_settings(run_path: Path, progress: bool, precision: Precision) -> dict[str, Any]:
+def trl_stage_settings(run_path: Path, progress: bool, precision: Precision, batch_size: int,
+                       eval_batch_size: int | None = None) -> dict[str, Any]:
     """The config fields every TRL stage (SFT, reward model, DPO) shares: no checkpoints or evaluation during
     training (each stage evaluates before and after itself), no reporting, bars as asked, and the stage's precision
     resolved for the hardware: TRL's configs default to bf16 and gradient checkpointing, and on a CPU without native
-    bf16 neither helps a small model."""
+    bf16 neither helps a small model. The batch sizes are global: under torchrun each process takes its share."""
     gpu = torch.cuda.is_available()
+    batches = {"per_device_train_batch_size": per_process(batch_size, "--batch-size")}
+    if eval_batch_size is not None:
+        batches["per_device_eval_batch_size"] = max(1, eval_batch_size // world_size())
     return {"output_dir": str(run_path / TRL_SCRATCH), "save_strategy": "no", "eval_strategy": "no",
             "report_to": "none", "disable_tqdm": not progress, **trainer_flags(resolve_precision(precision)),
-            "gradient_checkpointing": gpu, "dataloader_pin_memory": gpu}
+            "gradient_checkpointing": gpu, "dataloader_pin_memory": gpu, **batches}
+
+
+def staged_on_main(staged: StagedRun) -> AbstractContextManager:
+    """The staged folder, entered by the first process alone: under torchrun the others train and write nothing."""
+    return staged if is_main() else nullcontext(staged)
 
 
 @contextmanager
@@ -60,7 +71,8 @@ def train_stage(trainer: Any, staged: StagedRun) -> tuple[dict[str, float], Peak
     with PeakMemory() as memory:
         trainer.train()
     timings = {"train_s": time.perf_counter() - start}
-    shutil.rmtree(staged.path / TRL_SCRATCH, ignore_errors=True)
+    if is_main():
+        shutil.rmtree(staged.path / TRL_SCRATCH, ignore_errors=True)
     return timings, memory
 
 

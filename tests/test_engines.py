@@ -1,0 +1,136 @@
+"""`tunelab train --distributed ENGINE`: every strategy x engine pair is allowed or refused with its reason before
+anything launches; the shipped configs load into the Trainer's arguments; an engine this machine cannot run is
+refused as one line; DeepSpeed ZeRO-2 (where installed: it runs on CPUs over gloo) trains as one process does."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from tiny import assert_trained_alike, train_cli
+from transformers import TrainingArguments
+
+from tunelab import api, build_config
+from tunelab.engines import AVOIDED, ENGINES, STATES, TRAPS, check_engine, check_pair, pair_table, read_config
+from tunelab.errors import TunelabError
+from tunelab.runs import METRICS_FILE
+from tunelab.strategies.catalog import CATALOG
+from tunelab.training.trainer import check_engaged
+
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_every_catalogue_strategy_and_engine_is_allowed_or_refused_with_its_reason(checkpointing: bool):
+    table = pair_table(checkpointing)
+    assert set(table) == set(CATALOG) and all(set(row) == set(ENGINES) for row in table.values())
+    for strategy, row in table.items():
+        for engine, trap in row.items():
+            if trap is None:
+                check_pair(strategy, engine, checkpointing)
+                continue
+            with pytest.raises(TunelabError) as refused:
+                check_pair(strategy, engine, checkpointing)
+            message = str(refused.value)
+            assert trap.reason in message and trap.instead in message and "\n" not in message
+    refused = {(strategy, engine) for strategy, row in table.items() for engine, trap in row.items() if trap}
+    assert {("prompt-tuning", "deepspeed-zero3"), ("p-tuning", "deepspeed-zero3")} <= refused
+    assert (("prefix", "ddp") in refused) == checkpointing  # prefix is refused only with checkpointing, anywhere
+    assert not any(strategy == "lora" for strategy, _ in refused)
+    assert TRAPS and AVOIDED
+
+
+def test_engine_rows_say_what_they_shard_and_ship_a_config_that_says_the_same():
+    assert ENGINES["ddp"].shards == () and ENGINES["deepspeed-zero2"].shards == ("gradients", "optimizer")
+    assert ENGINES["deepspeed-zero3"].shards == ENGINES["fsdp"].shards == STATES
+    assert read_config(ENGINES["fsdp"])["fsdp_version"] == 2  # FSDP1 refuses layers of frozen and trainable weights
+    for stage in (2, 3):
+        config = read_config(ENGINES[f"deepspeed-zero{stage}"])
+        assert config["zero_optimization"]["stage"] == stage
+        assert config["train_micro_batch_size_per_gpu"] == "auto"  # the Trainer fills it from --batch-size
+
+
+def test_the_fsdp2_config_loads_into_the_trainer_arguments(tmp_path: Path):
+    """The Trainer reads it as FSDP2, wrapping the model's own transformer layers."""
+    keywords = ENGINES["fsdp"].trainer_arguments(["BertLayer"], 32)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **keywords)
+    assert args.fsdp_plugin_args["fsdp_version"] == 2
+    assert args.fsdp_plugin_args["transformer_cls_names_to_wrap"] == "BertLayer"
+    assert args.fsdp_plugin_args["reshard_after_forward"] is True
+
+
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="the deepspeed extra is not installed")
+@pytest.mark.parametrize("stage", [2, 3])
+def test_the_deepspeed_configs_load_into_the_trainer_arguments(stage: int, tmp_path: Path):
+    keywords = ENGINES[f"deepspeed-zero{stage}"].trainer_arguments(["BertLayer"], 32)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to="none", **keywords)
+    config = args.hf_deepspeed_config
+    assert config.get_value("zero_optimization.stage") == stage and config.is_zero3() == (stage == 3)
+    assert config.get_value("train_micro_batch_size_per_gpu") == 4  # an "auto" the Trainer filled
+    assert config.get_value("zero_optimization.reduce_bucket_size") == 32**2  # one tunelab filled from the model
+
+
+def test_refusals_name_the_engine_and_what_works_instead(monkeypatch: pytest.MonkeyPatch):
+    def refusal(engine: str, strategy: str = "lora", processes: int = 2) -> str:
+        with pytest.raises(TunelabError) as refused:
+            check_engine(engine, strategy, processes)
+        return str(refused.value)
+
+    assert "give --nproc 2 or more" in refusal("deepspeed-zero2", processes=1)
+    assert "cannot train with deepspeed-zero3 yet" in refusal("deepspeed-zero3")
+    assert "known failure" in refusal("deepspeed-zero3", "prompt-tuning")  # the pair's own reason comes first
+    check_engine("ddp", "prefix", 1)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert "pip install 'tunelab[deepspeed]'" in refusal("deepspeed-zero2")
+
+
+def test_a_trainer_that_fell_back_to_ddp_is_refused(monkeypatch: pytest.MonkeyPatch):
+    """accelerate maps FSDP only for accelerators: elsewhere the Trainer would train plain DDP without a word."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(TunelabError, match="would run fsdp as plain DDP"):
+        check_engaged(SimpleNamespace(is_fsdp_enabled=False), "fsdp")
+    check_engaged(SimpleNamespace(is_deepspeed_enabled=True), "deepspeed-zero2")
+
+
+@pytest.mark.parametrize(("strategy", "extra", "message"), [
+    ("lora", ["--nproc", "2", "--distributed", "fsdp"], "tunelab cannot train with fsdp yet"),
+    ("prefix", ["--set", "training.gradient_checkpointing=true"], "prefix under ddp with gradient checkpointing is a "
+                                                                  "known failure"),
+    ("prompt-tuning", ["--nproc", "2", "--distributed", "deepspeed-zero3"], "prompt-tuning under deepspeed-zero3 is a "
+                                                                            "known failure"),
+])
+def test_refused_engines_are_one_line_exit_2_and_write_nothing(strategy: str, extra: list[str], message: str,
+                                                               tiny_bert: Path, sentiment_csv: Path, tmp_path: Path):
+    run = train_cli(tiny_bert, sentiment_csv, tmp_path / "run", strategy, *extra)
+    assert run.returncode == 2 and message in run.stderr, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_gradient_checkpointing_keeps_the_loss_curve(bert_without_dropout: Path, sentiment_csv: Path, tmp_path: Path):
+    """Recomputing the activations in the backward pass gives the same gradients (tunelab's checkpointing is
+    non-reentrant, so frozen weights and DDP take it)."""
+    curves = []
+    for checkpointing in (False, True):
+        config = build_config({"model": str(bert_without_dropout), "data": {"source": str(sentiment_csv)},
+                               "strategy": {"name": "lora"}, "output": str(tmp_path / str(checkpointing)),
+                               "training": {"max_length": 16, "batch_size": 8, "epochs": 1, "logging_steps": 1,
+                                            "precision": "fp32", "gradient_checkpointing": checkpointing}})
+        curves.append([loss for _, loss in api.train(config, progress=False).metrics["loss_curve"]])
+    assert curves[1] == pytest.approx(curves[0], abs=1e-6) and len(curves[0]) == 8
+
+
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="the deepspeed extra is not installed")
+def test_deepspeed_zero2_on_two_processes_trains_as_one(bert_without_dropout: Path, sentiment_csv: Path,
+                                                        tmp_path: Path):
+    """ZeRO-2 splits the optimizer state and gradients over two gloo processes; the loss curve, the scores and the
+    saved delta are the single process's."""
+    one = train_cli(bert_without_dropout, sentiment_csv, tmp_path / "one", "lora")
+    two = train_cli(bert_without_dropout, sentiment_csv, tmp_path / "two", "lora", "--nproc", "2",
+                    "--distributed", "deepspeed-zero2")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert_trained_alike(tmp_path / "one", tmp_path / "two", two.stdout)
+    assert json.loads((tmp_path / "two" / METRICS_FILE).read_text())["train_examples"] == 60
