@@ -158,3 +158,61 @@ def test_kill_9_then_the_same_command_resumes(tiny_bert: Path, sentiment_csv: Pa
     whole_metrics, resumed_metrics = ((tmp_path / name / "metrics.json").read_text() for name in ("whole", "killed"))
     assert resumed_metrics == whole_metrics
     assert not staging_folder(output).exists()
+
+
+def _interrupt_trl_at(module: object, step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C inside a TRL stage: its trainer passes through `quiet_when_asked`, which now adds the interrupt."""
+    quiet = module.quiet_when_asked
+
+    def with_interrupt(trainer):
+        trainer.add_callback(Interrupt(step))
+        return quiet(trainer)
+
+    monkeypatch.setattr(module, "quiet_when_asked", with_interrupt)
+
+
+def test_an_interrupted_sft_stage_resumes_to_the_uninterrupted_result(tiny_llama_lm: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    from test_rlhf_sft import PAIRS, _config
+
+    from tunelab.rlhf import sft
+
+    def stage(output: Path) -> dict:
+        return sft.train_sft(_config(tiny_llama_lm, output, checkpoint_every=2), PAIRS.iloc[:40], PAIRS.iloc[40:],
+                             progress=False)
+
+    whole = stage(tmp_path / "whole")
+    with monkeypatch.context() as patch:
+        _interrupt_trl_at(sft, 8, patch)
+        with pytest.raises(KeyboardInterrupt):
+            stage(tmp_path / "resumed")
+    assert (staging_folder(tmp_path / "resumed") / CHECKPOINTS / "checkpoint-6").is_dir()
+    assert stage(tmp_path / "resumed") == whole
+    assert _tensors(tmp_path / "resumed").keys() == _tensors(tmp_path / "whole").keys()
+    assert all(tensor.equal(_tensors(tmp_path / "whole")[name]) for name, tensor in
+               _tensors(tmp_path / "resumed").items())
+    assert not staging_folder(tmp_path / "resumed").exists() and not (tmp_path / "resumed" / CHECKPOINTS).exists()
+
+
+def test_an_interrupted_dpo_stage_resumes_and_refuses_other_settings(tiny_llama_lm: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    from test_rlhf_dpo import PAIRS
+    from test_rlhf_sft import TEXT, _config
+
+    from tunelab.rlhf import dpo
+    from tunelab.rlhf.sft import train_sft
+
+    train_sft(_config(tiny_llama_lm, tmp_path / "sft", epochs=1), TEXT.iloc[:40], TEXT.iloc[40:], progress=False)
+    settings = dpo.DPOSettings(epochs=2, learning_rate=5e-3, batch_size=4, max_length=16, checkpoint_every=3)
+
+    def stage(output: Path, chosen: dpo.DPOSettings = settings) -> dict:
+        return dpo.train_dpo(chosen, tmp_path / "sft", PAIRS, PAIRS.iloc[:4], output, progress=False)
+
+    whole = stage(tmp_path / "whole")
+    with monkeypatch.context() as patch:
+        _interrupt_trl_at(dpo, 5, patch)
+        with pytest.raises(KeyboardInterrupt):
+            stage(tmp_path / "resumed")
+    with pytest.raises(TunelabError, match=r"other settings: beta \(0.1 then, 0.2 now\)"):
+        stage(tmp_path / "resumed", settings.model_copy(update={"beta": 0.2}))
+    assert stage(tmp_path / "resumed") == whole

@@ -200,6 +200,18 @@ def staging_folder(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial")
 
 
+def discard_interrupted(final: Path) -> None:
+    """Throw away what an interrupted run bound for `final` left (its checkpoints), under its writer's lock: a
+    run still writing it is refused, not robbed."""
+    folder = staging_folder(final)
+    if folder.exists():
+        lock = _WriterLock(folder, "tunelab run", final)
+        try:
+            shutil.rmtree(folder)
+        finally:
+            lock.release()
+
+
 class StagedRun:
     """A run being written: files go to a hidden staging folder until `commit()`, by one process at a time.
 

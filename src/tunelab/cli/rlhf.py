@@ -17,6 +17,8 @@ from tunelab.cli.options import (
 )
 from tunelab.errors import TunelabError
 
+CHECKPOINT_HELP = "a resumable checkpoint every N steps: a killed run resumes when the same command runs again"
+RESTART_HELP = "discard an interrupted run's checkpoints (of --checkpoint-every) and start over"
 PPO_ONE_PROCESS = "tunelab's PPO loop samples, scores and steps one policy in one process"
 NPROC_HELP = ("training processes on this machine (torchrun, DDP: gloo on CPU, nccl on GPUs); --batch-size stays the "
               "global batch")
@@ -25,6 +27,21 @@ rlhf_app = typer.Typer(help="RLHF: supervised fine-tuning, a reward model from p
                             "it, the whole pipeline on a preset, and a judge of the policies.",
                        no_args_is_help=True)
 app.add_typer(rlhf_app, name="rlhf")
+
+def _launch_stage(output: Path, batch_size: int, nproc: int, restart: bool, checkpoint_every: int | None) -> str:
+    """Under torchrun when asked (an interrupted run discarded here, once, before the processes start); the stage's
+    resume mode."""
+    from tunelab.cli.launch import relaunch
+    from tunelab.runs import discard_interrupted
+
+    if restart and not checkpoint_every:
+        raise TunelabError("--restart discards the checkpoints of --checkpoint-every N: pass it too")
+    if nproc > 1:
+        if restart:
+            discard_interrupted(output)
+        relaunch(batch_size, nproc, drop=("--restart",))
+    return "restart" if restart else "auto"
+
 
 def _print_judgement(judged: dict[str, Any], target_kl: float | None) -> None:
     table = Table(title=f"policies on {next(iter(judged.values()))['prompts']} held-out prompts (same sampling seed)")
@@ -61,9 +78,10 @@ def rlhf_sft(
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     nproc: Annotated[int, typer.Option(min=1, help=NPROC_HELP)] = 1,
+    checkpoint_every: Annotated[int | None, typer.Option(min=1, help=CHECKPOINT_HELP)] = None,
+    restart: Annotated[bool, typer.Option(help=RESTART_HELP)] = False,
 ) -> None:
     """Supervised fine-tuning of a causal LM (TRL SFTTrainer); held-out loss and perplexity before and after."""
-    from tunelab.cli.launch import relaunch
     from tunelab.ranks import is_main
     from tunelab.rlhf.data import stage_splits
     from tunelab.rlhf.sft import train_sft
@@ -71,13 +89,13 @@ def rlhf_sft(
     config = run_config(None, {"model": model, "task": "generation", "data": data, "strategy": strategy,
                             "output": output, "epochs": epochs, "lr": lr, "batch_size": batch_size,
                             "max_length": max_length, "seed": seed, "limit_train": limit_train,
-                            "limit_eval": limit_eval, "precision": precision}, None, option, None, None)
-    if nproc > 1:
-        relaunch(batch_size, nproc)
+                            "limit_eval": limit_eval, "precision": precision,
+                            "checkpoint_every": checkpoint_every}, None, option, None, None)
+    mode = _launch_stage(output, batch_size, nproc, restart, checkpoint_every)
     train, test = stage_splits(data, "sft", seed=seed)
     quiet_libraries()
     metrics = train_sft(config, train.iloc[:limit_train], test.iloc[:limit_eval], overwrite,
-                        progress=not quiet and is_main())
+                        progress=not quiet and is_main(), resume=mode)
     if not is_main():  # under torchrun: the first process prints
         return
     test, base = metrics["test"], metrics["base_test"]
@@ -146,22 +164,22 @@ def rlhf_reward(
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     nproc: Annotated[int, typer.Option(min=1, help=NPROC_HELP)] = 1,
+    checkpoint_every: Annotated[int | None, typer.Option(min=1, help=CHECKPOINT_HELP)] = None,
+    restart: Annotated[bool, typer.Option(help=RESTART_HELP)] = False,
 ) -> None:
     """Train a reward model on preference pairs (TRL RewardTrainer) and report its pairwise accuracy on held-out
     pairs."""
-    from tunelab.cli.launch import relaunch
     from tunelab.ranks import is_main
     from tunelab.rlhf.data import stage_splits
     from tunelab.rlhf.reward import RewardSettings, train_reward_model
 
     settings = RewardSettings(model=model, data=data, epochs=epochs, learning_rate=lr, batch_size=batch_size,
-                              max_length=max_length, seed=seed, precision=precision)
-    if nproc > 1:
-        relaunch(batch_size, nproc)
+                              max_length=max_length, seed=seed, precision=precision, checkpoint_every=checkpoint_every)
+    mode = _launch_stage(output, batch_size, nproc, restart, checkpoint_every)
     train_pairs, test_pairs = stage_splits(data, "reward", test_share=0.1, seed=seed)
     quiet_libraries()
     metrics = train_reward_model(settings, train_pairs, test_pairs, output, overwrite,
-                                 progress=not quiet and is_main())
+                                 progress=not quiet and is_main(), resume=mode)
     if not is_main():
         return
     table = Table(title=f"reward model {model} on {data}: {metrics['train_pairs']} training pairs")
@@ -191,23 +209,23 @@ def rlhf_dpo(
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     nproc: Annotated[int, typer.Option(min=1, help=NPROC_HELP)] = 1,
+    checkpoint_every: Annotated[int | None, typer.Option(min=1, help=CHECKPOINT_HELP)] = None,
+    restart: Annotated[bool, typer.Option(help=RESTART_HELP)] = False,
 ) -> None:
     """Direct preference optimisation of the SFT policy (TRL DPOTrainer, LoRA; the reference is the SFT policy)."""
-    from tunelab.cli.launch import relaunch
     from tunelab.ranks import is_main
     from tunelab.rlhf.data import stage_splits
     from tunelab.rlhf.dpo import DPOSettings, train_dpo
     from tunelab.runs import require_run
 
     require_run(policy)
-    if nproc > 1:
-        relaunch(batch_size, nproc)
+    mode = _launch_stage(output, batch_size, nproc, restart, checkpoint_every)
     settings = DPOSettings(data=data, beta=beta, epochs=epochs, learning_rate=lr, batch_size=batch_size,
-                           max_length=max_length, seed=seed, precision=precision)
+                           max_length=max_length, seed=seed, precision=precision, checkpoint_every=checkpoint_every)
     train_pairs, test_pairs = stage_splits(data, "dpo", test_share=0.1, seed=seed)
     quiet_libraries()
     metrics = train_dpo(settings, policy, train_pairs, test_pairs.iloc[:limit_eval], output, overwrite,
-                        progress=not quiet and is_main())
+                        progress=not quiet and is_main(), resume=mode)
     if not is_main():
         return
     test = metrics["test"]

@@ -41,13 +41,12 @@ def _launch(config: Any, overwrite: bool, mode: str, nproc: int, nnodes: int, no
     discards the interrupted run here, once, so that every process then finds the same (no) checkpoint."""
     from tunelab.cli.launch import relaunch
     from tunelab.recipes.runs import configure_run
-    from tunelab.runs import StagedRun
+    from tunelab.runs import StagedRun, discard_interrupted
 
     configure_run(config, nproc * nnodes)
-    staged = StagedRun(Path(config.output), overwrite)  # an existing output is refused now, not by every process
+    StagedRun(Path(config.output), overwrite)  # an existing output is refused now, not by every process
     if mode == "restart":
-        with staged:  # entered without `resumable`: the interrupted run's files are cleared
-            pass
+        discard_interrupted(Path(config.output))
     relaunch(config.training.batch_size, nproc, nnodes, node_rank, master_addr, master_port, drop=("--restart",))
 
 

@@ -36,15 +36,7 @@ from tunelab.strategies.catalog import check_serves_task
 from tunelab.strategies.registry import ConfiguredStrategy, check_prompt_settings, configure
 from tunelab.task_catalog import check_shots, recipe_for
 from tunelab.training.memory import check_micro_batch, inference_memory
-from tunelab.training.resume import (
-    RESUME_FILE,
-    Resume,
-    check_resumable,
-    check_settings,
-    checkpoint_step,
-    has_checkpoint,
-    record_settings,
-)
+from tunelab.training.resume import RESUME_FILE, Resume, check_resumable, prepare_resume, resumable
 
 DATA_CHECKS_FILE = "data_checks.json"  # what the data looked like when the run trained
 
@@ -101,8 +93,7 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
     say = announce or (lambda message: None)
     strategy = configure_run(config)
     config = with_validated_options(config, strategy)
-    staged = StagedRun(Path(config.output), overwrite,
-                       resumable=has_checkpoint if config.training.checkpoint_every else None)
+    staged = StagedRun(Path(config.output), overwrite, resumable=resumable(config.training.checkpoint_every))
     recipe = recipe_for(config.task)
     prepared = recipe.prepare(config)
     config = prepared.config
@@ -116,7 +107,7 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
             say(f"[yellow]warning:[/yellow] {escape(warning)}")
     with staged if is_main() else nullcontext():
         if is_main() and config.training.checkpoint_every:
-            resume_or_restart(staged, config, prepared, resume, say)
+            prepare_resume(staged, config, prepared.splits.train, resume, say)
         with inference_memory(config.training.eval_batch_size, "--eval-batch-size"):
             with PeakMemory() as memory:
                 fitted = recipe.fit(model, tokenizer, prepared, strategy, staged.path / CHECKPOINTS, progress)
@@ -141,21 +132,6 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
         committed = commit(staged, config, metrics, resources)
     wait_for_each_other()
     return RunResult(committed, metrics, resources, predictor)
-
-
-def resume_or_restart(staged: StagedRun, config: RunConfig, prepared: Prepared, resume: Resume,
-                      say: Callable[[RenderableType], None]) -> None:
-    """Before training: keep the staged run's checkpoints if they were written with these settings and this data
-    (refused otherwise, naming the difference), or discard them when asked; then record the settings for the next
-    run to compare with."""
-    if resume == "restart":
-        staged.clear()
-    elif staged.resumes():
-        check_settings(staged.path, config, prepared.splits.train)
-        say(f"resuming the interrupted run from step {checkpoint_step(staged.path)}")
-    elif resume == "require":
-        raise TunelabError(f"there is no interrupted run of {staged.final} to resume; leave out --resume to start one")
-    record_settings(staged.path, config, prepared.splits.train)
 
 
 def training_facts(strategy: ConfiguredStrategy, prepared: Prepared) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from tunelab.errors import TunelabError
 from tunelab.ranks import is_main, world_size
 from tunelab.rlhf.policy import ADAPTER_FOLDER, POLICY_FILE, merged_sft, policy_lora, save_policy
 from tunelab.runs import StagedRun
+from tunelab.training.resume import CHECKPOINT_EVERY, Resume, prepare_resume, resumable
 from tunelab.training.trainer import quiet_when_asked
 from tunelab.training.trl_stage import (
     commit_stage,
@@ -53,6 +54,7 @@ class DPOSettings(BaseModel):
     seed: int = 42
     precision: Precision = Field("auto", description="fp32, bf16 or fp16 autocast; auto: bf16 where the hardware "
                                                      "computes it natively")
+    checkpoint_every: int | None = Field(None, gt=0, description=CHECKPOINT_EVERY)
 
 
 def with_explicit_prompt(pairs: pd.DataFrame, tokenizer: Any) -> pd.DataFrame:
@@ -75,23 +77,27 @@ def _held_out(trainer: Any) -> dict[str, float]:
 
 
 def train_dpo(settings: DPOSettings, sft_run: Path, train_pairs: pd.DataFrame, test_pairs: pd.DataFrame,
-              output: Path, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train a LoRA policy on `train_pairs` from the SFT run; held-out DPO loss and preference accuracy after."""
+              output: Path, overwrite: bool = False, progress: bool = True, resume: Resume = "auto") -> dict[str, Any]:
+    """Train a LoRA policy on `train_pairs` from the SFT run; held-out DPO loss and preference accuracy after; with
+    `checkpoint_every`, resumable."""
     from trl import DPOConfig, DPOTrainer
 
     if train_pairs.empty or test_pairs.empty:
         raise TunelabError("DPO needs training and held-out preference pairs; the data has too few")
-    staged = StagedRun(output, overwrite, marker=POLICY_FILE, kind="tunelab policy run")
+    staged = StagedRun(output, overwrite, marker=POLICY_FILE, kind="tunelab policy run",
+                       resumable=resumable(settings.checkpoint_every))
     torch.manual_seed(settings.seed)
     model, tokenizer = merged_sft(sft_run)
     as_dataset = lambda pairs: datasets.Dataset.from_pandas(  # noqa: E731
         with_explicit_prompt(pairs, tokenizer).reset_index(drop=True))
     with staged_on_main(staged), trl_quiet(progress):
+        if is_main() and settings.checkpoint_every:
+            prepare_resume(staged, settings, train_pairs, resume)
         args = DPOConfig(beta=settings.beta, num_train_epochs=settings.epochs, learning_rate=settings.learning_rate,
                          max_length=settings.max_length, precompute_ref_log_probs=world_size() == 1,
                          seed=settings.seed,
                          logging_steps=25, **trl_stage_settings(staged.path, progress, settings.precision,
-                                                                settings.batch_size, eval_batch_size=32))
+                                                                settings.batch_size, 32, settings.checkpoint_every))
         trainer = quiet_when_asked(DPOTrainer(model=model.backbone, args=args, processing_class=tokenizer,
                                               train_dataset=as_dataset(train_pairs),
                                               eval_dataset=as_dataset(test_pairs), peft_config=policy_lora()))

@@ -27,6 +27,7 @@ from tunelab.errors import TunelabError
 from tunelab.modeling import load_tokenizer
 from tunelab.ranks import is_main
 from tunelab.runs import StagedRun, verify_manifest, write_text_atomic
+from tunelab.training.resume import CHECKPOINT_EVERY, Resume, prepare_resume, resumable
 from tunelab.training.trainer import best_device, quiet_when_asked
 from tunelab.training.trl_stage import (
     commit_stage,
@@ -55,6 +56,7 @@ class RewardSettings(BaseModel):
     seed: int = 42
     precision: Precision = Field("auto", description="fp32, bf16 or fp16 autocast; auto: bf16 where the hardware "
                                                      "computes it natively")
+    checkpoint_every: int | None = Field(None, gt=0, description=CHECKPOINT_EVERY)
 
 
 def pair_texts(pairs: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -102,20 +104,24 @@ def load_reward_backbone(name: str) -> tuple[PreTrainedModel, Any]:
 
 
 def train_reward_model(settings: RewardSettings, train_pairs: pd.DataFrame, test_pairs: pd.DataFrame, output: Path,
-                       overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                       overwrite: bool = False, progress: bool = True, resume: Resume = "auto") -> dict[str, Any]:
     """Train on `train_pairs`, score `test_pairs`, and write the run: reward.yaml, metrics.json,
-    resources.json and the model (a plain transformers folder)."""
+    resources.json and the model (a plain transformers folder); with `checkpoint_every`, resumable."""
     from trl import RewardConfig, RewardTrainer
 
     if train_pairs.empty or test_pairs.empty:
         raise TunelabError("the reward model needs training and held-out preference pairs; the data has too few")
-    staged = StagedRun(output, overwrite, marker=REWARD_CONFIG_FILE, kind="tunelab reward model run")
+    staged = StagedRun(output, overwrite, marker=REWARD_CONFIG_FILE, kind="tunelab reward model run",
+                       resumable=resumable(settings.checkpoint_every))
     torch.manual_seed(settings.seed)
     model, tokenizer = load_reward_backbone(settings.model)
     with staged_on_main(staged), trl_quiet(progress):
+        if is_main() and settings.checkpoint_every:
+            prepare_resume(staged, settings, train_pairs, resume)
         args = RewardConfig(num_train_epochs=settings.epochs, learning_rate=settings.learning_rate,
                             max_length=settings.max_length, seed=settings.seed, logging_steps=50,
-                            **trl_stage_settings(staged.path, progress, settings.precision, settings.batch_size))
+                            **trl_stage_settings(staged.path, progress, settings.precision, settings.batch_size,
+                                                 checkpoint_every=settings.checkpoint_every))
         trainer = quiet_when_asked(RewardTrainer(model=model, args=args, processing_class=tokenizer,
                                                  train_dataset=tokenize_pairs(train_pairs, tokenizer,
                                                                               settings.max_length)))

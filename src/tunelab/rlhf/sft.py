@@ -24,6 +24,7 @@ from tunelab.runs import CONFIG_FILE, StagedRun, write_text_atomic
 from tunelab.strategies.catalog import TRL_STRATEGIES
 from tunelab.strategies.registry import configure
 from tunelab.task_catalog import recipe_for
+from tunelab.training.resume import Resume, prepare_resume, resumable
 from tunelab.training.trainer import quiet_when_asked
 from tunelab.training.trl_stage import commit_stage, staged_on_main, train_stage, trl_quiet, trl_stage_settings
 
@@ -34,22 +35,25 @@ def _held_out(trainer: SFTTrainer) -> dict[str, float]:
 
 
 def train_sft(config: RunConfig, train: pd.DataFrame, test: pd.DataFrame, overwrite: bool = False,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, resume: Resume = "auto") -> dict[str, Any]:
     """Fine-tune `config.model` with `config.strategy` on `train`; held-out loss before and after on `test`. Under
-    torchrun every process trains and evaluates; the first one writes the run."""
+    torchrun every process trains and evaluates; the first one writes the run. With `training.checkpoint_every`, an
+    interrupted run resumes as `train`'s does."""
     if config.strategy.name not in TRL_STRATEGIES:
         raise TunelabError(f"rlhf sft trains with {', '.join(TRL_STRATEGIES)}; strategy {config.strategy.name} keeps "
                            f"weights outside the LM that TRL's trainer sees")
     strategy = configure(config.strategy, config.training)
-    staged = StagedRun(Path(config.output), overwrite)
-    torch.manual_seed(config.training.seed)
-    model, tokenizer = recipe_for("generation").build(config, strategy, None)
     training = config.training
+    staged = StagedRun(Path(config.output), overwrite, resumable=resumable(training.checkpoint_every))
+    torch.manual_seed(training.seed)
+    model, tokenizer = recipe_for("generation").build(config, strategy, None)
     with staged_on_main(staged), trl_quiet(progress):
+        if is_main() and training.checkpoint_every:
+            prepare_resume(staged, config, train, resume)
         args = SFTConfig(num_train_epochs=strategy.epochs, learning_rate=strategy.learning_rate,
                          max_length=training.max_length, seed=training.seed, logging_steps=training.logging_steps,
                          **trl_stage_settings(staged.path, progress, training.precision, training.batch_size,
-                                              training.eval_batch_size))
+                                              training.eval_batch_size, training.checkpoint_every))
         trainer = quiet_when_asked(SFTTrainer(model=model.backbone, args=args, processing_class=tokenizer,
                                               train_dataset=datasets.Dataset.from_pandas(train),
                                               eval_dataset=datasets.Dataset.from_pandas(test)))

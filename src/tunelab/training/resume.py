@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 import yaml
+from pydantic import BaseModel
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
-from tunelab.runs import CHECKPOINTS, write_text_atomic
+from tunelab.runs import CHECKPOINTS, StagedRun, write_text_atomic
 
+CHECKPOINT_EVERY = "a resumable checkpoint every N optimizer steps: a killed run resumes when run again"
 Resume = Literal["auto", "require", "restart"]  # what `train` does with an interrupted run's checkpoints
 RESUME_FILE = ".resume.yaml"  # in a staging folder: the settings and data its checkpoints were written with
 TRAINER_STATE = "trainer_state.json"
@@ -25,7 +28,7 @@ TRAINER_STATE = "trainer_state.json"
 RESUME_STATE = ("optimizer.pt", "scheduler.pt", TRAINER_STATE)
 # Settings that change how often progress is kept, or how a batch is computed (in micro-batches that fit), not what
 # is trained: a resume may change them (a run that ran out of memory resumes with --batch-size auto).
-FREE_SETTINGS = ("training.checkpoint_every", "training.keep_checkpoints", "training.micro_batch_size")
+FREE_SETTINGS = ("checkpoint_every", "keep_checkpoints", "micro_batch_size")
 
 
 class CheckpointEvery(TrainerCallback):
@@ -93,28 +96,44 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _settings(config: RunConfig, train: pd.DataFrame) -> dict[str, Any]:
-    settings = {key: value for key, value in _flat(config.model_dump(mode="json")).items()
-                if key not in FREE_SETTINGS}
-    return {**settings, "training data": _fingerprint(train)}
+def _settings(settings: BaseModel, train: pd.DataFrame) -> dict[str, Any]:
+    kept = {key: value for key, value in _flat(settings.model_dump(mode="json")).items()
+            if key.rpartition(".")[2] not in FREE_SETTINGS}
+    return {**kept, "training data": _fingerprint(train)}
 
 
-def record_settings(run: Path, config: RunConfig, train: pd.DataFrame) -> None:
-    """What the staged run's checkpoints are written with, for the next run to compare with its own."""
-    write_text_atomic(run / RESUME_FILE, yaml.safe_dump(_settings(config, train), sort_keys=True))
-
-
-def check_settings(run: Path, config: RunConfig, train: pd.DataFrame) -> None:
+def _check_settings(staged: StagedRun, settings: BaseModel, train: pd.DataFrame) -> None:
     """Refuse to resume checkpoints written with other settings or other training data, naming what differs."""
-    stored_file = run / RESUME_FILE
+    stored_file = staged.path / RESUME_FILE
     stored = yaml.safe_load(stored_file.read_text(encoding="utf-8")) if stored_file.exists() else {}
-    now = _settings(config, train)
+    now = _settings(settings, train)
     changed = [key if key == "training data" else f"{key} ({stored.get(key)!r} then, {value!r} now)"
                for key, value in now.items() if stored.get(key) != value]
     if changed:
-        raise TunelabError(f"{config.output} has an interrupted run with other settings: {'; '.join(changed[:3])}"
+        raise TunelabError(f"{staged.final} has an interrupted run with other settings: {'; '.join(changed[:3])}"
                            f"{' ...' if len(changed) > 3 else ''}; repeat its settings to resume it, or pass "
                            f"--restart to discard it")
+
+
+def resumable(checkpoint_every: int | None) -> Callable[[Path], bool] | None:
+    """What a `StagedRun` keeps of an interrupted run: its checkpoints, when the run makes them."""
+    return has_checkpoint if checkpoint_every else None
+
+
+def prepare_resume(staged: StagedRun, settings: BaseModel, train: pd.DataFrame, resume: Resume,
+                   say: Callable[[str], None] | None = None) -> None:
+    """Before training with checkpoints: keep the staged run's checkpoints if they were written with these settings
+    and this training data (refused otherwise, naming the difference), or discard them when asked; then record the
+    settings for the next run to compare with."""
+    if resume == "restart":
+        staged.clear()
+    elif staged.resumes():
+        _check_settings(staged, settings, train)
+        if say is not None:
+            say(f"resuming the interrupted run from step {checkpoint_step(staged.path)}")
+    elif resume == "require":
+        raise TunelabError(f"there is no interrupted run of {staged.final} to resume; leave out --resume to start one")
+    write_text_atomic(staged.path / RESUME_FILE, yaml.safe_dump(_settings(settings, train), sort_keys=True))
 
 
 def interrupted(run: Path) -> str:

@@ -20,22 +20,26 @@ from tunelab.config import Precision
 from tunelab.precision import resolve_precision, trainer_flags
 from tunelab.ranks import is_main, per_process, world_size
 from tunelab.resources import PeakMemory, run_resources
-from tunelab.runs import METRICS_FILE, RESOURCES_FILE, StagedRun, write_json
+from tunelab.runs import CHECKPOINTS, METRICS_FILE, RESOURCES_FILE, StagedRun, write_json
+from tunelab.training.resume import RESUME_FILE, latest_checkpoint
 
-TRL_SCRATCH = "checkpoints"  # TRL's output_dir; nothing is saved in it, and a stage removes it before committing
+TRL_SCRATCH = CHECKPOINTS  # TRL's output_dir: resumable checkpoints, if any; a stage removes it before committing
 
 
 def trl_stage_settings(run_path: Path, progress: bool, precision: Precision, batch_size: int,
-                       eval_batch_size: int | None = None) -> dict[str, Any]:
-    """The config fields every TRL stage (SFT, reward model, DPO) shares: no checkpoints or evaluation during
-    training (each stage evaluates before and after itself), no reporting, bars as asked, and the stage's precision
-    resolved for the hardware: TRL's configs default to bf16 and gradient checkpointing, and on a CPU without native
-    bf16 neither helps a small model. The batch sizes are global: under torchrun each process takes its share."""
+                       eval_batch_size: int | None = None, checkpoint_every: int | None = None) -> dict[str, Any]:
+    """The config fields every TRL stage (SFT, reward model, DPO) shares: no evaluation during training (each stage
+    evaluates before and after itself), resumable checkpoints only every `checkpoint_every` steps, no reporting, bars
+    as asked, and the stage's precision resolved for the hardware: TRL's configs default to bf16 and gradient
+    checkpointing, and on a CPU without native bf16 neither helps a small model. The batch sizes are global: under
+    torchrun each process takes its share."""
     gpu = torch.cuda.is_available()
     batches = {"per_device_train_batch_size": per_process(batch_size, "--batch-size")}
     if eval_batch_size is not None:
         batches["per_device_eval_batch_size"] = max(1, eval_batch_size // world_size())
-    return {"output_dir": str(run_path / TRL_SCRATCH), "save_strategy": "no", "eval_strategy": "no",
+    saving = {"save_strategy": "steps", "save_steps": checkpoint_every, "save_total_limit": 1} if checkpoint_every \
+        else {"save_strategy": "no"}
+    return {"output_dir": str(run_path / TRL_SCRATCH), **saving, "eval_strategy": "no",
             "report_to": "none", "disable_tqdm": not progress, **trainer_flags(resolve_precision(precision)),
             "gradient_checkpointing": gpu, "dataloader_pin_memory": gpu, **batches}
 
@@ -65,11 +69,12 @@ def trl_quiet(progress: bool) -> Iterator[None]:
 
 
 def train_stage(trainer: Any, staged: StagedRun) -> tuple[dict[str, float], PeakMemory]:
-    """Train a TRL trainer, timed and its peak memory measured; TRL's scratch folder goes (nothing is
-    checkpointed in it)."""
+    """Train a TRL trainer, timed and its peak memory measured, from the newest checkpoint an interrupted run of it
+    left (kept only with checkpoints on); then its checkpoints go."""
+    resume = latest_checkpoint(staged.path / TRL_SCRATCH)
     start = time.perf_counter()
     with PeakMemory() as memory:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     timings = {"train_s": time.perf_counter() - start}
     if is_main():
         shutil.rmtree(staged.path / TRL_SCRATCH, ignore_errors=True)
@@ -85,6 +90,7 @@ def commit_stage(staged: StagedRun, model: nn.Module, metrics: dict[str, Any], t
     """Write a stage's metrics and costs (the schema of every run; no latency, which a stage does not measure) and
     rename its staged folder into place; returns the costs."""
     resources = {**run_resources(model, timings, memory, delta_files, None), **facts}
+    (staged.path / RESUME_FILE).unlink(missing_ok=True)
     write_json(staged.path / METRICS_FILE, metrics)
     write_json(staged.path / RESOURCES_FILE, resources)
     staged.commit()
