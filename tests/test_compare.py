@@ -105,6 +105,9 @@ def test_a_refused_strategy_is_tried_once_a_crash_costs_only_its_cell(tmp_path: 
         def capacity(self) -> int:
             return 1
 
+        def describe(self) -> str:
+            return ""
+
         def submit(self, job: Job) -> Future:
             tried.append(Path(job.config.output).name)
             future = Future()

@@ -40,6 +40,16 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_tokens() -> Iterator[None]:
+    """Ray 2.60 turns token authentication on for a Ray started by `ray.init()` (writing ~/.ray/auth_token and
+    setting RAY_AUTH_MODE in this process) and for `ray start` wherever that file exists: off here, so the tests
+    neither write to the home folder nor depend on what an earlier session left there."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        yield
+
+
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[str]:
     """`ray start --head --block` on 127.0.0.1 with 2 CPUs; SIGTERM stops it and every process it started."""

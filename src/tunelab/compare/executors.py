@@ -255,7 +255,10 @@ class RayExecutor:
         try:
             self.ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as error:
-            raise TunelabError(f"cannot connect to the Ray cluster at {address}: {_first_line(error)}") from None
+            hint = "" if os.environ.get("RAY_AUTH_MODE") == "token" else (
+                "; a cluster with token authentication (`ray start` turns it on where ~/.ray/auth_token exists) "
+                "also needs RAY_AUTH_MODE=token here")
+            raise TunelabError(f"cannot connect to the Ray cluster at {address}: {_first_line(error)}{hint}") from None
 
     def _nodes(self) -> list[dict[str, float]]:
         return [node["Resources"] for node in self.ray.nodes() if node["Alive"]]
