@@ -177,6 +177,12 @@ def test_bad_executor_choices_are_one_line_before_anything_is_written(grid_args,
     assert not (tmp_path / "grid").exists()
 
 
+def test_search_takes_the_same_executor_choices(tmp_path: Path):
+    code, printed = tunelab("search", "--output", str(tmp_path / "search"), "--address", "127.0.0.1:6379")
+    assert code == 2 and "error: --address is for --executor ray" in printed
+    assert not (tmp_path / "search").exists()
+
+
 def test_an_unreachable_cluster_is_one_line(grid_args, tmp_path: Path):
     code, printed = tunelab(*grid_args, "--output", str(tmp_path / "grid"), "--executor", "ray", "--address",
                             f"127.0.0.1:{_free_port()}")
