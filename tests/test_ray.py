@@ -191,10 +191,13 @@ def test_an_unreachable_cluster_is_one_line(grid_args, tmp_path: Path):
 
 
 def test_a_request_no_node_meets_is_refused(grid_args, ray_head: str, tmp_path: Path):
+    import ray
+
     code, printed = tunelab(*grid_args, "--output", str(tmp_path / "grid"), "--executor", "ray", "--address",
                             ray_head, "--cpus-per-run", "64")
     assert code == 2 and "has 64 CPU for one run; lower --cpus-per-run" in printed, printed
     assert not (tmp_path / "grid").exists()
+    assert not ray.is_initialized()  # disconnected on the way out
 
 
 def test_ray_not_installed_is_one_line(monkeypatch):

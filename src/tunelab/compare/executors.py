@@ -235,15 +235,19 @@ class RayExecutor:
         import ray
 
         self.ray, self.owned, self.address = ray, not ray.is_initialized(), choice.address
+        self.running: dict[Any, Future[Outcome]] = {}  # the tasks not yet settled
         if self.owned:
             self._connect(choice.address)
-        self.needs = self._needs(choice, workers)
-        self._check_feasible(choice.address)
+        try:
+            self.needs = self._needs(choice, workers)
+            self._check_feasible(choice.address)
+        except TunelabError:
+            self.close()
+            raise
         self.threads = int(self.needs["CPU"])
         options = {"num_cpus": self.needs["CPU"], "num_gpus": self.needs.get("GPU", 0),
                    "memory": self.needs.get("memory"), "runtime_env": {"env_vars": _forwarded_environment()}}
         self.task = ray.remote(train_in_process).options(**{key: value for key, value in options.items() if value})
-        self.running: dict[Any, Future[Outcome]] = {}
 
     def _connect(self, address: str | None) -> None:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network call the user did not ask for
