@@ -41,22 +41,27 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _no_ray_tokens() -> Iterator[None]:
-    """Ray 2.60 turns token authentication on for a Ray started by `ray.init()` (writing ~/.ray/auth_token and
-    setting RAY_AUTH_MODE in this process) and for `ray start` wherever that file exists: off here, so the tests
-    neither write to the home folder nor depend on what an earlier session left there."""
+def ray_temp() -> Iterator[str]:
+    """Ray's files in a folder of this module's (short: Ray's socket paths must fit 107 bytes), removed after it.
+    Token authentication off: Ray 2.60 turns it on for a Ray started by `ray.init()` (writing ~/.ray/auth_token)
+    and for `ray start` wherever that file exists; so the tests neither write to the home folder nor depend on what
+    an earlier session left there."""
+    temp = tempfile.mkdtemp(prefix="tl-ray-")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_AUTH_MODE", "disabled")
-        yield
+        patch.setenv("RAY_TMPDIR", temp)
+        yield temp
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def ray_head() -> Iterator[str]:
+def ray_head(ray_temp: str) -> Iterator[str]:
     """`ray start --head --block` on 127.0.0.1 with 2 CPUs; SIGTERM stops it and every process it started."""
-    port, temp = _free_port(), tempfile.mkdtemp(prefix="tl-ray-")  # short: Ray's socket paths must fit 107 bytes
+    port = _free_port()
     head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
                              "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2",
-                             "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp],
+                             "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir",
+                             str(Path(ray_temp) / "head")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
@@ -76,7 +81,6 @@ def ray_head() -> Iterator[str]:
             head.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
