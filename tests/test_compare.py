@@ -9,7 +9,8 @@ import math
 import re
 import shutil
 import sys
-from contextlib import redirect_stderr, redirect_stdout
+from concurrent.futures import Future
+from contextlib import nullcontext, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +18,20 @@ import pytest
 from rich.console import Console
 from tiny import open_in_chromium
 
-from tunelab.compare import grid
+from tunelab.compare import executors, grid
 from tunelab.compare.claims import NOISE_FLOOR, check_claims, noise
-from tunelab.compare.grid import CELLS, GRID_FILE, Cell, GridSpec, cell_config, cell_epochs, plan, run_grid
+from tunelab.compare.executors import Job, train_in_process
+from tunelab.compare.grid import (
+    CELLS,
+    GRID_FILE,
+    Cell,
+    GridSpec,
+    cell_config,
+    cell_epochs,
+    cell_job,
+    plan,
+    run_grid,
+)
 from tunelab.compare.page import REPORT_FILE, summary_rows
 from tunelab.compare.results import load_grid, summarise
 from tunelab.errors import TunelabError
@@ -89,11 +101,20 @@ def test_a_refused_strategy_is_tried_once_a_crash_costs_only_its_cell(tmp_path: 
                                                                         attempts: list[str]):
     tried = []
 
-    def fail(folder: Path, spec: GridSpec, cell: Cell) -> tuple[int, str]:
-        tried.append(cell.name)
-        return exit_code, f"reason {exit_code}"
+    class Failing:
+        def capacity(self) -> int:
+            return 1
 
-    monkeypatch.setattr(grid, "run_cell", fail)
+        def describe(self) -> str:
+            return ""
+
+        def submit(self, job: Job) -> Future:
+            tried.append(Path(job.config.output).name)
+            future = Future()
+            future.set_result((exit_code, f"reason {exit_code}"))
+            return future
+
+    monkeypatch.setattr(grid, "open_executor", lambda choice: nullcontext(Failing()))
     spec = GridSpec(strategies=["full", "lora"], train_sizes=[8, 16], seeds=[1])
     outcome = run_grid(tmp_path / "grid", spec, QUIET, progress=False)
     assert tried == attempts
@@ -105,7 +126,7 @@ def test_an_interrupted_grid_says_how_to_resume(tmp_path: Path, monkeypatch):
     def interrupt(*args) -> tuple[int, str]:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(grid, "run_cell", interrupt)
+    monkeypatch.setattr(executors, "train_in_process", interrupt)
     with pytest.raises(TunelabError, match="interrupted with 0 of 2 cells finished; run the same command again"):
         run_grid(tmp_path / "grid", GridSpec(strategies=["full"], train_sizes=[8, 16], seeds=[1]), QUIET)
 
@@ -143,10 +164,10 @@ def test_a_cell_runs_in_its_own_process_with_the_grids_environment_as_it_is_now(
     spec = GridSpec(base=base, strategies=["lora", "pet"], train_sizes=[16], seeds=[1])
     grid.prepare_folder(folder, spec)
     monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "first"))
-    code, reason = grid.run_cell(folder, spec, Cell("pet", 16, 1))  # starts the server if none runs yet
+    code, reason = train_in_process(cell_job(folder, spec, Cell("pet", 16, 1)))  # starts the server if none runs yet
     assert code == 2 and "has no trained masked-LM head" in reason and "\n" not in reason
     monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "second"))
-    assert grid.run_cell(folder, spec, Cell("lora", 16, 1)) == (0, "")
+    assert train_in_process(cell_job(folder, spec, Cell("lora", 16, 1))) == (0, "")
     assert (folder / CELLS / "lora-n16-s1" / "metrics.json").exists()
     assert list((tmp_path / "second" / "data").iterdir())  # tweets3 was cached where the grid's environment says
 

@@ -14,7 +14,13 @@ from tunelab.cli.options import (
     MEMORY_UNITS_GB,
     PARAMETER_UNITS,
     PRECISION_HELP,
+    AddressFlag,
+    CpusFlag,
+    ExecutorFlag,
+    GpusFlag,
+    MemoryFlag,
     comma_list,
+    executor_choice,
     run_config,
     size_amount,
 )
@@ -75,18 +81,24 @@ def compare(
     set_: Annotated[list[str] | None, typer.Option("--set", help="any config key, e.g. training.warmup_ratio=0.1")]
     = None,
     quiet: Annotated[bool, typer.Option(help="no progress display")] = False,
+    executor: ExecutorFlag = "local",
+    address: AddressFlag = None,
+    cpus_per_run: CpusFlag = None,
+    gpus_per_run: GpusFlag = None,
+    memory_per_run: MemoryFlag = None,
 ) -> None:
     """Train a grid of strategies x training-set sizes x seeds, each an ordinary run; resumable."""
     from tunelab.compare.grid import GridSpec, run_grid
     from tunelab.strategies.catalog import STANDALONE
 
+    where = executor_choice(executor, address, cpus_per_run, gpus_per_run, memory_per_run)
     base = run_config(config_file, locals(), set_, None, None, None)
     names = list(STANDALONE) if strategies == "all" else comma_list(strategies, "strategies")
     spec = GridSpec(base=base.model_dump(mode="json", exclude={"strategy", "output"}, exclude_defaults=True),
                     strategies=names, train_sizes=comma_list(train_sizes, "train-sizes", int),
                     seeds=list(range(seed, seed + seeds)), epochs=epochs, min_steps=min_steps,
                     prompt_model=prompt_model)
-    outcome = run_grid(output, spec, console, progress=not quiet)
+    outcome = run_grid(output, spec, console, progress=not quiet, executor=where)
     console.print(f"{len(outcome.trained)} runs trained, {len(outcome.skipped)} already finished, "
                   f"{len(outcome.failed)} failed")
     _print_grid_report(output)

@@ -1,9 +1,12 @@
-"""What several commands parse the same way: the run config from YAML, flags and overrides; lists and sizes."""
+"""What several commands parse the same way: the run config from YAML, flags and overrides; lists and sizes; where
+runs train."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from tunelab.errors import TunelabError
 
@@ -114,3 +117,25 @@ def size_amount(text: str, units: dict[str, float], option: str, example: str) -
     except ValueError:
         raise TunelabError(f"{option} '{text}' is not a size; write it like {example}") from None
 
+
+
+# Where `compare` and `search` train their runs; one run is one Ray task.
+ExecutorFlag = Annotated[str, typer.Option(help="where runs train: local (processes on this machine) or ray (tasks "
+                                                "on a Ray cluster; every node sees the folder at the same path)")]
+AddressFlag = Annotated[str | None, typer.Option(help="--executor ray: the cluster's head as HOST:PORT, or auto "
+                                                      "[default: start Ray on this machine's cores]")]
+CpusFlag = Annotated[int | None, typer.Option("--cpus-per-run", min=1, help="--executor ray: CPUs each run asks "
+                                              "for (its torch threads) [default: this machine's cores shared as "
+                                              "locally, at most a node's]")]
+GpusFlag = Annotated[float | None, typer.Option("--gpus-per-run", min=0, help="--executor ray: GPUs each run asks "
+                                                "for (0.5 shares one) [default: 1 where the cluster has GPUs]")]
+MemoryFlag = Annotated[str | None, typer.Option("--memory-per-run", help="--executor ray: memory each run reserves, "
+                                                "e.g. 8GB [default: none reserved]")]
+
+
+def executor_choice(executor: str, address: str | None, cpus: int | None, gpus: float | None,
+                    memory: str | None) -> Any:
+    from tunelab.compare.executors import ExecutorChoice
+
+    memory_gb = None if memory is None else size_amount(memory, MEMORY_UNITS_GB, "--memory-per-run", "8GB")
+    return ExecutorChoice(executor, address, cpus, gpus, memory_gb)

@@ -9,7 +9,16 @@ import typer
 from rich.markup import escape
 
 from tunelab.cli.app import app, console
-from tunelab.cli.options import comma_list, run_config
+from tunelab.cli.options import (
+    AddressFlag,
+    CpusFlag,
+    ExecutorFlag,
+    GpusFlag,
+    MemoryFlag,
+    comma_list,
+    executor_choice,
+    run_config,
+)
 from tunelab.errors import TunelabError
 
 
@@ -54,12 +63,18 @@ def search(
     set_: Annotated[list[str] | None, typer.Option("--set", help="any config key, e.g. training.warmup_ratio=0.1")]
     = None,
     quiet: Annotated[bool, typer.Option(help="no progress display")] = False,
+    executor: ExecutorFlag = "local",
+    address: AddressFlag = None,
+    cpus_per_run: CpusFlag = None,
+    gpus_per_run: GpusFlag = None,
+    memory_per_run: MemoryFlag = None,
 ) -> None:
     """Search strategy families and their structure for the Pareto front of quality and cost; resumable."""
     from tunelab.search.run import run_search
     from tunelab.search.space import read_space
     from tunelab.search.study import SearchSpec
 
+    where = executor_choice(executor, address, cpus_per_run, gpus_per_run, memory_per_run)
     flags: dict[str, Any] = {key: value for key, value in locals().items()
                              if key in ("model", "data", "task", "text_column", "label_column", "limit_train",
                                         "seed", "batch_size", "max_length")}
@@ -67,7 +82,7 @@ def search(
     spec = SearchSpec(base=base.model_dump(mode="json", exclude={"strategy", "output"}, exclude_defaults=True),
                       space=read_space(space), objectives=objectives, trials=trials, eta=eta, seed=seed,
                       reevaluate_seeds=comma_list(seeds, "seeds", int), hand_defaults=comma_list(defaults, "defaults"))
-    run_search(output, spec, console, workers, storage, progress=not quiet)
+    run_search(output, spec, console, workers, storage, progress=not quiet, executor=where)
     print_search_report(output)
 
 

@@ -1,10 +1,7 @@
 """A comparison grid: every (strategy, training-set size, seed) cell is an ordinary run directory.
 
-Each cell trains in its own `tunelab train` process, so its peak memory is its own and a crash costs one cell. The
-processes are forked from a fork server that imported tunelab, torch, transformers and peft once: those imports
-were most of a small cell's cost beyond training (about 5 s of it on 2 cores, where loading MiniLM and tokenizing
-its splits take under half a second), so a grid pays them once. The server runs no torch operation, so every fork
-starts as clean as a new process. Where there is no fork server (Windows), cells start as new processes.
+Each cell is a job for an executor (`compare/executors.py`): a `tunelab train` process of its own, on this machine
+one cell at a time, or as Ray tasks on a cluster, several at once, each asking for its resources.
 
 An interrupted grid resumes where it stopped: a cell whose run directory exists is finished (runs are committed
 atomically), so it is skipped. The grid's settings live in `compare.yaml`; resuming with other settings is refused
@@ -13,12 +10,8 @@ rather than mixing two grids in one report.
 
 from __future__ import annotations
 
-import ctypes
-import multiprocessing
-import os
-import runpy
-import signal
-import sys
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,16 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tunelab.config import RunConfig, StrategyConfig, TrainingConfig, build_config, to_yaml
+from tunelab.compare.executors import LOCAL, Executor, ExecutorChoice, Job, Outcome, open_executor
+from tunelab.config import RunConfig, StrategyConfig, TrainingConfig, build_config
 from tunelab.errors import TunelabError
-from tunelab.runs import METRICS_FILE, open_resumable, read_json, write_json, write_text_atomic
+from tunelab.runs import METRICS_FILE, open_resumable, read_json, write_json
 from tunelab.strategies.catalog import entry
 from tunelab.strategies.registry import configure
 
-# Imported once, in the fork server, by name: a cell runs `python -m tunelab train` (which imports these), and the
-# grid, a layer below them, never imports them itself.
-CELL_PRELOAD = ["tunelab.cli", "tunelab.api", "tunelab.report", "tunelab.recipes.classification"]
-PR_SET_PDEATHSIG = 1  # prctl(2)
 GRID_FILE = "compare.yaml"
 FAILURES_FILE = "failures.json"
 CELLS, CONFIGS, LOGS = "cells", "configs", "logs"
@@ -132,62 +122,10 @@ def validate(spec: GridSpec) -> None:
         raise TunelabError(f"compare measures classification grids; task '{base.task}' is not supported yet")
 
 
-def _error_line(log: Path, code: int | None) -> str:
-    """The one-line reason a cell's `tunelab train` gave, or how it ended and where to look when it crashed."""
-    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
-    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-    ended = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-    return errors[-1] if errors else f"crashed ({ended}); see {log}"
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this process when its parent (the fork server) exits, so a grid or a search killed
-    with SIGKILL leaves no orphan still training and writing."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _train_cell(config_path: str, log_path: str, environment: dict[str, str], threads: int | None) -> None:
-    """A cell's process: `tunelab train CONFIG --quiet` as `python -m tunelab` runs it, with the grid's environment
-    as it is now (the fork server's is as it was when it started), its output in the cell's log, on `threads`
-    CPU threads when several cells train at once."""
-    _die_with_parent()
-    os.environ.clear()
-    os.environ.update({**environment, "COLUMNS": "200"})
-    if threads:
-        import torch  # already imported by the fork server's preload; the grid itself stays torch-free
-
-        torch.set_num_threads(threads)
-    with open(log_path, "w", encoding="utf-8") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-    sys.argv = ["tunelab", "train", config_path, "--quiet"]
-    runpy.run_module("tunelab", run_name="__main__")
-
-
-def _cell_processes() -> multiprocessing.context.BaseContext:
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(CELL_PRELOAD)
-    return context
-
-
-def train_in_process(config: RunConfig, config_path: Path, log: Path, threads: int | None = None) -> tuple[int, str]:
-    """Train `config` in a process of its own (its config written to `config_path`, its output to `log`):
-    (exit code, the reason it failed or "")."""
-    write_text_atomic(config_path, to_yaml(config))
-    process = _cell_processes().Process(target=_train_cell,
-                                        args=(str(config_path), str(log), dict(os.environ), threads))
-    process.start()
-    process.join()
-    return process.exitcode, "" if process.exitcode == 0 else _error_line(log, process.exitcode)
-
-
-def run_cell(folder: Path, spec: GridSpec, cell: Cell) -> tuple[int, str]:
-    """Train one cell in a process of its own: (exit code, the reason it failed or "")."""
-    return train_in_process(cell_config(spec, cell, folder), folder / CONFIGS / f"{cell.name}.yaml",
-                            folder / LOGS / f"{cell.name}.log")
+def cell_job(folder: Path, spec: GridSpec, cell: Cell) -> Job:
+    """Train one cell: its run config, where its config and its output are written."""
+    return Job(cell_config(spec, cell, folder), folder / CONFIGS / f"{cell.name}.yaml",
+               folder / LOGS / f"{cell.name}.log")
 
 
 @dataclass
@@ -207,35 +145,71 @@ def _cell_line(folder: Path, cell: Cell) -> str:
     return f"{cell.strategy} n={cell.train_size} seed {cell.seed}: accuracy {test['accuracy']:.3f}"
 
 
-def run_grid(folder: Path, spec: GridSpec, console: Console, progress: bool = True) -> GridOutcome:
-    """Train every unfinished cell. A strategy refused with a one-line error (exit code 2: the model cannot take
-    it) is not tried on its other cells in this invocation; a crash costs only its cell. Failures are kept in
+def _describe(cells: list[Cell]) -> str:
+    return cells[0].name if len(cells) == 1 else f"{len(cells)} cells"
+
+
+@dataclass
+class _Training:
+    """A grid's invocation as it trains: the cells it settles, as they print and as failures.json keeps them."""
+
+    folder: Path
+    spec: GridSpec
+    bar: Progress
+    task: Any
+    outcome: GridOutcome
+
+    def settle(self, cell: Cell, code: int, reason: str) -> None:
+        if code == 0:
+            self.outcome.trained.append(cell)
+            self.bar.console.print(f"  done   {_cell_line(self.folder, cell)}")
+        else:
+            self.outcome.failed[cell.name] = reason
+            self.bar.console.print(f"  failed {cell.name}: {reason}", markup=False)
+        write_json(self.folder / FAILURES_FILE, self.outcome.failed)
+        self.bar.advance(self.task)
+
+    def run(self, todo: deque[Cell], executor: Executor) -> None:
+        """Keep the executor as busy as it can be, starting cells in plan order. A strategy refused with a one-line
+        error (exit code 2: the model cannot take it) is not started on its other cells; a crash costs one cell."""
+        order = {cell: index for index, cell in enumerate(plan(self.spec))}
+        refused: dict[str, str] = {}
+        pending: dict[Future[Outcome], Cell] = {}
+        while todo or pending:
+            while todo and len(pending) < executor.capacity():
+                cell = todo.popleft()
+                if cell.strategy in refused:
+                    self.settle(cell, 2, refused[cell.strategy])
+                    continue
+                self.bar.update(self.task, description=f"training {_describe([*pending.values(), cell])}")
+                pending[executor.submit(cell_job(self.folder, self.spec, cell))] = cell
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda future: order[pending[future]]):
+                cell, (code, reason) = pending.pop(future), future.result()
+                if code == 2:
+                    refused[cell.strategy] = reason
+                self.settle(cell, code, reason)
+        self.bar.update(self.task, description="grid")
+
+
+def run_grid(folder: Path, spec: GridSpec, console: Console, progress: bool = True,
+             executor: ExecutorChoice = LOCAL) -> GridOutcome:
+    """Train every unfinished cell with `executor` (connected before the folder is touched). Failures are kept in
     failures.json; the next invocation tries them again."""
     validate(spec)
-    prepare_folder(folder, spec)
-    cells = plan(spec)
-    outcome = GridOutcome([], [cell for cell in cells if is_finished(folder, cell)], {})
-    refused: dict[str, str] = {}
-    todo = [cell for cell in cells if cell not in outcome.skipped]
-    with _progress(progress, console) as bar:
-        task = bar.add_task("grid", total=len(cells), completed=len(outcome.skipped))
-        try:
-            for cell in todo:
-                bar.update(task, description=f"training {cell.name}")
-                code, reason = (2, refused[cell.strategy]) if cell.strategy in refused else run_cell(folder, spec, cell)
-                if code == 0:
-                    outcome.trained.append(cell)
-                    bar.console.print(f"  done   {_cell_line(folder, cell)}")
-                else:
-                    outcome.failed[cell.name] = reason
-                    if code == 2:
-                        refused[cell.strategy] = reason
-                    bar.console.print(f"  failed {cell.name}: {reason}", markup=False)
-                write_json(folder / FAILURES_FILE, outcome.failed)
-                bar.advance(task)
-            bar.update(task, description="grid")
-        except KeyboardInterrupt:
-            finished = sum(is_finished(folder, cell) for cell in cells)
-            raise TunelabError(f"interrupted with {finished} of {len(cells)} cells finished; run the same "
-                               f"command again to resume") from None
+    with open_executor(executor) as running:
+        if running.describe():
+            console.print(running.describe(), highlight=False, markup=False)
+        prepare_folder(folder, spec)
+        cells = plan(spec)
+        outcome = GridOutcome([], [cell for cell in cells if is_finished(folder, cell)], {})
+        todo = deque(cell for cell in cells if cell not in outcome.skipped)
+        with _progress(progress, console) as bar:
+            task = bar.add_task("grid", total=len(cells), completed=len(outcome.skipped))
+            try:
+                _Training(folder, spec, bar, task, outcome).run(todo, running)
+            except KeyboardInterrupt:
+                finished = sum(is_finished(folder, cell) for cell in cells)
+                raise TunelabError(f"interrupted with {finished} of {len(cells)} cells finished; run the same "
+                                   f"command again to resume") from None
     return outcome

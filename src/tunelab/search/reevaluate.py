@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tunelab.compare.executors import Executor
 from tunelab.config import build_config
 from tunelab.runs import METRICS_FILE, RESOURCES_FILE, read_json
 from tunelab.search.objectives import COSTS, Objective, pareto_front, quality
@@ -66,8 +67,9 @@ def _default_config(spec: SearchSpec, candidate: Candidate, rows: int, seed: int
 
 
 def train_candidates(folder: Path, spec: SearchSpec, scale: Scale, candidates: list[Candidate], workers: int,
-                     on_done: Callable[[str, str], None]) -> dict[str, list[Path]]:
-    """Train every candidate on every re-evaluation seed (runs already there are kept): their run folders by name.
+                     executor: Executor, on_done: Callable[[str, str], None]) -> dict[str, list[Path]]:
+    """Train every candidate on every re-evaluation seed, `workers` at once (runs already there are kept): their
+    run folders by name.
     `on_done(run name, failure reason or "")` after each run."""
     jobs = []
     for candidate in candidates:
@@ -80,7 +82,7 @@ def train_candidates(folder: Path, spec: SearchSpec, scale: Scale, candidates: l
 
     def train(job: tuple[str, str, Any]) -> tuple[str, Path, str]:
         candidate, name, config = job
-        run, reason = train_plan(folder, name, config, scale.threads)
+        run, reason = train_plan(folder, name, config, executor)
         on_done(name, reason)
         return candidate, run, reason
 

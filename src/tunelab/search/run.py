@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import AutoConfig
 
 from tunelab.assets.models import resolve_model
+from tunelab.compare.executors import LOCAL, Executor, ExecutorChoice, open_executor
 from tunelab.config import build_config
 from tunelab.errors import TunelabError
 from tunelab.runs import write_json
@@ -102,10 +103,6 @@ def model_depth(spec: SearchSpec) -> int:
     return AutoConfig.from_pretrained(resolve_model(build_config(spec.base).model).path).num_hidden_layers
 
 
-def threads_per_worker(workers: int) -> int | None:
-    return max(1, len(os.sched_getaffinity(0)) // workers) if workers > 1 else None
-
-
 def _trial_line(trial: FrozenTrial, spec: SearchSpec) -> str:
     """One finished trial as it prints: its name, plan and what it reached."""
     objectives = spec.parsed_objectives
@@ -127,8 +124,8 @@ class SearchResult:
     result: dict[str, Any]
 
 
-def _work(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, asking: threading.Lock,
-          stop: threading.Event, errors: list[BaseException]) -> None:
+def _work(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, executor: Executor,
+          asking: threading.Lock, stop: threading.Event, errors: list[BaseException]) -> None:
     """One worker: ask for a trial while fewer than --trials are counted, train it, tell; until done or stopped.
     What goes wrong outside a trial's own training (the storage, a bug) stops every worker and is raised."""
     try:
@@ -138,20 +135,20 @@ def _work(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, ask
                 if counted(study) >= spec.trials:
                     return
                 trial = ask(study)
-            run_trial(study, trial, folder, spec, scale)
+            run_trial(study, trial, folder, spec, scale, executor)
     except Exception as error:
         if not stop.is_set():
             errors.append(error)
             stop.set()
 
 
-def run_trials(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, workers: int, console: Console,
-               progress: bool) -> None:
-    """The trials on `workers` threads, each training its trial's runs in processes of their own."""
+def run_trials(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, workers: int, executor: Executor,
+               console: Console, progress: bool) -> None:
+    """The trials on `workers` threads, each training its trial's runs with `executor`."""
     printed = {trial.number for trial in study.get_trials(deepcopy=False) if trial.state.is_finished()}
     asking, stop, errors = threading.Lock(), threading.Event(), []
-    threads = [threading.Thread(target=_work, args=(study, folder, spec, scale, asking, stop, errors), daemon=True)
-               for _ in range(workers)]
+    threads = [threading.Thread(target=_work, args=(study, folder, spec, scale, executor, asking, stop, errors),
+                                daemon=True) for _ in range(workers)]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not progress) as bar:
         task = bar.add_task("trials", total=spec.trials)
@@ -184,27 +181,31 @@ def _running(study: optuna.Study) -> int:
 
 
 def run_search(folder: Path, spec: SearchSpec, console: Console, workers: int = 1, storage: str | None = None,
-               progress: bool = True) -> SearchResult:
-    """Run (or resume) the search in `folder`, re-evaluate its Pareto set, and write `search.json`."""
+               progress: bool = True, executor: ExecutorChoice = LOCAL) -> SearchResult:
+    """Run (or resume) the search in `folder` with `workers` trials at once, each run trained by `executor`,
+    re-evaluate its Pareto set, and write `search.json`."""
     validate(spec)
     check_storage(storage)
     if workers < 1:
         raise TunelabError("--workers must be at least 1")
-    scale = Scale(training_rows(spec), model_depth(spec), threads_per_worker(workers))  # bad data fails here
-    prepare_folder(folder, spec)
-    for part in (TRIALS, CONFIGS, LOGS):
-        (folder / part).mkdir(exist_ok=True)
-    with folder_lock(folder):
-        study = open_study(open_storage(folder, storage), spec)
-        retried = recover_abandoned(study)
-        if retried:
-            console.print(f"resuming: trial(s) {', '.join(map(str, retried))} were interrupted and run again")
-        write_scale(folder, scale)
-        run_trials(study, folder, spec, scale, workers, console, progress)
-        return SearchResult(folder, finish(study, folder, spec, scale, workers, console))
+    scale = Scale(training_rows(spec), model_depth(spec))  # bad data fails here
+    with open_executor(executor, workers) as running:
+        if running.describe():
+            console.print(running.describe(), highlight=False, markup=False)
+        prepare_folder(folder, spec)
+        for part in (TRIALS, CONFIGS, LOGS):
+            (folder / part).mkdir(exist_ok=True)
+        with folder_lock(folder):
+            study = open_study(open_storage(folder, storage), spec)
+            retried = recover_abandoned(study)
+            if retried:
+                console.print(f"resuming: trial(s) {', '.join(map(str, retried))} were interrupted and run again")
+            write_scale(folder, scale)
+            run_trials(study, folder, spec, scale, workers, running, console, progress)
+            return SearchResult(folder, finish(study, folder, spec, scale, workers, running, console))
 
 
-def finish(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, workers: int,
+def finish(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, workers: int, executor: Executor,
            console: Console) -> dict[str, Any]:
     """Re-evaluate the Pareto set and the hand defaults on the seeds; the search's result, also in search.json."""
     objectives = spec.parsed_objectives
@@ -218,7 +219,7 @@ def finish(study: optuna.Study, folder: Path, spec: SearchSpec, scale: Scale, wo
         console.print(f"  {'failed ' + name + ': ' + reason if reason else 'done   ' + name}", markup=False,
                       highlight=False)
 
-    runs = train_candidates(folder, spec, scale, candidates, workers, done)
+    runs = train_candidates(folder, spec, scale, candidates, workers, executor, done)
     rows = summarise(candidates, runs, objectives)
     trials = study.get_trials(deepcopy=False)
     result = {"objectives": [objective.name for objective in objectives], "sampler": study.user_attrs.get("sampler"),

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tunelab.compare.grid import train_in_process
+from tunelab.compare.executors import Executor, Job
 from tunelab.config import RunConfig, StrategyConfig, build_config, read_yaml
 from tunelab.errors import TunelabError
 from tunelab.runs import METRICS_FILE, read_json, write_json
@@ -29,11 +29,10 @@ SCALE_FILE = "scale.json"
 
 @dataclass(frozen=True)
 class Scale:
-    """What every trial shares: the full training rows, the model's depth, CPU threads per training process."""
+    """What every trial shares: the full training rows, the model's depth."""
 
     rows: int
     depth: int
-    threads: int | None
 
 
 def plan_config(spec: SearchSpec, plan: TrialPlan, rows: int, full_rows: int, seed: int, output: Path) -> RunConfig:
@@ -49,13 +48,13 @@ def plan_config(spec: SearchSpec, plan: TrialPlan, rows: int, full_rows: int, se
                                     "output": str(output)})
 
 
-def train_plan(folder: Path, name: str, config: RunConfig, threads: int | None) -> tuple[Path, str]:
+def train_plan(folder: Path, name: str, config: RunConfig, executor: Executor) -> tuple[Path, str]:
     """Train (or find already trained) one run: its folder and "" or the reason it failed."""
     output = Path(config.output)
     if (output / METRICS_FILE).exists():
         return output, ""
-    code, reason = train_in_process(config, folder / CONFIGS / f"{name}.yaml", folder / LOGS / f"{name}.log",
-                                    threads)
+    job = Job(config, folder / CONFIGS / f"{name}.yaml", folder / LOGS / f"{name}.log")
+    code, reason = executor.submit(job).result()
     return output, reason if code else ""
 
 
@@ -87,7 +86,8 @@ def low_rung(study: optuna.Study) -> dict[int, list[float]]:
             if LOW_VALUES in trial.user_attrs and trial.state in (*FINISHED, TrialState.RUNNING)}
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, folder: Path, spec: SearchSpec, scale: Scale) -> None:
+def run_trial(study: optuna.Study, trial: optuna.Trial, folder: Path, spec: SearchSpec, scale: Scale,
+              executor: Executor) -> None:
     """Train the trial's plan on the low rung, and on the full rows if promoted; tell the study how it ended."""
     objectives: list[Objective] = spec.parsed_objectives
     plan = suggest(trial, spec.space, scale.depth)
@@ -100,7 +100,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, folder: Path, spec: Sear
         for rows in rungs:
             run_name = f"{name}-n{rows}"
             config = plan_config(spec, plan, rows, scale.rows, spec.seed, folder / TRIALS / run_name)
-            run, reason = train_plan(folder, run_name, config, scale.threads)
+            run, reason = train_plan(folder, run_name, config, executor)
             if reason:
                 trial.set_user_attr(REASON, reason)
                 study.tell(trial, state=TrialState.FAIL)
@@ -128,7 +128,8 @@ def write_scale(folder: Path, scale: Scale) -> None:
 def read_scale(folder: Path) -> Scale:
     if not (folder / SCALE_FILE).exists():
         raise TunelabError(f"{folder} holds no trial yet; run `tunelab search` with --output {folder} first")
-    return Scale(**read_json(folder / SCALE_FILE))
+    recorded = read_json(folder / SCALE_FILE)  # searches before the executors also kept their threads here
+    return Scale(recorded["rows"], recorded["depth"])
 
 
 def trial_config(folder: Path, trial: int, output: Path) -> RunConfig:
