@@ -1,0 +1,89 @@
+"""Fuzzing at length: every target of tests/fuzz_targets.py (each loader, the template parser and label words, YAML
+configs and `--set` overrides) on 10,000 generated inputs, counting what tunelab took, what it refused with a
+one-line `TunelabError`, and anything else it raised (the bar: nothing). Writes results/fuzz.json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from common import log, machine, write_result
+from hypothesis import HealthCheck, Phase, given, seed, settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the targets the fast tests run too
+from fuzz_targets import TARGETS, Target, outcome  # noqa: E402
+
+EXAMPLES = 10_000
+BAR = f"0 uncaught exceptions in {EXAMPLES:,} examples per target"
+
+
+def fuzz_target(target: Target, examples: int, first_seed: int, folder: Path) -> tuple[dict[str, Any], list[dict]]:
+    """Run `examples` generated inputs through the target without stopping at a failure (no shrinking): the
+    figures, and each kind of uncaught exception with its count and first input."""
+    refusals: Counter[str] = Counter()
+    uncaught: dict[str, dict[str, Any]] = {}
+    counts = Counter()
+
+    @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @seed(first_seed)
+    @given(target.inputs)
+    def run(given_input: Any) -> None:
+        counts["examples"] += 1
+        try:
+            message = outcome(target, folder, given_input)
+        except Exception as error:  # what the bar counts: every exception but a TunelabError, and multi-line ones
+            kind = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            uncaught.setdefault(kind, {"exception": kind, "count": 0, "example": repr(given_input)[:500]})
+            uncaught[kind]["count"] += 1
+            return
+        if message is None:
+            counts["accepted"] += 1
+        else:
+            refusals[message] += 1
+
+    start = time.perf_counter()
+    run()
+    figures = {"examples": counts["examples"], "accepted": counts["accepted"], "refused": refusals.total(),
+               "distinct_messages": len(refusals), "uncaught": sum(row["count"] for row in uncaught.values()),
+               "seconds": round(time.perf_counter() - start, 1)}
+    return figures, sorted(uncaught.values(), key=lambda row: -row["count"])
+
+
+def run_benchmark(examples: int = EXAMPLES, first_seed: int = 0, only: list[str] | None = None,
+                  quick: bool = False) -> dict[str, Any]:
+    examples = 100 if quick else examples
+    summary, uncaught = {}, {}
+    for target in TARGETS:
+        if only and target.name not in only:
+            continue
+        with tempfile.TemporaryDirectory(prefix=f"tunelab-fuzz-{target.name}-") as folder:
+            summary[target.name], uncaught[target.name] = fuzz_target(target, examples, first_seed, Path(folder))
+        log(f"fuzz {target.name}: {summary[target.name]}")
+    result = {"note": "Each target's inputs: random bytes or text, and well-formed files with odd values, framed with "
+                      "BOMs, newline styles, encodings and cuts (tests/fuzz_targets.py).",
+              "settings": {"examples_per_target": examples, "seed": first_seed, "targets": len(summary)},
+              "summary": summary, "uncaught": uncaught,
+              "bars": {BAR: all(row["uncaught"] == 0 and row["examples"] == examples for row in summary.values())},
+              "machine": machine()}
+    write_result("fuzz", result, quick or examples != EXAMPLES or bool(only))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--examples", type=int, default=EXAMPLES, help="per target")
+    parser.add_argument("--seed", type=int, default=0, help="Hypothesis's seed")
+    parser.add_argument("--only", action="append", choices=[target.name for target in TARGETS])
+    parser.add_argument("--quick", action="store_true", help="100 examples a target; writes results/fuzz.quick.json")
+    args = parser.parse_args()
+    run_benchmark(args.examples, args.seed, args.only, args.quick)
+
+
+if __name__ == "__main__":
+    main()
