@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -55,19 +56,26 @@ def fuzz_target(target: Target, examples: int, first_seed: int, folder: Path) ->
     return figures, sorted(uncaught.values(), key=lambda row: -row["count"])
 
 
+def fuzz_named(name: str, examples: int, first_seed: int) -> tuple[dict[str, Any], list[dict]]:
+    """One target by name (what a worker process receives), in a scratch folder of its own."""
+    target = next(target for target in TARGETS if target.name == name)
+    with tempfile.TemporaryDirectory(prefix=f"tunelab-fuzz-{name}-") as folder:
+        figures, uncaught = fuzz_target(target, examples, first_seed, Path(folder))
+    log(f"fuzz {name}: {figures}")
+    return figures, uncaught
+
+
 def run_benchmark(examples: int = EXAMPLES, first_seed: int = 0, only: list[str] | None = None,
-                  quick: bool = False) -> dict[str, Any]:
+                  quick: bool = False, jobs: int = 1) -> dict[str, Any]:
     examples = 100 if quick else examples
-    summary, uncaught = {}, {}
-    for target in TARGETS:
-        if only and target.name not in only:
-            continue
-        with tempfile.TemporaryDirectory(prefix=f"tunelab-fuzz-{target.name}-") as folder:
-            summary[target.name], uncaught[target.name] = fuzz_target(target, examples, first_seed, Path(folder))
-        log(f"fuzz {target.name}: {summary[target.name]}")
+    names = [target.name for target in TARGETS if not only or target.name in only]
+    with ProcessPoolExecutor(jobs) as pool:
+        outcomes = list(pool.map(fuzz_named, names, [examples] * len(names), [first_seed] * len(names)))
+    summary = {name: figures for name, (figures, _) in zip(names, outcomes, strict=True)}
+    uncaught = {name: found for name, (_, found) in zip(names, outcomes, strict=True)}
     result = {"note": "Each target's inputs: random bytes or text, and well-formed files with odd values, framed with "
                       "BOMs, newline styles, encodings and cuts (tests/fuzz_targets.py).",
-              "settings": {"examples_per_target": examples, "seed": first_seed, "targets": len(summary)},
+              "settings": {"examples_per_target": examples, "seed": first_seed, "targets": len(summary), "jobs": jobs},
               "summary": summary, "uncaught": uncaught,
               "bars": {BAR: all(row["uncaught"] == 0 and row["examples"] == examples for row in summary.values())},
               "machine": machine()}
@@ -81,8 +89,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="Hypothesis's seed")
     parser.add_argument("--only", action="append", choices=[target.name for target in TARGETS])
     parser.add_argument("--quick", action="store_true", help="100 examples a target; writes results/fuzz.quick.json")
+    parser.add_argument("--jobs", type=int, default=1, help="targets fuzzed at once, each in its own process")
     args = parser.parse_args()
-    run_benchmark(args.examples, args.seed, args.only, args.quick)
+    run_benchmark(args.examples, args.seed, args.only, args.quick, args.jobs)
 
 
 if __name__ == "__main__":

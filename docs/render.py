@@ -234,6 +234,20 @@ def foreign_server_line() -> str:
             f"{summary['mean_gain'] * 100:+.1f} points, {summary['median_s_per_call']:.1f} s a call (median).")
 
 
+def fuzz_table() -> str:
+    """Each reader of user input on generated inputs, as measured."""
+    result = _results("fuzz")
+    rows = [[f"`{name}`", f"{row['examples']:,}", f"{row['accepted']:,}",
+             f"{row['refused']:,} ({row['distinct_messages']:,})", str(row["uncaught"])]
+            for name, row in result["summary"].items()]
+    minutes = sum(row["seconds"] for row in result["summary"].values()) / 60
+    return (_table(["reader", "inputs", "taken", "refused in one line (distinct messages)", "any other exception"],
+                    rows)
+            + f"\n\n{result['settings']['examples_per_target']:,} generated inputs per reader (Hypothesis, seed "
+              f"{result['settings']['seed']}), {minutes:.0f} minutes in all on this project's "
+              f"{result['machine']['nproc']}-core CPU.")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -291,7 +305,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "precision_table": precision_table, "demo_line": demo_line, "merge_table": merge_table,
     "few_shot_composition_table": few_shot_composition_table, "mixed_batches_line": mixed_batches_line,
     "serving_table": serving_table, "search_table": search_table,
-    "distributed_line": distributed_line, "foreign_server_line": foreign_server_line,
+    "distributed_line": distributed_line, "foreign_server_line": foreign_server_line, "fuzz_table": fuzz_table,
 }
 
 

@@ -24,3 +24,51 @@ def test_any_input_gives_a_result_or_one_tunelab_error(target: Target, tmp_path:
         outcome(target, tmp_path, given_input)
 
     check()
+
+
+def _rows(header: str, row: str, count: int = 12) -> bytes:
+    return "\n".join([header, *[row.replace("#", str(number)) for number in range(count)]]).encode()
+
+
+def _parquet(**columns) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(columns), buffer)
+    return buffer.getvalue()
+
+
+def _categories(values: list[str]):
+    import pyarrow as pa
+
+    return pa.array(values).dictionary_encode()
+
+
+TARGET = {target.name: target for target in TARGETS}
+FOUND = [  # inputs fuzzing found, or that pin down what it fixed: (target, input, a part of the message; None: taken)
+    ("csv", (b"\xef\xbb\xbf" + _rows("text,label", "film #,good"), "text", "label", {}), None),
+    ("csv", (_rows("text,label", "film #,good,extra"), "text", "label", {}), "more fields than its first line"),
+    ("csv", (_rows('"a\nb",label', "film #,good"), "text", "label", {}), "its columns are a\\nb, label"),
+    ("jsonl", (b'{"text": "a", "label": "b"}\nnull\n', "text", "label", {}), "line 2 is null, not an object"),
+    ("jsonl", (_rows('{"text": "x\u2028y", "label": "a"}', '{"text": "film #", "label": "b"}'), "text", "label",
+               {}), None),
+    ("parquet", (_parquet(text=[b"\x8b"] * 12, label=["a"] * 12), "text", "label", {}), "holds binary data"),
+    ("parquet", (_parquet(text=_categories(["film"] * 12), label=_categories(["a", "b"] * 6)), "text", "label", {}),
+     None),
+    ("csv", (_rows("text,label", "film #,good"), "text", "label", {"split_seed": -1}), "data.split_seed"),
+    ("yaml-config", b"model: !!float abc", "a tagged value cannot be read"),
+    ("yaml-config", b"x: !!timestamp 2020-13-45", "a tagged value cannot be read"),
+    ("yaml-config", b"model: " + b"[" * 600 + b"]" * 600, "nests too deeply"),
+    ("overrides", (["training.epochs=!!int 1.5"], []), "a tagged value cannot be read"),
+    ("overrides", (["training.seed=4294967296"], []), "training.seed"),
+    ("template", "{soft:²} {text}", None),
+]
+
+
+@pytest.mark.parametrize(("name", "given_input", "expected"), FOUND)
+def test_inputs_fuzzing_found(name: str, given_input, expected: str | None, tmp_path: Path):
+    message = outcome(TARGET[name], tmp_path, given_input)
+    assert message is None if expected is None else expected in message, message

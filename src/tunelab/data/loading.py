@@ -84,12 +84,26 @@ def read_json_file(path: Path) -> pd.DataFrame:
     return _table_of_objects(json_lines(path), path, "line")
 
 
+def read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet table, checked whole first: pyarrow checks that strings are UTF-8 only when asked, and pandas' Arrow
+    strings decode lazily, so a corrupt cell would otherwise fail wherever it is first read."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise TunelabError(f"{path} has {names.count(twice)} columns named '{twice}'; give each column its own name")
+    table = pq.read_table(path)
+    table.validate(full=True)
+    return table.to_pandas()
+
+
 FILE_READERS = {
     ".csv": lambda path: read_delimited(path, ","),
     ".tsv": lambda path: read_delimited(path, "\t"),
     ".jsonl": lambda path: _table_of_objects(json_lines(path), path, "line"),
     ".json": read_json_file,
-    ".parquet": pd.read_parquet,
+    ".parquet": read_parquet,
 }
 
 
@@ -174,7 +188,7 @@ def select_columns(frame: pd.DataFrame, columns: dict[str, str], source: str) ->
         raise TunelabError(f"{source} holds no examples")
     examples = pd.DataFrame({role: frame[column] for role, column in columns.items()})
     for role in columns:
-        binary = examples[role].map(lambda value: isinstance(value, bytes))
+        binary = pd.Series([isinstance(value, bytes) for value in examples[role]])  # a categorical maps to one
         if binary.any():  # pandas would decode the bytes as UTF-8, or fail to
             raise TunelabError(f"{source}: row {_first(binary)} holds binary data as its {role}, not text; store the "
                                f"column as strings")
