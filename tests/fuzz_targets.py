@@ -59,6 +59,12 @@ json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_
 column_names = st.one_of(st.sampled_from(COLUMNS), odd_text)
 
 
+def chance(percent: int) -> st.SearchStrategy[bool]:
+    """True `percent` times in a hundred: integers over a wide range come out near uniform, where a short
+    `sampled_from` or `integers(0, 9)` favours its ends."""
+    return st.integers(0, 99).map(lambda number: number < percent)
+
+
 @st.composite
 def sprinkled(draw: st.DrawFn, clean: list[Any], odd: st.SearchStrategy[Any], at_most: int = 3,
               percent: int = 50) -> list[Any]:
@@ -85,12 +91,6 @@ def sprinkled_fields(draw: st.DrawFn, rows: list[dict[str, Any]], odd: st.Search
 # --- framing: the same content as a user's file may really arrive ---------------------------------------------------
 
 NEWLINES = ["\n", "\r\n", "\r"]
-
-
-def chance(percent: int) -> st.SearchStrategy[bool]:
-    """True `percent` times in a hundred: integers over a wide range come out near uniform, where a short
-    `sampled_from` or `integers(0, 9)` favours its ends."""
-    return st.integers(0, 99).map(lambda number: number < percent)
 
 
 now_and_then = chance(10)

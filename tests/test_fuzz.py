@@ -4,8 +4,11 @@ benchmarks/fuzz.py)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from fuzz_targets import TARGETS, Target, outcome
 from hypothesis import HealthCheck, given, settings
@@ -30,20 +33,13 @@ def _rows(header: str, row: str, count: int = 12) -> bytes:
     return "\n".join([header, *[row.replace("#", str(number)) for number in range(count)]]).encode()
 
 
-def _parquet(**columns) -> bytes:
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def _parquet_of(*arrays: pa.Array, names: list[str]) -> bytes:
     buffer = io.BytesIO()
-    pq.write_table(pa.table(columns), buffer)
+    pq.write_table(pa.Table.from_arrays(list(arrays), names=names), buffer)
     return buffer.getvalue()
 
 
-def _categories(values: list[str]):
-    import pyarrow as pa
-
+def _categories(values: list[str]) -> pa.DictionaryArray:
     return pa.array(values).dictionary_encode()
 
 
@@ -55,9 +51,14 @@ FOUND = [  # inputs fuzzing found, or that pin down what it fixed: (target, inpu
     ("jsonl", (b'{"text": "a", "label": "b"}\nnull\n', "text", "label", {}), "line 2 is null, not an object"),
     ("jsonl", (_rows('{"text": "x\u2028y", "label": "a"}', '{"text": "film #", "label": "b"}'), "text", "label",
                {}), None),
-    ("parquet", (_parquet(text=[b"\x8b"] * 12, label=["a"] * 12), "text", "label", {}), "holds binary data"),
-    ("parquet", (_parquet(text=_categories(["film"] * 12), label=_categories(["a", "b"] * 6)), "text", "label", {}),
-     None),
+    ("parquet", (_parquet_of(pa.array([b"\x8b"] * 12), pa.array(["a"] * 12), names=["text", "label"]), "text",
+                 "label", {}), "holds binary data"),
+    ("parquet", (_parquet_of(pa.array([b"\x8b"] * 12).view(pa.string()), pa.array(["a"] * 12),
+                             names=["text", "label"]), "text", "label", {}), "Invalid UTF8 sequence"),
+    ("parquet", (_parquet_of(*[pa.array(["a"] * 12)] * 3, names=["text", "text", "label"]), "text", "label", {}),
+     "has 2 columns named 'text'"),
+    ("parquet", (_parquet_of(_categories(["film"] * 12), _categories(["a", "b"] * 6), names=["text", "label"]), "text",
+                 "label", {}), None),
     ("csv", (_rows("text,label", "film #,good"), "text", "label", {"split_seed": -1}), "data.split_seed"),
     ("yaml-config", b"model: !!float abc", "a tagged value cannot be read"),
     ("yaml-config", b"x: !!timestamp 2020-13-45", "a tagged value cannot be read"),

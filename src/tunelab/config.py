@@ -206,7 +206,7 @@ def load_yaml(text: str, what: str) -> Any:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise TunelabError(f"config file {path} does not exist")
+        raise TunelabError(f"config file {path} does not exist" + (" as a file" if path.exists() else ""))
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the YAML
     except UnicodeDecodeError as error:
