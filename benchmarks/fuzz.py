@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the ta
 from fuzz_targets import TARGETS, Target, outcome  # noqa: E402
 
 EXAMPLES = 10_000
-BAR = f"0 uncaught exceptions in {EXAMPLES:,} examples per target"
 
 
 def fuzz_target(target: Target, examples: int, first_seed: int, folder: Path) -> tuple[dict[str, Any], list[dict]]:
@@ -77,7 +76,8 @@ def run_benchmark(examples: int = EXAMPLES, first_seed: int = 0, only: list[str]
                       "BOMs, newline styles, encodings and cuts (tests/fuzz_targets.py).",
               "settings": {"examples_per_target": examples, "seed": first_seed, "targets": len(summary), "jobs": jobs},
               "summary": summary, "uncaught": uncaught,
-              "bars": {BAR: all(row["uncaught"] == 0 and row["examples"] == examples for row in summary.values())},
+              "bars": {f"0 uncaught exceptions in {examples:,} examples per target": all(
+                  row["uncaught"] == 0 and row["examples"] == examples for row in summary.values())},
               "machine": machine()}
     write_result("fuzz", result, quick or examples != EXAMPLES or bool(only))
     return result

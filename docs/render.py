@@ -244,8 +244,8 @@ def fuzz_table() -> str:
     return (_table(["reader", "inputs", "taken", "refused in one line (distinct messages)", "any other exception"],
                     rows)
             + f"\n\n{result['settings']['examples_per_target']:,} generated inputs per reader (Hypothesis, seed "
-              f"{result['settings']['seed']}), {minutes:.0f} minutes in all on this project's "
-              f"{result['machine']['nproc']}-core CPU.")
+              f"{result['settings']['seed']}, `benchmarks/fuzz.py`); the readers' times add up to {minutes:.0f} "
+              f"minutes on this project's shared {result['machine']['nproc']}-core CPU.")
 
 
 def _cell(value: Any) -> str:
