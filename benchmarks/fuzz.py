@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from common import log, machine, write_result
+from common import RESULTS, log, machine, read_json, write_result
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the targets the fast tests run too
@@ -65,21 +65,31 @@ def fuzz_named(name: str, examples: int, first_seed: int) -> tuple[dict[str, Any
 
 
 def run_benchmark(examples: int = EXAMPLES, first_seed: int = 0, only: list[str] | None = None,
-                  quick: bool = False, jobs: int = 1) -> dict[str, Any]:
+                  quick: bool = False, jobs: int = 1, update: bool = False) -> dict[str, Any]:
+    """Fuzz every target (or `only` these). With `update`, the targets run replace their rows in results/fuzz.json
+    and the others are kept, so that a fix to one reader is measured again without rerunning all; the result lists
+    the targets rerun and what each found before."""
     examples = 100 if quick else examples
     names = [target.name for target in TARGETS if not only or target.name in only]
     with ProcessPoolExecutor(jobs) as pool:
         outcomes = list(pool.map(fuzz_named, names, [examples] * len(names), [first_seed] * len(names)))
     summary = {name: figures for name, (figures, _) in zip(names, outcomes, strict=True)}
     uncaught = {name: found for name, (_, found) in zip(names, outcomes, strict=True)}
+    settings = {"examples_per_target": examples, "seed": first_seed, "targets": len(summary), "jobs": jobs}
+    if update:
+        kept = read_json(RESULTS / "fuzz.json")
+        rerun = {**kept.get("rerun", {}), **{name: kept["uncaught"][name] for name in names}}
+        summary, uncaught = {**kept["summary"], **summary}, {**kept["uncaught"], **uncaught}
+        settings = {**kept["settings"], "targets": len(summary)}
     result = {"note": "Each target's inputs: random bytes or text, and well-formed files with odd values, framed with "
                       "BOMs, newline styles, encodings and cuts (tests/fuzz_targets.py).",
-              "settings": {"examples_per_target": examples, "seed": first_seed, "targets": len(summary), "jobs": jobs},
-              "summary": summary, "uncaught": uncaught,
+              "settings": settings, "summary": summary, "uncaught": uncaught,
               "bars": {f"0 uncaught exceptions in {examples:,} examples per target": all(
                   row["uncaught"] == 0 and row["examples"] == examples for row in summary.values())},
               "machine": machine()}
-    write_result("fuzz", result, quick or examples != EXAMPLES or bool(only))
+    if update:
+        result["rerun"] = rerun  # target -> what it found in the run before, since fixed
+    write_result("fuzz", result, quick or examples != EXAMPLES or (bool(only) and not update))
     return result
 
 
@@ -90,8 +100,10 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=[target.name for target in TARGETS])
     parser.add_argument("--quick", action="store_true", help="100 examples a target; writes results/fuzz.quick.json")
     parser.add_argument("--jobs", type=int, default=1, help="targets fuzzed at once, each in its own process")
+    parser.add_argument("--update", action="store_true",
+                        help="with --only: replace those targets' rows in results/fuzz.json, keep the others")
     args = parser.parse_args()
-    run_benchmark(args.examples, args.seed, args.only, args.quick, args.jobs)
+    run_benchmark(args.examples, args.seed, args.only, args.quick, args.jobs, args.update)
 
 
 if __name__ == "__main__":

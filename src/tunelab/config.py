@@ -57,9 +57,31 @@ class DataConfig(_Section):
         return {"AUTO": "auto", "BIO": "IOB2", "IOBES": "BIOES"}.get(name, name)
 
 
+OPTION_DEPTH = 8  # lists and mappings in a strategy option nest at most this deep
+
+
+def _plain(value: Any, levels: int = OPTION_DEPTH, inside: tuple[int, ...] = ()) -> None:
+    """Raise ValueError unless `value` is plain data a run can save as YAML: not nested past `levels`, and holding
+    no list or mapping inside itself (a YAML alias such as `&a [*a]` builds one)."""
+    if not isinstance(value, list | dict):
+        return
+    if id(value) in inside:
+        raise ValueError("it holds itself (a YAML alias of its own list or mapping)")
+    if levels == 0:
+        raise ValueError(f"it nests lists or mappings more than {OPTION_DEPTH} deep")
+    for item in value.values() if isinstance(value, dict) else value:
+        _plain(item, levels - 1, (*inside, id(value)))
+
+
 class StrategyConfig(_Section):
     name: str = Field("full", description="a strategy from `tunelab strategies`")
     options: dict[str, Any] = Field(default_factory=dict, description="strategy-specific options")
+
+    @field_validator("options")
+    @classmethod
+    def _options_are_plain(cls, options: dict[str, Any]) -> dict[str, Any]:
+        _plain(options)
+        return options
 
 
 class PromptConfig(_Section):
@@ -197,7 +219,7 @@ def load_yaml(text: str, what: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise TunelabError(f"{what} is not valid YAML ({_first_line(error)})") from None
-    except (ValueError, TypeError, IndexError, OverflowError) as error:
+    except (ValueError, TypeError, IndexError, OverflowError, AttributeError) as error:
         raise TunelabError(f"{what} is not valid YAML: a tagged value cannot be read ({_first_line(error)}); fix "
                            f"the value or drop its !!tag") from None
     except RecursionError:
