@@ -63,7 +63,11 @@ FOUND = [  # inputs fuzzing found, or that pin down what it fixed: (target, inpu
     ("yaml-config", b"model: !!float abc", "a tagged value cannot be read"),
     ("yaml-config", b"x: !!timestamp 2020-13-45", "a tagged value cannot be read"),
     ("yaml-config", b"model: " + b"[" * 600 + b"]" * 600, "nests too deeply"),
+    ("yaml-config", b"training: !!timestamp 2020-13-", "a tagged value cannot be read"),
     ("overrides", (["training.epochs=!!int 1.5"], []), "a tagged value cannot be read"),
+    ("overrides", ([], ["targets=&a [*a]"]), "strategy.options: Value error, it holds itself"),
+    ("overrides", ([], ["targets=" + "[" * 20 + "]" * 20]), "more than 8 deep"),
+    ("overrides", ([], ["targets=[query, {value: [1, 2]}]"]), None),
     ("overrides", (["training.seed=4294967296"], []), "training.seed"),
     ("template", "{soft:²} {text}", None),
 ]
