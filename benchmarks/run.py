@@ -12,6 +12,7 @@ import composition
 import demo
 import distributed
 import few_shot
+import fuzz
 import mixed_batches
 import onnx_export
 import probe_cache
@@ -200,6 +201,13 @@ def distributed_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
 
 
+def fuzz_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [*((f"fuzz: {name}", f"{row['examples']:,} inputs: {row['accepted']:,} taken, {row['refused']:,} refused "
+               f"({row['distinct_messages']:,} distinct messages), {row['uncaught']} uncaught, {row['seconds']:.0f} s",
+               "") for name, row in result["summary"].items()),
+            *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
+
+
 def _work(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"tunelab-bench-{name}-"))
 
@@ -233,6 +241,7 @@ DRIVERS = {
     "serving": lambda args: serving_rows(serving.run_benchmark(args.repeats or 5, args.quick)),
     "composition": lambda args: composition_rows(composition.run_benchmark(args.repeats or 3, args.quick)),
     "search": lambda args: search_rows(search.run_benchmark(args.quick, _work("search"))),
+    "fuzz": lambda args: fuzz_rows(fuzz.run_benchmark(quick=args.quick)),
     "distributed": lambda args: distributed_rows(distributed.run_benchmark(
         list(range(1, (1 if args.quick else args.repeats or 3) + 1)), 200 if args.quick else 2000, args.quick,
         _work("distributed"))),

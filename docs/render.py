@@ -293,6 +293,20 @@ def chaos_line() -> str:
             f"visible, and {summary['staging_left']} staging folders were left behind.")
 
 
+def fuzz_table() -> str:
+    """Each reader of user input on generated inputs, as measured."""
+    result = _results("fuzz")
+    rows = [[f"`{name}`", f"{row['examples']:,}", f"{row['accepted']:,}",
+             f"{row['refused']:,} ({row['distinct_messages']:,})", str(row["uncaught"])]
+            for name, row in result["summary"].items()]
+    minutes = sum(row["seconds"] for row in result["summary"].values()) / 60
+    return (_table(["reader", "inputs", "taken", "refused in one line (distinct messages)", "any other exception"],
+                    rows)
+            + f"\n\n{result['settings']['examples_per_target']:,} generated inputs per reader (Hypothesis, seed "
+              f"{result['settings']['seed']}, `benchmarks/fuzz.py`); the readers' times add up to {minutes:.0f} "
+              f"minutes on this project's shared {result['machine']['nproc']}-core CPU.")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -352,6 +366,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "serving_table": serving_table, "search_table": search_table,
     "distributed_line": distributed_line, "foreign_server_line": foreign_server_line, "chaos_line": chaos_line,
     "engine_table": engine_table, "engine_pair_table": engine_pair_table, "engine_advice": engine_advice,
+    "fuzz_table": fuzz_table,
 }
 
 

@@ -14,6 +14,8 @@ from tunelab.task_catalog import TASKS
 
 CONFIG_FILE = "config.yaml"  # a run directory's resolved config
 
+SEED_MAX = 2**32 - 1  # what NumPy and scikit-learn take as a seed
+
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # resolved for the hardware by `tunelab.precision`
 Distributed = Literal["ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"]  # `tunelab.engines` has a row for each
 
@@ -38,7 +40,7 @@ class DataConfig(_Section):
                             "it and reads the tags as conlleval does, a named scheme is checked strictly")
     test_size: float = Field(0.15, gt=0, description="test split: a fraction (< 1) or a count of examples")
     validation_size: float = Field(0.1, gt=0, description="validation split: a fraction (< 1) or a count")
-    split_seed: int = Field(0, description="seed of the split; fixed apart from the training seed")
+    split_seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the split; fixed apart from the training seed")
     limit_train: int | None = Field(None, gt=0, description="use at most N training examples (stratified)")
     limit_validation: int | None = Field(None, gt=0, description="choose the best epoch on at most N validation "
                                                                  "examples (stratified); the test split stays")
@@ -56,9 +58,31 @@ class DataConfig(_Section):
         return {"AUTO": "auto", "BIO": "IOB2", "IOBES": "BIOES"}.get(name, name)
 
 
+OPTION_DEPTH = 8  # lists and mappings in a strategy option nest at most this deep
+
+
+def _plain(value: Any, levels: int = OPTION_DEPTH, inside: tuple[int, ...] = ()) -> None:
+    """Raise ValueError unless `value` is plain data a run can save as YAML: not nested past `levels`, and holding
+    no list or mapping inside itself (a YAML alias such as `&a [*a]` builds one)."""
+    if not isinstance(value, list | dict):
+        return
+    if id(value) in inside:
+        raise ValueError("it holds itself (a YAML alias of its own list or mapping)")
+    if levels == 0:
+        raise ValueError(f"it nests lists or mappings more than {OPTION_DEPTH} deep")
+    for item in value.values() if isinstance(value, dict) else value:
+        _plain(item, levels - 1, (*inside, id(value)))
+
+
 class StrategyConfig(_Section):
     name: str = Field("full", description="a strategy from `tunelab strategies`")
     options: dict[str, Any] = Field(default_factory=dict, description="strategy-specific options")
+
+    @field_validator("options")
+    @classmethod
+    def _options_are_plain(cls, options: dict[str, Any]) -> dict[str, Any]:
+        _plain(options)
+        return options
 
 
 class PromptConfig(_Section):
@@ -87,7 +111,7 @@ class TrainingConfig(_Section):
     max_length: int = Field(128, gt=0, description="tokens per example; longer inputs are truncated")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    seed: int = Field(42, description="seeds model initialisation, dropout and data order")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="seeds model initialisation, dropout and data order")
     min_steps: int = Field(100, ge=0, description="with the strategy's default epochs, at least this many optimizer "
                                                   "steps: small training sets get more epochs (explicit epochs stay)")
     class_weights: Literal["none", "balanced"] = Field(
@@ -184,10 +208,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise TunelabError(f"override '{text}' is not key=value, e.g. training.epochs=2")
-    try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError as error:
-        raise TunelabError(f"override '{text}': the value is not valid YAML ({str(error).splitlines()[0]})") from None
+    return key.strip(), load_yaml(raw, f"override '{text}': the value")
 
 
 def build_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -201,13 +222,33 @@ def build_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] |
         raise TunelabError(_describe(error)) from None
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise TunelabError(f"config file {path} does not exist")
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """`text` read as YAML, with one-line errors that name `what` was read. Besides its own errors, PyYAML raises
+    plain ones where an explicit tag cannot hold its value (`!!float abc`, `!!timestamp 2020-13-45`), and recurses
+    once per level of nesting."""
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise TunelabError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise TunelabError(f"{what} is not valid YAML ({_first_line(error)})") from None
+    except (ValueError, TypeError, IndexError, OverflowError, AttributeError) as error:
+        raise TunelabError(f"{what} is not valid YAML: a tagged value cannot be read ({_first_line(error)}); fix "
+                           f"the value or drop its !!tag") from None
+    except RecursionError:
+        raise TunelabError(f"{what} is not valid YAML: it nests too deeply to read; flatten it") from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise TunelabError(f"config file {path} does not exist" + (" as a file" if path.exists() else ""))
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the YAML
+    except UnicodeDecodeError as error:
+        raise TunelabError(f"config file {path} is not UTF-8 text (byte {error.start}): re-save it as UTF-8") from None
+    tree = load_yaml(text, f"config file {path}") or {}
     if not isinstance(tree, dict):
         raise TunelabError(f"config file {path} must hold a mapping of settings")
     return tree

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,14 +16,19 @@ from tunelab.errors import TunelabError
 if TYPE_CHECKING:
     import datasets
 
-FILE_READERS = {
-    ".csv": lambda path: pd.read_csv(path, encoding="utf-8", dtype=str, keep_default_na=False),
-    ".tsv": lambda path: pd.read_csv(path, sep="\t", encoding="utf-8", dtype=str, keep_default_na=False),
-    ".jsonl": lambda path: pd.read_json(path, lines=True, encoding="utf-8", dtype=False),
-    ".json": lambda path: pd.read_json(path, lines=path.read_text(encoding="utf-8").lstrip()[:1] != "[",
-                                       encoding="utf-8", dtype=False),
-    ".parquet": pd.read_parquet,
-}
+# UTF-8, and a byte-order mark at the start skipped: Excel's "CSV UTF-8" and Notepad write one, which would otherwise
+# become part of the first column's name (or a JSON parse error)
+UTF8 = "utf-8-sig"
+
+
+def read_delimited(path: Path, sep: str) -> pd.DataFrame:
+    """A CSV or TSV table of strings. Rows with one field more than the header has names would make pandas read the
+    first column as the index, shifting every value one column to the right: refused instead."""
+    frame = pd.read_csv(path, sep=sep, encoding=UTF8, dtype=str, keep_default_na=False)
+    if not isinstance(frame.index, pd.RangeIndex):
+        raise TunelabError(f"cannot parse {path}: its rows have more fields than its first line has column names; "
+                           f"name every column in the first line (or remove the {sep!r} that ends each row)")
+    return frame
 
 
 def not_utf8(path: Path, error: UnicodeDecodeError) -> TunelabError:
@@ -30,9 +38,73 @@ def not_utf8(path: Path, error: UnicodeDecodeError) -> TunelabError:
 def read_text_utf8(path: Path) -> str:
     """A text file's contents, with the one-line error every reader gives for a file that is not UTF-8."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding=UTF8)
     except UnicodeDecodeError as error:
         raise not_utf8(path, error) from None
+
+
+def parse_json(text: str, where: str) -> Any:
+    """One JSON document, or a one-line error that says where it breaks."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise TunelabError(f"{where} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
+                           f"fix the JSON") from None
+    except RecursionError:  # the decoder recurses once per level of nesting
+        raise TunelabError(f"{where} nests JSON too deeply to read; flatten it") from None
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """Each non-blank line's JSON value with its line number (blank lines are skipped, and counted). A line ends at
+    \\n, \\r\\n or \\r, which JSON text escapes inside strings; not at U+2028 and the other characters that
+    `str.splitlines` also breaks at, which a JSON string may hold as they are."""
+    for number, line in enumerate(re.split(r"\r\n|\r|\n", read_text_utf8(path)), start=1):
+        if line.strip():
+            yield number, parse_json(line, f"{path}: line {number}")
+
+
+def _table_of_objects(values: Iterable[tuple[int, Any]], path: Path, unit: str) -> pd.DataFrame:
+    rows = []
+    for number, value in values:
+        if not isinstance(value, dict):
+            kind = "null" if value is None else type(value).__name__
+            raise TunelabError(f"{path}: {unit} {number} is {kind}, not an object; write each example as an object "
+                               f"of column names and values, e.g. {{\"text\": \"...\", \"label\": \"...\"}}")
+        rows.append(value)
+    if not rows:
+        raise TunelabError(f"{path} holds no examples")
+    return pd.DataFrame(rows)
+
+
+def read_json_file(path: Path) -> pd.DataFrame:
+    """A JSON list of objects (one per example), or else JSON lines: both numbered in errors as the user counts."""
+    text = read_text_utf8(path)
+    if text.lstrip()[:1] == "[":
+        return _table_of_objects(enumerate(parse_json(text, str(path)), start=1), path, "record")
+    return _table_of_objects(json_lines(path), path, "line")
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet table, checked whole first: pyarrow checks that strings are UTF-8 only when asked, and pandas' Arrow
+    strings decode lazily, so a corrupt cell would otherwise fail wherever it is first read."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise TunelabError(f"{path} has {names.count(twice)} columns named '{twice}'; give each column its own name")
+    table = pq.read_table(path)
+    table.validate(full=True)
+    return table.to_pandas()
+
+
+FILE_READERS = {
+    ".csv": lambda path: read_delimited(path, ","),
+    ".tsv": lambda path: read_delimited(path, "\t"),
+    ".jsonl": lambda path: _table_of_objects(json_lines(path), path, "line"),
+    ".json": read_json_file,
+    ".parquet": read_parquet,
+}
 
 
 def read_file(path: Path) -> pd.DataFrame:
@@ -101,6 +173,11 @@ def read_source(source: str) -> pd.DataFrame:
     return _read_hub(source)
 
 
+def _first(rows: pd.Series) -> int:
+    """The row number, counted from 1 in the file's order, of the first true value of a mask."""
+    return int(rows.to_numpy().argmax()) + 1
+
+
 def select_columns(frame: pd.DataFrame, columns: dict[str, str], source: str) -> pd.DataFrame:
     """The columns {role: column name} renamed to their roles, as non-empty strings; one-line errors otherwise."""
     for role, column in columns.items():
@@ -111,10 +188,14 @@ def select_columns(frame: pd.DataFrame, columns: dict[str, str], source: str) ->
         raise TunelabError(f"{source} holds no examples")
     examples = pd.DataFrame({role: frame[column] for role, column in columns.items()})
     for role in columns:
+        binary = pd.Series([isinstance(value, bytes) for value in examples[role]])  # a categorical maps to one
+        if binary.any():  # pandas would decode the bytes as UTF-8, or fail to
+            raise TunelabError(f"{source}: row {_first(binary)} holds binary data as its {role}, not text; store the "
+                               f"column as strings")
         blank = examples[role].isna() | (examples[role].astype(str).str.strip() == "")
         if blank.any():
-            raise TunelabError(f"{source}: row {int(blank.idxmax()) + 1} has an empty {role}; "
-                               f"fill or remove the {blank.sum()} such rows")
+            raise TunelabError(f"{source}: row {_first(blank)} has an empty {role}; fill or remove the {blank.sum()} "
+                               f"such rows")
         examples[role] = examples[role].astype(str)
     return examples
 

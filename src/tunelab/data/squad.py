@@ -8,7 +8,6 @@ character offsets into the context); empty lists mark an unanswerable question (
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tunelab.config import DataConfig
-from tunelab.data.loading import read_source, read_text_utf8
+from tunelab.data.loading import json_lines, parse_json, read_source, read_text_utf8
 from tunelab.data.splits import Splits, split_examples
 from tunelab.errors import TunelabError
 
@@ -31,14 +30,6 @@ def _read_text(path: Path) -> str:
     if path.stat().st_size == 0:
         raise TunelabError(f"data file {path} is empty: it holds no questions")
     return read_text_utf8(path)
-
-
-def _parse(text: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise TunelabError(f"{where} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
-                           f"fix the JSON") from None
 
 
 def _field(fields: Any, name: str, where: str, needs: str) -> Any:
@@ -80,20 +71,14 @@ def _flat_records(rows: Iterable[tuple[int, Any]], source: str, unit: str) -> It
         yield where, {"id": str(number), **row}
 
 
-def _jsonl_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    """The file's own line numbers: blank lines are skipped, and counted."""
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if line.strip():
-            yield number, _parse(line, f"{path}: line {number}")
-
-
 def _records(source: str) -> Iterator[Record]:
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
     if suffix == ".jsonl" and path.is_file():
-        return _flat_records(_jsonl_lines(path), str(path), "line")
+        _read_text(path)  # an empty file's error
+        return _flat_records(json_lines(path), str(path), "line")
     if suffix == ".json" and path.is_file():
-        tree = _parse(_read_text(path), str(path))
+        tree = parse_json(_read_text(path), str(path))
         if isinstance(tree, dict) and "data" in tree:
             return _squad_records(tree, path)
         if isinstance(tree, list):

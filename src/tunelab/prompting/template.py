@@ -53,7 +53,7 @@ def _placeholder(body: str, position: int) -> Segment:
     if name == SOFT:
         if not colon:
             return Soft()
-        if argument.strip().isdigit():
+        if argument.strip().isdecimal():  # not isdigit: int() refuses superscripts such as '²'
             if int(argument) < 1:
                 raise TunelabError(f"template: {{{body}}} asks for no soft tokens; write {{soft:1}} or more")
             return Soft(count=int(argument))
