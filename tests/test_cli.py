@@ -331,7 +331,7 @@ def test_recommend_says_why_a_strategy_cannot_run(monkeypatch: pytest.MonkeyPatc
     code, stdout, _ = run_main(["recommend", "--samples", "5000", "--model-size", "7B", "--causal", "--gpu",
                                 "--memory", "16GB"], monkeypatch, capsys)
     assert code == 0
-    assert "no: full needs ~134.4 GB, you have 16 GB" in " ".join(stdout.split())
+    assert "no: full needs ~134.4 GB on one device, you have 16 GB" in " ".join(stdout.split())
     assert "QLoRA" in stdout
 
 
