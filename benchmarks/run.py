@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import chaos
 import compare_grid
 import composition
 import demo
@@ -208,6 +209,13 @@ def fuzz_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
 
 
+def chaos_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [*((f"chaos: killed {row['moment']}", f"resumed from step {row['resumed_from_step']}, identical "
+               f"metrics {row['identical_metrics']}, seen after the kill: {row['visible_after_kill']}", "")
+              for row in result["kills"]),
+            *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
+
+
 def _work(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"tunelab-bench-{name}-"))
 
@@ -242,6 +250,7 @@ DRIVERS = {
     "composition": lambda args: composition_rows(composition.run_benchmark(args.repeats or 3, args.quick)),
     "search": lambda args: search_rows(search.run_benchmark(args.quick, _work("search"))),
     "fuzz": lambda args: fuzz_rows(fuzz.run_benchmark(quick=args.quick)),
+    "chaos": lambda args: chaos_rows(chaos.run_benchmark(200 if args.quick else 400, 5, 0, args.quick, _work("chaos"))),
     "distributed": lambda args: distributed_rows(distributed.run_benchmark(
         list(range(1, (1 if args.quick else args.repeats or 3) + 1)), 200 if args.quick else 2000, args.quick,
         _work("distributed"))),

@@ -283,13 +283,14 @@ def chaos_line() -> str:
     """`tunelab train` killed at ten moments and run again, as measured."""
     result = _results("chaos")
     settings, summary = result["settings"], result["summary"]
-    moments = ", ".join(dict.fromkeys(row["moment"] for row in result["kills"]))
+    moments = "; ".join(dict.fromkeys(row["moment"] for row in result["kills"]))
     return (f"Measured (MiniLM, movie-snippets, `{settings['strategy']}`, {settings['rows']} training rows, "
             f"`--checkpoint-every {settings['checkpoint_every']}`, {result['reference']['optimizer_steps']} steps): "
             f"{summary['kills']} runs killed with SIGKILL ({moments}) and run again; "
             f"{summary['resumed_to_identical_metrics']} of {summary['kills']} ended with metrics identical to an "
-            f"uninterrupted run's ({summary['resumed_from_a_checkpoint']} of them resumed from a checkpoint, the "
-            f"others had none yet and started over), {summary['half_written_seen']} half-written runs were ever "
+            f"uninterrupted run's ({summary['resumed_from_a_checkpoint']} of them resumed from a checkpoint; the "
+            f"others found none, killed before the first one or after the commit had dropped them, and trained "
+            f"again), {summary['half_written_seen']} half-written runs were ever "
             f"visible, and {summary['staging_left']} staging folders were left behind.")
 
 
