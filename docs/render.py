@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,33 @@ def foreign_server_line() -> str:
             f"{summary['mean_gain'] * 100:+.1f} points, {summary['median_s_per_call']:.1f} s a call (median).")
 
 
+def mezo_table() -> str:
+    """MeZO on a LoRA against the same LoRA trained by backpropagation, at the same forward passes, as measured."""
+    result = _results("mezo")
+    settings, rows = result["settings"], result["rows"]
+
+    def cells(side: str, label: str) -> list[str]:
+        measured = [row[side] for row in rows if side in row]
+        accuracies = ", ".join(f"{run['test_accuracy']:.3f}" for run in measured)
+        return [label, str(measured[0]["forward_passes"]), str(measured[0]["backward_passes"]),
+                f"{statistics.fmean(run['test_accuracy'] for run in measured):.3f} ({accuracies})",
+                f"{statistics.median(run['peak_rss_bytes'] for run in measured) / 2**30:.2f} GiB",
+                f"{statistics.median(run['wall_s'] for run in measured) / 60:.1f} min"]
+
+    zero_shot = [row["mezo"]["zero_shot_accuracy"] for row in rows]
+    table = _table(["", "forward passes", "backward passes", "test accuracy: mean (per seed)", "peak RSS",
+                    "wall time (median)"],
+                   [["the template alone (zero-shot)", "0", "0", f"{statistics.fmean(zero_shot):.3f} ("
+                     f"{', '.join(f'{value:.3f}' for value in zero_shot)})", "-", "-"],
+                    cells("mezo", "mezo --tune lora"), cells("backprop", "the same LoRA by backpropagation (pet)"),
+                    *([cells("mezo_long", "mezo --tune lora, a larger budget")] if "mezo_long" in rows[0] else [])])
+    return (f"{table}\n\nSmolLM2, {settings['data']}, {settings['shots']} shots per label, seeds "
+            f"{', '.join(str(row['seed']) for row in rows)}, test accuracy on the first {settings['limit_eval']} test "
+            f"examples; a forward pass reads every training (or validation) shot once. Peak RSS is the process's "
+            f"(wait4), wall time the whole command's (the model's load and the test scoring included), on "
+            f"{result['machine']['nproc']} CPU cores shared with other work.")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -291,7 +319,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "precision_table": precision_table, "demo_line": demo_line, "merge_table": merge_table,
     "few_shot_composition_table": few_shot_composition_table, "mixed_batches_line": mixed_batches_line,
     "serving_table": serving_table, "search_table": search_table,
-    "distributed_line": distributed_line, "foreign_server_line": foreign_server_line,
+    "distributed_line": distributed_line, "foreign_server_line": foreign_server_line, "mezo_table": mezo_table,
 }
 
 
