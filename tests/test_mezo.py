@@ -200,3 +200,18 @@ def test_a_lora_is_refused_where_the_weights_are_out_of_reach():
     with pytest.raises(TunelabError, match="unknown --tune 'prefix'"):
         MeZOSettings("prefix")
     assert endpoint.usage.calls == 0
+
+
+def test_the_command_trains_a_lora(tiny_llama_lm: Path, sentiment_csv: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    from tiny import run_main
+
+    code, out, err = run_main(["blackbox", "--method", "mezo", "--tune", "lora", "--rank", "2", "--target-modules",
+                               "q_proj,k_proj", "--model", str(tiny_llama_lm), "--data", str(sentiment_csv),
+                               "--shots", "2", "--budget", "7", "--eval-every", "1", "--output",
+                               str(tmp_path / "run")], monkeypatch, capsys)
+    assert code == 0, err
+    assert "trained LoRA (adapter/)" in out
+    adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 2 and sorted(adapter["target_modules"]) == ["k_proj", "q_proj"]
+    assert json.loads((tmp_path / "run" / "resources.json").read_text())["search"]["calls"] == 6  # two rounds of 3
