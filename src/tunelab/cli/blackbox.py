@@ -43,7 +43,7 @@ def blackbox(
     budget: Annotated[int, typer.Option(min=1, help="calls the search may make (each scores every shot with "
                                                     "every label word)")] = 4000,
     virtual_tokens: Annotated[int | None, typer.Option(min=1, help="bbt, mezo: the soft prompt's length "
-                                                                   "[default: 50 for bbt, 10 for mezo]")] = None,
+                                                                   "(default: 50 for bbt, 10 for mezo)")] = None,
     intrinsic_dim: Annotated[int, typer.Option(min=1, help="bbt: the searched dimension")] = 500,
     population: Annotated[int, typer.Option(min=2, help="bbt: CMA-ES candidates per generation")] = 20,
     demonstrations: Annotated[int, typer.Option(min=0, help="search: in-context examples at most")] = 4,
@@ -52,20 +52,20 @@ def blackbox(
                                            "only)")] = "soft-prompt",
     rank: Annotated[int, typer.Option(min=1, help="mezo --tune lora: the update's rank")] = 8,
     target_modules: Annotated[str | None, typer.Option(help="mezo --tune lora: comma-separated module names to "
-                                                            "adapt, or all-linear [default: the attention's query "
-                                                            "and value]")] = None,
-    lr: Annotated[float | None, typer.Option(min=0, help="mezo: the learning rate [default: 1e-3 for a soft "
-                                                         "prompt, 1e-4 for lora]")] = None,
-    epsilon: Annotated[float | None, typer.Option(min=0, help="mezo: the perturbation's size [default: 1e-3 for a "
-                                                              "soft prompt, 1e-2 for lora]")] = None,
+                                                            "adapt, or all-linear (default: the attention's query "
+                                                            "and value)")] = None,
+    lr: Annotated[float | None, typer.Option(min=0, help="mezo: the learning rate (default: 1e-3 for a soft "
+                                                         "prompt, 1e-4 for lora)")] = None,
+    epsilon: Annotated[float | None, typer.Option(min=0, help="mezo: the perturbation's size (default: 1e-3 for a "
+                                                              "soft prompt, 1e-2 for lora)")] = None,
     eval_every: Annotated[int, typer.Option(min=1, help="mezo: steps between validation calls")] = 10,
     candidates: Annotated[int, typer.Option(min=1, help="search: edits tried per round")] = 8,
     propose: Annotated[int, typer.Option(min=0, help="search: instructions the model writes per round from a few "
                                                      "training pairs (APE; one generation call), tried beside the "
                                                      "edits")] = 0,
     patience: Annotated[int | None, typer.Option(min=0, help="generations (rounds) without a better validation "
-                                                             "accuracy before stopping, 0: never [default: 20 for "
-                                                             "bbt, 10 for search]")] = None,
+                                                             "accuracy before stopping, 0: never (default: 20 for "
+                                                             "bbt, 10 for search and mezo)")] = None,
     template: Annotated[str | None, typer.Option(help=TEMPLATE_HELP)] = None,
     verbalizer: Annotated[list[str] | None, typer.Option(help=VERBALIZER_HELP)] = None,
     text_column: Annotated[str, typer.Option(help="the data's text column")] = "text",
