@@ -71,7 +71,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_benchmark(seeds: list[int], forwards: int, long_forwards: int, limit_eval: int, long_seeds: int,
                   quick: bool, work: Path) -> dict[str, Any]:
-    """`forwards` for each side (mezo's rounds of 2 x eval_every + 1 calls fill it: 22 = two rounds of five steps),
+    """`forwards` for each side (mezo's rounds of 2 x eval_every + 1 calls fill it: 12 holds one round of five steps),
     `long_forwards` for mezo alone on the first `long_seeds` seeds. A seed's runs go side by side."""
     eval_every = 1 if quick else EVAL_EVERY
     common = ["--model", "smollm2", "--data", "movie-snippets", "--shots", str(SHOTS), "--limit-eval",
@@ -102,10 +102,10 @@ def run_benchmark(seeds: list[int], forwards: int, long_forwards: int, limit_eva
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="42,43,44")
-    parser.add_argument("--forwards", type=int, default=22, help="forward passes each side may make")
+    parser.add_argument("--forwards", type=int, default=12, help="forward passes each side may make")
     parser.add_argument("--long-forwards", type=int, default=66, help="mezo's larger budget")
-    parser.add_argument("--long-seeds", type=int, default=1, help="seeds (the first ones) mezo also runs long")
-    parser.add_argument("--limit-eval", type=int, default=200, help="test examples scored")
+    parser.add_argument("--long-seeds", type=int, default=0, help="seeds (the first ones) mezo also runs long")
+    parser.add_argument("--limit-eval", type=int, default=150, help="test examples scored")
     parser.add_argument("--quick", action="store_true", help="one seed, tiny budgets, 64 test examples")
     parser.add_argument("--work", type=Path, default=None, help="where the runs are kept; finished runs are reused")
     args = parser.parse_args()

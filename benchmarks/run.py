@@ -12,6 +12,7 @@ import composition
 import demo
 import distributed
 import few_shot
+import mezo
 import mixed_batches
 import onnx_export
 import probe_cache
@@ -200,6 +201,13 @@ def distributed_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
 
 
+def mezo_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    s, forwards = result["summary"], result["settings"]["forward_passes"]
+    return [("mezo: zero-shot template", f"{s['zero_shot_accuracy']:.3f}", ""),
+            (f"mezo --tune lora, {forwards} forward passes", f"{s['mezo_accuracy']:.3f}", ""),
+            (f"the same LoRA by backprop, {forwards} forward passes", f"{s['backprop_accuracy']:.3f}", "")]
+
+
 def _work(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"tunelab-bench-{name}-"))
 
@@ -233,6 +241,9 @@ DRIVERS = {
     "serving": lambda args: serving_rows(serving.run_benchmark(args.repeats or 5, args.quick)),
     "composition": lambda args: composition_rows(composition.run_benchmark(args.repeats or 3, args.quick)),
     "search": lambda args: search_rows(search.run_benchmark(args.quick, _work("search"))),
+    "mezo": lambda args: mezo_rows(mezo.run_benchmark(
+        [42, 43, 44][:1 if args.quick else args.repeats or 3], 6 if args.quick else 12, 9 if args.quick else 66,
+        64 if args.quick else 150, 0, args.quick, _work("mezo"))),
     "distributed": lambda args: distributed_rows(distributed.run_benchmark(
         list(range(1, (1 if args.quick else args.repeats or 3) + 1)), 200 if args.quick else 2000, args.quick,
         _work("distributed"))),
