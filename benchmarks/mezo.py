@@ -57,6 +57,7 @@ def backprop_run(folder: Path, seed: int, epochs: int, common: list[str]) -> dic
         str(2 * SHOTS), "--precision", "fp32", "--seed", str(seed), "--quiet"])
     metrics, resources = read_json(done["run"] / "metrics.json"), read_json(done["run"] / "resources.json")
     return {"test_accuracy": metrics["test"]["accuracy"], "forward_passes": 2 * epochs, "backward_passes": epochs,
+            "steps": epochs,  # one optimizer step an epoch: the batch holds every training shot
             "train_s": resources["train_s"], "wall_s": done["wall_s"], "peak_rss_bytes": done["peak_rss_bytes"],
             "peak_memory_bytes": resources.get("peak_memory_bytes")}
 
@@ -78,7 +79,8 @@ def run_benchmark(seeds: list[int], forwards: int, long_forwards: int, limit_eva
               str(limit_eval)]
     result: dict[str, Any] = {"benchmark": NAME, "quick": quick, "machine": machine(), "settings": {
         "model": "smollm2", "data": "movie-snippets", "shots": SHOTS, "forward_passes": forwards,
-        "long_forward_passes": long_forwards, "limit_eval": limit_eval, "seeds": seeds, "rank": 8,
+        "long_forward_passes": long_forwards if long_seeds else None, "limit_eval": limit_eval, "seeds": seeds,
+        "rank": 8,
         "backprop": "tunelab train --strategy pet --tune lora (batch = every training shot, fp32)",
         "mezo": f"tunelab blackbox --method mezo --tune lora (its defaults for a LoRA), --eval-every {eval_every}"},
         "rows": []}

@@ -243,7 +243,8 @@ def mezo_table() -> str:
     def cells(side: str, label: str) -> list[str]:
         measured = [row[side] for row in rows if side in row]
         accuracies = ", ".join(f"{run['test_accuracy']:.3f}" for run in measured)
-        return [label, str(measured[0]["forward_passes"]), str(measured[0]["backward_passes"]),
+        first = measured[0]
+        return [f"{label} ({first['steps']} steps)", str(first["forward_passes"]), str(first["backward_passes"]),
                 f"{statistics.fmean(run['test_accuracy'] for run in measured):.3f} ({accuracies})",
                 f"{statistics.median(run['peak_rss_bytes'] for run in measured) / 2**30:.2f} GiB",
                 f"{statistics.median(run['wall_s'] for run in measured) / 60:.1f} min"]
