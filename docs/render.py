@@ -256,7 +256,12 @@ def mezo_table() -> str:
                      f"{', '.join(f'{value:.3f}' for value in zero_shot)})", "-", "-"],
                     cells("mezo", "mezo --tune lora"), cells("backprop", "the same LoRA by backpropagation (pet)"),
                     *([cells("mezo_long", "mezo --tune lora, a larger budget")] if "mezo_long" in rows[0] else [])])
-    return (f"{table}\n\nSmolLM2, {settings['data']}, {settings['shots']} shots per label, seeds "
+    gain = lambda side: statistics.fmean(row[side]["test_accuracy"] - row["mezo"]["zero_shot_accuracy"]  # noqa: E731
+                                         for row in rows if side in row) * 100
+    gains = "; ".join(f"{label} {gain(side):+.1f}" for side, label in (
+        ("mezo", "mezo"), ("backprop", "backprop"), ("mezo_long", "mezo at the larger budget")) if side in rows[0])
+    return (f"{table}\n\nMean change from zero-shot, in points: {gains}. "
+            f"SmolLM2, {settings['data']}, {settings['shots']} shots per label, seeds "
             f"{', '.join(str(row['seed']) for row in rows)}, test accuracy on the first {settings['limit_eval']} test "
             f"examples; a forward pass reads every training (or validation) shot once. Peak RSS is the process's "
             f"(wait4), wall time the whole command's (the model's load and the test scoring included), on "
