@@ -106,7 +106,7 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", default="42,43,44")
     parser.add_argument("--forwards", type=int, default=12, help="forward passes each side may make")
     parser.add_argument("--long-forwards", type=int, default=33, help="mezo's larger budget")
-    parser.add_argument("--long-seeds", type=int, default=0, help="seeds (the first ones) mezo also runs long")
+    parser.add_argument("--long-seeds", type=int, default=3, help="seeds (the first ones) mezo also runs long")
     parser.add_argument("--limit-eval", type=int, default=150, help="test examples scored")
     parser.add_argument("--quick", action="store_true", help="one seed, tiny budgets, 64 test examples")
     parser.add_argument("--work", type=Path, default=None, help="where the runs are kept; finished runs are reused")

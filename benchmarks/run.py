@@ -243,7 +243,7 @@ DRIVERS = {
     "search": lambda args: search_rows(search.run_benchmark(args.quick, _work("search"))),
     "mezo": lambda args: mezo_rows(mezo.run_benchmark(
         [42, 43, 44][:1 if args.quick else args.repeats or 3], 6 if args.quick else 12, 9 if args.quick else 33,
-        64 if args.quick else 150, 0, args.quick, _work("mezo"))),
+        64 if args.quick else 150, 3, args.quick, _work("mezo"))),
     "distributed": lambda args: distributed_rows(distributed.run_benchmark(
         list(range(1, (1 if args.quick else args.repeats or 3) + 1)), 200 if args.quick else 2000, args.quick,
         _work("distributed"))),

@@ -265,7 +265,8 @@ def mezo_table() -> str:
             f"{', '.join(str(row['seed']) for row in rows)}, test accuracy on the first {settings['limit_eval']} test "
             f"examples; a forward pass reads every training (or validation) shot once. Peak RSS is the process's "
             f"(wait4), wall time the whole command's (the model's load and the test scoring included), on "
-            f"{result['machine']['nproc']} CPU cores shared with other work.")
+            f"{result['machine']['nproc']} CPU cores shared with other work ({result['machine']['torch_threads']} "
+            f"thread a run, a seed's runs side by side).")
 
 
 def _cell(value: Any) -> str:
