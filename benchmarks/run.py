@@ -14,6 +14,7 @@ import demo
 import distributed
 import few_shot
 import fuzz
+import mezo
 import mixed_batches
 import onnx_export
 import probe_cache
@@ -216,6 +217,13 @@ def chaos_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
             *((f"bar: {name}", "", verdict(passed)) for name, passed in result["bars"].items())]
 
 
+def mezo_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    s, forwards = result["summary"], result["settings"]["forward_passes"]
+    return [("mezo: zero-shot template", f"{s['zero_shot_accuracy']:.3f}", ""),
+            (f"mezo --tune lora, {forwards} forward passes", f"{s['mezo_accuracy']:.3f}", ""),
+            (f"the same LoRA by backprop, {forwards} forward passes", f"{s['backprop_accuracy']:.3f}", "")]
+
+
 def _work(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"tunelab-bench-{name}-"))
 
@@ -251,6 +259,9 @@ DRIVERS = {
     "search": lambda args: search_rows(search.run_benchmark(args.quick, _work("search"))),
     "fuzz": lambda args: fuzz_rows(fuzz.run_benchmark(quick=args.quick)),
     "chaos": lambda args: chaos_rows(chaos.run_benchmark(200 if args.quick else 400, 5, 0, args.quick, _work("chaos"))),
+    "mezo": lambda args: mezo_rows(mezo.run_benchmark(
+        [42, 43, 44][:1 if args.quick else args.repeats or 3], 6 if args.quick else 12, 9 if args.quick else 33,
+        64 if args.quick else 150, 3, args.quick, _work("mezo"))),
     "distributed": lambda args: distributed_rows(distributed.run_benchmark(
         list(range(1, (1 if args.quick else args.repeats or 3) + 1)), 200 if args.quick else 2000, args.quick,
         _work("distributed"))),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -308,6 +309,40 @@ def fuzz_table() -> str:
               f"minutes on this project's shared {result['machine']['nproc']}-core CPU.")
 
 
+def mezo_table() -> str:
+    """MeZO on a LoRA against the same LoRA trained by backpropagation, at the same forward passes, as measured."""
+    result = _results("mezo")
+    settings, rows = result["settings"], result["rows"]
+
+    def cells(side: str, label: str) -> list[str]:
+        measured = [row[side] for row in rows if side in row]
+        accuracies = ", ".join(f"{run['test_accuracy']:.3f}" for run in measured)
+        first = measured[0]
+        return [f"{label} ({first['steps']} steps)", str(first["forward_passes"]), str(first["backward_passes"]),
+                f"{statistics.fmean(run['test_accuracy'] for run in measured):.3f} ({accuracies})",
+                f"{statistics.median(run['peak_rss_bytes'] for run in measured) / 2**30:.2f} GiB",
+                f"{statistics.median(run['wall_s'] for run in measured) / 60:.1f} min"]
+
+    zero_shot = [row["mezo"]["zero_shot_accuracy"] for row in rows]
+    table = _table(["", "forward passes", "backward passes", "test accuracy: mean (per seed)", "peak RSS",
+                    "wall time (median)"],
+                   [["the template alone (zero-shot)", "0", "0", f"{statistics.fmean(zero_shot):.3f} ("
+                     f"{', '.join(f'{value:.3f}' for value in zero_shot)})", "-", "-"],
+                    cells("mezo", "mezo --tune lora"), cells("backprop", "the same LoRA by backpropagation (pet)"),
+                    *([cells("mezo_long", "mezo --tune lora, a larger budget")] if "mezo_long" in rows[0] else [])])
+    gain = lambda side: statistics.fmean(row[side]["test_accuracy"] - row["mezo"]["zero_shot_accuracy"]  # noqa: E731
+                                         for row in rows if side in row) * 100
+    gains = "; ".join(f"{label} {gain(side):+.1f}" for side, label in (
+        ("mezo", "mezo"), ("backprop", "backprop"), ("mezo_long", "mezo at the larger budget")) if side in rows[0])
+    return (f"{table}\n\nMean change from zero-shot, in points: {gains}. "
+            f"SmolLM2, {settings['data']}, {settings['shots']} shots per label, seeds "
+            f"{', '.join(str(row['seed']) for row in rows)}, test accuracy on the first {settings['limit_eval']} test "
+            f"examples; a forward pass reads every training (or validation) shot once. Peak RSS is the process's "
+            f"(wait4), wall time the whole command's (the model's load and the test scoring included), on "
+            f"{result['machine']['nproc']} CPU cores shared with other work ({result['machine']['torch_threads']} "
+            f"thread a run, a seed's runs side by side).")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -368,6 +403,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "distributed_line": distributed_line, "foreign_server_line": foreign_server_line, "chaos_line": chaos_line,
     "engine_table": engine_table, "engine_pair_table": engine_pair_table, "engine_advice": engine_advice,
     "fuzz_table": fuzz_table,
+    "mezo_table": mezo_table,
 }
 
 

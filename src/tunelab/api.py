@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import RenderableType
 
 from tunelab.assets.models import resolve_model
+from tunelab.blackbox.endpoints import InProcess
 from tunelab.blackbox.found import FoundPrompt, is_blackbox_run
 from tunelab.config import Precision, RunConfig, StrategyConfig
 from tunelab.errors import TunelabError
@@ -51,8 +52,6 @@ def evaluate(run_dir: Path, source: str | None = None, text_column: str = "text"
 
 def _evaluate_blackbox(run_dir: Path, source: str | None, text_column: str, label_column: str,
                        limit: int | None) -> dict[str, Any]:
-    from tunelab.blackbox.endpoints import InProcess
-
     found = FoundPrompt(run_dir)
     recipe = recipe_for("classification")
     if source is None:
@@ -60,7 +59,13 @@ def _evaluate_blackbox(run_dir: Path, source: str | None, text_column: str, labe
     else:
         examples, name = recipe.read_examples(found.config, None, source, text_column, label_column), source
     examples = examples.iloc[:limit] if limit is not None else examples
-    return found.score(examples, InProcess(*load_language_model(found.config.model)), name)
+    return found.score(examples, blackbox_endpoint(found), name)
+
+
+def blackbox_endpoint(found: FoundPrompt) -> InProcess:
+    """A black-box run's base model in this process, with the LoRA its search trained where it trained one."""
+    model, tokenizer = load_language_model(found.config.model)
+    return InProcess(found.adapt(model), tokenizer)
 
 
 def zero_shot(config: RunConfig) -> dict[str, Any]:
@@ -98,11 +103,9 @@ def predict(run_dir: Path, inputs: list[str], context: str | None = None, precis
     (default: the run's evaluation batch; running out of memory is one line with a batch that would fit). A
     black-box run asks its model in this process, as the search found to."""
     if is_blackbox_run(run_dir):
-        from tunelab.blackbox.endpoints import InProcess
-
         found = FoundPrompt(run_dir)
         refuse_context(context, "classification")
-        return found.predict(inputs, InProcess(*load_language_model(found.config.model)))
+        return found.predict(inputs, blackbox_endpoint(found))
     predictor = load_predictor(run_dir, precision, batch_size)
     size = getattr(predictor, "batch_size", None) or read_run_config(run_dir).training.eval_batch_size  # a Generator's
     with inference_memory(size, "--batch-size"):

@@ -1,5 +1,5 @@
 """A finished black-box run, read back: how it asks the model about new texts (its prompt, its soft prompt, its
-label words), so that `predict` and `eval` answer through any endpoint as the search did."""
+label words, the LoRA `mezo` trained), so that `predict` and `eval` answer through any endpoint as the search did."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from tunelab.blackbox.prompts import LabelPrompts
 from tunelab.blackbox.search import Candidate, PromptSearch, SearchSettings
 from tunelab.config import RunConfig, build_config
 from tunelab.errors import TunelabError
+from tunelab.runs import verify_manifest
 from tunelab.tasks.classification import LabelMap
+from tunelab.tasks.generation import CausalLM
 
 SETTINGS_FILE = "blackbox.yaml"
 
@@ -30,12 +32,23 @@ class FoundPrompt:
     def __init__(self, path: Path):
         if not is_blackbox_run(path):
             raise TunelabError(f"{path} is not a black-box run (no {SETTINGS_FILE})")
+        verify_manifest(path)
+        self.path = path
         self.record: dict[str, Any] = yaml.safe_load((path / SETTINGS_FILE).read_text(encoding="utf-8"))
         self.config: RunConfig = build_config(self.record["config"])
         labels = list(self.record["verbalizer"])
         self.prompts = LabelPrompts.build(self.record["template"], self.record["verbalizer"], labels)
         self.soft_prompt = load_file(str(path / SOFT_PROMPT_FILE))["soft_prompt"] if \
-            self.record["method"] != "search" else None
+            "soft_prompt" in self.record else None
+
+    def adapt(self, model: CausalLM) -> CausalLM:
+        """The run's base `model` with the LoRA its search trained, where it trained one (`mezo --tune lora`): only
+        the model in this process then answers as the search did."""
+        if "adapter" in self.record:
+            from peft import PeftModel
+
+            model.backbone = PeftModel.from_pretrained(model.backbone, self.path / self.record["adapter"])
+        return model
 
     def asked(self, rows: pd.DataFrame, endpoint: Endpoint) -> list[str]:
         """Each row's prompt as the run found it."""

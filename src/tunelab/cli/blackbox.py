@@ -25,8 +25,8 @@ def blackbox(
     method: Annotated[str, typer.Option(help="bbt: a soft prompt searched by CMA-ES through a random projection "
                                              "(the model in this process, or a `tunelab serve` endpoint); search: "
                                              "edits of the instruction, the template's words and in-context "
-                                             "demonstrations (any endpoint); mezo: a soft prompt trained by "
-                                             "zeroth-order SPSA, two calls a step")] = "bbt",
+                                             "demonstrations (any endpoint); mezo: a soft prompt or a LoRA trained "
+                                             "by zeroth-order SPSA, two calls a step")] = "bbt",
     model: Annotated[str, typer.Option(help="the causal LM: in this process, or its name on --endpoint")]
     = "smollm2",
     endpoint: Annotated[str | None, typer.Option(help="a `tunelab serve` URL (http://host:port); default: the "
@@ -43,20 +43,29 @@ def blackbox(
     budget: Annotated[int, typer.Option(min=1, help="calls the search may make (each scores every shot with "
                                                     "every label word)")] = 4000,
     virtual_tokens: Annotated[int | None, typer.Option(min=1, help="bbt, mezo: the soft prompt's length "
-                                                                   "[default: 50 for bbt, 10 for mezo]")] = None,
+                                                                   "(default: 50 for bbt, 10 for mezo)")] = None,
     intrinsic_dim: Annotated[int, typer.Option(min=1, help="bbt: the searched dimension")] = 500,
     population: Annotated[int, typer.Option(min=2, help="bbt: CMA-ES candidates per generation")] = 20,
     demonstrations: Annotated[int, typer.Option(min=0, help="search: in-context examples at most")] = 4,
-    lr: Annotated[float, typer.Option(min=0, help="mezo: the learning rate")] = 1e-3,
-    epsilon: Annotated[float, typer.Option(min=0, help="mezo: the perturbation's size")] = 1e-3,
+    tune: Annotated[str, typer.Option(help="mezo: what trains: soft-prompt (before the text; this process or a "
+                                           "`tunelab serve` endpoint) or lora (on the weights; this process "
+                                           "only)")] = "soft-prompt",
+    rank: Annotated[int, typer.Option(min=1, help="mezo --tune lora: the update's rank")] = 8,
+    target_modules: Annotated[str | None, typer.Option(help="mezo --tune lora: comma-separated module names to "
+                                                            "adapt, or all-linear (default: the attention's query "
+                                                            "and value)")] = None,
+    lr: Annotated[float | None, typer.Option(min=0, help="mezo: the learning rate (default: 1e-3 for a soft "
+                                                         "prompt, 1e-4 for lora)")] = None,
+    epsilon: Annotated[float | None, typer.Option(min=0, help="mezo: the perturbation's size (default: 1e-3 for a "
+                                                              "soft prompt, 1e-2 for lora)")] = None,
     eval_every: Annotated[int, typer.Option(min=1, help="mezo: steps between validation calls")] = 10,
     candidates: Annotated[int, typer.Option(min=1, help="search: edits tried per round")] = 8,
     propose: Annotated[int, typer.Option(min=0, help="search: instructions the model writes per round from a few "
                                                      "training pairs (APE; one generation call), tried beside the "
                                                      "edits")] = 0,
     patience: Annotated[int | None, typer.Option(min=0, help="generations (rounds) without a better validation "
-                                                             "accuracy before stopping, 0: never [default: 20 for "
-                                                             "bbt, 10 for search]")] = None,
+                                                             "accuracy before stopping, 0: never (default: 20 for "
+                                                             "bbt, 10 for search and mezo)")] = None,
     template: Annotated[str | None, typer.Option(help=TEMPLATE_HELP)] = None,
     verbalizer: Annotated[list[str] | None, typer.Option(help=VERBALIZER_HELP)] = None,
     text_column: Annotated[str, typer.Option(help="the data's text column")] = "text",
@@ -100,8 +109,8 @@ def blackbox(
         settings = BBTSettings(virtual_tokens or 50, intrinsic_dim, population, seed=seed,
                                patience=20 if patience is None else patience)
     elif method == "mezo":
-        settings = MeZOSettings(virtual_tokens or 10, lr, epsilon, eval_every=eval_every, seed=seed,
-                                patience=10 if patience is None else patience)
+        settings = MeZOSettings(tune, virtual_tokens or 10, rank, target_modules, lr, epsilon, eval_every=eval_every,
+                                seed=seed, patience=10 if patience is None else patience)
     else:
         settings = SearchSettings(demonstrations, candidates, 10 if patience is None else patience, seed, propose)
     if endpoint is None:
@@ -117,16 +126,17 @@ def blackbox(
         path, metrics = run_blackbox(config, asked, settings, budget, overwrite, lambda state: bar.update(
             searching, completed=asked.usage.calls,
             description=f"validation accuracy {state.best_validation:.3f}"))
-    console.print(result_table(path, metrics))
+    console.print(result_table(path, metrics, method == "mezo" and tune == "lora"))
 
 
-def result_table(path: Path, metrics: dict) -> Table:
+def result_table(path: Path, metrics: dict, lora: bool = False) -> Table:
     table = Table(title=escape(f"{path}: {metrics['shots']} shots per label, {metrics['test_examples']} test "
                                f"examples"), caption=f"{metrics['generations']} generations; calls and tokens in "
                                                      f"resources.json; the search curve in search_curve.png")
     for column in ("prompt", "validation accuracy", "test accuracy"):
         table.add_column(column)
-    found = "found prompt (prompt.txt)" if metrics["method"] == "search" else "found soft prompt"
+    found = "found prompt (prompt.txt)" if metrics["method"] == "search" else \
+        "trained LoRA (adapter/)" if lora else "found soft prompt"
     table.add_row(found, f"{metrics['validation_accuracy']:.3f}", f"{metrics['test']['accuracy']:.3f}")
     table.add_row("the template alone (zero-shot)", "-", f"{metrics['zero_shot']['accuracy']:.3f}")
     return table

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.api import load_generator, load_language_model
+from tunelab.api import blackbox_endpoint, load_generator, load_language_model
 from tunelab.assets.models import base_fingerprint
-from tunelab.blackbox.endpoints import InProcess
 from tunelab.blackbox.found import FoundPrompt, is_blackbox_run
 from tunelab.compose.bundle import NAME, is_bundle, read_bundle
 from tunelab.compose.mixed import SENTENCE_TASKS, MixedPredictor
@@ -101,7 +100,7 @@ class FoundPromptEngine:
 
     def __init__(self, path: Path):
         self.found = FoundPrompt(path)
-        self.endpoint = InProcess(*load_language_model(self.found.config.model))
+        self.endpoint = blackbox_endpoint(self.found)
 
     def answer(self, items: list[tuple[str, str | None]]) -> list[dict[str, Any] | Exception]:
         """(text, no context) items -> a label with every label's probability each, as `predict` gives them."""
