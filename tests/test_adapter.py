@@ -171,7 +171,7 @@ def test_training_moves_only_adapters_and_head(bert_adapter: TrainedRun, tiny_be
 def test_the_delta_is_safetensors_with_a_json_description(bert_adapter: TrainedRun):
     files = sorted(path.name for path in bert_adapter.path.iterdir())
     assert files == ["adapter_config.json", "config.yaml", "data_checks.json", "delta.safetensors", "labels.json",
-                     "metrics.json", "resources.json"]
+                     "manifest.json", "metrics.json", "resources.json"]
     described = json.loads((bert_adapter.path / "adapter_config.json").read_text())
     assert described["variant"] == "houlsby"
     assert described["adapters"]["layer1_attention"] == {"size": HIDDEN, "bottleneck": HIDDEN // 16}

@@ -172,7 +172,7 @@ def test_a_lora_run_reloads_predicts_and_serves_as_it_was_scored(fresh_lm, tiny_
     settings = MeZOSettings("lora", rank=4, learning_rate=0.05, epsilon=1e-2, eval_every=2, patience=0)
     path, metrics = run_blackbox(config, fresh_lm(), settings, budget=10)
     assert {file.name for file in path.iterdir()} == {"blackbox.yaml", "metrics.json", "resources.json", "adapter",
-                                                      "search_curve.png"}
+                                                      "search_curve.png", "manifest.json"}
     assert (path / "adapter" / "adapter_config.json").exists()  # PEFT's own format
     assert api.evaluate(path)["accuracy"] == pytest.approx(metrics["test"]["accuracy"])  # the adapter reloaded
     base = InProcess(*load_language_model(str(tiny_llama_lm)))

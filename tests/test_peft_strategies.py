@@ -107,8 +107,8 @@ def test_training_moves_only_the_update_and_the_head(bert_peft: TrainedRun, tiny
 def test_the_delta_is_the_adapter_and_the_head(bert_peft: TrainedRun):
     files = sorted(str(path.relative_to(bert_peft.path)) for path in bert_peft.path.rglob("*") if path.is_file())
     assert files == ["adapter/README.md", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
-                     "config.yaml", "data_checks.json", "delta.safetensors", "labels.json", "metrics.json",
-                     "resources.json"]
+                     "config.yaml", "data_checks.json", "delta.safetensors", "labels.json", "manifest.json",
+                     "metrics.json", "resources.json"]
     delta = [bert_peft.path / "delta.safetensors", *sorted((bert_peft.path / "adapter").iterdir())]
     assert bert_peft.resources["delta_bytes"] == sum(path.stat().st_size for path in delta)
 

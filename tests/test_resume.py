@@ -216,3 +216,23 @@ def test_an_interrupted_dpo_stage_resumes_and_refuses_other_settings(tiny_llama_
     with pytest.raises(TunelabError, match=r"other settings: beta \(0.1 then, 0.2 now\)"):
         stage(tmp_path / "resumed", settings.model_copy(update={"beta": 0.2}))
     assert stage(tmp_path / "resumed") == whole
+
+
+def test_a_run_resumed_from_an_epochs_checkpoint_logs_the_same_losses(tiny_bert: Path, sentiment_csv: Path,
+                                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The newest checkpoint may be an epoch's, off the every-N grid: the loss is logged there too, so the first log
+    after the resume averages the same steps as the uninterrupted run's."""
+    def config(output: Path):
+        return tiny_config(tiny_bert, sentiment_csv, output, "lora", epochs=3, checkpoint_every=5)
+
+    whole = api.train(config(tmp_path / "whole"), progress=False)
+    per_epoch = whole.metrics["training"]["optimizer_steps"] // 3
+    assert per_epoch % 5  # the epoch's checkpoint is not one of the every-5 ones
+    with monkeypatch.context() as patch:
+        _interrupt_at(per_epoch + 1, patch)
+        with pytest.raises(KeyboardInterrupt):
+            api.train(config(tmp_path / "resumed"), progress=False)
+    said = []
+    resumed = api.train(config(tmp_path / "resumed"), progress=False, announce=said.append)
+    assert f"resuming the interrupted run from step {per_epoch}" in said
+    _same_run(resumed, whole)

@@ -46,7 +46,8 @@ def test_train_raises_default_epochs_and_keeps_explicit_ones(tiny_bert: Path, se
     lora = _small(tiny_config(tiny_bert, sentiment_csv, tmp_path / "lora", "lora", epochs=None, min_steps=40))
     assert api.train(lora, progress=False).metrics["training"] == {
         "epochs": 20.0, "optimizer_steps": 40, "learning_rate": lora.training.learning_rate,
-        "selected_on": "accuracy", "precision": resolve_precision("auto")}
+        "selected_on": "accuracy", "precision": resolve_precision("auto"), "micro_batch_size": 8,
+        "gradient_accumulation_steps": 1, "micro_batch_found": False}
     short = _small(tiny_config(tiny_bert, sentiment_csv, tmp_path / "short", "lora", epochs=1, min_steps=40))
     assert api.train(short, progress=False).metrics["training"]["optimizer_steps"] == 2
 

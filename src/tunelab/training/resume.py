@@ -32,7 +32,9 @@ FREE_SETTINGS = ("checkpoint_every", "keep_checkpoints", "micro_batch_size")
 
 
 class CheckpointEvery(TrainerCallback):
-    """A resumable checkpoint every `steps` optimizer steps, beside the Trainer's checkpoint of each epoch."""
+    """A resumable checkpoint every `steps` optimizer steps, beside the Trainer's checkpoint of each epoch; the loss
+    is logged at every checkpoint too. The Trainer logs the mean loss since its last log, and a resumed run starts
+    counting at its checkpoint, so a checkpoint must fall on a log for the resumed loss curve to be exact."""
 
     def __init__(self, steps: int):
         self.steps = steps
@@ -40,7 +42,12 @@ class CheckpointEvery(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> TrainerControl:
         if state.global_step % self.steps == 0:
-            control.should_save = True
+            control.should_save = control.should_log = True
+        return control
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> TrainerControl:
+        control.should_log = True  # the epoch's own checkpoint follows
         return control
 
 

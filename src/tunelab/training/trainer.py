@@ -6,7 +6,6 @@ logging; tunelab only decides the arguments and the data it sees.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ from transformers import (
 )
 
 from tunelab.batching import LengthBucketSampler, random_order_padding_share
-from tunelab.config import RunConfig, TrainingConfig
+from tunelab.config import RunConfig
 from tunelab.engines import engine
 from tunelab.errors import TunelabError
 from tunelab.precision import device_type, resolve_precision, trainer_flags
@@ -108,7 +107,7 @@ def training_arguments(config: RunConfig, strategy: ConfiguredStrategy, output_d
         save_only_model=not (training.keep_checkpoints or training.checkpoint_every),
         load_best_model_at_end=True,
         metric_for_best_model=best_metric,
-        logging_steps=logging_steps(training),
+        logging_steps=training.logging_steps,
         seed=training.seed,
         report_to=training.report_to or "none",
         disable_tqdm=not progress,
@@ -144,13 +143,6 @@ def check_engaged(trainer: Trainer, name: str) -> None:
     engaged = trainer.is_fsdp_enabled if name == "fsdp" else trainer.is_deepspeed_enabled
     if not engaged:
         raise TunelabError(f"the Trainer would run {name} as plain DDP on this machine; use --distributed ddp")
-
-
-def logging_steps(training: TrainingConfig) -> int:
-    """The Trainer logs the mean loss since its last log, and a resumed run starts counting at its checkpoint: with
-    resumable checkpoints every N steps, logs fall on every checkpoint too, so a resumed loss curve is exact."""
-    every = training.checkpoint_every
-    return math.gcd(training.logging_steps, every) if every else training.logging_steps
 
 
 class TrainableOnlyTrainer(Trainer):
