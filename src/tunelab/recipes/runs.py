@@ -36,7 +36,7 @@ from tunelab.strategies.catalog import check_serves_task
 from tunelab.strategies.registry import ConfiguredStrategy, check_prompt_settings, configure
 from tunelab.task_catalog import check_shots, recipe_for
 from tunelab.training.memory import check_micro_batch, inference_memory
-from tunelab.training.resume import RESUME_FILE, Resume, check_resumable, prepare_resume, resumable
+from tunelab.training.resume import RESUME_FILE, Resume, prepare_resume, resumable
 
 DATA_CHECKS_FILE = "data_checks.json"  # what the data looked like when the run trained
 
@@ -62,7 +62,6 @@ def configure_run(config: RunConfig, processes: int | None = None) -> Configured
     check_prompt_settings(strategy.strategy, config.prompt != PromptConfig())
     recipe_for(config.task).check_training(config)
     resolve_precision(config.training.precision)
-    check_resumable(config)
     check_micro_batch(config, processes)
     return strategy
 

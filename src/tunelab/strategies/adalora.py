@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
+import torch
 from peft import AdaLoraConfig
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
@@ -27,6 +28,8 @@ from tunelab.strategies.lora import layers_to_adapt, resolve_targets
 from tunelab.strategies.peft_adapter import ADAPTER_DIR, PeftAdapter
 
 ADAPTER_NAME = "default"
+ALLOCATOR_FILE = "adalora_allocator.pt"  # in each Trainer checkpoint
+ALLOCATOR_SCORES = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # PEFT's RankAllocator: the step's and smoothed scores
 PLACEHOLDER_STEPS = 1_000  # PEFT wants a schedule before training; `RankAllocation` sets the run's own
 
 
@@ -53,7 +56,9 @@ class AdaLoraOptions(BaseModel):
 
 
 class RankAllocation(TrainerCallback):
-    """Calls AdaLoRA's allocator after every optimizer step, on a schedule fitted to the run's steps."""
+    """Calls AdaLoRA's allocator after every optimizer step, on a schedule fitted to the run's steps. The allocator
+    keeps its smoothed sensitivities outside the model, so each checkpoint gets them (and the rank pattern) in a file
+    of its own, read back when a run resumes: it then allocates as an uninterrupted one."""
 
     def __init__(self, backbone: nn.Module, options: AdaLoraOptions):
         self.backbone, self.options = backbone, options
@@ -67,6 +72,19 @@ class RankAllocation(TrainerCallback):
         if config.tinit >= steps - config.tfinal:
             raise TunelabError(f"adalora: {steps} optimizer steps leave no budgeting phase; train for more steps "
                                f"(--epochs) or lower warmup_share / final_share")
+        if state.global_step:  # resumed from the checkpoint of that step
+            saved = torch.load(Path(args.output_dir) / f"checkpoint-{state.global_step}" / ALLOCATOR_FILE,
+                               weights_only=True)
+            config.rank_pattern = saved.pop("rank_pattern")
+            for name, scores in saved.items():
+                setattr(self.backbone.base_model.rankallocator, name, scores)
+
+    def on_save(self, args, state, control, **kwargs) -> None:
+        if state.is_world_process_zero:
+            allocator = self.backbone.base_model.rankallocator
+            torch.save({**{name: getattr(allocator, name) for name in ALLOCATOR_SCORES},
+                        "rank_pattern": self.backbone.peft_config[ADAPTER_NAME].rank_pattern},
+                       Path(args.output_dir) / f"checkpoint-{state.global_step}" / ALLOCATOR_FILE)
 
     def on_optimizer_step(self, args, state, control, **kwargs) -> None:
         self.backbone.base_model.update_and_allocate(state.global_step)

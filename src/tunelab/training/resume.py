@@ -16,7 +16,6 @@ import yaml
 from pydantic import BaseModel
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.runs import CHECKPOINTS, StagedRun, write_text_atomic
 
@@ -82,13 +81,6 @@ def checkpoint_step(run: Path) -> int | None:
 def has_checkpoint(run: Path) -> bool:
     """Whether a staged run holds training worth resuming."""
     return checkpoint_step(run) is not None
-
-
-def check_resumable(config: RunConfig) -> None:
-    """AdaLoRA's allocator keeps its sensitivity scores outside the model, where no checkpoint reaches them."""
-    if config.training.checkpoint_every and config.strategy.name == "adalora":
-        raise TunelabError("adalora cannot resume: its rank allocator's scores are not in the checkpoints; leave "
-                           "out --checkpoint-every")
 
 
 def _fingerprint(rows: pd.DataFrame) -> str:
