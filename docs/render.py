@@ -287,7 +287,9 @@ def chaos_line() -> str:
     moments = "; ".join(dict.fromkeys(row["moment"] for row in result["kills"]))
     return (f"Measured (MiniLM, movie-snippets, `{settings['strategy']}`, {settings['rows']} training rows, "
             f"`--checkpoint-every {settings['checkpoint_every']}`, {result['reference']['optimizer_steps']} steps): "
-            f"{summary['kills']} runs killed with SIGKILL ({moments}) and run again; "
+            f"{summary['kills']} runs, each to be killed with SIGKILL at a moment of its own ({moments}), "
+            f"{sum(row['killed_at_s'] is not None for row in result['kills'])} killed (the others ended before "
+            f"their moment came), then run again; "
             f"{summary['resumed_to_identical_metrics']} of {summary['kills']} ended with metrics identical to an "
             f"uninterrupted run's ({summary['resumed_from_a_checkpoint']} of them resumed from a checkpoint; the "
             f"others found none, killed before the first one or after the commit had dropped them, and trained "
