@@ -16,6 +16,7 @@ from tunelab.compare.advisor import (
     RULES,
     Situation,
     estimate_training_memory_gb,
+    not_runnable,
     qlora_note,
     recommend,
 )
@@ -113,13 +114,19 @@ def test_the_advice_names_the_engine_that_fits_when_one_device_does_not() -> Non
     assert on_eight_80gb.feasible and on_eight_80gb.command.endswith("--nproc 8 --distributed deepspeed-zero2")
     assert "on your 8 GPUs with deepspeed-zero2: per GPU deepspeed-zero2 48.6 GB" in on_eight_80gb.trade_off
     on_eight_40gb = by_name(Situation(**SEVEN_B_FULL, memory_gb=40, gpus=8))["full"]
-    assert not on_eight_40gb.feasible  # only ZeRO-3 fits, and tunelab cannot train with it yet
-    assert on_eight_40gb.reasons[0] == ("full needs ~134.4 GB on one device, you have 40 GB; on your 8 GPUs with "
-                                        "deepspeed-zero3 (tunelab cannot train with it yet): per GPU deepspeed-zero2 "
-                                        "48.6 GB, deepspeed-zero3 36.4 GB, fsdp 36.4 GB")
+    assert on_eight_40gb.feasible  # only ZeRO-3 fits
+    assert on_eight_40gb.command.endswith("--nproc 8 --distributed deepspeed-zero3")
     one_40gb = by_name(Situation(**SEVEN_B_FULL, memory_gb=40))["full"]
-    assert "it would fit on 8 GPUs with deepspeed-zero3" in one_40gb.reasons[0]
-    assert "--nproc" not in one_40gb.command
+    assert not one_40gb.feasible and "--nproc" not in one_40gb.command
+    assert one_40gb.reasons[0] == ("full needs ~134.4 GB on one device, you have 40 GB; it would fit on 8 GPUs with "
+                                   "deepspeed-zero3: per GPU deepspeed-zero2 48.6 GB, deepspeed-zero3 36.4 GB, fsdp "
+                                   "36.4 GB")
+
+
+def test_the_advice_never_names_an_engine_tunelab_cannot_train_the_strategy_with() -> None:
+    assert not_runnable("adalora", "deepspeed-zero3") == "a known failure with adalora"
+    assert not_runnable("full", "fsdp") == "tunelab cannot train with it yet"
+    assert not_runnable("full", "deepspeed-zero3") is None
 
 
 def test_memory_estimates_follow_the_documented_formula() -> None:

@@ -4,6 +4,7 @@ inside the processes reaches the user as one line."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from tiny import assert_trained_alike, train_cli
 
+from tunelab.engines import trap
 from tunelab.runs import METRICS_FILE
 from tunelab.strategies.catalog import CATALOG
 
@@ -37,14 +39,18 @@ def test_errors_of_a_multi_process_run_are_one_line(extra: list[str], message: s
     assert not list(tmp_path.iterdir())
 
 
-def test_every_catalogue_strategy_trains_under_two_processes(bert_without_dropout: Path, tiny_llama_lm: Path,
-                                                            sentiment_csv: Path, tmp_path: Path):
+@pytest.mark.parametrize("engine", ["ddp", pytest.param("deepspeed-zero3", marks=pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="the deepspeed extra is not installed"))])
+def test_every_catalogue_strategy_trains_under_two_processes(engine: str, bert_without_dropout: Path,
+                                                            tiny_llama_lm: Path, sentiment_csv: Path, tmp_path: Path):
     """One torchrun launch trains every strategy in turn (the prompt-based ones on the causal LM, AdapterFusion on
-    two adapter runs): none needs refusing under DDP."""
+    two adapter runs): none needs refusing under DDP; under ZeRO-3, which splits the weights too, every strategy but
+    the pairs known to fail (refused before launch, tested in test_engines.py)."""
     script = Path(__file__).with_name("ddp_catalog.py")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                           str(script), str(bert_without_dropout), str(tiny_llama_lm), str(sentiment_csv),
-                          str(tmp_path / "runs")], capture_output=True, text=True, timeout=600)
+                          str(tmp_path / "runs"), engine], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     trained = {path.name for path in (tmp_path / "runs").iterdir() if (path / METRICS_FILE).exists()}
-    assert trained == {*CATALOG, "adapter-b"}
+    assert trained == {name for name in CATALOG if trap(name, engine) is None} | {"adapter-b"}
+    assert engine == "ddp" or trained < {*CATALOG, "adapter-b"}

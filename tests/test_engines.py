@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from tiny import assert_trained_alike, train_cli
 from transformers import TrainingArguments
@@ -80,7 +81,7 @@ def test_refusals_name_the_engine_and_what_works_instead(monkeypatch: pytest.Mon
         return str(refused.value)
 
     assert "give --nproc 2 or more" in refusal("deepspeed-zero2", processes=1)
-    assert "cannot train with deepspeed-zero3 yet" in refusal("deepspeed-zero3")
+    assert "cannot train with fsdp yet" in refusal("fsdp") and "use deepspeed-zero3" in refusal("fsdp")
     assert "known failure" in refusal("deepspeed-zero3", "prompt-tuning")  # the pair's own reason comes first
     check_engine("ddp", "prefix", 1)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
@@ -124,13 +125,32 @@ def test_gradient_checkpointing_keeps_the_loss_curve(bert_without_dropout: Path,
 
 
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="the deepspeed extra is not installed")
-def test_deepspeed_zero2_on_two_processes_trains_as_one(bert_without_dropout: Path, sentiment_csv: Path,
-                                                        tmp_path: Path):
-    """ZeRO-2 splits the optimizer state and gradients over two gloo processes; the loss curve, the scores and the
-    saved delta are the single process's."""
-    one = train_cli(bert_without_dropout, sentiment_csv, tmp_path / "one", "lora")
-    two = train_cli(bert_without_dropout, sentiment_csv, tmp_path / "two", "lora", "--nproc", "2",
-                    "--distributed", "deepspeed-zero2")
+@pytest.mark.parametrize(("stage", "strategy"), [(2, "lora"), (3, "lora"), (3, "full")])
+def test_deepspeed_on_two_processes_trains_as_one(stage: int, strategy: str, bert_without_dropout: Path,
+                                                  sentiment_csv: Path, tmp_path: Path):
+    """ZeRO-2 splits the optimizer state and gradients over two gloo processes, ZeRO-3 the weights too (gathered
+    whole after training, for rank 0 to evaluate and save); the loss curve, the scores and the saved delta are the
+    single process's."""
+    one = train_cli(bert_without_dropout, sentiment_csv, tmp_path / "one", strategy)
+    two = train_cli(bert_without_dropout, sentiment_csv, tmp_path / "two", strategy, "--nproc", "2",
+                    "--distributed", f"deepspeed-zero{stage}")
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
     assert_trained_alike(tmp_path / "one", tmp_path / "two", two.stdout)
     assert json.loads((tmp_path / "two" / METRICS_FILE).read_text())["train_examples"] == 60
+
+
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="the deepspeed extra is not installed")
+def test_deepspeed_zero3_generates_as_one_process(tiny_llama_lm: Path, chat_jsonl: Path, tmp_path: Path):
+    """A generation run scores its test answers while the weights are still split (every process generates in
+    step), then rank 0 alone rebuilds them whole, to time and save: the scores and the loss curve are one
+    process's."""
+    extra = ["--task", "generation", "--limit-train", "40", "--set", "generation.rouge_examples=4",
+             "--set", "generation.max_new_tokens=4"]  # 10 full batches an epoch: DDP pads a partial one
+    one = train_cli(tiny_llama_lm, chat_jsonl, tmp_path / "one", "lora", *extra)
+    two = train_cli(tiny_llama_lm, chat_jsonl, tmp_path / "two", "lora", *extra, "--nproc", "2",
+                    "--distributed", "deepspeed-zero3")
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    metrics = [json.loads((tmp_path / run / METRICS_FILE).read_text()) for run in ("one", "two")]
+    np.testing.assert_allclose(metrics[1]["loss_curve"], metrics[0]["loss_curve"], rtol=0, atol=1e-4)
+    for scores in ("test", "base_test"):  # perplexities near 1e6: relative
+        assert metrics[1][scores] == pytest.approx(metrics[0][scores], rel=1e-5, abs=1e-4)

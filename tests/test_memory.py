@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import build_model, load_splits, run_main, tiny_config
+from tiny import build_model, generation_config, load_splits, run_main, tiny_config
 
 from tunelab import api
 from tunelab.errors import TunelabError
 from tunelab.tasks.classification import SequenceClassifier
+from tunelab.tasks.generation import CausalLM
 from tunelab.training import memory
 from tunelab.training.memory import Probe, largest_micro_batch, training_out_of_memory
 from tunelab.training.trainer import encode_examples
@@ -280,3 +281,20 @@ def test_a_run_that_ran_out_with_checkpoints_resumes_in_micro_batches(tiny_bert:
     assert "resuming the interrupted run from step 2" in out
     training = json.loads((tmp_path / "run" / "metrics.json").read_text())["training"]
     assert training["micro_batch_size"] == 4 and training["gradient_accumulation_steps"] == 2
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_micro_batches_of_answers_weigh_every_token_as_the_whole_batch(weighted: bool, tiny_llama_lm: Path,
+                                                                       chat_jsonl: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch):
+    """A generation loss is the mean over the batch's answer tokens, and answers differ in length: each micro-batch
+    divides its sum by the whole batch's count. A mean per micro-batch (`weighted` off, as the Trainer does for a
+    model that takes no count) trains on another loss."""
+    monkeypatch.setattr(CausalLM, "accepts_loss_kwargs", weighted)
+    settings = {"batch_size": 8, "epochs": 1, "logging_steps": 1, "max_length": 48, "precision": "fp32"}
+    whole, parts = (api.train(generation_config(tiny_llama_lm, chat_jsonl, tmp_path / name, **settings, **more),
+                              progress=False).metrics["loss_curve"]
+                    for name, more in (("whole", {}), ("parts", {"micro_batch_size": 2})))
+    matches = [loss == pytest.approx(loss_parts, rel=1e-5) for (_, loss), (_, loss_parts) in zip(whole, parts,
+                                                                                                 strict=True)]
+    assert all(matches) if weighted else not all(matches)

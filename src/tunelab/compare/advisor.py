@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from tunelab.engines import ENGINES, per_device_bytes
+from tunelab.engines import ENGINES, per_device_bytes, trap
 from tunelab.errors import TunelabError
 from tunelab.strategies.catalog import CATALOG, NAMES, StrategyEntry, entry
 from tunelab.task_catalog import check_task
@@ -182,7 +182,7 @@ CONSTRAINTS: tuple[Constraint, ...] = (
                "{strategy} reads the LM head and {model} has none; use a causal LM (smollm2) or a masked LM with its "
                "MLM head"),
     Constraint("memory", lambda f, s: estimate_training_memory_gb(f.name, s) > s.memory_gb
-               and not runnable(sharded_fit(f.name, s)),
+               and runnable_fit(f.name, s) is None,
                "{strategy} needs ~{needed_gb:.1f} GB on one device, you have {memory_gb:g} GB{engine_note}"),
 )
 
@@ -238,9 +238,18 @@ def sharded_fit(strategy: str, situation: Situation) -> tuple[str, int] | None:
                  if estimate_training_memory_gb(strategy, situation, name, count) <= situation.memory_gb), None)
 
 
-def runnable(fit: tuple[str, int] | None) -> bool:
-    """tunelab can train with the fitting engine on GPUs the user has."""
-    return fit is not None and ENGINES[fit[0]].not_yet is None and fit[1] > 1
+def runnable_fit(strategy: str, situation: Situation) -> tuple[str, int] | None:
+    """The engine and device count that fit (`sharded_fit`), where tunelab can train the strategy with that engine
+    on GPUs the user has."""
+    fit = sharded_fit(strategy, situation)
+    return fit if fit is not None and fit[1] <= situation.gpus and not_runnable(strategy, fit[0]) is None else None
+
+
+def not_runnable(strategy: str, name: str) -> str | None:
+    """Why tunelab cannot train the strategy with the engine, if it cannot."""
+    if ENGINES[name].not_yet:
+        return "tunelab cannot train with it yet"
+    return None if trap(strategy, name) is None else f"a known failure with {strategy}"
 
 
 def engine_note(strategy: str, situation: Situation) -> str:
@@ -253,7 +262,8 @@ def engine_note(strategy: str, situation: Situation) -> str:
     each = ", ".join(f"{engine} {estimate_training_memory_gb(strategy, situation, engine, count):.1f} GB"
                      for engine in SHARDING)
     where = "on your" if situation.gpus > 1 else "it would fit on"
-    later = "" if ENGINES[name].not_yet is None else " (tunelab cannot train with it yet)"
+    why_not = not_runnable(strategy, name)
+    later = "" if why_not is None else f" ({why_not})"
     return f"; {where} {count} GPUs with {name}{later}: per GPU {each}"
 
 
@@ -332,8 +342,8 @@ def _command(facts: StrategyEntry, situation: Situation, data: list[str]) -> str
     words = ["tunelab", "train", "--model", _model_name(facts, situation), *data, "--strategy", facts.name]
     if situation.task != "classification":
         words += ["--task", situation.task]
-    fit = sharded_fit(facts.name, situation)
-    if runnable(fit):
+    fit = runnable_fit(facts.name, situation)
+    if fit is not None:
         words += ["--nproc", str(fit[1]), "--distributed", fit[0]]
     return " ".join(shlex.quote(word) for word in words)
 

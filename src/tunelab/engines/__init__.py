@@ -35,6 +35,12 @@ class Engine:
     min_processes: int = 1
     not_yet: str | None = None  # why tunelab's runs cannot use it yet, where they cannot
 
+    @property
+    def splits_weights(self) -> bool:
+        """Each process holds only its part of the weights after training: they are gathered before one process
+        evaluates or saves the model."""
+        return "parameters" in self.shards
+
     def trainer_arguments(self, layer_classes: list[str], hidden_size: int | None) -> dict[str, Any]:
         """The Trainer's keywords for this engine. `layer_classes`: the model's transformer layers, the units FSDP
         gathers one at a time; `hidden_size`: the Trainer fills DeepSpeed's "auto" bucket sizes from it, but reads it
@@ -44,17 +50,20 @@ class Engine:
         if self.package != "deepspeed":
             return {}
         config = read_config(self)
-        if hidden_size is not None:  # the Trainer's own rules (transformers.integrations.deepspeed)
-            sizes = {"reduce_bucket_size": hidden_size**2, "stage3_prefetch_bucket_size": int(0.9 * hidden_size**2),
-                     "stage3_param_persistence_threshold": 10 * hidden_size}
-            zero = config["zero_optimization"]
-            zero |= {key: value for key, value in sizes.items() if zero.get(key) == "auto"}
+        # the Trainer's own rules (transformers.integrations.deepspeed); without a transformer (a head trained on
+        # cached sentence vectors), DeepSpeed's own defaults
+        sizes = ({"reduce_bucket_size": hidden_size**2, "stage3_prefetch_bucket_size": int(0.9 * hidden_size**2),
+                  "stage3_param_persistence_threshold": 10 * hidden_size} if hidden_size is not None else
+                 {"reduce_bucket_size": int(5e8), "stage3_prefetch_bucket_size": int(5e7),
+                  "stage3_param_persistence_threshold": int(1e5)})
+        zero = config["zero_optimization"]
+        zero |= {key: value for key, value in sizes.items() if zero.get(key) == "auto"}
         # DeepSpeed restores the best epoch from its own checkpoints, which hold the optimizer state too
         return {"deepspeed": config, "save_only_model": False}
 
 
-_WHOLE_WEIGHTS = ("it keeps the weights split after training, and a run's first process then evaluates, times and "
-                  "saves the model alone, which needs them whole")
+_FSDP_NOT_YET = ("the Trainer restores FSDP's best epoch from FSDP's own checkpoints, which tunelab's checkpoints of "
+                 "the trainable tensors replace; use deepspeed-zero3, which splits the weights too, or ddp")
 ENGINES: dict[str, Engine] = {engine.name: engine for engine in (
     Engine("ddp", "every process holds the whole model, gradients and optimizer state; gradients are averaged "
                   "after each backward (PyTorch DDP; gloo on CPUs, nccl on GPUs)", shards=()),
@@ -62,13 +71,12 @@ ENGINES: dict[str, Engine] = {engine.name: engine for engine in (
                    "processes, each layer's weights gathered for its forward and backward (ZeRO-3's memory)",
            shards=STATES, config="fsdp2.json", min_processes=2,
            needs_accelerator="the Trainer (accelerate) runs FSDP only on GPUs and other accelerators, and on CPUs "
-                             "would silently train plain DDP", not_yet=_WHOLE_WEIGHTS),
+                             "would silently train plain DDP", not_yet=_FSDP_NOT_YET),
     Engine("deepspeed-zero2", "DeepSpeed ZeRO stage 2: optimizer state and gradients split over the processes, "
                               "every process keeps the whole weights",
            shards=("gradients", "optimizer"), config="deepspeed-zero2.json", package="deepspeed", min_processes=2),
     Engine("deepspeed-zero3", "DeepSpeed ZeRO stage 3: parameters too, gathered layer by layer when needed",
-           shards=STATES, config="deepspeed-zero3.json", package="deepspeed", min_processes=2,
-           not_yet=_WHOLE_WEIGHTS),
+           shards=STATES, config="deepspeed-zero3.json", package="deepspeed", min_processes=2),
 )}
 if set(ENGINES) != set(get_args(Distributed)):
     raise TunelabError(f"engine rows {sorted(ENGINES)} differ from the config's choices {get_args(Distributed)}")
@@ -93,6 +101,10 @@ TRAPS: tuple[Trap, ...] = (
     Trap(("prompt-tuning", "p-tuning"), ("deepspeed-zero3",),
          "ZeRO-3 partitions the word-embedding matrix (shape 0 outside a forward), so PEFT cannot find it to set "
          "up the virtual tokens (peft #206, #1633)", "deepspeed-zero2, fsdp or ddp; or lora"),
+    Trap(("adalora",), ("deepspeed-zero3",),
+         "AdaLoRA's rank allocator reads every LoRA matrix and its gradient whole after each optimizer step, where "
+         "ZeRO-3 leaves a process an empty placeholder (a size-mismatch error at the first step)",
+         "deepspeed-zero2 or ddp; or lora"),
     Trap(("prefix",), tuple(ENGINES),
          "prefix tuning's past keys and values do not survive gradient checkpointing: a shape error on some models, in "
          "one process or several, and a silently different forward on others (a tiny BERT's first-step loss: 0.707 "
@@ -138,8 +150,7 @@ def check_engine(engine_name: str, strategy: str, processes: int, checkpointing:
     chosen = engine(engine_name)
     check_pair(strategy, engine_name, checkpointing)
     if chosen.not_yet:
-        raise TunelabError(f"tunelab cannot train with {engine_name} yet: {chosen.not_yet}; use deepspeed-zero2 "
-                           f"(optimizer state and gradients sharded) or ddp")
+        raise TunelabError(f"tunelab cannot train with {engine_name} yet: {chosen.not_yet}")
     if processes < chosen.min_processes:
         raise TunelabError(f"{engine_name} shards over processes: give --nproc {chosen.min_processes} or more, or "
                            f"leave --distributed out")

@@ -24,6 +24,7 @@ from transformers import EvalPrediction, PreTrainedTokenizerBase
 from tunelab.config import RunConfig
 from tunelab.data.checks import DataChecks
 from tunelab.data.splits import Splits
+from tunelab.engines import engine
 from tunelab.errors import TunelabError
 from tunelab.precision import resolve_precision
 from tunelab.ranks import per_process
@@ -41,6 +42,7 @@ from tunelab.training.trainer import (
     build_trainer,
     check_engaged,
     checkpoint_activations,
+    gathered_trainable,
     length_grouping,
     training_arguments,
 )
@@ -63,6 +65,7 @@ class Fitted:
     test: dict[str, Any] | None = None  # test metrics measured while fitting, where that is cheaper; else scored after
     facts: dict[str, Any] = field(default_factory=dict)  # about the fit, for metrics.json (windows, base scores)
     log: dict[str, Any] = field(default_factory=dict)  # the Trainer's record, merged into metrics.json
+    gathered: dict[str, torch.Tensor] | None = None  # the trained tensors whole, where the engine split them
 
 
 @dataclass
@@ -70,6 +73,7 @@ class TrainerFit:
     trainer: Any
     timings: dict[str, float]
     log: dict[str, Any]  # `validation`: the kept epoch's metrics (what a search ranks on); `loss_curve`: (step, loss)
+    gathered: dict[str, torch.Tensor] | None = None  # on the first process, where the engine split the weights
 
 
 def kept_epoch_validation(trainer: Any) -> dict[str, Any]:
@@ -117,7 +121,9 @@ def fit_with_trainer(model: nn.Module, config: RunConfig, strategy: ConfiguredSt
         log = {"validation": kept_epoch_validation(trainer),
                "loss_curve": [[entry["step"], entry["loss"]] for entry in trainer.state.log_history if "loss" in entry],
                "training": micro_batch_facts(micro, share, training.micro_batch_size == "auto")}
-        return TrainerFit(trainer, {"train_s": time.perf_counter() - start}, log)
+        timings = {"train_s": time.perf_counter() - start}
+        split = engine(training.distributed).splits_weights
+        return TrainerFit(trainer, timings, log, gathered_trainable(trainer) if split else None)
     trainer.accelerator.free_memory()  # the failed run's optimizer state, before memory is measured for the estimate
     trainer.optimizer = trainer.lr_scheduler = None
     raise training_out_of_memory(probe, share, micro, kept_checkpoint(checkpoints) if every else "")

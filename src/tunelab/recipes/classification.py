@@ -133,7 +133,7 @@ class SentenceRecipe(Recipe):
         timings = {"feature_extraction_s": feature_extraction_s,
                    "train_s": feature_extraction_s + fit.timings["train_s"]}
         return Fitted(timings, score(in_original_order(fit.trainer.predict(test).predictions, order)),
-                      log=fit.log)
+                      log=fit.log, gathered=fit.gathered)
 
     def predictor(self, model: SequenceClassifier | PromptClassifier, tokenizer: PreTrainedTokenizerBase,
                   targets: LabelMap | TargetScale, config: RunConfig) -> Predictor:

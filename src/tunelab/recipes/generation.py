@@ -101,7 +101,7 @@ class GenerationRecipe(Recipe):
         base = generator.score(test)
         fit = fit_with_trainer(model, config, strategy, checkpoints, progress, prepared.selected_on, train, validation,
                                pair_collator(tokenizer), None)
-        return Fitted(fit.timings, generator.score(test), {"base_test": base}, fit.log)
+        return Fitted(fit.timings, generator.score(test), {"base_test": base}, fit.log, fit.gathered)
 
     def predictor(self, model: CausalLM, tokenizer: PreTrainedTokenizerBase, targets: None,
                   config: RunConfig) -> Generator:

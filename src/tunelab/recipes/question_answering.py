@@ -150,7 +150,8 @@ class QuestionAnsweringRecipe(Recipe):
                                _dataset(train_windows), _dataset(validation_windows),
                                DataCollatorWithPadding(tokenizer),
                                _validation_scores(answerer, validation_windows, splits.validation))
-        return Fitted(fit.timings, facts={"train_windows": len(train_windows.example)}, log=fit.log)
+        return Fitted(fit.timings, facts={"train_windows": len(train_windows.example)}, log=fit.log,
+                      gathered=fit.gathered)
 
     def predictor(self, model: SpanExtractor, tokenizer: PreTrainedTokenizerBase, targets: None,
                   config: RunConfig) -> Answerer:

@@ -37,6 +37,7 @@ from tunelab.strategies.registry import ConfiguredStrategy, check_prompt_setting
 from tunelab.task_catalog import check_shots, recipe_for
 from tunelab.training.memory import check_micro_batch, inference_memory
 from tunelab.training.resume import RESUME_FILE, Resume, prepare_resume, resumable
+from tunelab.training.trainer import release_engine
 
 DATA_CHECKS_FILE = "data_checks.json"  # what the data looked like when the run trained
 
@@ -110,9 +111,12 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
         with inference_memory(config.training.eval_batch_size, "--eval-batch-size"):
             with PeakMemory() as memory:
                 fitted = recipe.fit(model, tokenizer, prepared, strategy, staged.path / CHECKPOINTS, progress)
+            release_engine()
             if not is_main():  # under torchrun the other processes only train; rank 0 measures and writes the run
                 wait_for_each_other()
                 return RunResult(staged.final, {}, {}, None)
+            if fitted.gathered is not None:  # each process held a part of the weights: rank 0 needs them whole
+                model = rebuilt(recipe, config, strategy, prepared.targets, fitted.gathered)
             model.eval()
             predictor = recipe.predictor(in_precision(model, resolve_precision(config.training.precision)),
                                          tokenizer, prepared.targets, config)
@@ -131,6 +135,18 @@ def train_run(config: RunConfig, overwrite: bool = False, progress: bool = True,
         committed = commit(staged, config, metrics, resources)
     wait_for_each_other()
     return RunResult(committed, metrics, resources, predictor)
+
+
+def rebuilt(recipe: Recipe, config: RunConfig, strategy: ConfiguredStrategy, targets: Any,
+            trained: dict[str, Any]) -> nn.Module:
+    """The run's model built again from the same seed, with the trained tensors gathered whole after an engine
+    that split the weights (FSDP, ZeRO-3): the model that engine trained, whole in one process."""
+    transformers.set_seed(config.training.seed)
+    model, _ = recipe.build(config, strategy, targets)
+    loaded = model.load_state_dict(trained, strict=False)
+    if loaded.unexpected_keys:
+        raise TunelabError(f"the gathered weights do not fit the model: unexpected {loaded.unexpected_keys[:3]}")
+    return model
 
 
 def training_facts(strategy: ConfiguredStrategy, prepared: Prepared) -> dict[str, Any]:

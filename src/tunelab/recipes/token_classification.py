@@ -69,7 +69,7 @@ class TokenClassificationRecipe(Recipe):
                              for part in (prepared.splits.train, prepared.splits.validation))
         fit = fit_with_trainer(model, config, strategy, checkpoints, progress, prepared.selected_on, train, validation,
                                DataCollatorForTokenClassification(tokenizer), validation_metrics(tags.labels))
-        return Fitted(fit.timings, log=fit.log)
+        return Fitted(fit.timings, log=fit.log, gathered=fit.gathered)
 
     def predictor(self, model: TokenClassifier, tokenizer: PreTrainedTokenizerBase, targets: LabelMap,
                   config: RunConfig) -> Tagger:

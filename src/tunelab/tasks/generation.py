@@ -23,15 +23,23 @@ from tunelab.tasks.conversation import Message, assistant_spans, context_ids, us
 
 
 class CausalLM(nn.Module):
-    """A causal LM under `backbone`, so strategies find it where they find a classifier's backbone."""
+    """A causal LM under `backbone`, so strategies find it where they find a classifier's backbone.
+
+    Its loss is the mean over every answer token of the optimizer's batch, however the batch is computed: the
+    Trainer counts the tokens of all micro-batches in all processes (`num_items_in_batch`), and each part divides
+    its sum by that count. A mean per part would weigh a short answer's tokens more in a smaller part."""
+
+    accepts_loss_kwargs = True  # the Trainer passes `num_items_in_batch`
+    loss_type = "ForCausalLM"  # the Trainer counts the tokens that have a next one: the labels shifted by one
 
     def __init__(self, backbone: PreTrainedModel):
         super().__init__()
         self.backbone = backbone
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor | None = None) -> CausalLMOutput:
-        output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
+                num_items_in_batch: torch.Tensor | int | None = None) -> CausalLMOutput:
+        output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                               num_items_in_batch=num_items_in_batch)
         return CausalLMOutput(loss=output.loss, logits=output.logits)
 
 

@@ -35,7 +35,10 @@ class TokenClassifier(nn.Module):
     """backbone -> each token's hidden state -> dropout -> linear head: one tag distribution per token.
 
     The head lives outside the backbone, as a sentence classifier's does, so that adapter libraries only wrap
-    the backbone and every strategy saves the head under `head.`."""
+    the backbone and every strategy saves the head under `head.`. Its loss is the mean over every labelled token
+    of the optimizer's batch, as a causal LM's is (`tasks.generation.CausalLM`)."""
+
+    accepts_loss_kwargs = True  # the Trainer passes `num_items_in_batch`
 
     def __init__(self, backbone: nn.Module, num_tags: int):
         super().__init__()
@@ -43,14 +46,16 @@ class TokenClassifier(nn.Module):
         self.head = nn.Sequential(nn.Dropout(head_dropout(backbone.config)),
                                   nn.Linear(backbone.config.hidden_size, num_tags))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor | None = None) -> TokenClassifierOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
+                num_items_in_batch: torch.Tensor | int | None = None) -> TokenClassifierOutput:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         # Prompt methods prepend virtual tokens: the text's own positions are the last T.
         logits = self.head(hidden[:, -input_ids.size(1):])  # (B, T, C)
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
+                                               reduction="mean" if num_items_in_batch is None else "sum")
+            loss = loss if num_items_in_batch is None else loss / num_items_in_batch
         return TokenClassifierOutput(loss=loss, logits=logits)
 
 

@@ -25,6 +25,7 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from tunelab.batching import LengthBucketSampler, random_order_padding_share
 from tunelab.config import RunConfig
@@ -156,11 +157,13 @@ class TrainableOnlyTrainer(Trainer):
         self.group_by_length = group_by_length
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """`state_dict`: the weights gathered whole, where the engine splits them (the Trainer gathers them for
+        FSDP and ZeRO-3 before it calls this); else the model's own tensors are whole."""
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        trainable = {name: parameter.detach().contiguous() for name, parameter in self.model.named_parameters()
-                     if parameter.requires_grad}
-        save_file(trainable, os.path.join(output_dir, CHECKPOINT_WEIGHTS), metadata={"format": "pt"})
+        tensors = state_dict if state_dict is not None else dict(self.model.named_parameters())
+        save_file(trainable_only(self.model, tensors), os.path.join(output_dir, CHECKPOINT_WEIGHTS),
+                  metadata={"format": "pt"})
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         """Grouped by length, token ids come in `LengthBucketSampler`'s order (HF's own grouping would also
@@ -181,6 +184,27 @@ class TrainableOnlyTrainer(Trainer):
         if trainable & set(load_result.missing_keys) or load_result.unexpected_keys:
             raise TunelabError(f"the best checkpoint does not fit the model: missing {load_result.missing_keys[:3]}, "
                                f"unexpected {load_result.unexpected_keys[:3]}")
+
+
+def trainable_only(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of `model`'s trainable parameters, by name, ready to save."""
+    return {name: tensors[name].detach().contiguous() for name, parameter in model.named_parameters()
+            if parameter.requires_grad}
+
+
+def gathered_trainable(trainer: Trainer) -> dict[str, torch.Tensor] | None:
+    """The trained tensors whole on the first process (None on the others), where the engine split them over the
+    processes (FSDP, ZeRO-3); every process must call it, since gathering is collective. The run's first process
+    rebuilds the model from them to evaluate, time and save it alone."""
+    whole = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    return trainable_only(trainer.model, whole) if trainer.args.should_save else None
+
+
+def release_engine() -> None:
+    """What an engine leaves behind once its run is trained, taken off in every process: transformers keeps
+    ZeRO-3's settings as long as the Trainer's arguments live, and with them a later model load, or a generation,
+    would wait for the other processes (which, done, never come)."""
+    unset_hf_deepspeed_config()
 
 
 def build_trainer(model: nn.Module, args: TrainingArguments, train: torch.utils.data.Dataset,
