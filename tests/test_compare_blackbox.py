@@ -51,7 +51,8 @@ def test_a_blackbox_cell_is_the_blackbox_command_on_the_grids_data_seed_and_exam
 @pytest.mark.parametrize(("changes", "message"), [
     ({"strategies": ["lora", "blackbox:grips"]}, "unknown black-box method 'blackbox:grips'; choose blackbox:bbt, "
                                                  "blackbox:search, blackbox:mezo"),
-    ({"blackbox_budget": 100}, "--blackbox-budget is for black-box cells: name blackbox:bbt"),
+    ({"blackbox_budget": 100}, "--blackbox-budget is for black-box cells: name one of blackbox:bbt, "
+                               "blackbox:search, blackbox:mezo in --strategies"),
     ({"strategies": ["blackbox:search"], "base": {"task": "generation"}}, "compare measures classification grids"),
     ({"strategies": ["blackbox:search"], "base": {"data": {"test_size": 20}}},
      "black-box cells split the data as `tunelab blackbox` does, which has no data.test_size"),

@@ -155,6 +155,10 @@ def prepare_folder(folder: Path, spec: GridSpec) -> None:
         (folder / part).mkdir(parents=True, exist_ok=True)
 
 
+def _blackbox_names() -> str:
+    return ", ".join(BLACKBOX + method for method in BLACKBOX_METHODS)
+
+
 def validate(spec: GridSpec) -> None:
     """Refuse a bad grid before the first cell trains: unknown strategies or black-box methods, a bad base config,
     empty axes, black-box settings without black-box cells."""
@@ -166,13 +170,12 @@ def validate(spec: GridSpec) -> None:
         if method is None:
             entry(name)  # a one-line error naming the strategies there are
         elif method not in BLACKBOX_METHODS:
-            raise TunelabError(f"unknown black-box method '{name}'; choose "
-                               f"{', '.join(BLACKBOX + known for known in BLACKBOX_METHODS)}")
+            raise TunelabError(f"unknown black-box method '{name}'; choose {_blackbox_names()}")
     if min(spec.train_sizes) < 1:
         raise TunelabError("compare: --train-sizes must be positive counts of examples, e.g. 64,512")
     if spec.blackbox_budget is not None and not has_blackbox(spec):
-        raise TunelabError(f"--blackbox-budget is for black-box cells: name {BLACKBOX}bbt, {BLACKBOX}search or "
-                           f"{BLACKBOX}mezo in --strategies")
+        raise TunelabError(f"--blackbox-budget is for black-box cells: name one of {_blackbox_names()} in "
+                           f"--strategies")
     base = build_config(spec.base)
     if base.task != "classification":
         raise TunelabError(f"compare measures classification grids; task '{base.task}' is not supported yet")
