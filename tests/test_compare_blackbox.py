@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from test_compare import QUIET, tunelab
+from tiny import open_in_chromium
 
 from tunelab.compare.claims import check_claims
 from tunelab.compare.executors import train_in_process
@@ -114,6 +115,14 @@ def test_a_grid_runs_trained_and_blackbox_cells_and_reports_both(mixed_grid, tin
     page = (folder / REPORT_FILE).read_text(encoding="utf-8")
     assert f"{calls} calls" in page and "Black-box cells (blackbox:METHOD) train no weights" in page
     assert page.count("<svg") == 5
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_page_with_blackbox_rows_renders_in_headless_chromium(mixed_grid, tmp_path: Path):
+    folder, _ = mixed_grid
+    dom, console, colours = open_in_chromium(folder / REPORT_FILE, tmp_path)
+    assert console == [] and colours > 100
+    assert "blackbox:search" in dom and dom.count("<svg") == 5
 
 
 def test_blackbox_cells_take_no_part_in_claims_or_recommendations(mixed_grid):
