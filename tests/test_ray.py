@@ -129,6 +129,22 @@ def test_a_partial_grid_resumes_through_ray(grids, grid_args, ray_head):
     assert _test_metrics(ray) == _test_metrics(local)
 
 
+def test_a_blackbox_cell_through_ray_equals_the_local_one(ray_head: str, tiny_llama_lm: Path, sentiment_csv: Path,
+                                                          tmp_path: Path):
+    """A black-box cell is a `tunelab blackbox` process on a Ray node as it is here: the same search, calls and
+    accuracy."""
+    args = ["compare", "--model", str(tiny_llama_lm), "--data", str(sentiment_csv), "--strategies", "blackbox:search",
+            "--train-sizes", "8", "--seeds", "1", "--blackbox-budget", "12", "--quiet"]
+    where = {"local": [], "ray": ["--executor", "ray", "--address", ray_head, "--cpus-per-run", "1"]}
+    for name, flags in where.items():
+        code, printed = tunelab(*args, "--output", str(tmp_path / name), *flags)
+        assert code == 0 and "1 runs trained, 0 already finished, 0 failed" in printed, printed
+    ran = {name: [json.loads((tmp_path / name / CELLS / "blackbox-search-n8-s42" / file).read_text())
+                  for file in ("metrics.json", "resources.json")] for name in where}
+    assert ran["ray"][0]["curve"] == ran["local"][0]["curve"] and ran["ray"][0]["test"] == ran["local"][0]["test"]
+    assert ran["ray"][1]["search"]["calls"] == ran["local"][1]["search"]["calls"] <= 12
+
+
 def test_a_search_through_a_local_ray_equals_the_local_search(tiny_bert: Path, sentiment_csv: Path, tmp_path: Path):
     """Without --address a Ray starts on this machine's cores (and stops with the search)."""
     base = tiny_config(tiny_bert, sentiment_csv, None, "lora").model_dump(mode="json", exclude={"strategy", "output"})

@@ -83,9 +83,9 @@ def blackbox_table(run_dirs: list[Path], title: str = "black-box runs") -> Table
 
 def grid_table(summary: pd.DataFrame, title: str) -> Table:
     """A compare grid summarised over seeds: one row per (strategy, training-set size)."""
-    from tunelab.compare.page import SUMMARY_HEADER, summary_rows
+    from tunelab.compare.page import BLACKBOX_NOTE, SUMMARY_HEADER, summary_rows
 
-    table = Table(title=title)
+    table = Table(title=title, caption=BLACKBOX_NOTE if summary["calls_mean"].notna().any() else None)
     for column in SUMMARY_HEADER:
         table.add_column(column, justify="left" if column == "strategy" else "right")
     for row in summary_rows(summary):

@@ -30,6 +30,8 @@ METRICS_FILE = "metrics.json"
 RESOURCES_FILE = "resources.json"
 MANIFEST_FILE = "manifest.json"  # every file of a committed run: size and SHA-256
 WRITER_FILE = ".writer.json"  # in a staging folder: which process is writing it
+BLACKBOX_FILE = "blackbox.yaml"  # marks a black-box run (`tunelab blackbox`): its method, settings and what it found
+BLACKBOX_METHODS = ("bbt", "search", "mezo")  # `tunelab blackbox --method`
 CHECKPOINTS = "checkpoints"  # the Trainer's, inside the staged run; removed when the run commits unless kept
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 

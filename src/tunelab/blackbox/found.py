@@ -17,11 +17,11 @@ from tunelab.blackbox.prompts import LabelPrompts
 from tunelab.blackbox.search import Candidate, PromptSearch, SearchSettings
 from tunelab.config import RunConfig, build_config
 from tunelab.errors import TunelabError
-from tunelab.runs import verify_manifest
+from tunelab.runs import BLACKBOX_FILE, verify_manifest
 from tunelab.tasks.classification import LabelMap
 from tunelab.tasks.generation import CausalLM
 
-SETTINGS_FILE = "blackbox.yaml"
+SETTINGS_FILE = BLACKBOX_FILE
 
 
 def is_blackbox_run(path: Path) -> bool:

@@ -14,7 +14,6 @@ from tunelab.cli.app import app, console
 from tunelab.cli.options import TEMPLATE_HELP, VERBALIZER_HELP
 from tunelab.errors import TunelabError
 
-METHODS = ("bbt", "search", "mezo")
 APIS = ("tunelab", "openai", "openai-top")
 
 
@@ -86,9 +85,10 @@ def blackbox(
     from tunelab.blackbox.search import SearchSettings
     from tunelab.cli.options import prompt_settings, quiet_libraries
     from tunelab.config import build_config
+    from tunelab.runs import BLACKBOX_METHODS
 
-    if method not in METHODS:
-        raise TunelabError(f"unknown --method '{method}'; choose {', '.join(METHODS)}")
+    if method not in BLACKBOX_METHODS:
+        raise TunelabError(f"unknown --method '{method}'; choose {', '.join(BLACKBOX_METHODS)}")
     if api not in APIS:
         raise TunelabError(f"unknown --api '{api}'; choose {', '.join(APIS)}")
     config = build_config({"model": model, "task": "classification", "strategy": {"name": "zero-shot"},

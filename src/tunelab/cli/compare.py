@@ -67,7 +67,9 @@ def compare(
     text_column: Annotated[str | None, typer.Option(help="column with the input text")] = None,
     label_column: Annotated[str | None, typer.Option(help="column with the label")] = None,
     strategies: Annotated[str, typer.Option(help="comma-separated, or 'all' (those the model refuses are "
-                                                 "reported as failed)")] = "all",
+                                                 "reported as failed); blackbox:bbt, blackbox:search and "
+                                                 "blackbox:mezo run `tunelab blackbox` on the prompt model")]
+    = "all",
     train_sizes: Annotated[str, typer.Option(help="comma-separated training-set sizes")] = "64,512,2000",
     seeds: Annotated[int, typer.Option(min=1, help="seeds per cell: --seed, --seed + 1, ...")] = 3,
     seed: Annotated[int, typer.Option(help="the first seed")] = 42,
@@ -76,6 +78,8 @@ def compare(
                                                        "sets get more epochs")] = 50,
     batch_size: Annotated[int | None, typer.Option(help="examples per training step")] = None,
     max_length: Annotated[int | None, typer.Option(help="tokens per example")] = None,
+    blackbox_budget: Annotated[int | None, typer.Option(min=1, help="calls each black-box cell may make [default: "
+                                                                   "`tunelab blackbox --budget`'s]")] = None,
     limit_eval: Annotated[int | None, typer.Option(help="evaluate on at most N examples (quick looks)")] = None,
     precision: Annotated[str | None, typer.Option(help=f"every run's: {PRECISION_HELP} [default: auto]")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="any config key, e.g. training.warmup_ratio=0.1")]
@@ -97,7 +101,7 @@ def compare(
     spec = GridSpec(base=base.model_dump(mode="json", exclude={"strategy", "output"}, exclude_defaults=True),
                     strategies=names, train_sizes=comma_list(train_sizes, "train-sizes", int),
                     seeds=list(range(seed, seed + seeds)), epochs=epochs, min_steps=min_steps,
-                    prompt_model=prompt_model)
+                    prompt_model=prompt_model, blackbox_budget=blackbox_budget)
     outcome = run_grid(output, spec, console, progress=not quiet, executor=where)
     console.print(f"{len(outcome.trained)} runs trained, {len(outcome.skipped)} already finished, "
                   f"{len(outcome.failed)} failed")

@@ -1,10 +1,11 @@
 """Where a grid's cells and a search's trials train: one seam, two executors.
 
-A `Job` is "train this run config into its output folder"; an executor trains it and answers (exit code, the reason
-it failed or ""). Either way the run is an ordinary `tunelab train` process of its own (its own peak memory, a crash
-costs one run), forked from a fork server that imported tunelab, torch, transformers and peft once: those imports
-were most of a small run's cost beyond training. The server runs no torch operation, so every fork starts as clean
-as a new process. Where there is no fork server (Windows), runs start as new processes.
+A `Job` is "train this run config into its output folder" (or run this `tunelab blackbox` command, which writes its
+run there); an executor runs it and answers (exit code, the reason it failed or ""). Either way the run is an ordinary
+`tunelab` process of its own (its own peak memory, a crash costs one run), forked from a fork server that imported
+tunelab, torch, transformers and peft once: those imports were most of a small run's cost beyond training. The
+server runs no torch operation, so every fork starts as clean as a new process. Where there is no fork server
+(Windows), runs start as new processes.
 
 - `local`: on this machine, in the caller's thread. A grid trains one run at a time on every core; the search's K
   worker threads each drive one, on cores/K threads.
@@ -23,6 +24,7 @@ import math
 import multiprocessing
 import os
 import runpy
+import shlex
 import signal
 import socket
 import sys
@@ -53,16 +55,26 @@ Outcome = tuple[int, str]  # exit code, the one-line reason it failed or ""
 
 @dataclass
 class Job:
-    """Train `config` into its output folder, with its config written to `config_path` and its output to `log`.
-    Relative paths in the config resolve in `cwd`, as they would for `tunelab train` run there."""
+    """Train `config` into its output folder, with its config written to `config_path` and its output to `log`; or,
+    given `command`, run `tunelab COMMAND...` instead (a black-box cell: `tunelab blackbox` writes `config`'s run),
+    its command line written to `config_path`. Relative paths resolve in `cwd`, as they would for `tunelab` run
+    there."""
 
     config: RunConfig
     config_path: Path
     log: Path
     cwd: Path = field(default_factory=Path.cwd)
+    command: list[str] | None = None
 
     def __post_init__(self) -> None:  # a Ray task runs in a folder of its own: it gets absolute paths
         self.config_path, self.log = self.config_path.absolute(), self.log.absolute()
+
+    def arguments(self) -> list[str]:
+        return self.command or ["train", str(self.config_path), "--quiet"]
+
+    def record(self) -> str:
+        """What `config_path` holds: the run config, or the command line that runs it."""
+        return shlex.join(["tunelab", *self.command]) + "\n" if self.command else to_yaml(self.config)
 
 
 class Executor(Protocol):
@@ -103,8 +115,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _train(config_path: str, log_path: str, environment: dict[str, str], threads: int | None, cwd: str) -> None:
-    """A run's process: `tunelab train CONFIG --quiet` as `python -m tunelab` runs it, in `cwd`, with the caller's
+def _run(arguments: list[str], log_path: str, environment: dict[str, str], threads: int | None, cwd: str) -> None:
+    """A run's process: `tunelab ARGUMENTS...` as `python -m tunelab` runs it, in `cwd`, with the caller's
     environment as it is now (the fork server's is as it was when it started), its output in the run's log, on
     `threads` CPU threads when several runs train at once."""
     _die_with_parent()
@@ -118,7 +130,7 @@ def _train(config_path: str, log_path: str, environment: dict[str, str], threads
     with open(log_path, "w", encoding="utf-8") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
-    sys.argv = ["tunelab", "train", config_path, "--quiet"]
+    sys.argv = ["tunelab", *arguments]
     runpy.run_module("tunelab", run_name="__main__")
 
 
@@ -131,10 +143,10 @@ def _processes() -> multiprocessing.context.BaseContext:
 
 
 def train_in_process(job: Job, threads: int | None = None) -> Outcome:
-    """Train `job` in a process of its own and wait for it."""
-    write_text_atomic(job.config_path, to_yaml(job.config))
-    process = _processes().Process(target=_train, args=(str(job.config_path), str(job.log), dict(os.environ),
-                                                        threads, str(job.cwd)))
+    """Run `job` in a process of its own and wait for it."""
+    write_text_atomic(job.config_path, job.record())
+    process = _processes().Process(target=_run, args=(job.arguments(), str(job.log), dict(os.environ), threads,
+                                                      str(job.cwd)))
     process.start()
     process.join()
     return process.exitcode, "" if process.exitcode == 0 else _error_line(job.log, process.exitcode)

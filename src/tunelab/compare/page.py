@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from tunelab.compare.claims import Claim, noise_note
+from tunelab.compare.grid import has_blackbox
 from tunelab.compare.plots import all_plots
 from tunelab.compare.results import GridResults, failures_by_reason
 from tunelab.config import build_config
@@ -30,6 +32,9 @@ th:first-child, td.text { text-align: left; }
 figure { margin: 1.5em 0; } figure svg { max-width: 100%; height: auto; }
 .muted { color: #666; font-size: 0.9em; }
 """
+BLACKBOX_NOTE = ("Black-box cells (blackbox:METHOD) train no weights: their train time is the calls their search made "
+                 "and its wall time; they learn from train n // labels examples per label, validate on as many, and "
+                 "take no part in the claims or in `tunelab recommend`.")
 
 
 def html_table(header: list[str], rows: list[list[str]], text_columns: frozenset[int] = frozenset({0})) -> str:
@@ -44,16 +49,33 @@ def _mean_std(mean: float, std: float) -> str:
     return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
 
 
+def _measured(value: float, show: Callable[[float], str]) -> str:
+    """A measured value as `show` writes it; "-" where a row has none (a black-box cell trains no weights)."""
+    return "-" if pd.isna(value) else show(value)
+
+
+def _trainable(row: pd.Series) -> str:
+    return _measured(row["trainable_parameters"],
+                     lambda count: f"{human_count(int(count))} ({row['trainable_share']:.3%})")
+
+
+def _cost(row: pd.Series) -> str:
+    """Training time, or for a black-box cell the calls its search made (mean over seeds) and its wall time."""
+    seconds = f"{row['train_s_mean']:.1f} s"
+    return seconds if pd.isna(row["calls_mean"]) else f"{row['calls_mean']:,.0f} calls, {seconds}"
+
+
 def summary_rows(summary: pd.DataFrame) -> list[list[str]]:
     """The cells of the summary table, shared by the page and the terminal; a grid of two models names each
     row's."""
     several = summary["model"].nunique() > 1
     return [[f"{row['strategy']} ({row['model']})" if several else row["strategy"], f"{row['train_size']}",
              f"{row['seeds']}" + (f" ({row['unlearned']} did not learn)" if row["unlearned"] else ""),
-             _mean_std(row["accuracy_mean"], row["accuracy_std"]), f"{row['macro_f1_mean']:.3f}",
-             f"{human_count(int(row['trainable_parameters']))} ({row['trainable_share']:.3%})",
-             f"{row['train_s_mean']:.1f} s", human_bytes(row["peak_memory_bytes"]), human_bytes(row["delta_bytes"]),
-             f"{row['latency_ms']:.1f} ms"] for _, row in summary.iterrows()]
+             _mean_std(row["accuracy_mean"], row["accuracy_std"]),
+             _measured(row["macro_f1_mean"], lambda value: f"{value:.3f}"),
+             _trainable(row), _cost(row), _measured(row["peak_memory_bytes"], human_bytes),
+             _measured(row["delta_bytes"], human_bytes),
+             _measured(row["latency_ms"], lambda value: f"{value:.1f} ms")] for _, row in summary.iterrows()]
 
 
 SUMMARY_HEADER = ["strategy", "train n", "seeds", "accuracy", "macro-F1", "trainable", "train time", "peak memory",
@@ -84,6 +106,7 @@ def render(results: GridResults, summary: pd.DataFrame, claims: list[Claim]) -> 
 strategies {html.escape(", ".join(spec.strategies))} ·
 training sizes {", ".join(map(str, spec.train_sizes))} · seeds {", ".join(map(str, spec.seeds))} ·
 {f"{spec.epochs:g} epochs" if spec.epochs else "each strategy's epochs"}, at least {spec.min_steps} steps,
+{f"black-box cells at most {spec.blackbox_budget:,} calls each," if spec.blackbox_budget else ""}
 batch {base.training.batch_size} · written {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}</p>
 <h2>The article's claims, measured</h2>
 <p class="muted">{html.escape(noise_note(len(spec.seeds), base.data.limit_eval))} "Within 1-2% of full" is a
@@ -91,7 +114,7 @@ bound: it holds when the measured gap is at most 2 points.</p>
 {_claims(claims)}
 <h2>Results</h2>
 <p class="muted">Test accuracy: mean ± standard deviation over seeds. Train time includes the per-epoch validation.
-Latency: one example at a time.</p>
+Latency: one example at a time. {BLACKBOX_NOTE if has_blackbox(spec) else ""}</p>
 {html_table(SUMMARY_HEADER, [[html.escape(cell) for cell in row] for row in summary_rows(summary)])}
 {f"<h2>Runs that failed</h2><ul>{failures}</ul>" if failures else ""}
 <h2>Plots</h2>

@@ -16,7 +16,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-FAMILY_MARKERS = {"full": "s", "feature extraction": "v", "parameter-efficient": "o", "prompt-based": "D"}
+FAMILY_MARKERS = {"full": "s", "feature extraction": "v", "parameter-efficient": "o", "prompt-based": "D",
+                  "black-box": "*"}
 matplotlib.rcParams["svg.hashsalt"] = "tunelab"  # stable element ids: the same grid gives the same page
 
 
@@ -38,8 +39,9 @@ def _errors(frame: pd.DataFrame) -> np.ndarray:
 
 
 def accuracy_vs_parameters(summary: pd.DataFrame, train_size: int) -> str:
-    """Accuracy against trainable parameters on a log scale, at one training-set size."""
-    rows = summary[summary["train_size"] == train_size]
+    """Accuracy against trainable parameters on a log scale, at one training-set size (black-box cells, which
+    train no weights of their own, are not on it)."""
+    rows = summary[(summary["train_size"] == train_size) & summary["trainable_parameters"].notna()]
     colours = _colours(list(dict.fromkeys(summary["strategy"])))
     figure, axes = plt.subplots(figsize=(7, 4.2))
     for _, row in rows.iterrows():
@@ -100,8 +102,9 @@ def peak_memory(summary: pd.DataFrame) -> str:
 
 
 def storage_per_task(summary: pd.DataFrame) -> str:
-    """What each extra task costs on disk: the delta, against a full model copy per task (dashed)."""
-    rows = summary.drop_duplicates("strategy", keep="last")
+    """What each extra task costs on disk: the delta, against a full model copy per task (dashed); black-box cells
+    are not measured."""
+    rows = summary[summary["delta_bytes"].notna()].drop_duplicates("strategy", keep="last")
     figure, axes = plt.subplots(figsize=(7.5, 3.8))
     colours = _colours(list(rows["strategy"]))
     axes.bar(rows["strategy"], rows["delta_bytes"], color=[colours[name] for name in rows["strategy"]])
@@ -114,12 +117,14 @@ def storage_per_task(summary: pd.DataFrame) -> str:
 
 
 def all_plots(summary: pd.DataFrame) -> dict[str, str]:
-    """Title -> SVG, in the order the report shows them."""
-    largest = int(summary["train_size"].max())
-    return {
-        "Accuracy against training-set size": accuracy_vs_train_size(summary),
-        "Accuracy against trainable parameters": accuracy_vs_parameters(summary, largest),
-        "Training time": training_time(summary),
-        "Peak memory": peak_memory(summary),
-        "Storage per task": storage_per_task(summary),
-    }
+    """Title -> SVG, in the order the report shows them; a grid of black-box cells alone has no trained weights to
+    count, hold in memory or store."""
+    plots = {"Accuracy against training-set size": accuracy_vs_train_size(summary)}
+    trained = summary[summary["trainable_parameters"].notna()]
+    if not trained.empty:
+        plots["Accuracy against trainable parameters"] = accuracy_vs_parameters(summary,
+                                                                                int(trained["train_size"].max()))
+    plots["Training time"] = training_time(summary)
+    if not trained.empty:
+        plots.update({"Peak memory": peak_memory(summary), "Storage per task": storage_per_task(summary)})
+    return plots

@@ -1,4 +1,7 @@
-"""A grid's finished cells as one table, and that table summarised over seeds."""
+"""A grid's finished cells as one table, and that table summarised over seeds.
+
+A black-box cell's row holds what its run measured: test accuracy, its search's wall time and the calls it made; the
+columns of a trained model (macro-F1, trainable parameters, memory, bytes on disk, latency) are empty (NaN)."""
 
 from __future__ import annotations
 
@@ -7,13 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunelab.compare.grid import CELLS, FAILURES_FILE, GridSpec, is_finished, plan, read_spec
-from tunelab.runs import METRICS_FILE, RESOURCES_FILE, read_json, read_run_config
+from tunelab.compare.grid import CELLS, FAILURES_FILE, GridSpec, blackbox_method, is_finished, plan, read_spec
+from tunelab.config import read_yaml
+from tunelab.runs import BLACKBOX_FILE, METRICS_FILE, RESOURCES_FILE, read_json, read_run_config
 from tunelab.strategies.catalog import CATALOG
 
 CELL_COLUMNS = ("strategy", "model", "family", "train_size", "seed", "train_examples", "accuracy", "macro_f1",
                 "trainable_parameters", "trainable_share", "train_s", "peak_memory_bytes", "delta_bytes",
-                "full_copy_bytes", "latency_ms", "learned")
+                "full_copy_bytes", "latency_ms", "learned", "calls")
+BLACKBOX_FAMILY = "black-box"
 
 
 @dataclass
@@ -26,10 +31,12 @@ class GridResults:
 
 
 def _cell_row(path: Path, strategy: str, train_size: int, seed: int) -> dict:
+    cell = {"strategy": strategy, "train_size": train_size, "seed": seed}
     metrics, resources = read_json(path / METRICS_FILE), read_json(path / RESOURCES_FILE)
+    if blackbox_method(strategy):
+        return {**cell, **_blackbox_row(path, metrics, resources)}
     return {
-        "strategy": strategy, "model": read_run_config(path).model, "family": CATALOG[strategy].family,
-        "train_size": train_size, "seed": seed,
+        **cell, "model": read_run_config(path).model, "family": CATALOG[strategy].family,
         "train_examples": metrics["train_examples"], "accuracy": metrics["test"]["accuracy"],
         "macro_f1": metrics["test"]["macro_f1"], "trainable_parameters": resources["trainable_parameters"],
         "trainable_share": resources["trainable_share"], "train_s": resources["train_s"],
@@ -37,6 +44,14 @@ def _cell_row(path: Path, strategy: str, train_size: int, seed: int) -> dict:
         "full_copy_bytes": resources["full_copy_bytes"], "latency_ms": resources["latency_ms_per_example"],
         "learned": metrics.get("learned", True),  # runs before the check recorded nothing
     }
+
+
+def _blackbox_row(path: Path, metrics: dict, resources: dict) -> dict:
+    """A black-box run learns from its shots per label; its cost is the search's calls and wall time."""
+    record = read_yaml(path / BLACKBOX_FILE)
+    return {"model": record["config"]["model"], "family": BLACKBOX_FAMILY,
+            "train_examples": metrics["shots"] * len(record["verbalizer"]), "accuracy": metrics["test"]["accuracy"],
+            "train_s": resources["search"]["wall_s"], "learned": True, "calls": resources["search"]["calls"]}
 
 
 def load_grid(folder: Path) -> GridResults:
@@ -67,6 +82,7 @@ def summarise(cells: pd.DataFrame) -> pd.DataFrame:
         trainable_parameters=("trainable_parameters", "median"), trainable_share=("trainable_share", "median"),
         train_s_mean=("train_s", "mean"), peak_memory_bytes=("peak_memory_bytes", "mean"),
         delta_bytes=("delta_bytes", "median"), full_copy_bytes=("full_copy_bytes", "median"),
-        latency_ms=("latency_ms", "mean"), unlearned=("learned", lambda learned: int((~learned.astype(bool)).sum())),
+        latency_ms=("latency_ms", "mean"), calls_mean=("calls", "mean"),
+        unlearned=("learned", lambda learned: int((~learned.astype(bool)).sum())),
     ).reset_index()
     return summary.sort_values("train_size", kind="stable").reset_index(drop=True)
