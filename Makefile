@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[dev]'
+	$(PIP) --no-build-isolation deepspeed  # the deepspeed extra: its source package builds against the torch above
 	$(PIP) --no-deps $(EMBEDDED)
 	touch $(STAMP)
 
