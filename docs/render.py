@@ -210,18 +210,25 @@ def search_table() -> str:
 
 
 def distributed_line() -> str:
-    """Two processes against one, as measured."""
+    """Two processes against one, as measured, under DDP and (where measured) ZeRO-3."""
     result = _results("distributed")
     settings, summary = result["settings"], result["summary"]
-    one, two = summary["one process"], summary["two processes"]
+    one = summary["one process"]
+
+    def against_one(side: str, how: str) -> str:
+        two = summary[side]
+        return (f"{how} {two['accuracy_mean']:.3f} ± {two['accuracy_sd']:.3f} (a difference of "
+                f"{two['accuracy_difference']:+.3f} against a noise margin of {two['noise']:.3f}; a training step "
+                f"{two['train_s_per_step_median'] * 1000:.0f} ms, {two['step_time_ratio_vs_one']:.2f}x)")
+
+    sides = [against_one("two processes", "two processes of one thread each (DDP)")]
+    if "two processes, ZeRO-3" in summary:
+        sides.append(against_one("two processes, ZeRO-3", "under ZeRO-3"))
     return (f"Measured on this project's {result['machine']['nproc']}-core CPU (MiniLM, movie-snippets, "
             f"{settings['rows']:,} training rows, `{settings['strategy']}`, global batch {settings['global_batch']}, "
-            f"seeds {', '.join(map(str, settings['seeds']))}): one process {one['accuracy_mean']:.3f} ± "
-            f"{one['accuracy_sd']:.3f} test accuracy, two processes {two['accuracy_mean']:.3f} ± "
-            f"{two['accuracy_sd']:.3f} (a difference of {summary['accuracy_difference']:+.3f} against a noise margin "
-            f"of {summary['noise']:.3f}); a training step took {two['train_s_per_step_median'] * 1000:.0f} ms with "
-            f"two processes of one thread each and {one['train_s_per_step_median'] * 1000:.0f} ms with one process "
-            f"of two threads ({summary['step_time_ratio_two_vs_one']:.2f}x), medians.")
+            f"seeds {', '.join(map(str, settings['seeds']))}, medians for time): one process of two threads "
+            f"{one['accuracy_mean']:.3f} ± {one['accuracy_sd']:.3f} test accuracy, a training step "
+            f"{one['train_s_per_step_median'] * 1000:.0f} ms; " + "; ".join(sides) + ".")
 
 
 def engine_table() -> str:
@@ -231,10 +238,9 @@ def engine_table() -> str:
                  f"`pip install 'tunelab[{engine.package}]'`" if engine.package else ""]
         return "; ".join(need for need in needs if need)
 
-    return _table(["engine", "what it does", "shards", "runs on", "shipped config", "in tunelab runs"],
+    return _table(["engine", "what it does", "shards", "runs on", "shipped config"],
                   [[f"`{name}`", engine.summary, ", ".join(engine.shards) or "nothing", where(engine),
-                    f"`tunelab/engines/{engine.config}`" if engine.config else "-",
-                    f"not yet: {engine.not_yet}" if engine.not_yet else "yes"]
+                    f"`tunelab/engines/{engine.config}`" if engine.config else "-"]
                    for name, engine in ENGINES.items()])
 
 

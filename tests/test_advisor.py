@@ -125,7 +125,7 @@ def test_the_advice_names_the_engine_that_fits_when_one_device_does_not() -> Non
 
 def test_the_advice_never_names_an_engine_tunelab_cannot_train_the_strategy_with() -> None:
     assert not_runnable("adalora", "deepspeed-zero3") == "a known failure with adalora"
-    assert not_runnable("full", "fsdp") == "tunelab cannot train with it yet"
+    assert not_runnable("prefix", "fsdp") == "a known failure with prefix"
     assert not_runnable("full", "deepspeed-zero3") is None
 
 

@@ -39,17 +39,20 @@ def test_errors_of_a_multi_process_run_are_one_line(extra: list[str], message: s
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("engine", ["ddp", pytest.param("deepspeed-zero3", marks=pytest.mark.skipif(
+@pytest.mark.parametrize("engine", ["ddp", "fsdp", pytest.param("deepspeed-zero3", marks=pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None, reason="the deepspeed extra is not installed"))])
 def test_every_catalogue_strategy_trains_under_two_processes(engine: str, bert_without_dropout: Path,
                                                             tiny_llama_lm: Path, sentiment_csv: Path, tmp_path: Path):
     """One torchrun launch trains every strategy in turn (the prompt-based ones on the causal LM, AdapterFusion on
-    two adapter runs): none needs refusing under DDP; under ZeRO-3, which splits the weights too, every strategy but
-    the pairs known to fail (refused before launch, tested in test_engines.py)."""
-    script = Path(__file__).with_name("ddp_catalog.py")
+    two adapter runs): none needs refusing under DDP; under FSDP2 (accelerate's FSDP path taken on CPUs, as on GPUs)
+    and ZeRO-3, which split the weights, every strategy but the pairs known to fail (refused before launch, tested
+    in test_engines.py)."""
+    here = Path(__file__).parent
+    launch = [str(here / "fsdp_on_cpu.py")] if engine == "fsdp" else []
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          str(script), str(bert_without_dropout), str(tiny_llama_lm), str(sentiment_csv),
-                          str(tmp_path / "runs"), engine], capture_output=True, text=True, timeout=600)
+                          *launch, str(here / "ddp_catalog.py"), str(bert_without_dropout), str(tiny_llama_lm),
+                          str(sentiment_csv), str(tmp_path / "runs"), engine],
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     trained = {path.name for path in (tmp_path / "runs").iterdir() if (path / METRICS_FILE).exists()}
     assert trained == {name for name in CATALOG if trap(name, engine) is None} | {"adapter-b"}

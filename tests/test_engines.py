@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from tiny import assert_trained_alike, train_cli
+import torch
+from tiny import assert_trained_alike, fsdp_on_cpu, train_cli
 from transformers import TrainingArguments
 
 from tunelab import api, build_config
 from tunelab.engines import AVOIDED, ENGINES, STATES, TRAPS, check_engine, check_pair, pair_table, read_config
 from tunelab.errors import TunelabError
+from tunelab.recipes.runs import rebuilt
 from tunelab.runs import METRICS_FILE
 from tunelab.strategies.catalog import CATALOG
+from tunelab.strategies.registry import configure
+from tunelab.task_catalog import recipe_for
 from tunelab.training.trainer import check_engaged
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
@@ -81,7 +86,7 @@ def test_refusals_name_the_engine_and_what_works_instead(monkeypatch: pytest.Mon
         return str(refused.value)
 
     assert "give --nproc 2 or more" in refusal("deepspeed-zero2", processes=1)
-    assert "cannot train with fsdp yet" in refusal("fsdp") and "use deepspeed-zero3" in refusal("fsdp")
+    assert "fsdp needs GPUs" in refusal("fsdp") and "use --distributed ddp or deepspeed-zero2/3" in refusal("fsdp")
     assert "known failure" in refusal("deepspeed-zero3", "prompt-tuning")  # the pair's own reason comes first
     check_engine("ddp", "prefix", 1)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
@@ -97,7 +102,7 @@ def test_a_trainer_that_fell_back_to_ddp_is_refused(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize(("strategy", "extra", "message"), [
-    ("lora", ["--nproc", "2", "--distributed", "fsdp"], "tunelab cannot train with fsdp yet"),
+    ("lora", ["--nproc", "2", "--distributed", "fsdp"], "fsdp needs GPUs"),
     ("prefix", ["--set", "training.gradient_checkpointing=true"], "prefix under ddp with gradient checkpointing is a "
                                                                   "known failure"),
     ("prompt-tuning", ["--nproc", "2", "--distributed", "deepspeed-zero3"], "prompt-tuning under deepspeed-zero3 is a "
@@ -139,6 +144,19 @@ def test_deepspeed_on_two_processes_trains_as_one(stage: int, strategy: str, ber
     assert json.loads((tmp_path / "two" / METRICS_FILE).read_text())["train_examples"] == 60
 
 
+@pytest.mark.parametrize("strategy", ["lora", "full"])
+def test_fsdp2_on_two_processes_trains_as_one(strategy: str, bert_without_dropout: Path, sentiment_csv: Path,
+                                              tmp_path: Path):
+    """FSDP2 splits the weights over two processes (accelerate's FSDP path, taken on CPUs here as on GPUs): the
+    Trainer restores the best epoch from FSDP's own checkpoints, the weights are gathered whole for rank 0, and the
+    loss curve, the scores and the saved delta are the single process's."""
+    one = train_cli(bert_without_dropout, sentiment_csv, tmp_path / "one", strategy)
+    two = train_cli(bert_without_dropout, sentiment_csv, tmp_path / "two", strategy, "--distributed", "fsdp",
+                    launch=fsdp_on_cpu())
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert_trained_alike(tmp_path / "one", tmp_path / "two", two.stdout)
+
+
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="the deepspeed extra is not installed")
 def test_deepspeed_zero3_generates_as_one_process(tiny_llama_lm: Path, chat_jsonl: Path, tmp_path: Path):
     """A generation run scores its test answers while the weights are still split (every process generates in
@@ -154,3 +172,22 @@ def test_deepspeed_zero3_generates_as_one_process(tiny_llama_lm: Path, chat_json
     np.testing.assert_allclose(metrics[1]["loss_curve"], metrics[0]["loss_curve"], rtol=0, atol=1e-4)
     for scores in ("test", "base_test"):  # perplexities near 1e6: relative
         assert metrics[1][scores] == pytest.approx(metrics[0][scores], rel=1e-5, abs=1e-4)
+
+
+def test_a_model_rebuilt_from_gathered_weights_takes_every_trained_tensor_and_nothing_else(
+        tiny_bert: Path, sentiment_csv: Path, tmp_path: Path):
+    """Rank 0 rebuilds a split model from the gathered tensors: a trained tensor missing, or one the model does not
+    have, is an error rather than a run saved with some weights left at their initial values."""
+    config = build_config({"model": str(tiny_bert), "data": {"source": str(sentiment_csv)},
+                           "strategy": {"name": "lora"}, "output": str(tmp_path / "run")})
+    recipe, strategy = recipe_for("classification"), configure(config.strategy, config.training)
+    prepared = recipe.prepare(config)
+    model, _ = recipe.build(prepared.config, strategy, prepared.targets)
+    trained = {name: parameter.detach() + 1 for name, parameter in model.named_parameters() if parameter.requires_grad}
+    whole = rebuilt(recipe, prepared.config, strategy, prepared.targets, trained)
+    assert all(torch.equal(dict(whole.named_parameters())[name], tensor) for name, tensor in trained.items())
+    first = next(iter(trained))
+    with pytest.raises(TunelabError, match=f"missing \\['{re.escape(first)}'\\]"):
+        rebuilt(recipe, prepared.config, strategy, prepared.targets, {k: v for k, v in trained.items() if k != first})
+    with pytest.raises(TunelabError, match="unexpected \\['head.nope'\\]"):
+        rebuilt(recipe, prepared.config, strategy, prepared.targets, {**trained, "head.nope": torch.zeros(1)})

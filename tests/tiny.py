@@ -112,11 +112,19 @@ def train_recording(config: RunConfig) -> TrainedRun:
     return TrainedRun(result.path, config, result.metrics, result.resources, result.predictor)
 
 
-def train_cli(model: Path, data: Path, output: Path, strategy: str, *extra: str,
-              python: str = sys.executable) -> subprocess.CompletedProcess:
-    """`tunelab train` in a subprocess (so that it may launch torchrun), deterministic and in fp32: on the 60 training
-    rows of `sentiment_csv` at a global batch of 4, every step a full batch (DDP pads a last, partial one)."""
-    return subprocess.run([python, "-m", "tunelab", "train", "--model", str(model), "--data", str(data),
+def fsdp_on_cpu(processes: int = 2) -> list[str]:
+    """`python -m tunelab` as `processes` torchrun processes that take accelerate's FSDP path on CPUs, as it runs on
+    GPUs (`fsdp_on_cpu.py`)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+            str(Path(__file__).with_name("fsdp_on_cpu.py")), "-m", "tunelab"]
+
+
+def train_cli(model: Path, data: Path, output: Path, strategy: str, *extra: str, python: str = sys.executable,
+              launch: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`tunelab train` in a subprocess (so that it may launch torchrun; `launch`: the command that runs tunelab,
+    default `python -m tunelab`), deterministic and in fp32: on the 60 training rows of `sentiment_csv` at a global
+    batch of 4, every step a full batch (DDP pads a last, partial one)."""
+    return subprocess.run([*(launch or [python, "-m", "tunelab"]), "train", "--model", str(model), "--data", str(data),
                            "--strategy", strategy, "--batch-size", "4", "--epochs", "2", "--lr", "1e-2",
                            "--set", "training.max_length=16", "--set", "training.logging_steps=1",
                            "--set", "training.precision=fp32", "--output", str(output), "--quiet", *extra],

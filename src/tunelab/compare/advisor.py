@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from tunelab.engines import ENGINES, per_device_bytes, trap
+from tunelab.engines import per_device_bytes, trap
 from tunelab.errors import TunelabError
 from tunelab.strategies.catalog import CATALOG, NAMES, StrategyEntry, entry
 from tunelab.task_catalog import check_task
@@ -247,8 +247,6 @@ def runnable_fit(strategy: str, situation: Situation) -> tuple[str, int] | None:
 
 def not_runnable(strategy: str, name: str) -> str | None:
     """Why tunelab cannot train the strategy with the engine, if it cannot."""
-    if ENGINES[name].not_yet:
-        return "tunelab cannot train with it yet"
     return None if trap(strategy, name) is None else f"a known failure with {strategy}"
 
 

@@ -33,7 +33,6 @@ class Engine:
     package: str | None = None  # a package the engine needs beyond tunelab's own, with the extra that installs it
     needs_accelerator: str | None = None  # why it cannot run on CPUs, where it cannot
     min_processes: int = 1
-    not_yet: str | None = None  # why tunelab's runs cannot use it yet, where they cannot
 
     @property
     def splits_weights(self) -> bool:
@@ -45,8 +44,11 @@ class Engine:
         """The Trainer's keywords for this engine. `layer_classes`: the model's transformer layers, the units FSDP
         gathers one at a time; `hidden_size`: the Trainer fills DeepSpeed's "auto" bucket sizes from it, but reads it
         from the model's own config, which tunelab's task models (a head around a transformers model) lack."""
-        if self.name == "fsdp":
-            return {"fsdp": True, "fsdp_config": {**read_config(self), "transformer_layer_cls_to_wrap": layer_classes}}
+        if self.name == "fsdp":  # a model without transformer layers (a head on cached vectors) is one unit
+            layers = ({"transformer_layer_cls_to_wrap": layer_classes} if layer_classes else
+                      {"auto_wrap_policy": "NO_WRAP"})
+            # the Trainer restores FSDP's best epoch from FSDP's own checkpoints, written with the optimizer's
+            return {"fsdp": True, "fsdp_config": read_config(self) | layers, "save_only_model": False}
         if self.package != "deepspeed":
             return {}
         config = read_config(self)
@@ -62,8 +64,6 @@ class Engine:
         return {"deepspeed": config, "save_only_model": False}
 
 
-_FSDP_NOT_YET = ("the Trainer restores FSDP's best epoch from FSDP's own checkpoints, which tunelab's checkpoints of "
-                 "the trainable tensors replace; use deepspeed-zero3, which splits the weights too, or ddp")
 ENGINES: dict[str, Engine] = {engine.name: engine for engine in (
     Engine("ddp", "every process holds the whole model, gradients and optimizer state; gradients are averaged "
                   "after each backward (PyTorch DDP; gloo on CPUs, nccl on GPUs)", shards=()),
@@ -71,7 +71,7 @@ ENGINES: dict[str, Engine] = {engine.name: engine for engine in (
                    "processes, each layer's weights gathered for its forward and backward (ZeRO-3's memory)",
            shards=STATES, config="fsdp2.json", min_processes=2,
            needs_accelerator="the Trainer (accelerate) runs FSDP only on GPUs and other accelerators, and on CPUs "
-                             "would silently train plain DDP", not_yet=_FSDP_NOT_YET),
+                             "would silently train plain DDP"),
     Engine("deepspeed-zero2", "DeepSpeed ZeRO stage 2: optimizer state and gradients split over the processes, "
                               "every process keeps the whole weights",
            shards=("gradients", "optimizer"), config="deepspeed-zero2.json", package="deepspeed", min_processes=2),
@@ -100,11 +100,15 @@ class Trap:
 TRAPS: tuple[Trap, ...] = (
     Trap(("prompt-tuning", "p-tuning"), ("deepspeed-zero3",),
          "ZeRO-3 partitions the word-embedding matrix (shape 0 outside a forward), so PEFT cannot find it to set "
-         "up the virtual tokens (peft #206, #1633)", "deepspeed-zero2, fsdp or ddp; or lora"),
-    Trap(("adalora",), ("deepspeed-zero3",),
-         "AdaLoRA's rank allocator reads every LoRA matrix and its gradient whole after each optimizer step, where "
-         "ZeRO-3 leaves a process an empty placeholder (a size-mismatch error at the first step)",
+         "up the virtual tokens (peft #206, #1633)", "deepspeed-zero2 or ddp; or lora"),
+    Trap(("prefix", "prompt-tuning", "p-tuning"), ("fsdp",),
+         "PEFT's prompt methods reach the word-embedding matrix under a second name, and FSDP2, having sharded it "
+         "in one unit, finds it sharded already in another (an invariant error as it wraps the model)",
          "deepspeed-zero2 or ddp; or lora"),
+    Trap(("adalora",), ("deepspeed-zero3", "fsdp"),
+         "AdaLoRA's rank allocator reads every LoRA matrix and its gradient whole after each optimizer step, where "
+         "ZeRO-3 leaves a process an empty placeholder (a size-mismatch error at the first step) and FSDP2 a sharded "
+         "DTensor (an error at the first step)", "deepspeed-zero2 or ddp; or lora"),
     Trap(("prefix",), tuple(ENGINES),
          "prefix tuning's past keys and values do not survive gradient checkpointing: a shape error on some models, in "
          "one process or several, and a silently different forward on others (a tiny BERT's first-step loss: 0.707 "
@@ -149,8 +153,6 @@ def check_engine(engine_name: str, strategy: str, processes: int, checkpointing:
 
     chosen = engine(engine_name)
     check_pair(strategy, engine_name, checkpointing)
-    if chosen.not_yet:
-        raise TunelabError(f"tunelab cannot train with {engine_name} yet: {chosen.not_yet}")
     if processes < chosen.min_processes:
         raise TunelabError(f"{engine_name} shards over processes: give --nproc {chosen.min_processes} or more, or "
                            f"leave --distributed out")

@@ -144,8 +144,11 @@ def rebuilt(recipe: Recipe, config: RunConfig, strategy: ConfiguredStrategy, tar
     transformers.set_seed(config.training.seed)
     model, _ = recipe.build(config, strategy, targets)
     loaded = model.load_state_dict(trained, strict=False)
-    if loaded.unexpected_keys:
-        raise TunelabError(f"the gathered weights do not fit the model: unexpected {loaded.unexpected_keys[:3]}")
+    untrained = [name for name, parameter in model.named_parameters()
+                 if parameter.requires_grad and name in loaded.missing_keys]
+    if loaded.unexpected_keys or untrained:
+        raise TunelabError(f"the gathered weights do not fit the model: unexpected {loaded.unexpected_keys[:3]}, "
+                           f"missing {untrained[:3]}")
     return model
 
 

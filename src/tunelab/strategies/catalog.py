@@ -82,7 +82,7 @@ _ENTRIES = (
                   "train every weight; best with plenty of labels, one full model copy per task",
                   "full", "all", 5e-5, 3.0, mergeable=True, trl=True, pet_tunable=True, groups_by_length=True,
                   trade_off=_MINILM + "accuracy 0.845, 100% trainable, 90.9 MB per task, train time 1.0x; ~16 bytes "
-                  "per parameter with AdamW; only 0.780 head-based on " + _SMOLLM2),
+                  "per parameter with AdamW; " + _SMOLLM2 + "only 0.780, head-based"),
     StrategyEntry("linear-probe", "linear_probe", "LinearProbe",
                   "frozen encoder, train a linear head on its sentence vectors; cheapest, least accurate",
                   "feature extraction", "none", 1e-2, 30.0, mergeable=True, delta="head",

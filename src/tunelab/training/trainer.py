@@ -158,7 +158,10 @@ class TrainableOnlyTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """`state_dict`: the weights gathered whole, where the engine splits them (the Trainer gathers them for
-        FSDP and ZeRO-3 before it calls this); else the model's own tensors are whole."""
+        FSDP and ZeRO-3 before it calls this, under FSDP in every process, on the first only whole); else the model's
+        own tensors are whole. The first process writes."""
+        if not self.args.should_save:
+            return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         tensors = state_dict if state_dict is not None else dict(self.model.named_parameters())
