@@ -7,6 +7,7 @@ points at a temporary folder for the whole session and, per test, at that test's
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from tiny import (  # noqa: E402
     generation_config,
     sentiment_frame,
     tiny_config,
+    train_cli,
     train_recording,
     write_table,
 )
@@ -90,6 +92,24 @@ def bert_without_dropout(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         vocab_size=30522, initializer_range=0.1, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0)
     return _save_with_tokenizer(BertModel(config), tmp_path_factory.mktemp("bert-no-dropout"))
+
+
+@pytest.fixture(scope="session")
+def one_process_run(bert_without_dropout: Path, sentiment_csv: Path,
+                    tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """`train_cli`'s single-process run of a strategy on the deterministic BERT and the sentiment rows, trained once
+    a session: what every multi-process run of that strategy is compared with."""
+    runs: dict[str, Path] = {}
+
+    def run(strategy: str) -> Path:
+        if strategy not in runs:
+            path = tmp_path_factory.mktemp("one-process") / strategy
+            trained = train_cli(bert_without_dropout, sentiment_csv, path, strategy)
+            assert trained.returncode == 0, trained.stderr[-3000:]
+            runs[strategy] = path
+        return runs[strategy]
+
+    return run
 
 
 @pytest.fixture(scope="session")

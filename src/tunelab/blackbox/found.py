@@ -21,20 +21,18 @@ from tunelab.runs import BLACKBOX_FILE, verify_manifest
 from tunelab.tasks.classification import LabelMap
 from tunelab.tasks.generation import CausalLM
 
-SETTINGS_FILE = BLACKBOX_FILE
-
 
 def is_blackbox_run(path: Path) -> bool:
-    return (path / SETTINGS_FILE).exists()
+    return (path / BLACKBOX_FILE).exists()
 
 
 class FoundPrompt:
     def __init__(self, path: Path):
         if not is_blackbox_run(path):
-            raise TunelabError(f"{path} is not a black-box run (no {SETTINGS_FILE})")
+            raise TunelabError(f"{path} is not a black-box run (no {BLACKBOX_FILE})")
         verify_manifest(path)
         self.path = path
-        self.record: dict[str, Any] = yaml.safe_load((path / SETTINGS_FILE).read_text(encoding="utf-8"))
+        self.record: dict[str, Any] = yaml.safe_load((path / BLACKBOX_FILE).read_text(encoding="utf-8"))
         self.config: RunConfig = build_config(self.record["config"])
         labels = list(self.record["verbalizer"])
         self.prompts = LabelPrompts.build(self.record["template"], self.record["verbalizer"], labels)

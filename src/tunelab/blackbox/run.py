@@ -20,13 +20,12 @@ import yaml
 
 from tunelab.blackbox.bbt import BBTSettings, BlackBoxTuning
 from tunelab.blackbox.endpoints import Budget, Endpoint, Usage
-from tunelab.blackbox.found import SETTINGS_FILE
 from tunelab.blackbox.mezo import MeZO, MeZOSettings
 from tunelab.blackbox.prompts import LabelPrompts, loss_and_accuracy
 from tunelab.blackbox.search import PromptSearch, SearchSettings
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
-from tunelab.runs import StagedRun, write_json, write_text_atomic
+from tunelab.runs import BLACKBOX_FILE, StagedRun, write_json, write_text_atomic
 from tunelab.task_catalog import recipe_for
 
 METHODS = {BBTSettings: BlackBoxTuning, SearchSettings: PromptSearch, MeZOSettings: MeZO}
@@ -68,7 +67,7 @@ def run_blackbox(config: RunConfig, endpoint: Endpoint, settings: BBTSettings | 
     evaluation = {key: value - getattr(searched, key) for key, value in asdict(endpoint.usage).items()}
     with staged:
         found = method.save(state, staged.path)
-        write_text_atomic(staged.path / SETTINGS_FILE, yaml.safe_dump(
+        write_text_atomic(staged.path / BLACKBOX_FILE, yaml.safe_dump(
             {"method": method.name, "endpoint": endpoint.describe(), "budget_calls": budget, **found,
              "template": prompt.template, "verbalizer": prompts.verbalizer.words,
              "config": config.model_dump(mode="json", exclude_none=True)}, sort_keys=False))
@@ -82,7 +81,7 @@ def run_blackbox(config: RunConfig, endpoint: Endpoint, settings: BBTSettings | 
 
 def staged_output(config: RunConfig, overwrite: bool) -> StagedRun:
     """Where the run will be written; refused at once when a folder is there and may not be replaced."""
-    return StagedRun(Path(config.output), overwrite, marker=SETTINGS_FILE, kind="tunelab black-box run")
+    return StagedRun(Path(config.output), overwrite, marker=BLACKBOX_FILE, kind="tunelab black-box run")
 
 
 def _resumable(work: Path, settings: dict[str, Any]) -> None:
