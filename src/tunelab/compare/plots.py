@@ -119,12 +119,14 @@ def storage_per_task(summary: pd.DataFrame) -> str:
 def all_plots(summary: pd.DataFrame) -> dict[str, str]:
     """Title -> SVG, in the order the report shows them; a grid of black-box cells alone has no trained weights to
     count, hold in memory or store."""
-    plots = {"Accuracy against training-set size": accuracy_vs_train_size(summary)}
     trained = summary[summary["trainable_parameters"].notna()]
-    if not trained.empty:
-        plots["Accuracy against trainable parameters"] = accuracy_vs_parameters(summary,
-                                                                                int(trained["train_size"].max()))
-    plots["Training time"] = training_time(summary)
-    if not trained.empty:
-        plots.update({"Peak memory": peak_memory(summary), "Storage per task": storage_per_task(summary)})
-    return plots
+    if trained.empty:
+        return {"Accuracy against training-set size": accuracy_vs_train_size(summary),
+                "Training time": training_time(summary)}
+    return {
+        "Accuracy against training-set size": accuracy_vs_train_size(summary),
+        "Accuracy against trainable parameters": accuracy_vs_parameters(summary, int(trained["train_size"].max())),
+        "Training time": training_time(summary),
+        "Peak memory": peak_memory(summary),
+        "Storage per task": storage_per_task(summary),
+    }
