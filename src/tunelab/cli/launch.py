@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -15,6 +16,7 @@ from rich.markup import escape
 
 from tunelab.errors import TunelabError
 from tunelab.ranks import per_process, world_size
+from tunelab.runs import discard_interrupted
 
 TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} ")  # torchrun's own log lines (glog style: W1205 20:34:58 ...)
 TORCH_WARNING = re.compile(r"^\[rank\d+\]:\[W")
@@ -47,13 +49,17 @@ def torchrun_command(argv: list[str], nproc: int, nnodes: int, node_rank: int, m
 
 
 def relaunch(batch_size: int, nproc: int, nnodes: int = 1, node_rank: int = 0, master_addr: str | None = None,
-             master_port: int = 29500, drop: tuple[str, ...] = ()) -> NoReturn:
-    """This very command again under torchrun (less the flags in `drop`, done once here), once the caller has
-    refused what it can before launching; the batch size is global, so it must split over the processes."""
+             master_port: int = 29500, restart: Path | None = None) -> NoReturn:
+    """This very command again under torchrun, once the caller has refused what it can before launching; the batch
+    size is global, so it must split over the processes. `restart`: the output whose interrupted run --restart
+    discards, here, once, so that every process then finds the same (no) checkpoint; the processes run without
+    --restart."""
     if world_size() > 1:
         raise TunelabError("--nproc launches torchrun; under torchrun already, leave --nproc out")
     per_process(batch_size, "--batch-size", nproc * nnodes)
-    arguments = [argument for argument in sys.argv[1:] if argument not in drop]
+    if restart is not None:
+        discard_interrupted(restart)
+    arguments = [argument for argument in sys.argv[1:] if argument != "--restart"]
     raise typer.Exit(launch(torchrun_command(arguments, nproc, nnodes, node_rank, master_addr, master_port)))
 
 

@@ -29,17 +29,14 @@ rlhf_app = typer.Typer(help="RLHF: supervised fine-tuning, a reward model from p
 app.add_typer(rlhf_app, name="rlhf")
 
 def _launch_stage(output: Path, batch_size: int, nproc: int, restart: bool, checkpoint_every: int | None) -> str:
-    """Under torchrun when asked (an interrupted run discarded here, once, before the processes start); the stage's
-    resume mode."""
+    """Under torchrun when asked (an interrupted run discarded before the processes start); the stage's resume
+    mode."""
     from tunelab.cli.launch import relaunch
-    from tunelab.runs import discard_interrupted
 
     if restart and not checkpoint_every:
         raise TunelabError("--restart discards the checkpoints of --checkpoint-every N: pass it too")
     if nproc > 1:
-        if restart:
-            discard_interrupted(output)
-        relaunch(batch_size, nproc, drop=("--restart",))
+        relaunch(batch_size, nproc, restart=output if restart else None)
     return "restart" if restart else "auto"
 
 

@@ -37,17 +37,15 @@ def _searched_trial(folder: Path | None, trial: int | None, config_file: Path | 
 
 def _launch(config: Any, overwrite: bool, mode: str, nproc: int, nnodes: int, node_rank: int,
             master_addr: str | None, master_port: int) -> None:
-    """This very command under torchrun, once what can be refused before training is refused here. --restart
-    discards the interrupted run here, once, so that every process then finds the same (no) checkpoint."""
+    """This very command under torchrun, once what can be refused before training is refused here."""
     from tunelab.cli.launch import relaunch
     from tunelab.recipes.runs import configure_run
-    from tunelab.runs import StagedRun, discard_interrupted
+    from tunelab.runs import StagedRun
 
     configure_run(config, nproc * nnodes)
     StagedRun(Path(config.output), overwrite)  # an existing output is refused now, not by every process
-    if mode == "restart":
-        discard_interrupted(Path(config.output))
-    relaunch(config.training.batch_size, nproc, nnodes, node_rank, master_addr, master_port, drop=("--restart",))
+    relaunch(config.training.batch_size, nproc, nnodes, node_rank, master_addr, master_port,
+             restart=Path(config.output) if mode == "restart" else None)
 
 
 def _resume_mode(resume: bool, restart: bool, config: Any) -> str:
