@@ -1,6 +1,6 @@
 """Black-box tuning on SmolLM2, movie-snippets, K shots per label, several seeds:
 - bbt in this process within 4,000 calls, against the default template's zero-shot accuracy on the same test split
-  and against soft-template (P-tuning, trained with gradients) on the same shots;
+  and against soft-template (P-tuning) and pet, trained with gradients on the same shots;
 - search through an OpenAI-compatible endpoint (`tunelab serve --base smollm2`, spoken to as any OpenAI server:
   completions with echo and logprobs) within 1,000 calls, from a weak template ("{text} Overall, it was a {label}").
 The bars: bbt's mean test accuracy >= zero-shot + 2 points and within 3 points of soft-template; search >= its
@@ -21,6 +21,7 @@ from serving import start
 
 NAME = "blackbox"
 WEAK_TEMPLATE = "{text} Overall, it was a {label}"
+GRADIENT_STRATEGIES = ("soft-template", "pet")  # trained with gradients on the same shots, beside bbt
 
 
 def blackbox_run(folder: Path, name: str, options: list[str]) -> dict[str, Any]:
@@ -34,18 +35,19 @@ def blackbox_run(folder: Path, name: str, options: list[str]) -> dict[str, Any]:
             "curve": metrics["curve"]}
 
 
-def soft_template_run(folder: Path, seed: int, shots: int, limit_eval: int | None) -> float:
-    run = folder / f"soft-template-{seed}"
+def trained_run(folder: Path, strategy: str, seed: int, shots: int, limit_eval: int | None) -> float:
+    """Test accuracy of `strategy` trained with gradients on the same shots (same seed, so the same examples)."""
+    run = folder / f"{strategy}-{seed}"
     if not (run / "metrics.json").exists():
-        run_timed([TUNELAB, "train", "--model", "smollm2", "--data", "movie-snippets", "--strategy", "soft-template",
+        run_timed([TUNELAB, "train", "--model", "smollm2", "--data", "movie-snippets", "--strategy", strategy,
                    "--shots", str(shots), "--seed", str(seed), "--output", str(run), "--quiet",
-                   *(["--limit-eval", str(limit_eval)] if limit_eval else [])], folder / f"soft-template-{seed}.log")
+                   *(["--limit-eval", str(limit_eval)] if limit_eval else [])], folder / f"{strategy}-{seed}.log")
     return read_json(run / "metrics.json")["test"]["accuracy"]
 
 
 def bbt_summary(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, bool]]:
     """The seeds' rows, their means and medians, and the two bbt bars judged on the means."""
-    keys = ("test_accuracy", "zero_shot_accuracy", "soft_template_accuracy", "calls")
+    keys = ("test_accuracy", "zero_shot_accuracy", "soft_template_accuracy", "pet_accuracy", "calls", "search_wall_s")
     mean = {key: statistics.fmean(row[key] for row in rows) for key in keys}
     median = {key: statistics.median(row[key] for row in rows) for key in keys}
     return {"rows": rows, "mean": mean, "median": median}, {
@@ -69,10 +71,12 @@ def run_benchmark(seeds: list[int], quick: bool, work: Path, parts: list[str]) -
         for seed in seeds:
             row = blackbox_run(work, f"bbt-{seed}", ["--method", "bbt", *common, "--budget", str(bbt_budget),
                                                      "--seed", str(seed)])
-            row["soft_template_accuracy"] = soft_template_run(work, seed, shots, limit_eval)
+            for strategy in GRADIENT_STRATEGIES:
+                row[f"{strategy.replace('-', '_')}_accuracy"] = trained_run(work, strategy, seed, shots, limit_eval)
             rows.append({"seed": seed, **row})
             log(f"{NAME}: bbt seed {seed}: {row['test_accuracy']:.3f} (zero-shot {row['zero_shot_accuracy']:.3f}, "
-                f"soft-template {row['soft_template_accuracy']:.3f}) in {row['calls']} calls")
+                f"soft-template {row['soft_template_accuracy']:.3f}, pet {row['pet_accuracy']:.3f}) in "
+                f"{row['calls']} calls")
             result["bbt"], bars = bbt_summary(rows)
             result["bars"].update(bars)
             result["bbt"]["seeds_done"] = f"{len(rows)} of {len(seeds)}"
