@@ -20,9 +20,10 @@ from tunelab.compare.executors import train_in_process
 from tunelab.compare.grid import CELLS, CONFIGS, GRID_FILE, Cell, GridSpec, cell_job, prepare_folder, run_grid
 from tunelab.compare.page import REPORT_FILE, summary_rows
 from tunelab.compare.plots import all_plots
-from tunelab.compare.results import CELL_COLUMNS, load_grid, summarise
+from tunelab.compare.results import CELL_COLUMNS, SEARCH_COLUMNS, load_grid, summarise
 from tunelab.errors import TunelabError
 
+SEARCHES_NONE = pd.DataFrame(columns=list(SEARCH_COLUMNS))
 BUDGET = 20  # two rounds of the prompt search (9 calls each) after its first two
 
 
@@ -114,7 +115,10 @@ def test_a_grid_runs_trained_and_blackbox_cells_and_reports_both(mixed_grid, tin
     assert "done blackbox:search n=8 seed 3: accuracy" in printed
     page = (folder / REPORT_FILE).read_text(encoding="utf-8")
     assert f"{calls} calls" in page and "Black-box cells (blackbox:METHOD) train no weights" in page
-    assert page.count("<svg") == 5
+    assert page.count("<svg") == 6 and 'aria-label="Black-box searches against calls"' in page
+    searched = load_grid(folder).searches
+    assert searched["calls"].tolist() == [point["calls"] for point in metrics["curve"]]
+    assert set(searched["strategy"]) == {"blackbox:search"} and searched["calls"].max() <= calls
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
@@ -122,7 +126,7 @@ def test_the_page_with_blackbox_rows_renders_in_headless_chromium(mixed_grid, tm
     folder, _ = mixed_grid
     dom, console, colours = open_in_chromium(folder / REPORT_FILE, tmp_path)
     assert console == [] and colours > 100
-    assert "blackbox:search" in dom and dom.count("<svg") == 5
+    assert "blackbox:search" in dom and dom.count("<svg") == 6
 
 
 def test_blackbox_cells_take_no_part_in_claims_or_recommendations(mixed_grid):
@@ -195,4 +199,26 @@ def test_a_grid_of_blackbox_cells_alone_plots_what_it_measured():
     cells = pd.DataFrame([{"strategy": "blackbox:bbt", "model": "smollm2", "family": "black-box", "train_size": size,
                            "seed": 1, "train_examples": size, "accuracy": 0.8, "train_s": 3.0, "learned": True,
                            "calls": 100} for size in (16, 32)], columns=list(CELL_COLUMNS))
-    assert list(all_plots(summarise(cells))) == ["Accuracy against training-set size", "Training time"]
+    assert list(all_plots(summarise(cells), SEARCHES_NONE)) == ["Accuracy against training-set size",
+                                                                 "Training time"]
+
+
+def test_blackbox_searches_are_drawn_against_their_calls_beside_trained_strategies():
+    """One thin line per seed of each search, its test accuracy where it ended, a trained strategy's test accuracy
+    as a dashed line at the same size; sizes without searches are not drawn."""
+    cells = pd.DataFrame([{"strategy": strategy, "model": "m", "family": family, "train_size": 32, "seed": seed,
+                           "train_examples": 32, "accuracy": 0.8, "train_s": 3.0, "learned": True,
+                           "trainable_parameters": parameters, "calls": calls,
+                           **({"delta_bytes": 4000, "full_copy_bytes": 10**8, "peak_memory_bytes": 10**9}
+                              if parameters else {})}
+                          for strategy, family, parameters, calls in (("blackbox:bbt", "black-box", None, 42),
+                                                                      ("soft-template", "prompt-based", 1000, None))
+                          for seed in (1, 2)], columns=list(CELL_COLUMNS))
+    searches = pd.DataFrame([{"strategy": "blackbox:bbt", "train_size": 32, "seed": seed, "calls": calls,
+                              "validation_accuracy": accuracy}
+                             for seed in (1, 2) for calls, accuracy in ((21, 0.6), (42, 0.7 + seed / 100))],
+                            columns=list(SEARCH_COLUMNS))
+    plots = all_plots(summarise(cells), searches)
+    assert list(plots)[-1] == "Black-box searches against calls"
+    figure = plots["Black-box searches against calls"]
+    assert figure.count('id="line2d_') >= 2 + 1 + 1  # two seeds' lines, the test star, the trained strategy's line

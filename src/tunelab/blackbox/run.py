@@ -73,7 +73,7 @@ def run_blackbox(config: RunConfig, endpoint: Endpoint, settings: BBTSettings | 
              "config": config.model_dump(mode="json", exclude_none=True)}, sort_keys=False))
         write_json(staged.path / "metrics.json", metrics)
         write_json(staged.path / "resources.json", {"search": asdict(searched), "evaluation": evaluation})
-        _plot(state.curve, staged.path / "search_curve.png", method.name)
+        _plot(state.curve, staged.path / "search_curve.png", method.name, metrics)
         path = staged.commit()
     shutil.rmtree(work, ignore_errors=True)
     return path, metrics
@@ -96,17 +96,26 @@ def _resumable(work: Path, settings: dict[str, Any]) -> None:
     write_json(record, settings)
 
 
-def _plot(curve: list[dict], path: Path, method: str) -> None:
+def _plot(curve: list[dict], path: Path, method: str, metrics: dict) -> None:
+    """The validation accuracy of the best found so far against the calls made, the test accuracy of what was found
+    where the search ended, and the template's zero-shot test accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot([point["calls"] for point in curve], [point["validation_accuracy"] for point in curve], marker=".")
+    calls = [point["calls"] for point in curve]
+    axis.step(calls, [point["validation_accuracy"] for point in curve], where="post", marker=".",
+              label="validation (K shots), best so far")
+    if calls:
+        axis.plot(calls[-1], metrics["test"]["accuracy"], marker="*", markersize=12, linestyle="none",
+                  label="test, what was found")
+    axis.axhline(metrics["zero_shot"]["accuracy"], linestyle="--", color="grey", label="test, the template zero-shot")
     axis.set_xlabel("calls made")
-    axis.set_ylabel("validation accuracy (K shots)")
-    axis.set_title(f"{method}: the best found so far")
+    axis.set_ylabel("accuracy")
+    axis.set_title(f"{method}: accuracy against calls")
+    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

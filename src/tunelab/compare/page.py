@@ -97,7 +97,7 @@ def render(results: GridResults, summary: pd.DataFrame, claims: list[Claim]) -> 
     failures = "".join(f"<li>{', '.join(f'<code>{html.escape(cell)}</code>' for cell in cells)}: "
                        f"{html.escape(reason)}</li>" for reason, cells in failures_by_reason(results.failures).items())
     figures = "".join(f'<figure aria-label="{html.escape(name)}">{svg}</figure>'
-                      for name, svg in all_plots(summary).items())
+                      for name, svg in all_plots(summary, results.searches).items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body>

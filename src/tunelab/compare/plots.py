@@ -116,17 +116,42 @@ def storage_per_task(summary: pd.DataFrame) -> str:
     return svg_text(figure)
 
 
-def all_plots(summary: pd.DataFrame) -> dict[str, str]:
-    """Title -> SVG, in the order the report shows them; a grid of black-box cells alone has no trained weights to
-    count, hold in memory or store."""
+def blackbox_searches(summary: pd.DataFrame, searches: pd.DataFrame, train_size: int) -> str:
+    """What the calls bought, next to gradients: each black-box search's validation accuracy (its K shots) against
+    the calls it had made, a thin line per seed; its test accuracy (mean over seeds) where it ended; the trained
+    strategies' test accuracy at the same training-set size as dashed lines."""
+    colours = _colours(list(dict.fromkeys(summary["strategy"])))
+    figure, axes = plt.subplots(figsize=(7, 4.2))
+    for (strategy, _), points in searches[searches["train_size"] == train_size].groupby(["strategy", "seed"],
+                                                                                        sort=False):
+        axes.step(points["calls"], points["validation_accuracy"], where="post", color=colours[strategy], alpha=0.5,
+                  linewidth=1)
+    for _, row in summary[summary["train_size"] == train_size].iterrows():
+        if row["strategy"] in set(searches["strategy"]):
+            axes.plot(row["calls_mean"], row["accuracy_mean"], marker="*", markersize=13, linestyle="none",
+                      color=colours[row["strategy"]], label=f"{row['strategy']}: test (thin: validation)")
+        else:
+            axes.axhline(row["accuracy_mean"], linestyle="--", color=colours[row["strategy"]],
+                         label=f"{row['strategy']}: test")
+    axes.set(xlabel="calls made", ylabel="accuracy",
+             title=f"black-box searches against calls, {train_size} training examples")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return svg_text(figure)
+
+
+def all_plots(summary: pd.DataFrame, searches: pd.DataFrame) -> dict[str, str]:
+    """Title -> SVG, in the order the report shows them: what a grid of black-box cells alone measured first (it
+    has no trained weights to count, hold in memory or store), then the trained weights' costs, then the
+    black-box searches against their calls, at the largest size they ran."""
+    plots = {"Accuracy against training-set size": accuracy_vs_train_size(summary),
+             "Training time": training_time(summary)}
     trained = summary[summary["trainable_parameters"].notna()]
-    if trained.empty:
-        return {"Accuracy against training-set size": accuracy_vs_train_size(summary),
-                "Training time": training_time(summary)}
-    return {
-        "Accuracy against training-set size": accuracy_vs_train_size(summary),
-        "Accuracy against trainable parameters": accuracy_vs_parameters(summary, int(trained["train_size"].max())),
-        "Training time": training_time(summary),
-        "Peak memory": peak_memory(summary),
-        "Storage per task": storage_per_task(summary),
-    }
+    if not trained.empty:
+        plots |= {"Accuracy against trainable parameters": accuracy_vs_parameters(summary,
+                                                                                  int(trained["train_size"].max())),
+                  "Peak memory": peak_memory(summary), "Storage per task": storage_per_task(summary)}
+    if not searches.empty:
+        plots["Black-box searches against calls"] = blackbox_searches(summary, searches,
+                                                                      int(searches["train_size"].max()))
+    return plots

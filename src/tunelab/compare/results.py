@@ -18,6 +18,7 @@ from tunelab.strategies.catalog import CATALOG
 CELL_COLUMNS = ("strategy", "model", "family", "train_size", "seed", "train_examples", "accuracy", "macro_f1",
                 "trainable_parameters", "trainable_share", "train_s", "peak_memory_bytes", "delta_bytes",
                 "full_copy_bytes", "latency_ms", "learned", "calls")
+SEARCH_COLUMNS = ("strategy", "train_size", "seed", "calls", "validation_accuracy")
 BLACKBOX_FAMILY = "black-box"
 
 
@@ -28,6 +29,7 @@ class GridResults:
     cells: pd.DataFrame  # one row per finished cell
     failures: dict[str, str]  # cell name -> reason, from the last `tunelab compare`
     planned: int
+    searches: pd.DataFrame  # each finished black-box cell's search: validation accuracy after each round's calls
 
 
 def _cell_row(path: Path, strategy: str, train_size: int, seed: int) -> dict:
@@ -57,10 +59,15 @@ def _blackbox_row(path: Path, metrics: dict, resources: dict) -> dict:
 def load_grid(folder: Path) -> GridResults:
     spec = read_spec(folder)
     cells = plan(spec)
-    rows = [_cell_row(folder / CELLS / cell.name, cell.strategy, cell.train_size, cell.seed)
-            for cell in cells if is_finished(folder, cell)]
+    finished = [cell for cell in cells if is_finished(folder, cell)]
+    rows = [_cell_row(folder / CELLS / cell.name, cell.strategy, cell.train_size, cell.seed) for cell in finished]
+    searches = [{"strategy": cell.strategy, "train_size": cell.train_size, "seed": cell.seed, "calls": point["calls"],
+                 "validation_accuracy": point["validation_accuracy"]}
+                for cell in finished if blackbox_method(cell.strategy)
+                for point in read_json(folder / CELLS / cell.name / METRICS_FILE)["curve"]]
     failures = read_json(folder / FAILURES_FILE) if (folder / FAILURES_FILE).exists() else {}
-    return GridResults(folder, spec, pd.DataFrame(rows, columns=list(CELL_COLUMNS)), failures, len(cells))
+    return GridResults(folder, spec, pd.DataFrame(rows, columns=list(CELL_COLUMNS)), failures, len(cells),
+                       pd.DataFrame(searches, columns=list(SEARCH_COLUMNS)))
 
 
 def failures_by_reason(failures: dict[str, str]) -> dict[str, list[str]]:
