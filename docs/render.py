@@ -351,6 +351,32 @@ def mezo_table() -> str:
             f"thread a run, a seed's runs side by side).")
 
 
+def bbt_table() -> str:
+    """bbt against the template's zero-shot accuracy and the gradient-trained prompt strategies on the same shots,
+    per seed, with the two bars, as measured (seeds still running are not in it)."""
+    result = _results("blackbox")
+    settings, bbt = result["settings"], result["bbt"]
+    rows, mean = bbt["rows"], bbt["mean"]
+    sides = [("zero_shot_accuracy", "the template alone (zero-shot)"), ("test_accuracy", "bbt (CMA-ES, calls only)"),
+             ("soft_template_accuracy", "soft-template (gradients)"), ("pet_accuracy", "pet (gradients)")]
+    table = _table(["", *(f"seed {row['seed']}" for row in rows), "mean"],
+                   [[label, *(f"{row[key]:.3f}" for row in rows), f"{mean[key]:.3f}"] for key, label in sides] +
+                   [["bbt: calls made", *(f"{row['calls']:,}" for row in rows), f"{mean['calls']:,.0f}"],
+                    ["bbt: search time", *(f"{row['search_wall_s'] / 60:.0f} min" for row in rows),
+                     f"{mean['search_wall_s'] / 60:.0f} min"]])
+    bars = result["bars"]
+    over = lambda key: (mean["test_accuracy"] - mean[key]) * 100  # noqa: E731
+    verdict = lambda bar: "met" if bars[bar] else "not met"  # noqa: E731
+    tested = f"the first {settings['limit_eval']} test examples" if settings["limit_eval"] else "the whole test split"
+    return (f"{table}\n\nSmolLM2, {settings['data']}, {settings['shots']} shots per label, at most "
+            f"{settings['bbt_budget']:,} calls, test accuracy on {tested}; {bbt['seeds_done']} seeds measured. "
+            f"bbt at least 2 points over zero-shot: {verdict('bbt_at_least_zero_shot_plus_2')} "
+            f"({over('zero_shot_accuracy'):+.1f} points); within 3 points of soft-template: "
+            f"{verdict('bbt_within_3_of_soft_template')} ({over('soft_template_accuracy'):+.1f}). A search ends at "
+            f"the budget or when its validation accuracy stops improving (`--patience`); its time is on this "
+            f"machine's {result['machine']['nproc']} CPU cores.")
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -411,7 +437,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "distributed_line": distributed_line, "foreign_server_line": foreign_server_line, "chaos_line": chaos_line,
     "engine_table": engine_table, "engine_pair_table": engine_pair_table, "engine_advice": engine_advice,
     "fuzz_table": fuzz_table,
-    "mezo_table": mezo_table,
+    "mezo_table": mezo_table, "bbt_table": bbt_table,
 }
 
 

@@ -188,6 +188,7 @@ def test_a_bbt_run_is_written_whole_and_refuses_to_overwrite(tiny_lm, tiny_llama
     assert resources["search"]["calls"] == metrics["curve"][-1]["calls"] <= 11
     assert resources["evaluation"]["calls"] == 2 * 1  # 12 test rows, 32 per call: test and zero-shot
     assert 0 <= metrics["test"]["accuracy"] <= 1 and metrics["test_examples"] == 12
+    assert metrics["learned"] == (metrics["test"]["accuracy"] > metrics["zero_shot"]["accuracy"])
     assert not (tmp_path / ".bbt.search").exists()
     with pytest.raises(TunelabError, match="already exists"):
         run_blackbox(config, InProcess(*tiny_lm), SETTINGS, budget=11)
@@ -210,6 +211,22 @@ def test_bad_blackbox_input_is_one_line(sentiment_csv: Path, tmp_path: Path, mon
     (tmp_path / "out").mkdir()
     code, _, err = run_main(base, monkeypatch, capsys)
     assert code == 2 and "already exists: choose another --output or pass --overwrite" in err, err
+
+
+def test_a_run_that_found_nothing_better_than_its_template_says_so_and_what_to_try(
+        tiny_llama_lm: Path, sentiment_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture):
+    from tiny import run_main
+
+    found = {"method": "bbt", "shots": 2, "test_examples": 12, "generations": 1, "validation_accuracy": 0.75,
+             "test": {"accuracy": 0.4}, "zero_shot": {"accuracy": 0.5}, "learned": False}
+    monkeypatch.setattr("tunelab.blackbox.run.run_blackbox", lambda *args, **kwargs: (tmp_path / "bbt", found))
+    code, out, _ = run_main(["blackbox", "--model", str(tiny_llama_lm), "--data", str(sentiment_csv), "--shots", "2",
+                             "--budget", "8", "--output", str(tmp_path / "bbt")], monkeypatch, capsys)
+    assert code == 0
+    assert ("warning: what was found scores 0.400 on the test split, no better than the template alone (0.500), "
+            "after 0 of 8 calls: try --patience 0 to spend the whole budget, more --shots, or another --method"
+            in " ".join(out.split()))
 
 
 SHOTS = pd.DataFrame({"text": ["good fine", "bad awful", "great nice", "poor nasty", "lovely superb", "ugly bad"],

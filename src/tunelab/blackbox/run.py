@@ -64,6 +64,7 @@ def run_blackbox(config: RunConfig, endpoint: Endpoint, settings: BBTSettings | 
                "zero_shot": {"accuracy": evaluate(method, None, splits.test)},
                "validation_accuracy": state.best_validation, "generations": state.generation, "curve": state.curve,
                "test_examples": len(splits.test), "shots": config.data.shots}
+    metrics["learned"] = metrics["test"]["accuracy"] > metrics["zero_shot"]["accuracy"]  # its starting point
     evaluation = {key: value - getattr(searched, key) for key, value in asdict(endpoint.usage).items()}
     with staged:
         found = method.save(state, staged.path)

@@ -49,11 +49,13 @@ def _cell_row(path: Path, strategy: str, train_size: int, seed: int) -> dict:
 
 
 def _blackbox_row(path: Path, metrics: dict, resources: dict) -> dict:
-    """A black-box run learns from its shots per label; its cost is the search's calls and wall time."""
+    """A black-box run learns from its shots per label, and has learned when it beats the template alone (runs
+    before that check recorded nothing); its cost is the search's calls and wall time."""
     record = read_yaml(path / BLACKBOX_FILE)
     return {"model": record["config"]["model"], "family": BLACKBOX_FAMILY,
             "train_examples": metrics["shots"] * len(record["verbalizer"]), "accuracy": metrics["test"]["accuracy"],
-            "train_s": resources["search"]["wall_s"], "learned": True, "calls": resources["search"]["calls"]}
+            "train_s": resources["search"]["wall_s"], "learned": metrics.get("learned", True),
+            "calls": resources["search"]["calls"]}
 
 
 def load_grid(folder: Path) -> GridResults:
