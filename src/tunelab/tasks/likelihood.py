@@ -104,35 +104,44 @@ def next_token_logprobs(model: nn.Module, contexts: list[list[int]], tokens: lis
         last = torch.tensor([virtual + len(context) - 1 for context in contexts], device=logprobs.device)
         return logprobs[torch.arange(len(contexts), device=logprobs.device), last][:, tokens]
     embed = backbone.get_input_embeddings()
-    device = embed.weight.device
-    prefix, virtual = None, 0
+    prefix = None  # the soft prompt read once: its cache, and its last position's logits
     if soft_prompt is not None:
-        soft = soft_prompt.to(device=device, dtype=embed.weight.dtype)[None]
-        prefix, virtual = backbone(inputs_embeds=soft, use_cache=True, logits_to_keep=1), soft.shape[1]
+        soft = soft_prompt.to(device=embed.weight.device, dtype=embed.weight.dtype)[None]
+        prefix = backbone(inputs_embeds=soft, use_cache=True, logits_to_keep=1)
     chosen = torch.empty(len(contexts), len(tokens))
     by_length = sorted(range(len(contexts)), key=lambda row: len(contexts[row]))
     for start in range(0, len(by_length), NEXT_TOKEN_BATCH):
         rows = by_length[start:start + NEXT_TOKEN_BATCH]
-        lengths = torch.tensor([len(contexts[row]) for row in rows], device=device)
-        width = int(lengths.max())
-        if width == 0:  # only the soft prompt: its own last position predicts
-            logits = prefix.logits[:, -1].expand(len(rows), -1)
-        else:
-            ids = torch.tensor([[pad_id] * (width - len(contexts[row])) + contexts[row] for row in rows],
-                               dtype=torch.long, device=device)
-            mask = (torch.arange(width, device=device)[None] >= (width - lengths)[:, None]).long()
-            cache = None
-            if prefix is not None:
-                cache = copy.deepcopy(prefix.cache)
-                cache.batch_repeat_interleave(len(rows))
-                mask = torch.cat([torch.ones(len(rows), virtual, dtype=mask.dtype, device=device), mask], dim=1)
-            positions = virtual + (mask[:, virtual:].cumsum(1) - 1).clamp(min=0)
-            logits = backbone(inputs_embeds=embed(ids), attention_mask=mask, position_ids=positions, cache=cache,
-                              logits_to_keep=1).logits[:, -1]
-            if prefix is not None and not all(len(contexts[row]) for row in rows):  # an empty context: as above
-                logits[lengths == 0] = prefix.logits[0, -1].to(logits.dtype)
+        logits = _next_token_logits(backbone, [contexts[row] for row in rows], prefix, pad_id)
         chosen[rows] = torch.log_softmax(logits.float(), dim=-1)[:, tokens].cpu()
     return chosen
+
+
+def _next_token_logits(backbone: nn.Module, contexts: list[list[int]], prefix: Any, pad_id: int) -> torch.Tensor:
+    """(contexts, vocabulary) logits of the token after each context, from one left-padded forward after the
+    `prefix` forward's cache (a copy, repeated for each row); an empty context takes the prefix's own last logits."""
+    embed = backbone.get_input_embeddings()
+    device = embed.weight.device
+    lengths = torch.tensor([len(context) for context in contexts], device=device)
+    width = int(lengths.max())
+    if width == 0:
+        return prefix.logits[:, -1].expand(len(contexts), -1)
+    ids = torch.tensor([[pad_id] * (width - len(context)) + context for context in contexts], dtype=torch.long,
+                       device=device)
+    mask = (torch.arange(width, device=device)[None] >= (width - lengths)[:, None]).long()
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    cache = None
+    if prefix is not None:
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(len(contexts))
+        virtual = cache.get_seq_length()
+        positions = positions + virtual
+        mask = torch.cat([torch.ones(len(contexts), virtual, dtype=mask.dtype, device=device), mask], dim=1)
+    logits = backbone(inputs_embeds=embed(ids), attention_mask=mask, position_ids=positions, cache=cache,
+                      logits_to_keep=1).logits[:, -1]
+    if prefix is not None and not lengths.all():
+        logits[lengths == 0] = prefix.logits[0, -1].to(logits.dtype)
+    return logits
 
 
 def _learns_prompts(backbone: nn.Module) -> bool:
