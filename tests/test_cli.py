@@ -6,6 +6,7 @@ entry point, `tunelab.cli.main`, in-process.
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import yaml
 from tiny import STRATEGY_TRAINING, TrainedRun, run_main, sentiment_frame, write_table
 
 from tunelab.api import evaluate
+from tunelab.cli.options import quiet_libraries
 
 TUNELAB = Path(sys.executable).parent / "tunelab"
 
@@ -380,3 +382,13 @@ def test_prompt_zero_shot_then_predict_and_few_shot_pet(tiny_llama_lm: Path, sen
     assert saved["data"]["shots"] == 4 and saved["strategy"]["options"]["tune"] == "lora"
     assert json.loads((pet / "metrics.json").read_text())["train_examples"] == 8
     assert (pet / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_deepspeeds_cpu_notice_is_dropped_and_its_other_messages_kept():
+    """DeepSpeed warns on import, on every machine without a GPU, that it uses the CPU: noise in every command."""
+    quiet_libraries()
+    deepspeed = logging.getLogger("DeepSpeed")
+    record = lambda message: logging.makeLogRecord({"msg": message, "levelno": logging.WARNING})  # noqa: E731
+    assert not deepspeed.filter(record("Setting accelerator to CPU. If you have GPU or other accelerator, we were "
+                                       "unable to detect it."))
+    assert deepspeed.filter(record("ZeRO-3 is slower than ZeRO-2"))

@@ -3,6 +3,7 @@ runs train."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,10 +85,17 @@ def label_words(text: str) -> tuple[str, str]:
     return label.strip(), words
 
 
+def _not_deepspeeds_cpu_notice(record: logging.LogRecord) -> bool:
+    """DeepSpeed announces on import, on every machine without a GPU, that it falls back to the CPU."""
+    return not record.getMessage().startswith("Setting accelerator to CPU.")
+
+
 def quiet_libraries() -> None:
     import warnings
 
     import transformers
+
+    logging.getLogger("DeepSpeed").addFilter(_not_deepspeeds_cpu_notice)  # the logger DeepSpeed makes on import
 
     # the libraries' deprecation notices about their own defaults (TRL sets a renamed TrainingArguments field)
     warnings.filterwarnings("ignore", category=FutureWarning)
