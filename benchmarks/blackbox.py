@@ -21,7 +21,6 @@ from serving import start
 
 NAME = "blackbox"
 WEAK_TEMPLATE = "{text} Overall, it was a {label}"
-GRADIENT_STRATEGIES = ("soft-template", "pet")  # trained with gradients on the same shots, beside bbt
 
 
 def blackbox_run(folder: Path, name: str, options: list[str]) -> dict[str, Any]:
@@ -46,13 +45,23 @@ def trained_run(folder: Path, strategy: str, seed: int, shots: int, limit_eval: 
 
 
 def bbt_summary(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, bool]]:
-    """The seeds' rows, their means and medians, and the two bbt bars judged on the means."""
+    """The seeds' rows, their means and medians (pet's over the seeds that have it), and the two bbt bars judged on
+    the means."""
     keys = ("test_accuracy", "zero_shot_accuracy", "soft_template_accuracy", "pet_accuracy", "calls", "search_wall_s")
-    mean = {key: statistics.fmean(row[key] for row in rows) for key in keys}
-    median = {key: statistics.median(row[key] for row in rows) for key in keys}
+    measured = {key: [row[key] for row in rows if key in row] for key in keys}
+    mean = {key: statistics.fmean(values) for key, values in measured.items() if values}
+    median = {key: statistics.median(values) for key, values in measured.items() if values}
     return {"rows": rows, "mean": mean, "median": median}, {
         "bbt_at_least_zero_shot_plus_2": mean["test_accuracy"] >= mean["zero_shot_accuracy"] + 0.02,
         "bbt_within_3_of_soft_template": mean["test_accuracy"] >= mean["soft_template_accuracy"] - 0.03}
+
+
+def write_bbt(result: dict[str, Any], rows: list[dict[str, Any]], seeds: int, quick: bool) -> None:
+    """The result as it stands, so that a long benchmark stopped early keeps the seeds it measured."""
+    result["bbt"], bars = bbt_summary(rows)
+    result["bars"].update(bars)
+    result["bbt"]["seeds_done"] = f"{len(rows)} of {seeds}"
+    write_result(NAME, result, quick)
 
 
 def run_benchmark(seeds: list[int], quick: bool, work: Path, parts: list[str]) -> dict[str, Any]:
@@ -68,19 +77,17 @@ def run_benchmark(seeds: list[int], quick: bool, work: Path, parts: list[str]) -
                               "bars": {}}
     if "bbt" in parts:
         rows = []
-        for seed in seeds:
+        for seed in seeds:  # the bars' sides first, seed by seed; pet, a reference beside them, after all seeds
             row = blackbox_run(work, f"bbt-{seed}", ["--method", "bbt", *common, "--budget", str(bbt_budget),
                                                      "--seed", str(seed)])
-            for strategy in GRADIENT_STRATEGIES:
-                row[f"{strategy.replace('-', '_')}_accuracy"] = trained_run(work, strategy, seed, shots, limit_eval)
+            row["soft_template_accuracy"] = trained_run(work, "soft-template", seed, shots, limit_eval)
             rows.append({"seed": seed, **row})
             log(f"{NAME}: bbt seed {seed}: {row['test_accuracy']:.3f} (zero-shot {row['zero_shot_accuracy']:.3f}, "
-                f"soft-template {row['soft_template_accuracy']:.3f}, pet {row['pet_accuracy']:.3f}) in "
-                f"{row['calls']} calls")
-            result["bbt"], bars = bbt_summary(rows)
-            result["bars"].update(bars)
-            result["bbt"]["seeds_done"] = f"{len(rows)} of {len(seeds)}"
-            write_result(NAME, result, quick)  # each seed as it ends: a long benchmark stopped early keeps its seeds
+                f"soft-template {row['soft_template_accuracy']:.3f}) in {row['calls']} calls")
+            write_bbt(result, rows, len(seeds), quick)
+        for row in rows:
+            row["pet_accuracy"] = trained_run(work, "pet", row["seed"], shots, limit_eval)
+            write_bbt(result, rows, len(seeds), quick)
     if "search" in parts:
         server, url, _ = start([TUNELAB, "serve", "--base", "smollm2", "--max-inputs", "128"], work / "serve.log")
         try:

@@ -359,8 +359,9 @@ def bbt_table() -> str:
     rows, mean = bbt["rows"], bbt["mean"]
     sides = [("zero_shot_accuracy", "the template alone (zero-shot)"), ("test_accuracy", "bbt (CMA-ES, calls only)"),
              ("soft_template_accuracy", "soft-template (gradients)"), ("pet_accuracy", "pet (gradients)")]
+    measured = lambda values, key: f"{values[key]:.3f}" if key in values else "-"  # noqa: E731 (pet: later seeds)
     table = _table(["", *(f"seed {row['seed']}" for row in rows), "mean"],
-                   [[label, *(f"{row[key]:.3f}" for row in rows), f"{mean[key]:.3f}"] for key, label in sides] +
+                   [[label, *(measured(row, key) for row in rows), measured(mean, key)] for key, label in sides] +
                    [["bbt: calls made", *(f"{row['calls']:,}" for row in rows), f"{mean['calls']:,.0f}"],
                     ["bbt: search time", *(f"{row['search_wall_s'] / 60:.0f} min" for row in rows),
                      f"{mean['search_wall_s'] / 60:.0f} min"]])
