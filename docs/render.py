@@ -374,8 +374,10 @@ def bbt_table() -> str:
             f"bbt at least 2 points over zero-shot: {verdict('bbt_at_least_zero_shot_plus_2')} "
             f"({over('zero_shot_accuracy'):+.1f} points); within 3 points of soft-template: "
             f"{verdict('bbt_within_3_of_soft_template')} ({over('soft_template_accuracy'):+.1f}). A search ends at "
-            f"the budget or when its validation accuracy stops improving (`--patience`); its time is on this "
-            f"machine's {result['machine']['nproc']} CPU cores.")
+            f"the budget or when its validation accuracy stops improving (`--patience`); a call took "
+            f"{mean['search_wall_s'] / mean['calls']:.1f} s on this machine's {result['machine']['nproc']} CPU cores "
+            f"(all {settings['bbt_budget']:,}: "
+            f"{settings['bbt_budget'] * mean['search_wall_s'] / mean['calls'] / 3600:.1f} hours a seed).")
 
 
 def _cell(value: Any) -> str:
