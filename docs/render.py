@@ -359,9 +359,15 @@ def bbt_table() -> str:
     rows, mean = bbt["rows"], bbt["mean"]
     sides = [("zero_shot_accuracy", "the template alone (zero-shot)"), ("test_accuracy", "bbt (CMA-ES, calls only)"),
              ("soft_template_accuracy", "soft-template (gradients)"), ("pet_accuracy", "pet (gradients)")]
-    measured = lambda values, key: f"{values[key]:.3f}" if key in values else "-"  # noqa: E731 (pet: later seeds)
+    def measured(values: dict[str, Any], key: str) -> str:
+        return f"{values[key]:.3f}" if key in values else "-"  # pet runs after every seed's bbt
+
+    def mean_of(key: str) -> str:
+        seeds = sum(key in row for row in rows)
+        return measured(mean, key) + (f" ({seeds} seeds)" if 0 < seeds < len(rows) else "")
+
     table = _table(["", *(f"seed {row['seed']}" for row in rows), "mean"],
-                   [[label, *(measured(row, key) for row in rows), measured(mean, key)] for key, label in sides] +
+                   [[label, *(measured(row, key) for row in rows), mean_of(key)] for key, label in sides] +
                    [["bbt: calls made", *(f"{row['calls']:,}" for row in rows), f"{mean['calls']:,.0f}"],
                     ["bbt: search time", *(f"{row['search_wall_s'] / 60:.0f} min" for row in rows),
                      f"{mean['search_wall_s'] / 60:.0f} min"]])
@@ -371,9 +377,10 @@ def bbt_table() -> str:
     tested = f"the first {settings['limit_eval']} test examples" if settings["limit_eval"] else "the whole test split"
     return (f"{table}\n\nSmolLM2, {settings['data']}, {settings['shots']} shots per label, at most "
             f"{settings['bbt_budget']:,} calls, test accuracy on {tested}; {bbt['seeds_done']} seeds measured. "
-            f"bbt at least 2 points over zero-shot: {verdict('bbt_at_least_zero_shot_plus_2')} "
-            f"({over('zero_shot_accuracy'):+.1f} points); within 3 points of soft-template: "
-            f"{verdict('bbt_within_3_of_soft_template')} ({over('soft_template_accuracy'):+.1f}). A search ends at "
+            f"bbt at least 2 points over zero-shot: {verdict('bbt_at_least_zero_shot_plus_2')} (bbt minus "
+            f"zero-shot: {over('zero_shot_accuracy'):+.1f} points); within 3 points of soft-template: "
+            f"{verdict('bbt_within_3_of_soft_template')} (bbt minus soft-template: "
+            f"{over('soft_template_accuracy'):+.1f}). A search ends at "
             f"the budget or when its validation accuracy stops improving (`--patience`); a call took "
             f"{mean['search_wall_s'] / mean['calls']:.1f} s on this machine's {result['machine']['nproc']} CPU cores "
             f"(all {settings['bbt_budget']:,}: "
