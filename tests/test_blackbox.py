@@ -219,13 +219,14 @@ def test_a_run_that_found_nothing_better_than_its_template_says_so_and_what_to_t
     from tiny import run_main
 
     found = {"method": "bbt", "shots": 2, "test_examples": 12, "generations": 1, "validation_accuracy": 0.75,
-             "test": {"accuracy": 0.4}, "zero_shot": {"accuracy": 0.5}, "learned": False}
+             "test": {"accuracy": 0.4}, "zero_shot": {"accuracy": 0.5}, "learned": False,
+             "curve": [{"calls": 5}]}  # the search's calls (the evaluation's are counted apart)
     monkeypatch.setattr("tunelab.blackbox.run.run_blackbox", lambda *args, **kwargs: (tmp_path / "bbt", found))
     code, out, _ = run_main(["blackbox", "--model", str(tiny_llama_lm), "--data", str(sentiment_csv), "--shots", "2",
                              "--budget", "8", "--output", str(tmp_path / "bbt")], monkeypatch, capsys)
     assert code == 0
     assert ("warning: what was found scores 0.400 on the test split, no better than the template alone (0.500), "
-            "after 0 of 8 calls: try --patience 0 to spend the whole budget, more --shots, or another --method"
+            "after 5 of 8 calls: try --patience 0 to spend the whole budget, more --shots, or another --method"
             in " ".join(out.split()))
 
 

@@ -128,10 +128,11 @@ def blackbox(
             description=f"validation accuracy {state.best_validation:.3f}"))
     console.print(result_table(path, metrics, method == "mezo" and tune == "lora"))
     if not metrics["learned"]:
+        searched = metrics["curve"][-1]["calls"] if metrics["curve"] else 0  # the evaluation's calls are apart
         console.print(f"[yellow]warning:[/yellow] what was found scores {metrics['test']['accuracy']:.3f} on the test "
                       f"split, no better than the template alone ({metrics['zero_shot']['accuracy']:.3f}), after "
-                      f"{asked.usage.calls} of {budget} calls: try --patience 0 to spend the whole budget, more "
-                      f"--shots, or another --method")
+                      f"{searched} of {budget} calls: try --patience 0 to spend the whole budget, more --shots, or "
+                      f"another --method")
 
 
 def result_table(path: Path, metrics: dict, lora: bool = False) -> Table:

@@ -32,9 +32,9 @@ class GridResults:
     searches: pd.DataFrame  # each finished black-box cell's search: validation accuracy after each round's calls
 
 
-def _cell_row(path: Path, strategy: str, train_size: int, seed: int) -> dict:
+def _cell_row(path: Path, strategy: str, train_size: int, seed: int, metrics: dict) -> dict:
     cell = {"strategy": strategy, "train_size": train_size, "seed": seed}
-    metrics, resources = read_json(path / METRICS_FILE), read_json(path / RESOURCES_FILE)
+    resources = read_json(path / RESOURCES_FILE)
     if blackbox_method(strategy):
         return {**cell, **_blackbox_row(path, metrics, resources)}
     return {
@@ -61,12 +61,16 @@ def _blackbox_row(path: Path, metrics: dict, resources: dict) -> dict:
 def load_grid(folder: Path) -> GridResults:
     spec = read_spec(folder)
     cells = plan(spec)
-    finished = [cell for cell in cells if is_finished(folder, cell)]
-    rows = [_cell_row(folder / CELLS / cell.name, cell.strategy, cell.train_size, cell.seed) for cell in finished]
-    searches = [{"strategy": cell.strategy, "train_size": cell.train_size, "seed": cell.seed, "calls": point["calls"],
-                 "validation_accuracy": point["validation_accuracy"]}
-                for cell in finished if blackbox_method(cell.strategy)
-                for point in read_json(folder / CELLS / cell.name / METRICS_FILE)["curve"]]
+    rows, searches = [], []
+    for cell in cells:
+        if not is_finished(folder, cell):
+            continue
+        metrics = read_json(folder / CELLS / cell.name / METRICS_FILE)
+        rows.append(_cell_row(folder / CELLS / cell.name, cell.strategy, cell.train_size, cell.seed, metrics))
+        if blackbox_method(cell.strategy):
+            searches += [{"strategy": cell.strategy, "train_size": cell.train_size, "seed": cell.seed,
+                          "calls": point["calls"], "validation_accuracy": point["validation_accuracy"]}
+                         for point in metrics["curve"]]
     failures = read_json(folder / FAILURES_FILE) if (folder / FAILURES_FILE).exists() else {}
     return GridResults(folder, spec, pd.DataFrame(rows, columns=list(CELL_COLUMNS)), failures, len(cells),
                        pd.DataFrame(searches, columns=list(SEARCH_COLUMNS)))
