@@ -35,6 +35,7 @@ class Counting(Endpoint):
 
     soft_prompts = True
     hidden_size = HIDDEN
+    embedding_std = 0.05
 
     def __init__(self, budget: Budget, fail_at: int | None = None):
         super().__init__(budget)
@@ -57,7 +58,7 @@ class Counting(Endpoint):
 
 PROMPTS = LabelPrompts.build("{text} It was {label}", None, ["negative", "positive"])
 ROWS = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["negative", "positive"] * 2})
-SETTINGS = BBTSettings(virtual_tokens=2, intrinsic_dim=6, population=4, sigma=1.0, embedding_std=0.05, patience=0)
+SETTINGS = BBTSettings(virtual_tokens=2, intrinsic_dim=6, population=4, sigma=1.0, patience=0)
 
 
 def test_cached_questions_are_free_and_the_budget_is_never_passed():

@@ -1,8 +1,15 @@
 """Black-box tuning (Sun et al. 2022): a soft prompt found without gradients. CMA-ES searches a small space (`z`, the
-intrinsic dimension) that a fixed random matrix projects to the prompt's embeddings; each candidate costs one call
-(every training shot with every label word), and the loss is the cross-entropy of the true labels. After each
-generation the best candidate so far is scored on the validation shots (one more call), which picks the result and
-stops the search early when it stops improving.
+intrinsic dimension) that a fixed random matrix projects to an offset from a fixed random starting prompt, both at
+the scale of the model's token embeddings; each candidate costs one call (every training shot with every label
+word), and the loss is the cross-entropy of the true labels. When a generation's best candidate fits the training
+shots better than any before, it is scored on the validation shots (one more call). The search keeps the candidate
+best on validation (accuracy, the loss breaking ties), stops when that stops improving, and returns it only if it
+beats the template alone there too: otherwise the run keeps the template, and says so.
+
+Why a starting prompt rather than zeros: a causal LM normalises each token's embedding before its first layer, so an
+offset's size barely matters and any small offset is as different from zeros as a large one. Zeros (which pass
+every layer as zeros, soaking up attention) are then a point the search can never come back to, and CMA-ES cannot
+narrow its steps around it. Around a prompt at the embeddings' scale, a small step is a small change.
 
 The search state (CMA-ES, the best candidate, the curve and the calls made) is saved after every generation, so a
 search killed at any point and started again resumes where it was, without counting any call twice.
@@ -33,20 +40,30 @@ class BBTSettings:
     intrinsic_dim: int = 500  # the searched space
     population: int = 20
     sigma: float = 1.0  # CMA-ES's initial step
-    embedding_std: float = 0.02  # the scale of the projected prompt (BBT: the embeddings' standard deviation)
-    patience: int = 20  # generations without a better validation accuracy before stopping; 0: never
+    patience: int = 20  # generations without a better candidate on validation before stopping; 0: never
     seed: int = 42
 
 
 @dataclass
 class SearchState:
     strategy: cma.CMAEvolutionStrategy
-    best_z: np.ndarray
-    best_validation: float = -1.0
-    best_loss: float = float("inf")
+    template: tuple[float, float]  # the template alone on the validation shots: (accuracy, -loss)
+    best_z: np.ndarray | None = None  # the candidate best on the validation shots
+    best: tuple[float, float] = (-1.0, -float("inf"))  # its (accuracy, -loss) there
+    best_loss: float = float("inf")  # the lowest training loss of any candidate
     generation: int = 0
-    stale: int = 0  # generations since the validation accuracy last improved
+    stale: int = 0  # generations since the best on validation last changed
     curve: list[dict] = field(default_factory=list)  # per generation: calls, best loss, validation accuracy
+
+    @property
+    def found(self) -> np.ndarray | None:
+        """The result: the best candidate if it beats the template alone on the validation shots, else None."""
+        return self.best_z if self.best > self.template else None
+
+    @property
+    def best_validation(self) -> float:
+        """The validation accuracy of the result."""
+        return max(self.best, self.template)[0]
 
 
 class BlackBoxTuning:
@@ -56,34 +73,39 @@ class BlackBoxTuning:
         if not endpoint.soft_prompts:
             raise TunelabError(f"bbt puts a soft prompt before the text and {endpoint.describe()} takes none: use "
                                f"the model in this process or a `tunelab serve` endpoint, or --method search")
-        if endpoint.hidden_size is None:
-            raise TunelabError(f"{endpoint.describe()} does not say its hidden size, which a soft prompt needs")
+        if endpoint.hidden_size is None or endpoint.embedding_std is None:
+            raise TunelabError(f"{endpoint.describe()} does not say its hidden size and embeddings' scale, which a "
+                               f"soft prompt needs")
         self.endpoint, self.prompts, self.settings = endpoint, prompts, settings
-        width = settings.virtual_tokens * endpoint.hidden_size
+        shape = (settings.virtual_tokens, endpoint.hidden_size)
         rng = np.random.default_rng(settings.seed)
         # BBT's scale: a z of unit entries projects to entries of about the embeddings' standard deviation
-        self.projection = rng.normal(0, settings.embedding_std / np.sqrt(settings.intrinsic_dim),
-                                     (width, settings.intrinsic_dim)).astype(np.float32)
+        self.projection = rng.normal(0, endpoint.embedding_std / np.sqrt(settings.intrinsic_dim),
+                                     (shape[0] * shape[1], settings.intrinsic_dim)).astype(np.float32)
+        self.start_prompt = rng.normal(0, endpoint.embedding_std, shape).astype(np.float32)
 
     def soft_prompt(self, z: np.ndarray) -> np.ndarray:
-        return (self.projection @ z.astype(np.float32)).reshape(self.settings.virtual_tokens, -1)
+        return self.start_prompt + (self.projection @ z.astype(np.float32)).reshape(self.start_prompt.shape)
 
     def evaluate(self, z: np.ndarray | None, data: Shots) -> tuple[float, float]:
         """(loss, accuracy) of a candidate (None: no soft prompt) on some shots: one call."""
         return self.prompts.measure(self.endpoint, data, None if z is None else self.soft_prompt(z))
 
-    def start(self) -> SearchState:
+    def start(self, validation: Shots) -> SearchState:
+        """CMA-ES at z = 0 (the starting prompt), and the template alone scored on the validation shots (one call):
+        what a candidate must beat to be the result."""
         settings = self.settings
         strategy = cma.CMAEvolutionStrategy(np.zeros(settings.intrinsic_dim), settings.sigma,
                                             {"popsize": settings.population, "seed": settings.seed, "verbose": -9})
-        return SearchState(strategy, np.zeros(settings.intrinsic_dim))
+        loss, accuracy = self.evaluate(None, validation)
+        return SearchState(strategy, template=(accuracy, -loss))
 
     def search(self, train_rows: pd.DataFrame, validation_rows: pd.DataFrame, checkpoint: Path,
                on_generation=lambda state: None) -> SearchState:
         """Generations of CMA-ES until the budget has no room for another (population + 1 validation calls), or
-        the validation accuracy stops improving; resumes from `checkpoint` when it exists."""
+        the best on validation stops improving; resumes from `checkpoint` when it exists."""
         train, validation = self.prompts.shots(train_rows), self.prompts.shots(validation_rows)
-        state = resume(checkpoint) or self.start()
+        state = resume(checkpoint) or self.start(validation)
         return search_rounds(self.endpoint, state, self.settings.population + 1, self.settings.patience,
                              lambda: self.generation(state, train, validation), checkpoint, on_generation)
 
@@ -93,24 +115,26 @@ class BlackBoxTuning:
         state.strategy.tell(candidates, losses)
         best = int(np.argmin(losses))
         state.generation += 1
+        state.stale += 1
         if losses[best] < state.best_loss:
             state.best_loss = losses[best]
-            _, accuracy = self.evaluate(candidates[best], validation)
-            if accuracy > state.best_validation:
-                state.best_validation, state.best_z, state.stale = accuracy, np.asarray(candidates[best]), 0
-            else:
-                state.stale += 1
-        else:
-            state.stale += 1
+            loss, accuracy = self.evaluate(candidates[best], validation)
+            if (accuracy, -loss) > state.best:
+                state.best, state.best_z, state.stale = (accuracy, -loss), np.asarray(candidates[best]), 0
         state.curve.append({"generation": state.generation, "calls": self.endpoint.usage.calls,
                             "train_loss": state.best_loss, "validation_accuracy": state.best_validation})
 
     def asked(self, state: SearchState | None, rows: pd.DataFrame) -> tuple[list[str], np.ndarray | None]:
         """The prompts and soft prompt the found candidate asks `rows` with (None: the template alone)."""
-        return self.prompts.prompts(rows), None if state is None else self.soft_prompt(state.best_z)
+        found = None if state is None else state.found
+        return self.prompts.prompts(rows), None if found is None else self.soft_prompt(found)
 
     def save(self, state: SearchState, folder: Path) -> dict:
-        """The found soft prompt in `folder`; what blackbox.yaml records of it."""
-        save_file({"soft_prompt": torch.from_numpy(self.soft_prompt(state.best_z))}, folder / SOFT_PROMPT_FILE)
-        return {"soft_prompt": SOFT_PROMPT_FILE, "bbt": asdict(self.settings)}
+        """The found soft prompt in `folder`, if the search found one better than the template alone; what
+        blackbox.yaml records of it."""
+        record = {"bbt": asdict(self.settings), "embedding_std": self.endpoint.embedding_std}
+        if state.found is None:
+            return record
+        save_file({"soft_prompt": torch.from_numpy(self.soft_prompt(state.found))}, folder / SOFT_PROMPT_FILE)
+        return {"soft_prompt": SOFT_PROMPT_FILE, **record}
 

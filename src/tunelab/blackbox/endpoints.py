@@ -61,6 +61,7 @@ class Budget:
 class Endpoint(ABC):
     soft_prompts: bool = False  # takes input embeddings before the prompt
     hidden_size: int | None = None  # the width of those embeddings, where known
+    embedding_std: float | None = None  # the standard deviation of its token embeddings: a soft prompt's scale
 
     def __init__(self, budget: Budget = Budget()):
         self.budget, self.usage = budget, Usage()
@@ -138,7 +139,8 @@ class InProcess(Endpoint):
     def __init__(self, model, tokenizer, budget: Budget = Budget()):
         super().__init__(budget)
         self.model, self.tokenizer = model, tokenizer
-        self.hidden_size = model.backbone.get_input_embeddings().weight.shape[1]
+        embeddings = model.backbone.get_input_embeddings().weight
+        self.hidden_size, self.embedding_std = embeddings.shape[1], float(embeddings.detach().std())
 
     def describe(self) -> str:
         return "the model in this process"
@@ -213,7 +215,7 @@ class TunelabServer(_Http):
         listed = self.client.get(f"{self.url}/v1/models/{model}")
         if listed.status_code != 200:
             raise TunelabError(f"{self.url} does not serve '{model}': {listed.text[:200]}")
-        self.hidden_size = listed.json().get("hidden_size")
+        self.hidden_size, self.embedding_std = listed.json().get("hidden_size"), listed.json().get("embedding_std")
 
     def _score(self, prompts, continuations, soft_prompt):
         body = {"model": self.model, "prompts": prompts, "continuations": continuations}

@@ -124,6 +124,10 @@ class LanguageModel:
     def hidden_size(self) -> int:
         return self.model.backbone.get_input_embeddings().weight.shape[1]
 
+    @property
+    def embedding_std(self) -> float:
+        return float(self.model.backbone.get_input_embeddings().weight.detach().std())
+
 
 @dataclass(frozen=True)
 class Served:
@@ -135,11 +139,13 @@ class Served:
     engine: Any  # SentencePool, TaskEngine, FoundPromptEngine or LanguageModel
 
     def describe(self) -> dict[str, Any]:
-        """OpenAI's model entry, with the task and strategy; a language model's hidden size (a soft prompt's width)."""
-        hidden = self.engine.hidden_size if isinstance(self.engine, LanguageModel) else None
+        """OpenAI's model entry, with the task and strategy; a language model's hidden size and embeddings' scale
+        (a soft prompt's width and scale)."""
+        language = isinstance(self.engine, LanguageModel)
         return {"id": self.name, "object": "model", "owned_by": "tunelab", "root": self.base,
                 "parent": None if self.task == BASE else self.base, "task": self.task, "strategy": self.strategy,
-                "hidden_size": hidden}
+                "hidden_size": self.engine.hidden_size if language else None,
+                "embedding_std": self.engine.embedding_std if language else None}
 
 
 def named_sources(sources: list[str]) -> dict[str, Path]:

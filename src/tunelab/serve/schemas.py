@@ -30,6 +30,8 @@ class Model(BaseModel):
     task: str
     strategy: str | None
     hidden_size: int | None = Field(None, description="a language model's hidden size: the width of a soft prompt")
+    embedding_std: float | None = Field(None, description="the standard deviation of a language model's token "
+                                                          "embeddings: the scale of a soft prompt")
 
 
 class ModelList(BaseModel):
