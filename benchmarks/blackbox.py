@@ -5,18 +5,20 @@
   completions with echo and logprobs) within 1,000 calls, from a weak template ("{text} Overall, it was a {label}").
 The bars: bbt's mean test accuracy >= zero-shot + 2 points and within 3 points of soft-template; search >= its
 template's zero-shot + 10 points. Every run is an ordinary `tunelab blackbox` (or `train`) command; a run already in
-the working folder is reused, so a long benchmark can be resumed (`--work DIR`).
+the working folder is reused, so a long benchmark can be resumed (`--work DIR`). With `--concurrent`, the seeds' bbt
+searches run at once, one thread each (the JSON says so, and a call's time is then a call's time under that load).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import TUNELAB, log, machine, read_json, run_timed, write_result
+from common import OFFLINE_ENV, TUNELAB, log, machine, read_json, run_timed, write_result
 from serving import start
 
 NAME = "blackbox"
@@ -32,6 +34,22 @@ def blackbox_run(folder: Path, name: str, options: list[str]) -> dict[str, Any]:
             "validation_accuracy": metrics["validation_accuracy"], "calls": resources["search"]["calls"],
             "tokens_in": resources["search"]["tokens_in"], "search_wall_s": resources["search"]["wall_s"],
             "curve": metrics["curve"]}
+
+
+def run_concurrently(folder: Path, commands: dict[str, list[str]]) -> None:
+    """Each `tunelab blackbox` command whose run is not in `folder` yet, all at once, one thread each; raise with a
+    log's tail if one fails."""
+    single_thread = {**OFFLINE_ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    started = []
+    for name, options in commands.items():
+        if not (folder / name / "metrics.json").exists():
+            with (folder / f"{name}.log").open("w", encoding="utf-8") as out:
+                started.append((name, subprocess.Popen([TUNELAB, "blackbox", *options, "--output", str(folder / name)],
+                                                       stdout=out, stderr=subprocess.STDOUT, env=single_thread)))
+    for name, process in started:
+        if process.wait() != 0:
+            tail = "\n".join((folder / f"{name}.log").read_text(encoding="utf-8").splitlines()[-25:])
+            raise RuntimeError(f"{name} exited {process.returncode}:\n{tail}")
 
 
 def trained_run(folder: Path, strategy: str, seed: int, shots: int, limit_eval: int | None) -> float:
@@ -64,7 +82,7 @@ def write_bbt(result: dict[str, Any], rows: list[dict[str, Any]], seeds: int, qu
     write_result(NAME, result, quick)
 
 
-def run_benchmark(seeds: list[int], quick: bool, work: Path, parts: list[str]) -> dict[str, Any]:
+def run_benchmark(seeds: list[int], quick: bool, work: Path, parts: list[str], concurrent: bool) -> dict[str, Any]:
     shots = 16
     bbt_budget, search_budget = (42, 20) if quick else (4000, 1000)
     limit_eval = 50 if quick else None
@@ -73,13 +91,17 @@ def run_benchmark(seeds: list[int], quick: bool, work: Path, parts: list[str]) -
     result: dict[str, Any] = {"benchmark": NAME, "quick": quick, "machine": machine(),
                               "settings": {"model": "smollm2", "data": "movie-snippets", "shots": shots,
                                            "bbt_budget": bbt_budget, "search_budget": search_budget,
-                                           "weak_template": WEAK_TEMPLATE, "seeds": seeds, "limit_eval": limit_eval},
+                                           "weak_template": WEAK_TEMPLATE, "seeds": seeds, "limit_eval": limit_eval,
+                                           "concurrent_bbt_searches": len(seeds) if concurrent else 1},
                               "bars": {}}
     if "bbt" in parts:
+        bbt = {f"bbt-{seed}": ["--method", "bbt", *common, "--budget", str(bbt_budget), "--seed", str(seed)]
+               for seed in seeds}
+        if concurrent:
+            run_concurrently(work, bbt)
         rows = []
         for seed in seeds:  # the bars' sides first, seed by seed; pet, a reference beside them, after all seeds
-            row = blackbox_run(work, f"bbt-{seed}", ["--method", "bbt", *common, "--budget", str(bbt_budget),
-                                                     "--seed", str(seed)])
+            row = blackbox_run(work, f"bbt-{seed}", bbt[f"bbt-{seed}"])
             row["soft_template_accuracy"] = trained_run(work, "soft-template", seed, shots, limit_eval)
             rows.append({"seed": seed, **row})
             log(f"{NAME}: bbt seed {seed}: {row['test_accuracy']:.3f} (zero-shot {row['zero_shot_accuracy']:.3f}, "
@@ -113,8 +135,9 @@ if __name__ == "__main__":
     parser.add_argument("--parts", default="bbt,search")
     parser.add_argument("--quick", action="store_true", help="one seed, tiny budgets, 50 test examples")
     parser.add_argument("--work", type=Path, default=None, help="where the runs are kept; finished runs are reused")
+    parser.add_argument("--concurrent", action="store_true", help="the seeds' bbt searches at once, one thread each")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="tunelab-bench-blackbox-"))
     work.mkdir(parents=True, exist_ok=True)
     chosen = [int(seed) for seed in args.seeds.split(",")][:1 if args.quick else None]
-    run_benchmark(chosen, args.quick, work, args.parts.split(","))
+    run_benchmark(chosen, args.quick, work, args.parts.split(","), args.concurrent)

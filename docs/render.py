@@ -375,15 +375,17 @@ def bbt_table() -> str:
     over = lambda key: (mean["test_accuracy"] - mean[key]) * 100  # noqa: E731
     verdict = lambda bar: "met" if bars[bar] else "not met"  # noqa: E731
     tested = f"the first {settings['limit_eval']} test examples" if settings["limit_eval"] else "the whole test split"
+    concurrent = settings.get("concurrent_bbt_searches", 1)
+    together = f", {concurrent} searches at once, one thread each" if concurrent > 1 else ""
     return (f"{table}\n\nSmolLM2, {settings['data']}, {settings['shots']} shots per label, at most "
             f"{settings['bbt_budget']:,} calls, test accuracy on {tested}; {bbt['seeds_done']} seeds measured. "
             f"bbt at least 2 points over zero-shot: {verdict('bbt_at_least_zero_shot_plus_2')} (bbt minus "
             f"zero-shot: {over('zero_shot_accuracy'):+.1f} points); within 3 points of soft-template: "
             f"{verdict('bbt_within_3_of_soft_template')} (bbt minus soft-template: "
             f"{over('soft_template_accuracy'):+.1f}). A search ends at "
-            f"the budget or when its validation accuracy stops improving (`--patience`); a call took "
-            f"{mean['search_wall_s'] / mean['calls']:.1f} s on this machine's {result['machine']['nproc']} CPU cores "
-            f"(all {settings['bbt_budget']:,}: "
+            f"the budget or when its best on validation stops improving (`--patience`); a call took "
+            f"{mean['search_wall_s'] / mean['calls']:.1f} s on this machine's {result['machine']['nproc']} CPU cores"
+            f"{together} (all {settings['bbt_budget']:,}: "
             f"{settings['bbt_budget'] * mean['search_wall_s'] / mean['calls'] / 3600:.1f} hours a seed).")
 
 

@@ -97,6 +97,49 @@ def test_a_killed_search_resumes_and_counts_each_call_once(tmp_path: Path):
     assert state.curve[0]["generation"] == 1 and state.generation == len(state.curve)
 
 
+class FarTemplate(Counting):
+    """The template alone scores as a prompt far from the target would: a search can beat it."""
+
+    def _score(self, prompts, continuations, soft_prompt):
+        return super()._score(prompts, continuations, self.target + 0.3 if soft_prompt is None else soft_prompt)
+
+
+def test_bbt_returns_the_template_alone_unless_a_candidate_beats_it_on_validation(tmp_path: Path):
+    for endpoint, beaten in ((Counting(Budget(calls=23)), False), (FarTemplate(Budget(calls=23)), True)):
+        bbt = BlackBoxTuning(endpoint, PROMPTS, SETTINGS)
+        state = bbt.search(ROWS, ROWS, tmp_path / f"{beaten}.pkl")
+        assert state.best_z is not None and (state.best > state.template) == beaten
+        folder = tmp_path / str(beaten)
+        folder.mkdir()
+        record = bbt.save(state, folder)
+        _, soft = bbt.asked(state, ROWS)
+        if beaten:
+            assert state.found is state.best_z and state.best_validation == state.best[0]
+            np.testing.assert_array_equal(soft, bbt.soft_prompt(state.best_z))
+            assert record["soft_prompt"] == "soft_prompt.safetensors" and (folder / record["soft_prompt"]).exists()
+        else:  # the template alone scores every shot right, at the lowest loss a prompt can reach here
+            assert state.found is None and soft is None and state.best_validation == state.template[0] == 1.0
+            assert "soft_prompt" not in record and not any(folder.iterdir())
+
+
+def test_bbt_searches_around_a_starting_prompt_at_the_embeddings_scale():
+    class Wide(Counting):
+        hidden_size, embedding_std = 64, 0.1
+
+    settings = BBTSettings(virtual_tokens=50, intrinsic_dim=20)
+    bbt = BlackBoxTuning(Wide(Budget()), PROMPTS, settings)
+    start = bbt.soft_prompt(np.zeros(settings.intrinsic_dim))
+    assert start.shape == (50, 64) and start.std() == pytest.approx(0.1, rel=0.05)
+    step = bbt.soft_prompt(np.ones(settings.intrinsic_dim)) - start  # a z of unit entries moves each by about that
+    assert step.std() == pytest.approx(0.1, rel=0.1)
+
+    class Unscaled(Counting):
+        embedding_std = None
+
+    with pytest.raises(TunelabError, match="does not say its hidden size and embeddings' scale"):
+        BlackBoxTuning(Unscaled(Budget()), PROMPTS, settings)
+
+
 def test_top_logprob_scoring_asks_each_prompt_alone_and_reads_first_tokens():
     asked: list[dict] = []
 
@@ -155,6 +198,7 @@ def test_every_endpoint_scores_as_the_model_in_this_process(tiny_llama_lm: Path,
     with TestClient(create_app(models)) as client:
         served = TunelabServer("http://testserver", str(tiny_llama_lm), None, client=client)
         assert served.hidden_size == local.hidden_size
+        assert served.embedding_std == pytest.approx(local.embedding_std) and local.embedding_std > 0
         np.testing.assert_allclose(served.score(prompts, words), local.score(prompts, words), atol=1e-4)
         np.testing.assert_allclose(served.score(prompts, words, soft), local.score(prompts, words, soft), atol=1e-4)
         openai = OpenAICompatible("http://testserver", str(tiny_llama_lm), None, client=client)
