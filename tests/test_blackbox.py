@@ -18,6 +18,7 @@ from tunelab.api import load_language_model
 from tunelab.blackbox import endpoints
 from tunelab.blackbox.bbt import BBTSettings, BlackBoxTuning
 from tunelab.blackbox.endpoints import Budget, BudgetSpent, Endpoint, InProcess, OpenAICompatible, TunelabServer
+from tunelab.blackbox.found import FoundPrompt
 from tunelab.blackbox.mezo import MeZOSettings
 from tunelab.blackbox.prompts import LabelPrompts, checked_template
 from tunelab.blackbox.run import run_blackbox
@@ -237,6 +238,19 @@ def test_a_bbt_run_is_written_whole_and_refuses_to_overwrite(tiny_lm, tiny_llama
     assert not (tmp_path / ".bbt.search").exists()
     with pytest.raises(TunelabError, match="already exists"):
         run_blackbox(config, InProcess(*tiny_lm), SETTINGS, budget=11)
+
+
+def test_a_bbt_run_that_kept_the_template_reads_back_as_the_template_alone(sentiment_csv: Path, tmp_path: Path):
+    config = build_config({"model": "smollm2", "task": "classification", "strategy": {"name": "zero-shot"},
+                           "data": {"source": str(sentiment_csv), "shots": 2}, "output": str(tmp_path / "bbt")})
+    path, metrics = run_blackbox(config, Counting(Budget()), SETTINGS, budget=23)  # the template alone is perfect
+    assert "soft_prompt.safetensors" not in {file.name for file in path.iterdir()}
+    assert metrics["test"]["accuracy"] == metrics["zero_shot"]["accuracy"] and not metrics["learned"]
+    found = FoundPrompt(path)
+    assert found.soft_prompt is None and found.record["embedding_std"] == Counting.embedding_std
+    asked = Counting(Budget())
+    assert [row["label"] for row in found.predict(["x", "y"], asked)] == ["negative", "positive"]
+    assert asked.usage.calls == 1
 
 
 def test_bad_blackbox_input_is_one_line(sentiment_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
