@@ -368,7 +368,10 @@ def bbt_table() -> str:
 
     table = _table(["", *(f"seed {row['seed']}" for row in rows), "mean"],
                    [[label, *(measured(row, key) for row in rows), mean_of(key)] for key, label in sides] +
-                   [["bbt: calls made", *(f"{row['calls']:,}" for row in rows), f"{mean['calls']:,.0f}"],
+                   [["bbt: validation accuracy (the shots that chose it)",
+                     *(f"{row['validation_accuracy']:.3f}" for row in rows),
+                     f"{statistics.fmean(row['validation_accuracy'] for row in rows):.3f}"],
+                    ["bbt: calls made", *(f"{row['calls']:,}" for row in rows), f"{mean['calls']:,.0f}"],
                     ["bbt: search time", *(f"{row['search_wall_s'] / 60:.0f} min" for row in rows),
                      f"{mean['search_wall_s'] / 60:.0f} min"]])
     bars = result["bars"]
@@ -377,6 +380,7 @@ def bbt_table() -> str:
     tested = f"the first {settings['limit_eval']} test examples" if settings["limit_eval"] else "the whole test split"
     concurrent = settings.get("concurrent_bbt_searches", 1)
     together = f", {concurrent} searches at once, one thread each" if concurrent > 1 else ""
+    per_seed = f", the {concurrent} seeds together" if concurrent > 1 else " a seed"
     return (f"{table}\n\nSmolLM2, {settings['data']}, {settings['shots']} shots per label, at most "
             f"{settings['bbt_budget']:,} calls, test accuracy on {tested}; {bbt['seeds_done']} seeds measured. "
             f"bbt at least 2 points over zero-shot: {verdict('bbt_at_least_zero_shot_plus_2')} (bbt minus "
@@ -385,8 +389,8 @@ def bbt_table() -> str:
             f"{over('soft_template_accuracy'):+.1f}). A search ends at "
             f"the budget or when its best on validation stops improving (`--patience`); a call took "
             f"{mean['search_wall_s'] / mean['calls']:.1f} s on this machine's {result['machine']['nproc']} CPU cores"
-            f"{together} (all {settings['bbt_budget']:,}: "
-            f"{settings['bbt_budget'] * mean['search_wall_s'] / mean['calls'] / 3600:.1f} hours a seed).")
+            f"{together} (all {settings['bbt_budget']:,} at that pace: "
+            f"{settings['bbt_budget'] * mean['search_wall_s'] / mean['calls'] / 3600:.1f} hours{per_seed}).")
 
 
 def _cell(value: Any) -> str:
