@@ -7,9 +7,10 @@ best on validation (accuracy, the loss breaking ties), stops when that stops imp
 beats the template alone there too: otherwise the run keeps the template, and says so.
 
 Why a starting prompt rather than zeros: a causal LM normalises each token's embedding before its first layer, so an
-offset's size barely matters and any small offset is as different from zeros as a large one. Zeros (which pass
-every layer as zeros, soaking up attention) are then a point the search can never come back to, and CMA-ES cannot
-narrow its steps around it. Around a prompt at the embeddings' scale, a small step is a small change.
+offset's size barely matters and any small offset is as different from zeros as a large one. Zeros (which, in a
+model without biases, pass every layer as zeros and soak up attention) are then a point the search can never come
+back to, and CMA-ES cannot narrow its steps around it. Around a prompt at the embeddings' scale, a small step is a
+small change.
 
 The search state (CMA-ES, the best candidate, the curve and the calls made) is saved after every generation, so a
 search killed at any point and started again resumes where it was, without counting any call twice.

@@ -1,4 +1,4 @@
-"""What every black-box search shares: rounds while the budget has room for a whole one and the validation accuracy
+"""What every black-box search shares: rounds while the budget has room for a whole one and the result on validation
 still improves, the state saved after each, and a resumed search starting from the last one saved."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def resume(checkpoint: Path) -> Any | None:
 def search_rounds(endpoint: Endpoint, state: Any, round_calls: int, patience: int, one_round: Callable[[], None],
                   checkpoint: Path, on_round: Callable[[Any], None]) -> Any:
     """Run `one_round` (at most `round_calls` calls) until the budget has no room for another, or `patience`
-    rounds pass without a better validation accuracy (`state.stale`; 0: never); save `state` after each."""
+    rounds pass without a better result on the validation shots (`state.stale`; 0: never); save `state` after each."""
     while True:
         remaining = endpoint.remaining_calls()
         if remaining is not None and remaining < round_calls:

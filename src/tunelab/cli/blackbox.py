@@ -62,9 +62,9 @@ def blackbox(
     propose: Annotated[int, typer.Option(min=0, help="search: instructions the model writes per round from a few "
                                                      "training pairs (APE; one generation call), tried beside the "
                                                      "edits")] = 0,
-    patience: Annotated[int | None, typer.Option(min=0, help="generations (rounds) without a better validation "
-                                                             "accuracy before stopping, 0: never (default: 20 for "
-                                                             "bbt, 10 for search and mezo)")] = None,
+    patience: Annotated[int | None, typer.Option(min=0, help="generations (rounds) without a better result on "
+                                                             "the validation shots before stopping, 0: never "
+                                                             "(default: 20 for bbt, 10 for search and mezo)")] = None,
     template: Annotated[str | None, typer.Option(help=TEMPLATE_HELP)] = None,
     verbalizer: Annotated[list[str] | None, typer.Option(help=VERBALIZER_HELP)] = None,
     text_column: Annotated[str, typer.Option(help="the data's text column")] = "text",
