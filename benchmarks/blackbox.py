@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import OFFLINE_ENV, TUNELAB, log, machine, read_json, run_timed, write_result
+from common import OFFLINE_ENV, TUNELAB, failure, log, machine, read_json, run_timed, write_result
 from serving import start
 
 NAME = "blackbox"
@@ -43,13 +43,13 @@ def run_concurrently(folder: Path, commands: dict[str, list[str]]) -> None:
     started = []
     for name, options in commands.items():
         if not (folder / name / "metrics.json").exists():
+            command = [TUNELAB, "blackbox", *options, "--output", str(folder / name)]
             with (folder / f"{name}.log").open("w", encoding="utf-8") as out:
-                started.append((name, subprocess.Popen([TUNELAB, "blackbox", *options, "--output", str(folder / name)],
-                                                       stdout=out, stderr=subprocess.STDOUT, env=single_thread)))
-    for name, process in started:
+                process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=single_thread)
+            started.append((command, process, folder / f"{name}.log"))
+    for command, process, log_file in started:
         if process.wait() != 0:
-            tail = "\n".join((folder / f"{name}.log").read_text(encoding="utf-8").splitlines()[-25:])
-            raise RuntimeError(f"{name} exited {process.returncode}:\n{tail}")
+            raise RuntimeError(failure(command, process.returncode, log_file))
 
 
 def trained_run(folder: Path, strategy: str, seed: int, shots: int, limit_eval: int | None) -> float:
@@ -65,7 +65,8 @@ def trained_run(folder: Path, strategy: str, seed: int, shots: int, limit_eval: 
 def bbt_summary(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, bool]]:
     """The seeds' rows, their means and medians (pet's over the seeds that have it), and the two bbt bars judged on
     the means."""
-    keys = ("test_accuracy", "zero_shot_accuracy", "soft_template_accuracy", "pet_accuracy", "calls", "search_wall_s")
+    keys = ("test_accuracy", "zero_shot_accuracy", "soft_template_accuracy", "pet_accuracy", "validation_accuracy",
+            "calls", "search_wall_s")
     measured = {key: [row[key] for row in rows if key in row] for key in keys}
     mean = {key: statistics.fmean(values) for key, values in measured.items() if values}
     median = {key: statistics.median(values) for key, values in measured.items() if values}

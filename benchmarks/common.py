@@ -58,9 +58,14 @@ def run_timed(command: list[str], log: Path) -> Timed:
         wall_s = time.perf_counter() - start
         process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
-        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
-        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}; log {log}:\n{tail}")
+        raise RuntimeError(failure(command, process.returncode, log))
     return Timed(command, round(wall_s, 3), usage.ru_maxrss * 1024, load_before, os.getloadavg()[0])
+
+
+def failure(command: list[str], code: int, log: Path) -> str:
+    """What a failed command says: itself, its exit code and its log's last lines."""
+    tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
+    return f"{' '.join(command)} exited {code}; log {log}:\n{tail}"
 
 
 def read_json(path: Path) -> Any:

@@ -370,7 +370,7 @@ def bbt_table() -> str:
                    [[label, *(measured(row, key) for row in rows), mean_of(key)] for key, label in sides] +
                    [["bbt: validation accuracy (the shots that chose it)",
                      *(f"{row['validation_accuracy']:.3f}" for row in rows),
-                     f"{statistics.fmean(row['validation_accuracy'] for row in rows):.3f}"],
+                     f"{mean['validation_accuracy']:.3f}"],
                     ["bbt: calls made", *(f"{row['calls']:,}" for row in rows), f"{mean['calls']:,.0f}"],
                     ["bbt: search time", *(f"{row['search_wall_s'] / 60:.0f} min" for row in rows),
                      f"{mean['search_wall_s'] / 60:.0f} min"]])

@@ -139,8 +139,8 @@ class InProcess(Endpoint):
     def __init__(self, model, tokenizer, budget: Budget = Budget()):
         super().__init__(budget)
         self.model, self.tokenizer = model, tokenizer
-        embeddings = model.backbone.get_input_embeddings().weight
-        self.hidden_size, self.embedding_std = embeddings.shape[1], float(embeddings.detach().std())
+        self.hidden_size = model.backbone.get_input_embeddings().weight.shape[1]
+        self.embedding_std = model.embedding_std
 
     def describe(self) -> str:
         return "the model in this process"

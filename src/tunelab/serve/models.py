@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +125,9 @@ class LanguageModel:
     def hidden_size(self) -> int:
         return self.model.backbone.get_input_embeddings().weight.shape[1]
 
-    @property
-    def embedding_std(self) -> float:
-        return float(self.model.backbone.get_input_embeddings().weight.detach().std())
+    @cached_property
+    def embedding_std(self) -> float:  # a pass over the whole embedding matrix: once, not per listing
+        return self.model.embedding_std
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,11 @@ class CausalLM(nn.Module):
         super().__init__()
         self.backbone = backbone
 
+    @property
+    def embedding_std(self) -> float:
+        """The standard deviation of the token embeddings: the scale a soft prompt should have."""
+        return float(self.backbone.get_input_embeddings().weight.detach().std())
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
                 num_items_in_batch: torch.Tensor | int | None = None) -> CausalLMOutput:
         output = self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
