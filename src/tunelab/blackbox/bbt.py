@@ -1,10 +1,15 @@
 """Black-box tuning (Sun et al. 2022): a soft prompt found without gradients. CMA-ES searches a small space (`z`, the
 intrinsic dimension) that a fixed random matrix projects to an offset from a fixed random starting prompt, both at
 the scale of the model's token embeddings; each candidate costs one call (every training shot with every label
-word), and the loss is the cross-entropy of the true labels. When a generation's best candidate fits the training
-shots better than any before, it is scored on the validation shots (one more call). The search keeps the candidate
-best on validation (accuracy, the loss breaking ties), stops when that stops improving, and returns it only if it
-beats the template alone there too: otherwise the run keeps the template, and says so.
+word), and the loss is the cross-entropy of the true labels. After each generation, CMA-ES's mean (where it now
+believes the best prompt lies) is scored on the validation shots (one more call). The search keeps the mean best on
+validation (accuracy, the loss breaking ties), stops when that stops improving, and returns it only if it beats the
+template alone there too: otherwise the run keeps the template, and says so.
+
+Why the mean rather than the generation's best candidate: 32 training shots measure a prompt's loss on unseen text
+with noise, and the candidate that fits them best is the one whose noise flattered it most; the mean averages the
+generation's candidates, weighted by rank, and is what pycma recommends as the answer for a noisy objective
+(`result.xfavorite`).
 
 Why a starting prompt rather than zeros: a causal LM normalises each token's embedding before its first layer, so an
 offset's size barely matters and any small offset is as different from zeros as a large one. Zeros (which, in a
@@ -12,7 +17,7 @@ model without biases, pass every layer as zeros and soak up attention) are then 
 back to, and CMA-ES cannot narrow its steps around it. Around a prompt at the embeddings' scale, a small step is a
 small change.
 
-The search state (CMA-ES, the best candidate, the curve and the calls made) is saved after every generation, so a
+The search state (CMA-ES, the best mean, the curve and the calls made) is saved after every generation, so a
 search killed at any point and started again resumes where it was, without counting any call twice.
 """
 
@@ -41,7 +46,7 @@ class BBTSettings:
     intrinsic_dim: int = 500  # the searched space
     population: int = 20
     sigma: float = 1.0  # CMA-ES's initial step
-    patience: int = 20  # generations without a better candidate on validation before stopping; 0: never
+    patience: int = 20  # generations without a better mean on validation before stopping; 0: never
     seed: int = 42
 
 
@@ -49,7 +54,7 @@ class BBTSettings:
 class SearchState:
     strategy: cma.CMAEvolutionStrategy
     template: tuple[float, float]  # the template alone on the validation shots: (accuracy, -loss)
-    best_z: np.ndarray | None = None  # the candidate best on the validation shots
+    best_z: np.ndarray | None = None  # the mean best on the validation shots
     best: tuple[float, float] = (-1.0, -float("inf"))  # its (accuracy, -loss) there
     best_loss: float = float("inf")  # the lowest training loss of any candidate
     generation: int = 0
@@ -58,7 +63,7 @@ class SearchState:
 
     @property
     def found(self) -> np.ndarray | None:
-        """The result: the best candidate if it beats the template alone on the validation shots, else None."""
+        """The result: the best mean if it beats the template alone on the validation shots, else None."""
         return self.best_z if self.best > self.template else None
 
     @property
@@ -94,7 +99,7 @@ class BlackBoxTuning:
 
     def start(self, validation: Shots) -> SearchState:
         """CMA-ES at z = 0 (the starting prompt), and the template alone scored on the validation shots (one call):
-        what a candidate must beat to be the result."""
+        what a mean must beat to be the result."""
         settings = self.settings
         strategy = cma.CMAEvolutionStrategy(np.zeros(settings.intrinsic_dim), settings.sigma,
                                             {"popsize": settings.population, "seed": settings.seed, "verbose": -9})
@@ -114,19 +119,18 @@ class BlackBoxTuning:
         candidates = state.strategy.ask()
         losses = [self.evaluate(z, train)[0] for z in candidates]
         state.strategy.tell(candidates, losses)
-        best = int(np.argmin(losses))
+        state.best_loss = min(state.best_loss, *losses)
         state.generation += 1
         state.stale += 1
-        if losses[best] < state.best_loss:
-            state.best_loss = losses[best]
-            loss, accuracy = self.evaluate(candidates[best], validation)
-            if (accuracy, -loss) > state.best:
-                state.best, state.best_z, state.stale = (accuracy, -loss), np.asarray(candidates[best]), 0
+        mean = np.array(state.strategy.result.xfavorite)
+        loss, accuracy = self.evaluate(mean, validation)
+        if (accuracy, -loss) > state.best:
+            state.best, state.best_z, state.stale = (accuracy, -loss), mean, 0
         state.curve.append({"generation": state.generation, "calls": self.endpoint.usage.calls,
                             "train_loss": state.best_loss, "validation_accuracy": state.best_validation})
 
     def asked(self, state: SearchState | None, rows: pd.DataFrame) -> tuple[list[str], np.ndarray | None]:
-        """The prompts and soft prompt the found candidate asks `rows` with (None: the template alone)."""
+        """The prompts and soft prompt the found prompt asks `rows` with (None: the template alone)."""
         found = None if state is None else state.found
         return self.prompts.prompts(rows), None if found is None else self.soft_prompt(found)
 
