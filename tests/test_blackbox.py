@@ -246,6 +246,7 @@ def test_a_bbt_run_that_kept_the_template_reads_back_as_the_template_alone(senti
     path, metrics = run_blackbox(config, Counting(Budget()), SETTINGS, budget=23)  # the template alone is perfect
     assert "soft_prompt.safetensors" not in {file.name for file in path.iterdir()}
     assert metrics["test"]["accuracy"] == metrics["zero_shot"]["accuracy"] and not metrics["learned"]
+    assert metrics["zero_shot"]["validation_accuracy"] == metrics["validation_accuracy"] == 1.0
     found = FoundPrompt(path)
     assert found.soft_prompt is None and found.record["embedding_std"] == Counting.embedding_std
     asked = Counting(Budget())
@@ -278,12 +279,12 @@ def test_a_run_that_found_nothing_better_than_its_template_says_so_and_what_to_t
     from tiny import run_main
 
     found = {"method": "bbt", "shots": 2, "test_examples": 12, "generations": 1, "validation_accuracy": 0.75,
-             "test": {"accuracy": 0.4}, "zero_shot": {"accuracy": 0.5}, "learned": False,
+             "test": {"accuracy": 0.4}, "zero_shot": {"accuracy": 0.5, "validation_accuracy": 0.625}, "learned": False,
              "curve": [{"calls": 5}]}  # the search's calls (the evaluation's are counted apart)
     monkeypatch.setattr("tunelab.blackbox.run.run_blackbox", lambda *args, **kwargs: (tmp_path / "bbt", found))
     code, out, _ = run_main(["blackbox", "--model", str(tiny_llama_lm), "--data", str(sentiment_csv), "--shots", "2",
                              "--budget", "8", "--output", str(tmp_path / "bbt")], monkeypatch, capsys)
-    assert code == 0
+    assert code == 0 and "0.625" in out  # the template's validation accuracy, beside what was found
     assert ("warning: what was found scores 0.400 on the test split, no better than the template alone (0.500), "
             "after 5 of 8 calls: try --patience 0 to spend the whole budget, more --shots, or another --method"
             in " ".join(out.split()))

@@ -1,7 +1,7 @@
 """A black-box run: the data as `train` reads it (K shots per label, the same test split), an endpoint, a method's
 search, and a folder with what was found and what it cost: `blackbox.yaml` (method, endpoint, settings, what was
-found), `metrics.json` (test and validation accuracy, the template's zero-shot accuracy on the same test split, the
-search curve), `resources.json` (calls, tokens and wall time of the search and of the evaluation, apart), the
+found), `metrics.json` (test and validation accuracy, the template's zero-shot accuracy on the same test and
+validation splits, the search curve), `resources.json` (calls, tokens and wall time of the search and of the evaluation, apart), the
 method's own files (a soft prompt, a prompt) and `search_curve.png`.
 
 The search's state lives beside the output (`.NAME.search/`) until the run is complete: a search killed and started
@@ -61,7 +61,8 @@ def run_blackbox(config: RunConfig, endpoint: Endpoint, settings: BBTSettings | 
     endpoint.budget, endpoint.ledger = Budget(), None  # the evaluation is counted apart, unlimited
     metrics = {"task": "classification", "method": method.name,
                "test": {"accuracy": evaluate(method, state, splits.test)},
-               "zero_shot": {"accuracy": evaluate(method, None, splits.test)},
+               "zero_shot": {"accuracy": evaluate(method, None, splits.test),
+                             "validation_accuracy": evaluate(method, None, splits.validation)},
                "validation_accuracy": state.best_validation, "generations": state.generation, "curve": state.curve,
                "test_examples": len(splits.test), "shots": config.data.shots}
     metrics["learned"] = metrics["test"]["accuracy"] > metrics["zero_shot"]["accuracy"]  # its starting point

@@ -144,5 +144,6 @@ def result_table(path: Path, metrics: dict, lora: bool = False) -> Table:
     found = "found prompt (prompt.txt)" if metrics["method"] == "search" else \
         "trained LoRA (adapter/)" if lora else "found soft prompt"
     table.add_row(found, f"{metrics['validation_accuracy']:.3f}", f"{metrics['test']['accuracy']:.3f}")
-    table.add_row("the template alone (zero-shot)", "-", f"{metrics['zero_shot']['accuracy']:.3f}")
+    table.add_row("the template alone (zero-shot)", f"{metrics['zero_shot']['validation_accuracy']:.3f}",
+                  f"{metrics['zero_shot']['accuracy']:.3f}")
     return table
