@@ -123,6 +123,30 @@ def test_bbt_returns_the_template_alone_unless_a_candidate_beats_it_on_validatio
             assert "soft_prompt" not in record and not any(folder.iterdir())
 
 
+class Recording(Counting):
+    """Keeps the soft prompt of every call."""
+
+    def __init__(self, budget: Budget):
+        super().__init__(budget)
+        self.soft_prompts_asked: list[np.ndarray | None] = []
+
+    def _score(self, prompts, continuations, soft_prompt):
+        self.soft_prompts_asked.append(soft_prompt)
+        return super()._score(prompts, continuations, soft_prompt)
+
+
+def test_bbt_scores_cma_es_mean_on_validation_after_each_generation(tmp_path: Path):
+    endpoint = Recording(Budget(calls=1 + 2 * (SETTINGS.population + 1)))  # the template, then two generations
+    bbt = BlackBoxTuning(endpoint, PROMPTS, SETTINGS)
+    state = bbt.search(ROWS, ROWS, tmp_path / "state.pkl")
+    asked = endpoint.soft_prompts_asked
+    assert state.generation == 2 and len(asked) == endpoint.usage.calls == 11 and asked[0] is None
+    np.testing.assert_allclose(asked[-1], bbt.soft_prompt(state.strategy.mean), rtol=1e-6)
+    means, candidates = [asked[5], asked[10]], asked[1:5] + asked[6:10]
+    assert not any(np.allclose(mean, candidate) for mean in means for candidate in candidates)
+    assert any(np.allclose(bbt.soft_prompt(state.best_z), mean) for mean in means)
+
+
 def test_bbt_searches_around_a_starting_prompt_at_the_embeddings_scale():
     class Wide(Counting):
         hidden_size, embedding_std = 64, 0.1

@@ -1,8 +1,8 @@
 """A black-box run: the data as `train` reads it (K shots per label, the same test split), an endpoint, a method's
 search, and a folder with what was found and what it cost: `blackbox.yaml` (method, endpoint, settings, what was
 found), `metrics.json` (test and validation accuracy, the template's zero-shot accuracy on the same test and
-validation splits, the search curve), `resources.json` (calls, tokens and wall time of the search and of the evaluation, apart), the
-method's own files (a soft prompt, a prompt) and `search_curve.png`.
+validation splits, the search curve), `resources.json` (calls, tokens and wall time of the search and of the
+evaluation, apart), the method's own files (a soft prompt, a prompt) and `search_curve.png`.
 
 The search's state lives beside the output (`.NAME.search/`) until the run is complete: a search killed and started
 again with the same command resumes from its last finished generation."""
