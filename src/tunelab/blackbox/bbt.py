@@ -130,7 +130,7 @@ class BlackBoxTuning:
                             "train_loss": state.best_loss, "validation_accuracy": state.best_validation})
 
     def asked(self, state: SearchState | None, rows: pd.DataFrame) -> tuple[list[str], np.ndarray | None]:
-        """The prompts and soft prompt the found prompt asks `rows` with (None: the template alone)."""
+        """What `rows` are asked with: their prompts, and the soft prompt found (None: the template alone)."""
         found = None if state is None else state.found
         return self.prompts.prompts(rows), None if found is None else self.soft_prompt(found)
 
