@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from tiny import assert_trained_alike, train_cli
 
+from tunelab.cli.launch import launch
 from tunelab.engines import trap
 from tunelab.runs import METRICS_FILE
 from tunelab.strategies.catalog import CATALOG
@@ -38,6 +39,22 @@ def test_errors_of_a_multi_process_run_are_one_line(extra: list[str], message: s
     assert run.returncode == 2 and message in run.stderr, run.stderr[-3000:]
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("ending", "cause"), [
+    ("raise RuntimeError('Connection closed by peer')", "a training process failed: RuntimeError: Connection closed"),
+    ("os.kill(os.getpid(), signal.SIGKILL)", "a training process failed: process 1 was killed by signal 9"),
+])
+def test_a_crashed_process_is_named_with_what_ended_it(ending: str, cause: str, tmp_path: Path,
+                                                      capfd: pytest.CaptureFixture):
+    """A crash (no one-line error of ours) is told by its exception or signal, not torchrun's pages of report."""
+    script = tmp_path / "crash.py"
+    script.write_text(f"import os, signal\nif os.environ['RANK'] == '1':\n    {ending}\n")
+    code = launch([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                   str(script)])
+    err = capfd.readouterr().err
+    assert code == 1 and cause in err and "torchrun exit code 1" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp", pytest.param("deepspeed-zero3", marks=pytest.mark.skipif(

@@ -1,6 +1,6 @@
 """`tunelab train --nproc N`: the same command again under torchrun, N processes on this machine (and `--nnodes`
 machines), rank 0 printing and writing. torchrun reports a failed process with a multi-page report; the user sees
-the processes' own one-line error instead."""
+the processes' own one-line error instead, or for a crash the exception (or signal) that ended the first process."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from tunelab.runs import discard_interrupted
 
 TORCHRUN_LOG = re.compile(r"^[IWEF]\d{4} ")  # torchrun's own log lines (glog style: W1205 20:34:58 ...)
 TORCH_WARNING = re.compile(r"^\[rank\d+\]:\[W")
+# a traceback's last line, prefixed with its rank once the process group is up ("[rank1]: RuntimeError: ...")
+EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]: )?([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b.*)")
+KILLED = re.compile(r"failed \(exitcode: -(\d+)\) local_rank: (\d+)")  # torchrun's log of a process a signal ended
 LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 
 
@@ -71,14 +74,17 @@ def single_process(command: str, reason: str) -> None:
 
 def launch(command: list[str]) -> int:
     """Run torchrun with its processes' output shown as it comes, torchrun's own failure report left out; the
-    processes' one-line error (each process gives the same) shown once. The exit code: 0, 2 for a user error."""
+    processes' one-line error (each process gives the same) shown once, or else what ended the first process to
+    fail. The exit code: 0, 2 for a user error."""
     errors: list[str] = []
+    causes: list[str] = []  # what ended a process, first failure first
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1) as process:
         reporting = False  # from a traceback on, torchrun (or a crashed process) is reporting a failure
         for line in process.stderr:
             if TORCH_WARNING.match(line):  # e.g. DDP's note on find_unused_parameters, once per process
                 continue
             reporting = reporting or line.startswith(("Traceback", "[rank"))
+            causes += _cause(line)
             if line.startswith("error: "):
                 errors.append(line.removeprefix("error: ").strip())
             elif not reporting and not TORCHRUN_LOG.match(line):
@@ -88,6 +94,18 @@ def launch(command: list[str]) -> int:
     if errors:
         Console(stderr=True).print(f"[red]error:[/red] {escape(errors[0])}", highlight=False, soft_wrap=True)
         return 2
-    Console(stderr=True).print(f"[red]error:[/red] a training process failed (torchrun exit code "
-                               f"{process.returncode}); run with --nproc 1 to see its error", highlight=False)
+    cause = f": {causes[0]}" if causes else ""
+    Console(stderr=True).print(f"[red]error:[/red] a training process failed{escape(cause)} (torchrun exit code "
+                               f"{process.returncode}); run with --nproc 1 to see its traceback", highlight=False,
+                               soft_wrap=True)
     return 1
+
+
+def _cause(line: str) -> list[str]:
+    """What ended a process, if this line of torchrun's output says: an exception, or a signal (e.g. 9 from the
+    kernel when memory runs out)."""
+    if exception := EXCEPTION_LINE.match(line):
+        return [exception.group(1).strip()]
+    if killed := KILLED.search(line):
+        return [f"process {killed.group(2)} was killed by signal {killed.group(1)}"]
+    return []
