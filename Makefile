@@ -35,8 +35,10 @@ demo: $(STAMP)
 rlhf: $(STAMP)
 	$(VENV)/bin/tunelab rlhf pipeline --preset movie-sentiment --output runs/rlhf
 
+# Two workers (pytest-xdist), a test file's tests on one worker so that its module fixtures are built once; the
+# suite is sized for 2 cores and its tests run one thread each (tests/conftest.py).
 test: lint docs
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 # ruff, and the layers contract in pyproject.toml (no module imports a layer above its own).
 lint: $(STAMP)
