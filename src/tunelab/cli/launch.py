@@ -77,14 +77,14 @@ def launch(command: list[str]) -> int:
     processes' one-line error (each process gives the same) shown once, or else what ended the first process to
     fail. The exit code: 0, 2 for a user error."""
     errors: list[str] = []
-    causes: list[str] = []  # what ended a process, first failure first
+    cause: str | None = None  # what ended the first process to fail
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1) as process:
         reporting = False  # from a traceback on, torchrun (or a crashed process) is reporting a failure
         for line in process.stderr:
             if TORCH_WARNING.match(line):  # e.g. DDP's note on find_unused_parameters, once per process
                 continue
             reporting = reporting or line.startswith(("Traceback", "[rank"))
-            causes += _cause(line)
+            cause = cause or _cause(line)
             if line.startswith("error: "):
                 errors.append(line.removeprefix("error: ").strip())
             elif not reporting and not TORCHRUN_LOG.match(line):
@@ -94,18 +94,18 @@ def launch(command: list[str]) -> int:
     if errors:
         Console(stderr=True).print(f"[red]error:[/red] {escape(errors[0])}", highlight=False, soft_wrap=True)
         return 2
-    cause = f": {causes[0]}" if causes else ""
-    Console(stderr=True).print(f"[red]error:[/red] a training process failed{escape(cause)} (torchrun exit code "
+    told = f": {cause}" if cause else ""
+    Console(stderr=True).print(f"[red]error:[/red] a training process failed{escape(told)} (torchrun exit code "
                                f"{process.returncode}); run with --nproc 1 to see its traceback", highlight=False,
                                soft_wrap=True)
     return 1
 
 
-def _cause(line: str) -> list[str]:
+def _cause(line: str) -> str | None:
     """What ended a process, if this line of torchrun's output says: an exception, or a signal (e.g. 9 from the
     kernel when memory runs out)."""
     if exception := EXCEPTION_LINE.match(line):
-        return [exception.group(1).strip()]
+        return exception.group(1).strip()
     if killed := KILLED.search(line):
-        return [f"process {killed.group(2)} was killed by signal {killed.group(1)}"]
-    return []
+        return f"process {killed.group(2)} was killed by signal {killed.group(1)}"
+    return None
