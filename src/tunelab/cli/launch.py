@@ -84,7 +84,8 @@ def launch(command: list[str]) -> int:
             if TORCH_WARNING.match(line):  # e.g. DDP's note on find_unused_parameters, once per process
                 continue
             reporting = reporting or line.startswith(("Traceback", "[rank"))
-            cause = cause or _cause(line)
+            if reporting or TORCHRUN_LOG.match(line):  # not a line the run printed on its way
+                cause = cause or _cause(line)
             if line.startswith("error: "):
                 errors.append(line.removeprefix("error: ").strip())
             elif not reporting and not TORCHRUN_LOG.match(line):
