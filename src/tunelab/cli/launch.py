@@ -84,11 +84,12 @@ def launch(command: list[str]) -> int:
             if TORCH_WARNING.match(line):  # e.g. DDP's note on find_unused_parameters, once per process
                 continue
             reporting = reporting or line.startswith(("Traceback", "[rank"))
-            if reporting or TORCHRUN_LOG.match(line):  # not a line the run printed on its way
+            printed_by_the_run = not reporting and not TORCHRUN_LOG.match(line)
+            if not printed_by_the_run:
                 cause = cause or _cause(line)
             if line.startswith("error: "):
                 errors.append(line.removeprefix("error: ").strip())
-            elif not reporting and not TORCHRUN_LOG.match(line):
+            elif printed_by_the_run:
                 sys.stderr.write(line)
     if process.returncode == 0:
         return 0
