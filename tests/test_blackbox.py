@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from tunelab import build_config
+from tunelab import api, build_config
 from tunelab.api import load_language_model
 from tunelab.blackbox import endpoints
 from tunelab.blackbox.bbt import BBTSettings, BlackBoxTuning
@@ -32,7 +32,8 @@ HIDDEN = 4
 
 class Counting(Endpoint):
     """A fake model: a label word's score falls with the soft prompt's distance from a target, so a search can
-    find it; every call is recorded, and the call numbered `fail_at` raises (a kill)."""
+    find it; its words' embeddings are zeros; every call is recorded, and the call numbered `fail_at` raises (a
+    kill)."""
 
     soft_prompts = True
     hidden_size = HIDDEN
@@ -43,10 +44,17 @@ class Counting(Endpoint):
         self.made, self.fail_at = 0, fail_at
         self.target = np.linspace(-0.02, 0.02, 2 * HIDDEN).reshape(2, HIDDEN)
 
-    def _score(self, prompts, continuations, soft_prompt):
+    def _call(self) -> None:
         self.made += 1
         if self.fail_at is not None and self.made == self.fail_at:
             raise KeyboardInterrupt
+
+    def _token_embeddings(self, text):
+        self._call()
+        return np.zeros((len(text.split()), self.hidden_size), dtype=np.float32), len(text.split()), 0
+
+    def _score(self, prompts, continuations, soft_prompt, soft_lengths=None):
+        self._call()
         distance = 0.0 if soft_prompt is None else float(((soft_prompt - self.target) ** 2).sum())
         scores = np.array([[-distance * 100 if index % 2 == label else -1.0 for index in range(len(continuations))]
                            for label, _ in zip([0, 1] * len(prompts), prompts, strict=False)])
@@ -57,9 +65,9 @@ class Counting(Endpoint):
         return [f"say word {index}" for index in range(samples)], 10, 3 * samples
 
 
-PROMPTS = LabelPrompts.build("{text} It was {label}", None, ["negative", "positive"])
+PROMPTS = LabelPrompts.build("{text} It was {label}", None, ["negative", "positive"])  # two words: one block of 2
 ROWS = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["negative", "positive"] * 2})
-SETTINGS = BBTSettings(virtual_tokens=2, intrinsic_dim=6, population=4, sigma=1.0, patience=0)
+SETTINGS = BBTSettings(intrinsic_dim=6, population=4, sigma=1.0, patience=0)
 
 
 def test_cached_questions_are_free_and_the_budget_is_never_passed():
@@ -86,7 +94,7 @@ def test_a_search_stops_within_its_budget_and_counts_every_call(tmp_path: Path):
 
 def test_a_killed_search_resumes_and_counts_each_call_once(tmp_path: Path):
     ledger, checkpoint = tmp_path / "calls.json", tmp_path / "state.pkl"
-    first = Counting(Budget(calls=40), fail_at=13)  # dies inside the third generation
+    first = Counting(Budget(calls=40), fail_at=13)  # dies inside the third generation (after 2 + 2 x 5 calls)
     first.keep_ledger(ledger)
     with pytest.raises(KeyboardInterrupt):
         BlackBoxTuning(first, PROMPTS, SETTINGS).search(ROWS, ROWS, checkpoint)
@@ -101,7 +109,7 @@ def test_a_killed_search_resumes_and_counts_each_call_once(tmp_path: Path):
 class FarTemplate(Counting):
     """The template alone scores as a prompt far from the target would: a search can beat it."""
 
-    def _score(self, prompts, continuations, soft_prompt):
+    def _score(self, prompts, continuations, soft_prompt, soft_lengths=None):
         return super()._score(prompts, continuations, self.target + 0.3 if soft_prompt is None else soft_prompt)
 
 
@@ -116,8 +124,9 @@ def test_bbt_returns_the_template_alone_unless_a_candidate_beats_it_on_validatio
         _, soft = bbt.asked(state, ROWS)
         if beaten:
             assert state.found is state.best_z and state.best_validation == state.best[0]
-            np.testing.assert_array_equal(soft, bbt.soft_prompt(state.best_z))
+            np.testing.assert_array_equal(soft[0], bbt.soft_prompt(state.best_z)[0])
             assert record["soft_prompt"] == "soft_prompt.safetensors" and (folder / record["soft_prompt"]).exists()
+            assert record["soft_lengths"] == [2]
         else:  # the template alone scores every shot right, at the lowest loss a prompt can reach here
             assert state.found is None and soft is None and state.best_validation == state.template[0] == 1.0
             assert "soft_prompt" not in record and not any(folder.iterdir())
@@ -130,39 +139,52 @@ class Recording(Counting):
         super().__init__(budget)
         self.soft_prompts_asked: list[np.ndarray | None] = []
 
-    def _score(self, prompts, continuations, soft_prompt):
+    def _score(self, prompts, continuations, soft_prompt, soft_lengths=None):
         self.soft_prompts_asked.append(soft_prompt)
         return super()._score(prompts, continuations, soft_prompt)
 
 
 def test_bbt_scores_cma_es_mean_on_validation_after_each_generation(tmp_path: Path):
-    endpoint = Recording(Budget(calls=1 + 2 * (SETTINGS.population + 1)))  # the template, then two generations
+    # the words' embeddings and the template alone, then two generations
+    endpoint = Recording(Budget(calls=2 + 2 * (SETTINGS.population + 1)))
     bbt = BlackBoxTuning(endpoint, PROMPTS, SETTINGS)
     state = bbt.search(ROWS, ROWS, tmp_path / "state.pkl")
     asked = endpoint.soft_prompts_asked
-    assert state.generation == 2 and len(asked) == endpoint.usage.calls == 11 and asked[0] is None
-    np.testing.assert_allclose(asked[-1], bbt.soft_prompt(state.strategy.mean), rtol=1e-6)
+    assert state.generation == 2 and len(asked) == endpoint.usage.calls - 1 == 11 and asked[0] is None
+    np.testing.assert_allclose(asked[-1], bbt.soft_prompt(state.strategy.mean)[0], rtol=1e-6)
     means, candidates = [asked[5], asked[10]], asked[1:5] + asked[6:10]
     assert not any(np.allclose(mean, candidate) for mean in means for candidate in candidates)
-    assert any(np.allclose(bbt.soft_prompt(state.best_z), mean) for mean in means)
+    assert any(np.allclose(bbt.soft_prompt(state.best_z)[0], mean) for mean in means)
 
 
-def test_bbt_searches_around_a_starting_prompt_at_the_embeddings_scale():
+def test_bbt_searches_around_the_templates_words_at_the_embeddings_scale():
     class Wide(Counting):
         hidden_size, embedding_std = 64, 0.1
 
-    settings = BBTSettings(virtual_tokens=50, intrinsic_dim=20)
-    bbt = BlackBoxTuning(Wide(Budget()), PROMPTS, settings)
-    start = bbt.soft_prompt(np.zeros(settings.intrinsic_dim))
-    assert start.shape == (50, 64) and start.std() == pytest.approx(0.1, rel=0.05)
-    step = bbt.soft_prompt(np.ones(settings.intrinsic_dim)) - start  # a z of unit entries moves each by about that
-    assert step.std() == pytest.approx(0.1, rel=0.1)
+        def _token_embeddings(self, text):
+            words = len(text.split())
+            return np.arange(words * 64, dtype=np.float32).reshape(words, 64), words, 0
+
+    prompts = LabelPrompts.build("Review: {text} All in all, it was {label}", None, ["negative", "positive"])
+    settings = BBTSettings(intrinsic_dim=20)
+    bbt = BlackBoxTuning(Wide(Budget()), prompts, settings)
+    assert bbt.softened.soft_words == ["Review:", "All in all, it was"]
+    bbt.begin_at([bbt.endpoint.token_embeddings(words) for words in bbt.softened.soft_words])
+    start = bbt.soft_prompt(np.zeros(settings.intrinsic_dim))  # z = 0: exactly the words' embeddings
+    assert [block.shape for block in start] == [(1, 64), (5, 64)]
+    np.testing.assert_array_equal(start[1], np.arange(5 * 64).reshape(5, 64))
+    moved = bbt.soft_prompt(np.ones(settings.intrinsic_dim))  # a z of unit entries moves each by about the scale
+    assert np.concatenate([after - before for after, before in zip(moved, start, strict=True)]).std() == \
+        pytest.approx(0.1, rel=0.1)
 
     class Unscaled(Counting):
         embedding_std = None
 
-    with pytest.raises(TunelabError, match="does not say its hidden size and embeddings' scale"):
+    with pytest.raises(TunelabError, match="does not say its embeddings' scale"):
         BlackBoxTuning(Unscaled(Budget()), PROMPTS, settings)
+    wordless = LabelPrompts.build("{text} {label}", None, ["negative", "positive"])
+    with pytest.raises(TunelabError, match="this template has none: give --template with words"):
+        BlackBoxTuning(Counting(Budget()), wordless, settings)
 
 
 def test_top_logprob_scoring_asks_each_prompt_alone_and_reads_first_tokens():
@@ -187,7 +209,7 @@ def test_top_logprob_scoring_asks_each_prompt_alone_and_reads_first_tokens():
 
 def test_an_endpoint_without_soft_prompts_is_refused_before_any_call():
     endpoint = OpenAICompatible("http://127.0.0.1:9", "x", None)
-    with pytest.raises(TunelabError, match="bbt puts a soft prompt before the text and .* takes none"):
+    with pytest.raises(TunelabError, match="bbt searches soft prompts and .* takes none"):
         BlackBoxTuning(endpoint, PROMPTS, SETTINGS)
     assert endpoint.usage.calls == 0
 
@@ -218,7 +240,10 @@ def test_every_endpoint_scores_as_the_model_in_this_process(tiny_llama_lm: Path,
     models = ServedModels("fp32")
     models.load_base(str(tiny_llama_lm))
     prompts, words = ["the film was", "a dull and long"], [" good", " bad", " very bad"]
-    soft = np.random.default_rng(0).normal(0, 0.1, (3, tiny_lm[0].backbone.config.hidden_size))
+    rng = np.random.default_rng(0)
+    soft = rng.normal(0, 0.1, (3, tiny_lm[0].backbone.config.hidden_size))
+    blocks = [rng.normal(0, 0.1, (length, tiny_lm[0].backbone.config.hidden_size)) for length in (2, 1)]
+    pieced = [("", " the film", " was"), ("a", " dull and", " long")]
     local = InProcess(*tiny_lm)
     with TestClient(create_app(models)) as client:
         served = TunelabServer("http://testserver", str(tiny_llama_lm), None, client=client)
@@ -226,13 +251,30 @@ def test_every_endpoint_scores_as_the_model_in_this_process(tiny_llama_lm: Path,
         assert served.embedding_std == pytest.approx(local.embedding_std) and local.embedding_std > 0
         np.testing.assert_allclose(served.score(prompts, words), local.score(prompts, words), atol=1e-4)
         np.testing.assert_allclose(served.score(prompts, words, soft), local.score(prompts, words, soft), atol=1e-4)
+        np.testing.assert_allclose(served.score(pieced, words, blocks), local.score(pieced, words, blocks), atol=1e-4)
+        np.testing.assert_allclose(served.token_embeddings("the film"), local.token_embeddings("the film"),
+                                   atol=1e-6)
         openai = OpenAICompatible("http://testserver", str(tiny_llama_lm), None, client=client)
         np.testing.assert_allclose(openai.score(prompts, words), local.score(prompts, words), atol=1e-4)
         written = local.generate("the film was", 2, 5, 0.0, 0)  # greedy: the same text through every endpoint
         assert len(written) == 2 and written[0] == written[1] and local.usage.tokens_out > 0
         assert served.generate("the film was", 2, 5, 0.0, 0) == openai.generate("the film was", 2, 5, 0.0, 0) == written
-    single = local.score(prompts, [" good", " bad"], soft)  # one token each: one forward per prompt
-    np.testing.assert_allclose(single, local.score(prompts, [" good", " bad", " very bad"], soft)[:, :2], atol=1e-5)
+    for asked, given in ((prompts, soft), (pieced, blocks)):  # one token each: one forward per prompt
+        single = local.score(asked, [" good", " bad"], given)
+        np.testing.assert_allclose(single, local.score(asked, [" good", " bad", " very bad"], given)[:, :2],
+                                   atol=1e-5)
+
+
+def test_the_templates_words_as_their_own_embeddings_score_as_the_template(tiny_lm):
+    """bbt's start (z = 0): the softened template with its words' embeddings is the template itself."""
+    prompts = LabelPrompts.build("Review: {text}\nIn a word, it was {label}", None, ["negative", "positive"])
+    softened = LabelPrompts(prompts.template.softened(), prompts.verbalizer)
+    rows = pd.DataFrame({"text": ["a good film", "dull"], "label": ["positive", "negative"]})
+    assert softened.prompts(rows) == [("", " a good film\n", ""), ("", " dull\n", "")]
+    local = InProcess(*tiny_lm)
+    words = [local.token_embeddings(text) for text in softened.soft_words]
+    np.testing.assert_allclose(softened.ask(local, softened.prompts(rows), words),
+                               prompts.ask(local, prompts.prompts(rows)), atol=1e-5)
 
 
 def test_label_prompts_render_up_to_the_label_slot():
@@ -251,17 +293,20 @@ def test_a_bbt_run_is_written_whole_and_refuses_to_overwrite(tiny_lm, tiny_llama
     config = build_config({"model": str(tiny_llama_lm), "task": "classification", "strategy": {"name": "zero-shot"},
                            "data": {"source": str(sentiment_csv), "shots": 2}, "output": str(tmp_path / "bbt")})
     endpoint = InProcess(*tiny_lm)
-    path, metrics = run_blackbox(config, endpoint, SETTINGS, budget=11)
+    path, metrics = run_blackbox(config, endpoint, SETTINGS, budget=12)
     assert {file.name for file in path.iterdir()} == {"blackbox.yaml", "metrics.json", "resources.json",
                                                       "soft_prompt.safetensors", "search_curve.png", "manifest.json"}
     resources = json.loads((path / "resources.json").read_text())
-    assert resources["search"]["calls"] == metrics["curve"][-1]["calls"] <= 11
+    assert resources["search"]["calls"] == metrics["curve"][-1]["calls"] == 12  # words, template, 2 generations
+    found = FoundPrompt(path)  # read back: the soft prompt in blocks where the template's words were
+    assert [len(block) for block in found.soft_prompt] == found.record["soft_lengths"]
+    assert api.evaluate(path)["accuracy"] == pytest.approx(metrics["test"]["accuracy"])  # as the search asked
     assert resources["evaluation"]["calls"] == 2 * 1  # 12 test rows, 32 per call: test and zero-shot
     assert 0 <= metrics["test"]["accuracy"] <= 1 and metrics["test_examples"] == 12
     assert metrics["learned"] == (metrics["test"]["accuracy"] > metrics["zero_shot"]["accuracy"])
     assert not (tmp_path / ".bbt.search").exists()
     with pytest.raises(TunelabError, match="already exists"):
-        run_blackbox(config, InProcess(*tiny_lm), SETTINGS, budget=11)
+        run_blackbox(config, InProcess(*tiny_lm), SETTINGS, budget=12)
 
 
 def test_a_bbt_run_that_kept_the_template_reads_back_as_the_template_alone(sentiment_csv: Path, tmp_path: Path):
@@ -334,7 +379,8 @@ def test_search_edits_keep_the_placeholders_and_never_score_a_shot_it_shows():
         "Answer with one word: negative, positive.\n\nbad awful It was negative\n\ngood fine It was positive\n\n"
         "great nice It was"]
     asked: list[list[str]] = []
-    search.endpoint._score = lambda prompts, words, soft: (asked.append(prompts) or np.zeros((len(prompts), 2)), 0, 0)
+    search.endpoint._score = lambda prompts, words, soft, lengths: (asked.append(prompts) or
+                                                                    np.zeros((len(prompts), 2)), 0, 0)
     search.on_training(shown)
     assert len(asked[0]) == 4 and not any(prompt.endswith(("good fine It was", "bad awful It was"))
                                           for prompt in asked[0])
@@ -344,7 +390,7 @@ class Instructed(Counting):
     """A fake model that answers right only under the instruction "Say the magic word." (which it proposes when
     asked to write instructions), and 50/50 otherwise: the prompt search can find it only through a proposal."""
 
-    def _score(self, prompts, continuations, soft_prompt):
+    def _score(self, prompts, continuations, soft_prompt, soft_lengths=None):
         self.made += 1
         right = [0 if any(word in prompt.split("\n")[-1] for word in ("bad", "poor")) else 1 for prompt in prompts]
         scores = [[0.0 if index == label else -5.0 for index in range(len(continuations))]
@@ -390,8 +436,6 @@ def test_a_black_box_run_predicts_and_evaluates_as_its_search_found(tiny_lm, tin
                                                                       monkeypatch: pytest.MonkeyPatch,
                                                                       capsys: pytest.CaptureFixture):
     from tiny import run_main
-
-    from tunelab import api
 
     mezo = MeZOSettings(virtual_tokens=2, eval_every=2, patience=0)
     for method, settings in (("bbt", SETTINGS), ("search", SearchSettings(candidates=2, patience=0)), ("mezo", mezo)):

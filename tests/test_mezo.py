@@ -37,11 +37,11 @@ class Metered(InProcess):
         super().__init__(model, tokenizer)
         self.made, self.fail_at = 0, fail_at
 
-    def _score(self, prompts, continuations, soft_prompt):
+    def _score(self, prompts, continuations, soft_prompt, soft_lengths=None):
         self.made += 1
         if self.made == self.fail_at:
             raise KeyboardInterrupt
-        return super()._score(prompts, continuations, soft_prompt)
+        return super()._score(prompts, continuations, soft_prompt, soft_lengths)
 
 
 @pytest.fixture

@@ -291,6 +291,26 @@ def test_a_soft_prompt_goes_before_the_prompt(client: TestClient, models: Served
     assert wrong.status_code == 422 and f"rows of {model.hidden_size} numbers" in wrong.json()["error"]["message"]
 
 
+def test_a_soft_prompt_goes_between_pieces_of_a_prompt(client: TestClient, models: ServedModels,
+                                                       tiny_llama_lm: Path):
+    base = str(tiny_llama_lm)
+    model = models.get(base).engine
+    words = post(client, "/v1/token_embeddings", {"model": base, "text": "the film"}).json()
+    assert len(words["tokens"]) == len(words["data"]) == words["usage"]["prompt_tokens"] > 0
+    request = {"model": base, "continuations": [" good"]}
+    plain = post(client, "/v1/score", {**request, "prompts": "the film was"}).json()["data"][0][0]["logprob"]
+    # the words' own embeddings between the pieces: the same text, read the same way
+    pieced = post(client, "/v1/score", {**request, "prompts": [["", " was"]], "soft_prompt": words["data"],
+                                        "soft_lengths": [len(words["data"])]})
+    assert pieced.status_code == 200 and pieced.json()["data"][0][0]["logprob"] == pytest.approx(plain, abs=1e-4)
+    for wrong, message in (({"prompts": [["", " was"]]}, "needs soft_lengths"),
+                           ({"prompts": ["the film was"], "soft_lengths": [2]}, "every prompt is a list of 2 pieces"),
+                           ({"prompts": [["", " was"]], "soft_lengths": [1]}, "soft_lengths add up to 1 rows")):
+        answer = post(client, "/v1/score", {**request, "soft_prompt": words["data"], **wrong})
+        assert answer.status_code == 422 and message in answer.json()["error"]["message"], answer.text
+    assert model.hidden_size == len(words["data"][0])
+
+
 # --- keys and limits ----------------------------------------------------------------------------------------------
 
 def test_keys_guard_models_and_admin(client: TestClient):

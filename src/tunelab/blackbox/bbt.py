@@ -1,24 +1,25 @@
-"""Black-box tuning (Sun et al. 2022): a soft prompt found without gradients. CMA-ES searches a small space (`z`, the
-intrinsic dimension) that a fixed random matrix projects to an offset from a fixed random starting prompt, both at
-the scale of the model's token embeddings; each candidate costs one call (every training shot with every label
-word), and the loss is the cross-entropy of the true labels. After each generation, CMA-ES's mean (where it now
-believes the best prompt lies) is scored on the validation shots (one more call). The search keeps the mean best on
-validation (accuracy, the loss breaking ties), stops when that stops improving, and returns it only if it beats the
-template alone there too: otherwise the run keeps the template, and says so.
+"""Black-box tuning (Sun et al. 2022): a soft prompt found without gradients. The soft prompt is the template's own
+words as input embeddings (P-tuning's continuous template, where the gradient-trained soft-template starts too), and
+CMA-ES searches a small space (`z`, the intrinsic dimension) that a fixed random matrix projects to an offset from
+them, at the scale of the model's token embeddings; each candidate costs one call (every training shot with every
+label word), and the loss is the cross-entropy of the true labels. After each generation, CMA-ES's mean (where it
+now believes the best prompt lies) is scored on the validation shots (one more call). The search keeps the mean best
+on validation (accuracy, the loss breaking ties), stops when that stops improving, and returns it only if it beats
+the template alone there too: otherwise the run keeps the template, and says so.
+
+Why the template's words rather than BBT's prompt before the text: at z = 0 the model reads exactly the template,
+so the search starts from the best prompt it has and every step is a change to it. A block of extra tokens before
+the text starts worse than the template (random or vocabulary embeddings alike, measured on SmolLM2's training
+shots), and the search's first calls go to undoing that.
 
 Why the mean rather than the generation's best candidate: 32 training shots measure a prompt's loss on unseen text
 with noise, and the candidate that fits them best is the one whose noise flattered it most; the mean averages the
 generation's candidates, weighted by rank, and is what pycma recommends as the answer for a noisy objective
 (`result.xfavorite`).
 
-Why a starting prompt rather than zeros: a causal LM normalises each token's embedding before its first layer, so an
-offset's size barely matters and any small offset is as different from zeros as a large one. Zeros (which, in a
-model without biases, pass every layer as zeros and soak up attention) are then a point the search can never come
-back to, and CMA-ES cannot narrow its steps around it. Around a prompt at the embeddings' scale, a small step is a
-small change.
-
-The search state (CMA-ES, the best mean, the curve and the calls made) is saved after every generation, so a
-search killed at any point and started again resumes where it was, without counting any call twice.
+The search state (CMA-ES, the words' embeddings it started from, the best mean, the curve and the calls made) is
+saved after every generation, so a search killed at any point and started again resumes where it was, without
+counting any call twice.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
-from tunelab.blackbox.endpoints import Endpoint
+from tunelab.blackbox.endpoints import Endpoint, Prompt
 from tunelab.blackbox.loop import resume, search_rounds
 from tunelab.blackbox.prompts import LabelPrompts, Shots
 from tunelab.errors import TunelabError
@@ -42,10 +43,9 @@ SOFT_PROMPT_FILE = "soft_prompt.safetensors"
 
 @dataclass(frozen=True)
 class BBTSettings:
-    virtual_tokens: int = 50  # BBT's prompt length
     intrinsic_dim: int = 500  # the searched space
     population: int = 20
-    sigma: float = 1.0  # CMA-ES's initial step
+    sigma: float = 0.25  # CMA-ES's initial step: each word's embedding moved by about a quarter of its scale
     patience: int = 20  # generations without a better mean on validation before stopping; 0: never
     seed: int = 42
 
@@ -53,6 +53,7 @@ class BBTSettings:
 @dataclass
 class SearchState:
     strategy: cma.CMAEvolutionStrategy
+    start: list[np.ndarray]  # the template's words' input embeddings, a block per run of words: z = 0
     template: tuple[float, float]  # the template alone on the validation shots: (accuracy, -loss)
     best_z: np.ndarray | None = None  # the mean best on the validation shots
     best: tuple[float, float] = (-1.0, -float("inf"))  # its (accuracy, -loss) there
@@ -77,41 +78,61 @@ class BlackBoxTuning:
 
     def __init__(self, endpoint: Endpoint, prompts: LabelPrompts, settings: BBTSettings):
         if not endpoint.soft_prompts:
-            raise TunelabError(f"bbt puts a soft prompt before the text and {endpoint.describe()} takes none: use "
-                               f"the model in this process or a `tunelab serve` endpoint, or --method search")
-        if endpoint.hidden_size is None or endpoint.embedding_std is None:
-            raise TunelabError(f"{endpoint.describe()} does not say its hidden size and embeddings' scale, which a "
-                               f"soft prompt needs")
+            raise TunelabError(f"bbt searches soft prompts and {endpoint.describe()} takes none: use the model in "
+                               f"this process or a `tunelab serve` endpoint, or --method search")
+        if endpoint.embedding_std is None:
+            raise TunelabError(f"{endpoint.describe()} does not say its embeddings' scale, which a soft prompt's "
+                               f"steps need")
         self.endpoint, self.prompts, self.settings = endpoint, prompts, settings
-        shape = (settings.virtual_tokens, endpoint.hidden_size)
-        rng = np.random.default_rng(settings.seed)
-        # BBT's scale: a z of unit entries projects to entries of about the embeddings' standard deviation
-        self.projection = rng.normal(0, endpoint.embedding_std / np.sqrt(settings.intrinsic_dim),
-                                     (shape[0] * shape[1], settings.intrinsic_dim)).astype(np.float32)
-        self.start_prompt = rng.normal(0, endpoint.embedding_std, shape).astype(np.float32)
+        self.softened = LabelPrompts(prompts.template.softened(), prompts.verbalizer)
+        if not self.softened.soft_words:
+            raise TunelabError("bbt searches the template's words as a soft prompt and this template has none: give "
+                               "--template with words around {text}, e.g. '{text} It was {label}'")
+        self.start_blocks: list[np.ndarray] = []
+        self.projection = np.empty((0, settings.intrinsic_dim), dtype=np.float32)
 
-    def soft_prompt(self, z: np.ndarray) -> np.ndarray:
-        return self.start_prompt + (self.projection @ z.astype(np.float32)).reshape(self.start_prompt.shape)
+    def begin_at(self, start: list[np.ndarray]) -> None:
+        """Search around `start` (z = 0): the projection, seeded, from z to an offset of its every entry. BBT's
+        scale: a z of unit entries projects to entries of about the embeddings' standard deviation."""
+        self.start_blocks = start
+        size = sum(block.size for block in start)
+        self.projection = np.random.default_rng(self.settings.seed).normal(
+            0, self.endpoint.embedding_std / np.sqrt(self.settings.intrinsic_dim),
+            (size, self.settings.intrinsic_dim)).astype(np.float32)
+
+    def soft_prompt(self, z: np.ndarray) -> list[np.ndarray]:
+        """The blocks of the soft prompt `z` stands for."""
+        offset = self.projection @ z.astype(np.float32)
+        blocks, first = [], 0
+        for block in self.start_blocks:
+            blocks.append(block + offset[first:first + block.size].reshape(block.shape))
+            first += block.size
+        return blocks
 
     def evaluate(self, z: np.ndarray | None, data: Shots) -> tuple[float, float]:
-        """(loss, accuracy) of a candidate (None: no soft prompt) on some shots: one call."""
-        return self.prompts.measure(self.endpoint, data, None if z is None else self.soft_prompt(z))
+        """(loss, accuracy) of a candidate on some shots, asked with the softened template (None: the template
+        alone, as text): one call."""
+        if z is None:
+            return self.prompts.measure(self.endpoint, data)
+        return self.softened.measure(self.endpoint, data, self.soft_prompt(z))
 
     def start(self, validation: Shots) -> SearchState:
-        """CMA-ES at z = 0 (the starting prompt), and the template alone scored on the validation shots (one call):
-        what a mean must beat to be the result."""
+        """CMA-ES at z = 0, the template's words' embeddings (a call per run of words), and the template alone scored
+        on the validation shots (one call): what a mean must beat to be the result."""
         settings = self.settings
         strategy = cma.CMAEvolutionStrategy(np.zeros(settings.intrinsic_dim), settings.sigma,
                                             {"popsize": settings.population, "seed": settings.seed, "verbose": -9})
+        start = [self.endpoint.token_embeddings(words) for words in self.softened.soft_words]
         loss, accuracy = self.evaluate(None, validation)
-        return SearchState(strategy, template=(accuracy, -loss))
+        return SearchState(strategy, start, template=(accuracy, -loss))
 
     def search(self, train_rows: pd.DataFrame, validation_rows: pd.DataFrame, checkpoint: Path,
                on_generation=lambda state: None) -> SearchState:
         """Generations of CMA-ES until the budget has no room for another (population + 1 validation calls), or
         the best on validation stops improving; resumes from `checkpoint` when it exists."""
-        train, validation = self.prompts.shots(train_rows), self.prompts.shots(validation_rows)
-        state = resume(checkpoint) or self.start(validation)
+        train, validation = self.softened.shots(train_rows), self.softened.shots(validation_rows)
+        state = resume(checkpoint) or self.start(self.prompts.shots(validation_rows))
+        self.begin_at(state.start)
         return search_rounds(self.endpoint, state, self.settings.population + 1, self.settings.patience,
                              lambda: self.generation(state, train, validation), checkpoint, on_generation)
 
@@ -129,17 +150,20 @@ class BlackBoxTuning:
         state.curve.append({"generation": state.generation, "calls": self.endpoint.usage.calls,
                             "train_loss": state.best_loss, "validation_accuracy": state.best_validation})
 
-    def asked(self, state: SearchState | None, rows: pd.DataFrame) -> tuple[list[str], np.ndarray | None]:
+    def asked(self, state: SearchState | None, rows: pd.DataFrame) -> tuple[list[Prompt], list[np.ndarray] | None]:
         """What `rows` are asked with: their prompts, and the soft prompt found (None: the template alone)."""
         found = None if state is None else state.found
-        return self.prompts.prompts(rows), None if found is None else self.soft_prompt(found)
+        if found is None:
+            return self.prompts.prompts(rows), None
+        return self.softened.prompts(rows), self.soft_prompt(found)
 
     def save(self, state: SearchState, folder: Path) -> dict:
-        """The found soft prompt in `folder`, if the search found one better than the template alone; what
-        blackbox.yaml records of it."""
+        """The found soft prompt in `folder` (its blocks one after another), if the search found one better than the
+        template alone; what blackbox.yaml records of it."""
         record = {"bbt": asdict(self.settings), "embedding_std": self.endpoint.embedding_std}
         if state.found is None:
             return record
-        save_file({"soft_prompt": torch.from_numpy(self.soft_prompt(state.found))}, folder / SOFT_PROMPT_FILE)
-        return {"soft_prompt": SOFT_PROMPT_FILE, **record}
+        blocks = self.soft_prompt(state.found)
+        save_file({"soft_prompt": torch.from_numpy(np.concatenate(blocks))}, folder / SOFT_PROMPT_FILE)
+        return {"soft_prompt": SOFT_PROMPT_FILE, "soft_lengths": [len(block) for block in blocks], **record}
 

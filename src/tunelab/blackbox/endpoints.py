@@ -1,10 +1,12 @@
 """What a black-box method may ask of a model it can only query, and the meter on every question.
 
-Two operations: the log-probability of each continuation (the label words) after each prompt, optionally after a
-soft prompt (input embeddings); and text generated after a prompt (the prompt search's proposals). Three endpoints
-answer them: the model in this process, a `tunelab serve` server (`/v1/score`, soft prompts included) and any
-OpenAI-compatible server (`/v1/completions` with `echo` and `logprobs`: no soft prompts); both servers generate
-through `/v1/completions`. A method states what it needs and an endpoint that lacks it is refused before any call.
+Three operations: the log-probability of each continuation (the label words) after each prompt, optionally with a
+soft prompt (input embeddings) before it or in blocks between its pieces of text; text generated after a prompt (the
+prompt search's proposals); and the input embeddings of a text's tokens (where a soft prompt starts from). Three
+endpoints answer them: the model in this process, a `tunelab serve` server (`/v1/score`, soft prompts included, and
+`/v1/token_embeddings`) and any OpenAI-compatible server (`/v1/completions` with `echo` and `logprobs`: no soft
+prompts); both servers generate through `/v1/completions`. A method states what it needs and an endpoint that lacks
+it is refused before any call.
 
 Every request is a call: counted with its tokens and wall time, refused before it is made once the call (or token)
 budget would be passed, answered from a cache when the same question was asked before (not counted again), and
@@ -20,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import httpx
 import numpy as np
@@ -29,13 +31,18 @@ import torch
 from tunelab.errors import TunelabError
 from tunelab.runs import write_json
 from tunelab.tasks.generation import complete
-from tunelab.tasks.likelihood import score_texts
+from tunelab.tasks.likelihood import score_texts, token_embeddings
 
 RETRIES = 4
 BACKOFF_S = 0.5  # the first retry's wait; each next one waits twice as long
 TRANSIENT = {429, 500, 502, 503, 504}
 SCORINGS = ("echo", "top")
 TOP_LOGPROBS = 20  # OpenAI's most
+
+# A prompt is a text, or pieces of text with the soft prompt's blocks between them; a soft prompt is rows of input
+# embeddings (virtual tokens x hidden size) before each text, or a list of such blocks, one fewer than the pieces.
+Prompt: TypeAlias = str | tuple[str, ...]
+SoftPrompt: TypeAlias = np.ndarray | list[np.ndarray]
 
 
 class BudgetSpent(TunelabError):
@@ -59,7 +66,7 @@ class Budget:
 
 
 class Endpoint(ABC):
-    soft_prompts: bool = False  # takes input embeddings before the prompt
+    soft_prompts: bool = False  # takes input embeddings with the prompts, and gives its tokens' embeddings
     hidden_size: int | None = None  # the width of those embeddings, where known
     embedding_std: float | None = None  # the standard deviation of its token embeddings: a soft prompt's scale
 
@@ -80,12 +87,22 @@ class Endpoint(ABC):
     def remaining_calls(self) -> int | None:
         return None if self.budget.calls is None else self.budget.calls - self.usage.calls
 
-    def score(self, prompts: list[str], continuations: list[str], soft_prompt: np.ndarray | None = None) -> np.ndarray:
+    def score(self, prompts: list[Prompt], continuations: list[str],
+              soft_prompt: SoftPrompt | None = None) -> np.ndarray:
         """(prompts, continuations) log-probabilities, each continuation summed over its tokens."""
         if soft_prompt is not None and not self.soft_prompts:
             raise TunelabError(f"{self.describe()} takes no soft prompt")
-        return self._metered(_key("score", prompts, continuations, soft_prompt=soft_prompt),
-                             lambda: self._score(prompts, continuations, soft_prompt))
+        rows, lengths = soft_prompt, None
+        if isinstance(soft_prompt, list):
+            rows, lengths = np.concatenate(soft_prompt), tuple(len(block) for block in soft_prompt)
+        return self._metered(_key("score", prompts, continuations, lengths, soft_prompt=rows),
+                             lambda: self._score(prompts, continuations, rows, lengths))
+
+    def token_embeddings(self, text: str) -> np.ndarray:
+        """(tokens, hidden size): the input embeddings of `text`'s tokens, as the model reads them: one call."""
+        if not self.soft_prompts:
+            raise TunelabError(f"{self.describe()} does not give its token embeddings")
+        return self._metered(_key("token_embeddings", text), lambda: self._token_embeddings(text))
 
     def generate(self, prompt: str, samples: int, max_tokens: int, temperature: float, seed: int) -> list[str]:
         """`samples` continuations of `prompt` (plain text, no chat template), sampled with `seed`: one call."""
@@ -114,9 +131,14 @@ class Endpoint(ABC):
         return answer
 
     @abstractmethod
-    def _score(self, prompts: list[str], continuations: list[str],
-               soft_prompt: np.ndarray | None) -> tuple[np.ndarray, int, int]:
-        """(scores, tokens sent, tokens received) of one call."""
+    def _score(self, prompts: list[Prompt], continuations: list[str], soft_prompt: np.ndarray | None,
+               soft_lengths: tuple[int, ...] | None) -> tuple[np.ndarray, int, int]:
+        """(scores, tokens sent, tokens received) of one call; `soft_lengths`: the rows of each block between a
+        prompt's pieces (None: the soft prompt goes before each prompt, a text)."""
+
+    def _token_embeddings(self, text: str) -> tuple[np.ndarray, int, int]:
+        """(embeddings, tokens sent, tokens received) of one call."""
+        raise NotImplementedError  # only endpoints that take soft prompts answer it
 
     @abstractmethod
     def _generate(self, prompt: str, samples: int, max_tokens: int, temperature: float,
@@ -145,11 +167,15 @@ class InProcess(Endpoint):
     def describe(self) -> str:
         return "the model in this process"
 
-    def _score(self, prompts, continuations, soft_prompt):
+    def _score(self, prompts, continuations, soft_prompt, soft_lengths):
         soft = None if soft_prompt is None else torch.as_tensor(soft_prompt, dtype=torch.float32)
-        rows = score_texts(self.model, self.tokenizer, prompts, continuations, soft)
+        rows = score_texts(self.model, self.tokenizer, prompts, continuations, soft, soft_lengths=soft_lengths)
         return (np.array([[scored.total for scored in row] for row in rows]),
                 sum(scored.read for row in rows for scored in row), 0)
+
+    def _token_embeddings(self, text):
+        ids, rows = token_embeddings(self.model, self.tokenizer, text)
+        return rows.numpy(), len(ids), 0
 
     def _generate(self, prompt, samples, max_tokens, temperature, seed):
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -217,13 +243,20 @@ class TunelabServer(_Http):
             raise TunelabError(f"{self.url} does not serve '{model}': {listed.text[:200]}")
         self.hidden_size, self.embedding_std = listed.json().get("hidden_size"), listed.json().get("embedding_std")
 
-    def _score(self, prompts, continuations, soft_prompt):
-        body = {"model": self.model, "prompts": prompts, "continuations": continuations}
+    def _score(self, prompts, continuations, soft_prompt, soft_lengths):
+        body = {"model": self.model, "prompts": [list(prompt) if isinstance(prompt, tuple) else prompt
+                                                 for prompt in prompts], "continuations": continuations}
         if soft_prompt is not None:
             body["soft_prompt"] = np.asarray(soft_prompt, dtype=np.float32).tolist()
+        if soft_lengths is not None:
+            body["soft_lengths"] = list(soft_lengths)
         answer = self.post("/v1/score", body)
         scores = np.array([[item["logprob"] for item in row] for row in answer["data"]])
         return scores, answer["usage"]["prompt_tokens"], 0
+
+    def _token_embeddings(self, text):
+        answer = self.post("/v1/token_embeddings", {"model": self.model, "text": text})
+        return np.array(answer["data"], dtype=np.float32), answer["usage"]["prompt_tokens"], 0
 
 
 class OpenAICompatible(_Http):
@@ -242,7 +275,7 @@ class OpenAICompatible(_Http):
             raise TunelabError(f"unknown scoring '{scoring}'; choose {', '.join(SCORINGS)}")
         self.scoring = scoring
 
-    def _score(self, prompts, continuations, soft_prompt):
+    def _score(self, prompts, continuations, soft_prompt, soft_lengths):
         return (self._echoed if self.scoring == "echo" else self._top)(prompts, continuations)
 
     def _echoed(self, prompts: list[str], continuations: list[str]) -> tuple[np.ndarray, int, int]:

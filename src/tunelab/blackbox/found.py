@@ -1,5 +1,7 @@
 """A finished black-box run, read back: how it asks the model about new texts (its prompt, its soft prompt, its
-label words, the LoRA `mezo` trained), so that `predict` and `eval` answer through any endpoint as the search did."""
+label words, the LoRA `mezo` trained), so that `predict` and `eval` answer through any endpoint as the search did.
+A soft prompt goes before the template (`mezo`), or, with `soft_lengths`, in blocks in place of the template's
+words (`bbt`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import yaml
 from safetensors.numpy import load_file
 
 from tunelab.blackbox.bbt import SOFT_PROMPT_FILE
-from tunelab.blackbox.endpoints import Endpoint
+from tunelab.blackbox.endpoints import Endpoint, Prompt, SoftPrompt
 from tunelab.blackbox.prompts import LabelPrompts
 from tunelab.blackbox.search import Candidate, PromptSearch, SearchSettings
 from tunelab.config import RunConfig, build_config
@@ -36,8 +38,12 @@ class FoundPrompt:
         self.config: RunConfig = build_config(self.record["config"])
         labels = list(self.record["verbalizer"])
         self.prompts = LabelPrompts.build(self.record["template"], self.record["verbalizer"], labels)
-        self.soft_prompt = load_file(str(path / SOFT_PROMPT_FILE))["soft_prompt"] if \
-            "soft_prompt" in self.record else None
+        self.soft_prompt: SoftPrompt | None = None
+        if "soft_prompt" in self.record:
+            self.soft_prompt = load_file(str(path / SOFT_PROMPT_FILE))["soft_prompt"]
+        if "soft_lengths" in self.record:
+            self.prompts = LabelPrompts(self.prompts.template.softened(), self.prompts.verbalizer)
+            self.soft_prompt = np.split(self.soft_prompt, np.cumsum(self.record["soft_lengths"])[:-1])
 
     def adapt(self, model: CausalLM) -> CausalLM:
         """The run's base `model` with the LoRA its search trained, where it trained one (`mezo --tune lora`): only
@@ -48,9 +54,9 @@ class FoundPrompt:
             model.backbone = PeftModel.from_pretrained(model.backbone, self.path / self.record["adapter"])
         return model
 
-    def asked(self, rows: pd.DataFrame, endpoint: Endpoint) -> list[str]:
+    def asked(self, rows: pd.DataFrame, endpoint: Endpoint) -> list[Prompt]:
         """Each row's prompt as the run found it."""
-        if self.record["method"] != "search":  # a soft prompt before the template
+        if self.record["method"] != "search":  # the template, with the soft prompt where it goes
             return self.prompts.prompts(rows)
         search = PromptSearch(endpoint, self.prompts, SearchSettings())
         search.train = pd.DataFrame(self.record["demonstrations"], columns=[*self.prompts.template.fields, "label"])

@@ -1,5 +1,6 @@
 """A classification task as a black-box method asks it: each example's prompt as text (the template up to its label
-slot) and the label words as the continuations to score, so that one call scores every label of many examples."""
+slot; cut into pieces where a softened template has soft tokens) and the label words as the continuations to score,
+so that one call scores every label of many examples."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import logsumexp, softmax
 
+from tunelab.blackbox.endpoints import Prompt, SoftPrompt
 from tunelab.errors import TunelabError
 from tunelab.prompting.template import Field, LabelSlot, Soft, Template, Text
 from tunelab.prompting.verbalizer import Verbalizer
@@ -20,7 +22,7 @@ SCORED_PAIRS = 64  # prompt x label-word pairs per call beyond a search's own (`
 class Shots:
     """Examples as a method asks them: their prompts, and their labels' indices."""
 
-    prompts: list[str]
+    prompts: list[Prompt]
     targets: np.ndarray
 
 
@@ -49,19 +51,28 @@ class LabelPrompts:
         """Each continuation's label index."""
         return np.array([index for index, words in enumerate(self.verbalizer.words.values()) for _ in words])
 
-    def prompts(self, rows: pd.DataFrame) -> list[str]:
-        """Each row's text up to the label slot."""
+    @property
+    def soft_words(self) -> list[str]:
+        """The words each block of soft tokens starts from, in order (a softened template's words)."""
+        return [segment.init or "" for segment in self.template.segments if isinstance(segment, Soft)]
+
+    def prompts(self, rows: pd.DataFrame) -> list[Prompt]:
+        """Each row's text up to the label slot; where the template has soft tokens, the pieces of text around them."""
         texts = []
         for _, row in rows.iterrows():
-            parts = []
+            pieces, parts = [], []
             for segment in self.template.segments:
                 if isinstance(segment, Text):
                     parts.append(segment.text)
                 elif isinstance(segment, Field):
                     parts.append(segment.lead + str(row[segment.name]))
-                elif isinstance(segment, LabelSlot | Soft):
+                elif isinstance(segment, Soft):
+                    pieces.append("".join(parts))
+                    parts = []
+                elif isinstance(segment, LabelSlot):
                     break
-            texts.append("".join(parts))
+            pieces.append("".join(parts))
+            texts.append(tuple(pieces) if len(pieces) > 1 else pieces[0])
         return texts
 
     def targets(self, rows: pd.DataFrame) -> np.ndarray:
@@ -72,12 +83,12 @@ class LabelPrompts:
     def shots(self, rows: pd.DataFrame) -> Shots:
         return Shots(self.prompts(rows), self.targets(rows))
 
-    def measure(self, endpoint, shots: Shots, soft_prompt: np.ndarray | None = None) -> tuple[float, float]:
-        """(loss, accuracy) of asking `shots` through `endpoint` (after `soft_prompt`): one call."""
+    def measure(self, endpoint, shots: Shots, soft_prompt: SoftPrompt | None = None) -> tuple[float, float]:
+        """(loss, accuracy) of asking `shots` through `endpoint` (with `soft_prompt`): one call."""
         scores = endpoint.score(shots.prompts, self.continuations, soft_prompt)
         return loss_and_accuracy(self.label_logprobs(scores), shots.targets)
 
-    def ask(self, endpoint, asked: list[str], soft_prompt: np.ndarray | None = None) -> np.ndarray:
+    def ask(self, endpoint, asked: list[Prompt], soft_prompt: SoftPrompt | None = None) -> np.ndarray:
         """(prompts, labels) log-probabilities of any number of prompts, in calls of at most SCORED_PAIRS pairs."""
         step = max(1, SCORED_PAIRS // len(self.continuations))
         return self.label_logprobs(np.concatenate([endpoint.score(asked[start:start + step], self.continuations,

@@ -41,8 +41,8 @@ def blackbox(
                                             "validation")] = 16,
     budget: Annotated[int, typer.Option(min=1, help="calls the search may make (each scores every shot with "
                                                     "every label word)")] = 4000,
-    virtual_tokens: Annotated[int | None, typer.Option(min=1, help="bbt, mezo: the soft prompt's length "
-                                                                   "(default: 50 for bbt, 10 for mezo)")] = None,
+    virtual_tokens: Annotated[int, typer.Option(min=1, help="mezo: the soft prompt's length (bbt's soft prompt is "
+                                                            "the template's words)")] = 10,
     intrinsic_dim: Annotated[int, typer.Option(min=1, help="bbt: the searched dimension")] = 500,
     population: Annotated[int, typer.Option(min=2, help="bbt: CMA-ES candidates per generation")] = 20,
     demonstrations: Annotated[int, typer.Option(min=0, help="search: in-context examples at most")] = 4,
@@ -106,10 +106,10 @@ def blackbox(
             raise TunelabError(f"--api-key-env {api_key_env}: that environment variable is not set")
     quiet_libraries()
     if method == "bbt":
-        settings = BBTSettings(virtual_tokens or 50, intrinsic_dim, population, seed=seed,
+        settings = BBTSettings(intrinsic_dim, population, seed=seed,
                                patience=20 if patience is None else patience)
     elif method == "mezo":
-        settings = MeZOSettings(tune, virtual_tokens or 10, rank, target_modules, lr, epsilon, eval_every=eval_every,
+        settings = MeZOSettings(tune, virtual_tokens, rank, target_modules, lr, epsilon, eval_every=eval_every,
                                 seed=seed, patience=10 if patience is None else patience)
     else:
         settings = SearchSettings(demonstrations, candidates, 10 if patience is None else patience, seed, propose)

@@ -1,6 +1,7 @@
 """The language-model endpoints: OpenAI's `/v1/completions` and `/v1/chat/completions` (streamed or whole, with
-log-probabilities, echo, stop strings, seeds) and tunelab's `/v1/score`, the log-probabilities of given
-continuations after given prompts, optionally after soft-prompt embeddings."""
+log-probabilities, echo, stop strings, seeds), tunelab's `/v1/score`, the log-probabilities of given continuations
+after given prompts, optionally with soft-prompt embeddings before them or between their pieces, and
+`/v1/token_embeddings`, the input embeddings a soft prompt starts from."""
 
 from __future__ import annotations
 
@@ -28,11 +29,14 @@ from tunelab.serve.schemas import (
     CompletionRequest,
     ScoreRequest,
     ScoreResponse,
+    TokenEmbeddings,
+    TokenEmbeddingsRequest,
 )
 from tunelab.serve.server import ERRORS, Caller, Server, error, served_for, server_of
 from tunelab.tasks.conversation import context_ids
 from tunelab.tasks.generation import pad_id
 from tunelab.tasks.likelihood import score_continuations, score_texts
+from tunelab.tasks.likelihood import token_embeddings as embeddings_of
 
 router = APIRouter()
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -245,7 +249,8 @@ async def score(body: ScoreRequest, request: Request, key: Caller) -> Any:
     server = server_of(request)
     model = language_model(served_for(request, key, body.model))
     prompts = [body.prompts] if isinstance(body.prompts, str) else body.prompts
-    server.check_texts(prompts, "prompts")
+    pieced = _pieced(prompts, body.soft_lengths)
+    server.check_texts(["".join(prompt) for prompt in pieced] if body.soft_lengths else prompts, "prompts")
     server.check_texts(body.continuations, "continuations")
     if len(prompts) * len(body.continuations) > server.limits.max_inputs:
         raise error(422, f"{len(prompts)} prompts x {len(body.continuations)} continuations in one request; at "
@@ -254,8 +259,11 @@ async def score(body: ScoreRequest, request: Request, key: Caller) -> Any:
     if soft is None and not all(prompts):
         raise error(422, "a prompt is empty and there is no soft prompt: nothing to predict the first continuation "
                          "token from")
-    scoring = asyncio.to_thread(score_texts, model.model, model.tokenizer, prompts, body.continuations, soft,
-                                body.top_logprobs)
+    if body.soft_lengths is not None and (soft is None or sum(body.soft_lengths) != len(soft)):
+        raise error(422, f"soft_lengths add up to {sum(body.soft_lengths)} rows and the soft prompt has "
+                         f"{0 if soft is None else len(soft)}")
+    scoring = asyncio.to_thread(score_texts, model.model, model.tokenizer, pieced, body.continuations, soft,
+                                body.top_logprobs, None if body.soft_lengths is None else tuple(body.soft_lengths))
     try:
         rows = await asyncio.wait_for(scoring, server.limits.timeout_s)
     except asyncio.TimeoutError:
@@ -269,6 +277,20 @@ async def score(body: ScoreRequest, request: Request, key: Caller) -> Any:
             "usage": {"prompt_tokens": used, "completion_tokens": 0, "total_tokens": used}}
 
 
+def _pieced(prompts: list[str] | list[list[str]], lengths: list[int] | None) -> list[str] | list[tuple[str, ...]]:
+    """The prompts as `score_texts` takes them: texts, or with soft-prompt blocks, pieces one more than the blocks."""
+    if lengths is None:
+        if not all(isinstance(prompt, str) for prompt in prompts):
+            raise error(422, "a prompt given in pieces needs soft_lengths: the soft-prompt blocks between them")
+        return prompts
+    if any(length < 1 for length in lengths):
+        raise error(422, "soft_lengths: every block holds at least one row")
+    if any(isinstance(prompt, str) or len(prompt) != len(lengths) + 1 for prompt in prompts):
+        raise error(422, f"with {len(lengths)} soft-prompt blocks, every prompt is a list of {len(lengths) + 1} "
+                         f"pieces of text")
+    return [tuple(prompt) for prompt in prompts]
+
+
 def _soft_prompt(rows: list[list[float]] | None, model: LanguageModel) -> torch.Tensor | None:
     if rows is None:
         return None
@@ -280,6 +302,21 @@ def _soft_prompt(rows: list[list[float]] | None, model: LanguageModel) -> torch.
     if not torch.isfinite(soft).all():
         raise error(422, "soft_prompt holds a number that is not finite")
     return soft
+
+
+@router.post("/v1/token_embeddings", response_model=TokenEmbeddings, responses=ERRORS,
+             summary="The input embeddings of a text's tokens: where a soft prompt starts (black-box tuning)")
+async def token_embeddings(body: TokenEmbeddingsRequest, request: Request, key: Caller) -> Any:
+    server = server_of(request)
+    model = language_model(served_for(request, key, body.model))
+    server.check_texts([body.text], "text")
+    ids, rows = embeddings_of(model.model, model.tokenizer, body.text)
+    if not ids:
+        raise error(422, "the text has no tokens")
+    return {"object": "token_embeddings", "model": body.model, "tokens": [token_text(model.tokenizer, token)
+                                                                          for token in ids],
+            "data": rows.float().tolist(), "usage": {"prompt_tokens": len(ids), "completion_tokens": 0,
+                                                     "total_tokens": len(ids)}}
 
 
 def _scored(tokenizer: Any, text: str, result: Any) -> dict[str, Any]:

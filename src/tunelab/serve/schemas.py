@@ -98,11 +98,31 @@ class PredictResponse(BaseModel):
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
-    prompts: list[str] | str = Field(description="each prompt is scored with each continuation")
+    prompts: list[str] | list[list[str]] | str = Field(
+        description="each prompt is scored with each continuation; with soft_lengths, each prompt is pieces of text "
+                    "with the soft prompt's blocks between them")
     continuations: list[str] = Field(min_length=1)
     soft_prompt: list[list[float]] | None = Field(
-        None, description="input embeddings (virtual tokens x the model's hidden size) put before every prompt")
+        None, description="input embeddings (virtual tokens x the model's hidden size) put before every prompt, or "
+                          "with soft_lengths between its pieces")
+    soft_lengths: list[int] | None = Field(
+        None, description="the soft prompt's rows cut into blocks of these lengths, one between each two pieces of "
+                          "every prompt")
     top_logprobs: int = Field(0, ge=0, le=MAX_TOP_LOGPROBS)
+
+
+class TokenEmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    text: str = Field(min_length=1, description="the text whose tokens' input embeddings are wanted")
+
+
+class TokenEmbeddings(BaseModel):
+    object: Literal["token_embeddings"] = "token_embeddings"
+    model: str
+    tokens: list[str] = Field(description="the text's tokens, as the model reads it (no special tokens)")
+    data: list[list[float]] = Field(description="each token's input embedding: where a soft prompt can start")
+    usage: Usage
 
 
 class TokenLogprob(BaseModel):

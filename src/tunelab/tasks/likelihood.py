@@ -1,5 +1,9 @@
-"""Log-probabilities of given continuations after given contexts under a causal LM, optionally after soft-prompt
-embeddings: what label-word scoring, `echo` with logprobs and black-box tuning through an API read from a model."""
+"""Log-probabilities of given continuations after given contexts under a causal LM, optionally with soft-prompt
+embeddings, before the context or between its pieces of text: what label-word scoring, `echo` with logprobs and
+black-box tuning through an API read from a model.
+
+A soft prompt between pieces of text is carried in the token ids: its rows are ids from the embedding matrix's size
+on (`vocab + row`), looked up in the soft prompt instead of the matrix, so every batching below serves it as is."""
 
 from __future__ import annotations
 
@@ -39,10 +43,12 @@ class Scored:
 
 @torch.no_grad()
 def score_continuations(model: nn.Module, pairs: list[tuple[list[int], list[int]]],
-                        soft_prompt: torch.Tensor | None = None, top: int = 0, pad_id: int = 0) -> list[Scored]:
+                        soft_prompt: torch.Tensor | None = None, top: int = 0, pad_id: int = 0,
+                        inline: torch.Tensor | None = None) -> list[Scored]:
     """For each (context, continuation) pair of token ids, in one right-padded batch: the log-probability of each
     continuation token. `model` is a `CausalLM` (its HF model under `backbone`); `soft_prompt` (virtual tokens,
-    hidden) is prepended to every row as input embeddings."""
+    hidden) is prepended to every row as input embeddings; `inline` holds the rows that ids past the vocabulary
+    stand for."""
     virtual = 0 if soft_prompt is None else soft_prompt.shape[0]
     for context, continuation in pairs:
         if not continuation:
@@ -50,7 +56,8 @@ def score_continuations(model: nn.Module, pairs: list[tuple[list[int], list[int]
         if not context and not virtual:
             raise TunelabError("the first token has nothing before it to be predicted from: give a prompt or a "
                                "soft prompt")
-    logprobs = _logprobs(model, [context + continuation for context, continuation in pairs], soft_prompt, pad_id)
+    logprobs = _logprobs(model, [context + continuation for context, continuation in pairs], soft_prompt, pad_id,
+                         inline)
     device = logprobs.device
     scored = []
     for row, (context, continuation) in enumerate(pairs):
@@ -61,33 +68,87 @@ def score_continuations(model: nn.Module, pairs: list[tuple[list[int], list[int]
         scored.append(Scored(list(continuation), chosen,
                              [list(zip(best.indices[step].tolist(), best.values[step].tolist(), strict=True))
                               for step in range(len(continuation))] if best is not None else
-                             [[] for _ in continuation], len(context)))
+                             [[] for _ in continuation], _text_tokens(model, context)))
     return scored
 
 
-def score_texts(model: nn.Module, tokenizer: Any, prompts: list[str], continuations: list[str],
-                soft_prompt: torch.Tensor | None = None, top: int = 0) -> list[list[Scored]]:
+def score_texts(model: nn.Module, tokenizer: Any, prompts: list[str] | list[tuple[str, ...]],
+                continuations: list[str], soft_prompt: torch.Tensor | None = None, top: int = 0,
+                soft_lengths: tuple[int, ...] | None = None) -> list[list[Scored]]:
     """[prompt][continuation]: each continuation after each prompt, both read as plain text (no special tokens),
-    in forwards of SCORE_BATCH pairs. When every continuation is one token and no alternatives are asked for, one
-    pass over the prompts reads them all (label words: `next_token_logprobs`, a fraction of the compute)."""
+    in forwards of SCORE_BATCH pairs. A prompt is a text, after the whole soft prompt when there is one, or pieces of
+    text with the soft prompt's blocks (`soft_lengths` rows each) between them. When every continuation is one token
+    and no alternatives are asked for, one pass over the prompts reads them all (label words: `next_token_logprobs`,
+    a fraction of the compute)."""
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    contexts, endings = [encode(prompt) for prompt in prompts], [encode(text) for text in continuations]
+    endings = [encode(text) for text in continuations]
     if not all(endings):
         raise TunelabError("a continuation has no tokens")
+    inline = None
+    if soft_lengths is None:
+        contexts = [encode(prompt) for prompt in prompts]
+    else:
+        if soft_prompt is None or sum(soft_lengths) != soft_prompt.shape[0]:
+            raise TunelabError(f"soft-prompt blocks of {', '.join(map(str, soft_lengths))} rows need a soft prompt of "
+                               f"{sum(soft_lengths)} rows")
+        vocab = model.backbone.get_input_embeddings().num_embeddings
+        contexts = [_pieced(encode, pieces, soft_lengths, vocab) for pieces in prompts]
+        inline, soft_prompt = soft_prompt, None
     pad = pad_id(tokenizer)
     if top == 0 and all(len(ending) == 1 for ending in endings):
-        chosen = next_token_logprobs(model, contexts, [ending[0] for ending in endings], soft_prompt, pad).tolist()
-        return [[Scored(ending, [value], [[]], len(context)) for ending, value in zip(endings, row, strict=True)]
-                for context, row in zip(contexts, chosen, strict=True)]
+        chosen = next_token_logprobs(model, contexts, [ending[0] for ending in endings], soft_prompt, pad,
+                                     inline).tolist()
+        return [[Scored(ending, [value], [[]], _text_tokens(model, context))
+                 for ending, value in zip(endings, row, strict=True)] for context, row in zip(contexts, chosen,
+                                                                                              strict=True)]
     pairs = [(context, ending) for context in contexts for ending in endings]
     scored = [item for start in range(0, len(pairs), SCORE_BATCH)
-              for item in score_continuations(model, pairs[start:start + SCORE_BATCH], soft_prompt, top, pad)]
+              for item in score_continuations(model, pairs[start:start + SCORE_BATCH], soft_prompt, top, pad,
+                                              inline)]
     return [scored[row * len(endings):(row + 1) * len(endings)] for row in range(len(contexts))]
 
 
 @torch.no_grad()
+def token_embeddings(model: nn.Module, tokenizer: Any, text: str) -> tuple[list[int], torch.Tensor]:
+    """`text`'s token ids (no special tokens) and their input embeddings, (tokens, hidden) in float32 on the CPU:
+    where a soft prompt made of those words starts."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    embed = model.backbone.get_input_embeddings()
+    return ids, embed(torch.tensor(ids, dtype=torch.long, device=embed.weight.device)).float().cpu()
+
+
+def _pieced(encode: Any, pieces: tuple[str, ...], lengths: tuple[int, ...], vocab: int) -> list[int]:
+    """A prompt's ids: its pieces' tokens with the soft prompt's blocks between them, as ids from `vocab` on."""
+    if len(pieces) != len(lengths) + 1:
+        raise TunelabError(f"a prompt of {len(pieces)} pieces cannot hold {len(lengths)} soft-prompt blocks between "
+                           f"them: give one piece more than blocks")
+    ids, row = encode(pieces[0]), vocab
+    for length, piece in zip(lengths, pieces[1:], strict=True):
+        ids += [*range(row, row + length), *encode(piece)]
+        row += length
+    return ids
+
+
+def _text_tokens(model: nn.Module, ids: list[int]) -> int:
+    """How many of `ids` are text tokens, not soft-prompt rows."""
+    vocab = model.backbone.get_input_embeddings().num_embeddings
+    return sum(token < vocab for token in ids)
+
+
+def _embedded(embed: nn.Embedding, ids: torch.Tensor, inline: torch.Tensor | None) -> torch.Tensor:
+    """The input embeddings of `ids`, those past the vocabulary taken from `inline`'s rows."""
+    if inline is None:
+        return embed(ids)
+    soft = ids >= embed.num_embeddings
+    vectors = embed(ids.masked_fill(soft, 0))
+    vectors[soft] = inline.to(device=vectors.device, dtype=vectors.dtype)[ids[soft] - embed.num_embeddings]
+    return vectors
+
+
+@torch.no_grad()
 def next_token_logprobs(model: nn.Module, contexts: list[list[int]], tokens: list[int],
-                        soft_prompt: torch.Tensor | None = None, pad_id: int = 0) -> torch.Tensor:
+                        soft_prompt: torch.Tensor | None = None, pad_id: int = 0,
+                        inline: torch.Tensor | None = None) -> torch.Tensor:
     """(contexts, tokens): the log-probability of each single token right after each context (label words of one
     token each: what `score_continuations` gives for them, for a fraction of the compute).
 
@@ -99,7 +160,7 @@ def next_token_logprobs(model: nn.Module, contexts: list[list[int]], tokens: lis
                            "prompt")
     backbone = model.backbone
     if _learns_prompts(backbone):  # PEFT puts its own virtual tokens first and ignores position ids
-        logprobs = _logprobs(model, contexts, soft_prompt, pad_id)
+        logprobs = _logprobs(model, contexts, soft_prompt, pad_id, inline)
         virtual = 0 if soft_prompt is None else soft_prompt.shape[0]
         last = torch.tensor([virtual + len(context) - 1 for context in contexts], device=logprobs.device)
         return logprobs[torch.arange(len(contexts), device=logprobs.device), last][:, tokens]
@@ -112,12 +173,13 @@ def next_token_logprobs(model: nn.Module, contexts: list[list[int]], tokens: lis
     by_length = sorted(range(len(contexts)), key=lambda row: len(contexts[row]))
     for start in range(0, len(by_length), NEXT_TOKEN_BATCH):
         rows = by_length[start:start + NEXT_TOKEN_BATCH]
-        logits = _next_token_logits(backbone, [contexts[row] for row in rows], prefix, pad_id)
+        logits = _next_token_logits(backbone, [contexts[row] for row in rows], prefix, pad_id, inline)
         chosen[rows] = torch.log_softmax(logits.float(), dim=-1)[:, tokens].cpu()
     return chosen
 
 
-def _next_token_logits(backbone: nn.Module, contexts: list[list[int]], prefix: Any, pad_id: int) -> torch.Tensor:
+def _next_token_logits(backbone: nn.Module, contexts: list[list[int]], prefix: Any, pad_id: int,
+                       inline: torch.Tensor | None) -> torch.Tensor:
     """(contexts, vocabulary) logits of the token after each context, from one left-padded forward after the
     `prefix` forward's cache (a copy, repeated for each row); an empty context takes the prefix's own last logits."""
     embed = backbone.get_input_embeddings()
@@ -137,8 +199,8 @@ def _next_token_logits(backbone: nn.Module, contexts: list[list[int]], prefix: A
         virtual = cache.get_seq_length()
         positions = positions + virtual
         mask = torch.cat([torch.ones(len(contexts), virtual, dtype=mask.dtype, device=device), mask], dim=1)
-    logits = backbone(inputs_embeds=embed(ids), attention_mask=mask, position_ids=positions, cache=cache,
-                      logits_to_keep=1).logits[:, -1]
+    logits = backbone(inputs_embeds=_embedded(embed, ids, inline), attention_mask=mask, position_ids=positions,
+                      cache=cache, logits_to_keep=1).logits[:, -1]
     if prefix is not None and not lengths.all():
         logits[lengths == 0] = prefix.logits[0, -1].to(logits.dtype)
     return logits
@@ -149,7 +211,7 @@ def _learns_prompts(backbone: nn.Module) -> bool:
 
 
 def _logprobs(model: nn.Module, rows: list[list[int]], soft_prompt: torch.Tensor | None,
-              pad_id: int) -> torch.Tensor:
+              pad_id: int, inline: torch.Tensor | None = None) -> torch.Tensor:
     """(rows, soft + longest row, vocabulary) log-softmax of one right-padded forward, the soft prompt first. A
     prompt-tuned model's own virtual tokens come before the row, so positions are counted from the end."""
     backbone = model.backbone
@@ -159,7 +221,7 @@ def _logprobs(model: nn.Module, rows: list[list[int]], soft_prompt: torch.Tensor
     ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], dtype=torch.long, device=device)
     mask = (torch.arange(width, device=device)[None] < torch.tensor([len(row) for row in rows],
                                                                       device=device)[:, None]).long()
-    embeddings = embed(ids)
+    embeddings = _embedded(embed, ids, inline)
     if soft_prompt is not None:
         soft = soft_prompt.to(device=device, dtype=embeddings.dtype)[None].expand(len(rows), -1, -1)
         embeddings = torch.cat([soft, embeddings], dim=1)
