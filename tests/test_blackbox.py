@@ -309,6 +309,26 @@ def test_a_bbt_run_is_written_whole_and_refuses_to_overwrite(tiny_lm, tiny_llama
         run_blackbox(config, InProcess(*tiny_lm), SETTINGS, budget=12)
 
 
+def test_a_bbt_run_through_tunelab_serve_searches_as_in_this_process(tiny_lm, tiny_llama_lm: Path,
+                                                                      sentiment_csv: Path, tmp_path: Path):
+    models = ServedModels("fp32")
+    models.load_base(str(tiny_llama_lm))
+    runs = {}
+    with TestClient(create_app(models)) as client:
+        for name, endpoint in (("local", InProcess(*tiny_lm)),
+                               ("served", TunelabServer("http://testserver", str(tiny_llama_lm), None, client=client))):
+            config = build_config({"model": str(tiny_llama_lm), "task": "classification",
+                                   "strategy": {"name": "zero-shot"}, "data": {"source": str(sentiment_csv),
+                                                                               "shots": 2},
+                                   "output": str(tmp_path / name)})
+            runs[name] = run_blackbox(config, endpoint, SETTINGS, budget=12)
+    (local, local_metrics), (served, served_metrics) = runs["local"], runs["served"]
+    assert json.loads((served / "resources.json").read_text())["search"]["calls"] == 12
+    assert served_metrics["curve"][-1]["train_loss"] == pytest.approx(local_metrics["curve"][-1]["train_loss"],
+                                                                       abs=1e-4)
+    assert FoundPrompt(served).record["soft_lengths"] == FoundPrompt(local).record["soft_lengths"]
+
+
 def test_a_bbt_run_that_kept_the_template_reads_back_as_the_template_alone(sentiment_csv: Path, tmp_path: Path):
     config = build_config({"model": "smollm2", "task": "classification", "strategy": {"name": "zero-shot"},
                            "data": {"source": str(sentiment_csv), "shots": 2}, "output": str(tmp_path / "bbt")})
