@@ -249,7 +249,7 @@ async def score(body: ScoreRequest, request: Request, key: Caller) -> Any:
     server = server_of(request)
     model = language_model(served_for(request, key, body.model))
     prompts = [body.prompts] if isinstance(body.prompts, str) else body.prompts
-    pieced = _pieced(prompts, body.soft_lengths)
+    pieced = _checked_pieces(prompts, body.soft_lengths)
     server.check_texts(["".join(prompt) for prompt in pieced] if body.soft_lengths else prompts, "prompts")
     server.check_texts(body.continuations, "continuations")
     if len(prompts) * len(body.continuations) > server.limits.max_inputs:
@@ -277,7 +277,8 @@ async def score(body: ScoreRequest, request: Request, key: Caller) -> Any:
             "usage": {"prompt_tokens": used, "completion_tokens": 0, "total_tokens": used}}
 
 
-def _pieced(prompts: list[str] | list[list[str]], lengths: list[int] | None) -> list[str] | list[tuple[str, ...]]:
+def _checked_pieces(prompts: list[str] | list[list[str]],
+                    lengths: list[int] | None) -> list[str] | list[tuple[str, ...]]:
     """The prompts as `score_texts` takes them: texts, or with soft-prompt blocks, pieces one more than the blocks."""
     if lengths is None:
         if not all(isinstance(prompt, str) for prompt in prompts):
