@@ -259,16 +259,13 @@ async def score(body: ScoreRequest, request: Request, key: Caller) -> Any:
     if soft is None and not all(prompts):
         raise error(422, "a prompt is empty and there is no soft prompt: nothing to predict the first continuation "
                          "token from")
-    if body.soft_lengths is not None and (soft is None or sum(body.soft_lengths) != len(soft)):
-        raise error(422, f"soft_lengths add up to {sum(body.soft_lengths)} rows and the soft prompt has "
-                         f"{0 if soft is None else len(soft)}")
     scoring = asyncio.to_thread(score_texts, model.model, model.tokenizer, pieced, body.continuations, soft,
                                 body.top_logprobs, None if body.soft_lengths is None else tuple(body.soft_lengths))
     try:
         rows = await asyncio.wait_for(scoring, server.limits.timeout_s)
     except asyncio.TimeoutError:
         raise error(504, f"no answer within {server.limits.timeout_s:g} s") from None
-    except TunelabError as refused:  # a text with no tokens
+    except TunelabError as refused:  # a text with no tokens, soft_lengths that miss the soft prompt's rows
         raise error(422, str(refused)) from None
     used = sum(scored.read for row in rows for scored in row)
     return {"object": "score", "model": body.model,

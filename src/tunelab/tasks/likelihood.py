@@ -88,9 +88,9 @@ def score_texts(model: nn.Module, tokenizer: Any, prompts: list[str] | list[tupl
     if soft_lengths is None:
         contexts = [encode(prompt) for prompt in prompts]
     else:
-        if soft_prompt is None or sum(soft_lengths) != soft_prompt.shape[0]:
-            raise TunelabError(f"soft-prompt blocks of {', '.join(map(str, soft_lengths))} rows need a soft prompt of "
-                               f"{sum(soft_lengths)} rows")
+        rows = 0 if soft_prompt is None else soft_prompt.shape[0]
+        if sum(soft_lengths) != rows:
+            raise TunelabError(f"soft_lengths add up to {sum(soft_lengths)} rows and the soft prompt has {rows}")
         vocab = model.backbone.get_input_embeddings().num_embeddings
         contexts = [_pieced(encode, pieces, soft_lengths, vocab) for pieces in prompts]
         inline, soft_prompt = soft_prompt, None
