@@ -364,7 +364,7 @@ def bbt_table() -> str:
 
     def mean_of(key: str) -> str:
         seeds = sum(key in row for row in rows)
-        return measured(mean, key) + (f" ({seeds} seeds)" if 0 < seeds < len(rows) else "")
+        return measured(mean, key) + (f" ({seeds} seed{'s' * (seeds > 1)})" if 0 < seeds < len(rows) else "")
 
     table = _table(["", *(f"seed {row['seed']}" for row in rows), "mean"],
                    [[label, *(measured(row, key) for row in rows), mean_of(key)] for key, label in sides] +

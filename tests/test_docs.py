@@ -1,19 +1,26 @@
 """The documentation: the site builds strictly with every generated part filled from the catalog, the results JSON
-and the CLI, renders in a real browser, and the user docs stay free of issue numbers; the README stays short."""
+and the CLI, renders in a real browser, every command it shows parses, and the user docs stay free of issue numbers;
+the README stays short."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import typer
 from tiny import open_in_chromium
+from typer._click.core import Context
+from typer._click.exceptions import ClickException
+from typer.core import TyperGroup
 
+from tunelab.cli import app
 from tunelab.strategies.catalog import CATALOG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +67,34 @@ def test_user_docs_name_no_issue_numbers():
     mentions = [f"{path.relative_to(ROOT)}: {match.group(0)}" for path in USER_DOCS
                 for match in re.finditer(r"\bissues? #?\d+", path.read_text(encoding="utf-8"), re.IGNORECASE)]
     assert mentions == []
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(file, line) of every `tunelab` command in the user docs' code blocks, continuation lines joined; lines with
+    `...` stand for a command in part and are left out."""
+    lines = []
+    for path in USER_DOCS:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(encoding="utf-8"), re.DOTALL):
+            lines += [(path.name, line.strip()) for line in block.replace("\\\n", " ").splitlines()
+                      if line.strip().startswith("tunelab ") and "..." not in line]
+    return lines
+
+
+def test_every_documented_command_parses():
+    """Each command a reader may copy names a real subcommand with real options and every required one: parsed by
+    the CLI itself, not run."""
+    command, refused = typer.main.get_command(app), []
+    for source, line in documented_commands():
+        words, context, current = shlex.split(line, comments=True)[1:], None, command
+        try:
+            while isinstance(current, TyperGroup) and words and not words[0].startswith("-"):
+                context = Context(current, info_name=words[0], parent=context)
+                current, words = current.get_command(context, words[0]), words[1:]
+                assert current is not None, f"{source}: no such command: {line}"
+            current.make_context(current.name, words, parent=context)
+        except ClickException as error:
+            refused.append(f"{source}: {line} -> {error.format_message()}")
+    assert len(documented_commands()) > 100 and refused == []
 
 
 def test_the_readme_is_a_front_door():

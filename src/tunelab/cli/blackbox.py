@@ -19,7 +19,6 @@ APIS = ("tunelab", "openai", "openai-top")
 
 @app.command()
 def blackbox(
-    data: Annotated[str, typer.Option(help="a file or an embedded dataset (classification)")],
     output: Annotated[Path, typer.Option(help="the run's folder")],
     method: Annotated[str, typer.Option(help="bbt: a soft prompt searched by CMA-ES through a random projection "
                                              "(the model in this process, or a `tunelab serve` endpoint); search: "
@@ -28,6 +27,7 @@ def blackbox(
                                              "by zeroth-order SPSA, two calls a step")] = "bbt",
     model: Annotated[str, typer.Option(help="the causal LM: in this process, or its name on --endpoint")]
     = "smollm2",
+    data: Annotated[str, typer.Option(help="a file or an embedded dataset (classification)")] = "movie-snippets",
     endpoint: Annotated[str | None, typer.Option(help="a `tunelab serve` URL (http://host:port); default: the "
                                                       "model in this process")] = None,
     api: Annotated[str, typer.Option(help="what --endpoint speaks: tunelab (`tunelab serve`'s /v1/score), openai "
