@@ -6,6 +6,7 @@ The process pays about five seconds of imports: the two sessions start together 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -25,11 +26,13 @@ from tunelab.recipes import generation
 MAX_NEW = 8
 
 
-def _spawn(run: Path, *options: str) -> pexpect.spawn:
-    """`python -m tunelab chat RUN` in a terminal, with the tests' offline environment and private TUNELAB_HOME."""
+def _spawn(run: Path, *options: str, sigint_ignored: bool = False) -> pexpect.spawn:
+    """`python -m tunelab chat RUN` in a terminal, with the tests' offline environment and private TUNELAB_HOME;
+    `sigint_ignored`: started as a script's background job starts it, with SIGINT ignored."""
     env = {**os.environ, "TERM": "dumb", "COLUMNS": "200"}
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     return pexpect.spawn(sys.executable, ["-m", "tunelab", "chat", str(run), *options], env=env, encoding="utf-8",
-                         timeout=120)
+                         timeout=120, preexec_fn=ignore)
 
 
 def _say(child: pexpect.spawn, text: str) -> str:
@@ -54,8 +57,10 @@ def babbling_run(tiny_llama_lm: Path, chat_jsonl: Path, tmp_path_factory: pytest
 def terminals(chat_run: api.RunResult, babbling_run: api.RunResult):
     """Both sessions, started together so that their imports overlap."""
     children = {"talk": _spawn(chat_run.path, "--max-new-tokens", str(MAX_NEW)),
-                # sampled at a very high temperature, a random model's answer almost never reaches its end of turn
-                "endless": _spawn(babbling_run.path, "--temperature", "100", "--max-new-tokens", "100000")}
+                # sampled at a very high temperature, a random model's answer almost never reaches its end of turn;
+                # Ctrl-C must stop it even when the chat was started with SIGINT ignored
+                "endless": _spawn(babbling_run.path, "--temperature", "100", "--max-new-tokens", "100000",
+                                  sigint_ignored=True)}
     yield children
     for child in children.values():
         child.close(force=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -353,6 +354,9 @@ def chat(
     from tunelab.chat import chat as converse
 
     quiet_libraries()
+    # Ctrl-C is how a user stops an answer, even where the shell started this process with SIGINT ignored (a
+    # background job of a script), in which case Python installs no handler of its own
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     model, tokenizer = api.load_generator(run, purpose="chat")
     converse(model, tokenizer, system, max_new_tokens, temperature, seed)
 
