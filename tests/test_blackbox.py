@@ -379,6 +379,20 @@ def test_a_run_that_found_nothing_better_than_its_template_says_so_and_what_to_t
             in " ".join(out.split()))
 
 
+def test_a_search_in_a_log_prints_a_line_a_generation(tiny_llama_lm: Path, sentiment_csv: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """Captured output is not a terminal, as under nohup: a progress bar would draw nothing there for hours."""
+    from tiny import run_main
+
+    code, out, _ = run_main(["blackbox", "--model", str(tiny_llama_lm), "--data", str(sentiment_csv), "--shots", "2",
+                             "--budget", "12", "--intrinsic-dim", "6", "--population", "4", "--patience", "0",
+                             "--output", str(tmp_path / "bbt")], monkeypatch, capsys)
+    lines = [line for line in out.splitlines() if line.startswith("generation ")]
+    assert code == 0 and len(lines) == 2  # budget 12: the words, the template, then two generations of 4 + 1
+    assert lines[0].startswith("generation 1: 7/12 calls, validation accuracy 0.") and \
+        lines[1].startswith("generation 2: 12/12 calls, validation accuracy 0.")
+
+
 SHOTS = pd.DataFrame({"text": ["good fine", "bad awful", "great nice", "poor nasty", "lovely superb", "ugly bad"],
                       "label": ["positive", "negative"] * 3})
 

@@ -123,9 +123,16 @@ def blackbox(
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} calls"),
                   console=console, transient=True) as bar:
         searching = bar.add_task("searching", total=budget)
-        path, metrics = run_blackbox(config, asked, settings, budget, overwrite, lambda state: bar.update(
-            searching, completed=asked.usage.calls,
-            description=f"validation accuracy {state.best_validation:.3f}"))
+
+        def show(state) -> None:
+            """The bar on a terminal; a line a generation in a log (nohup, CI), where a bar draws nothing."""
+            accuracy = f"validation accuracy {state.best_validation:.3f}"
+            bar.update(searching, completed=asked.usage.calls, description=accuracy)
+            if not console.is_terminal:
+                console.print(f"generation {state.generation}: {asked.usage.calls}/{budget} calls, {accuracy}",
+                              markup=False, highlight=False)
+
+        path, metrics = run_blackbox(config, asked, settings, budget, overwrite, show)
     console.print(result_table(path, metrics, method == "mezo" and tune == "lora"))
     if not metrics["learned"]:
         searched = metrics["curve"][-1]["calls"] if metrics["curve"] else 0  # the evaluation's calls are apart
