@@ -106,13 +106,16 @@ def test_a_ppo_run_starts_at_the_sft_policy_and_writes_its_delta(tiny_llama_lm: 
     sft, rm = _sft_and_reward_runs(tiny_llama_lm, tiny_bert, tmp_path)
     settings = PPOSettings(iterations=2, rollout_size=4, minibatch_size=2, ppo_epochs=1, max_new_tokens=6)
 
-    metrics = train_ppo(settings, sft, rm, PROMPTS * 2, PROMPTS[:2], tmp_path / "ppo", progress=False)
+    lines: list[str] = []
+    metrics = train_ppo(settings, sft, rm, PROMPTS * 2, PROMPTS[:2], tmp_path / "ppo", announce=lines.append)
 
     assert metrics["sft_test"]["kl"] == pytest.approx(0.0, abs=1e-5)  # a fresh LoRA on the merged SFT model
     assert len(metrics["iterations"]) == 2 and metrics["test"]["prompts"] == 2
     assert {path.name for path in (tmp_path / "ppo").iterdir()} == {"adapter", "value_head.safetensors", "policy.yaml",
                                                                      "metrics.json", "resources.json", "manifest.json"}
     assert json.loads((tmp_path / "ppo" / "metrics.json").read_text())["iterations"][0]["kl_coef"] > 0
+    assert [line.split(":")[0] for line in lines] == ["iteration 1/2", "iteration 2/2"]  # not a terminal: a log
+    assert lines[0].startswith("iteration 1/2: PPO reward ") and " KL " in lines[0]
 
 
 def _sft_and_reward_runs(tiny_llama_lm: Path, tiny_bert: Path, folder: Path) -> tuple[Path, Path]:

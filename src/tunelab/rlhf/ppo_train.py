@@ -65,8 +65,10 @@ def train_ppo(settings: PPOSettings, sft_run: Path, reward_run: Path, prompts_tr
                 batch = [prompts_train[order[(iteration * settings.rollout_size + k) % len(order)]]
                          for k in range(settings.rollout_size)]
                 history.append(ppo_iteration(policy, optimizer, tokenizer, batch, reward, controller, settings))
-                bar.update(task, advance=1, description=f"PPO reward {history[-1]['reward']:+.2f} "
-                                                        f"KL {history[-1]['kl']:.2f}")
+                said = f"PPO reward {history[-1]['reward']:+.2f} KL {history[-1]['kl']:.2f}"
+                bar.update(task, advance=1, description=said)
+                if progress and not bar.console.is_terminal:  # a log (nohup, CI): a bar draws nothing there
+                    announce(f"iteration {iteration + 1}/{settings.iterations}: {said}")
                 if (iteration + 1) % settings.checkpoint_every == 0 and iteration + 1 < settings.iterations:
                     save_checkpoint(output, identity, iteration + 1, policy, optimizer, controller, history, before)
         train_s = time.perf_counter() - start_time
