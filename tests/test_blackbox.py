@@ -67,7 +67,7 @@ class Counting(Endpoint):
 
 PROMPTS = LabelPrompts.build("{text} It was {label}", None, ["negative", "positive"])  # two words: one block of 2
 ROWS = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["negative", "positive"] * 2})
-SETTINGS = BBTSettings(intrinsic_dim=6, population=4, sigma=1.0, patience=0)
+SETTINGS = BBTSettings(intrinsic_dim=6, population=4, sigma=1.0)
 
 
 def test_cached_questions_are_free_and_the_budget_is_never_passed():
@@ -117,14 +117,14 @@ def test_bbt_returns_the_template_alone_unless_a_candidate_beats_it_on_validatio
     for endpoint, beaten in ((Counting(Budget(calls=23)), False), (FarTemplate(Budget(calls=23)), True)):
         bbt = BlackBoxTuning(endpoint, PROMPTS, SETTINGS)
         state = bbt.search(ROWS, ROWS, tmp_path / f"{beaten}.pkl")
-        assert state.best_z is not None and (state.best > state.template) == beaten
+        assert state.result_z is not None and (state.result > state.template) == beaten
         folder = tmp_path / str(beaten)
         folder.mkdir()
         record = bbt.save(state, folder)
         _, soft = bbt.asked(state, ROWS)
         if beaten:
-            assert state.found is state.best_z and state.best_validation == state.best[0]
-            np.testing.assert_array_equal(soft[0], bbt.soft_prompt(state.best_z)[0])
+            assert state.found is state.result_z and state.best_validation == state.result[0]
+            np.testing.assert_array_equal(soft[0], bbt.soft_prompt(state.result_z)[0])
             assert record["soft_prompt"] == "soft_prompt.safetensors" and (folder / record["soft_prompt"]).exists()
             assert record["soft_lengths"] == [2]
         else:  # the template alone scores every shot right, at the lowest loss a prompt can reach here
@@ -154,7 +154,24 @@ def test_bbt_scores_cma_es_mean_on_validation_after_each_generation(tmp_path: Pa
     np.testing.assert_allclose(asked[-1], bbt.soft_prompt(state.strategy.mean)[0], rtol=1e-6)
     means, candidates = [asked[5], asked[10]], asked[1:5] + asked[6:10]
     assert not any(np.allclose(mean, candidate) for mean in means for candidate in candidates)
-    assert any(np.allclose(bbt.soft_prompt(state.best_z)[0], mean) for mean in means)
+    np.testing.assert_allclose(bbt.soft_prompt(state.result_z)[0], asked[10], rtol=1e-6)  # the last half: 1 mean
+
+
+@pytest.mark.parametrize(("generations", "average", "averaged"), [(3, 10, 2), (5, 2, 2), (6, 10, 3)])
+def test_bbt_runs_its_generations_and_keeps_the_average_of_the_last_half_of_its_means(
+        tmp_path: Path, generations: int, average: int, averaged: int):
+    endpoint = Recording(Budget(calls=200))
+    means = []
+    settings = BBTSettings(intrinsic_dim=6, population=4, sigma=1.0, generations=generations, average=average)
+    bbt = BlackBoxTuning(endpoint, PROMPTS, settings)
+    state = bbt.search(ROWS, ROWS, tmp_path / "state.pkl",
+                       lambda state: means.append(np.array(state.strategy.result.xfavorite)))
+    assert state.generation == len(means) == generations and endpoint.usage.calls == 2 + generations * 5
+    np.testing.assert_allclose(state.result_z, np.mean(means[-averaged:], axis=0))
+    np.testing.assert_allclose(endpoint.soft_prompts_asked[-1], bbt.soft_prompt(state.result_z)[0], rtol=1e-6)
+    assert len(state.means) == min(average, generations)
+    again = bbt.search(ROWS, ROWS, tmp_path / "state.pkl")  # done: a rerun resumes and asks nothing more
+    assert again.generation == generations and endpoint.usage.calls == 2 + generations * 5
 
 
 def test_bbt_searches_around_the_templates_words_at_the_embeddings_scale():
@@ -356,6 +373,9 @@ def test_bad_blackbox_input_is_one_line(sentiment_csv: Path, tmp_path: Path, mon
     assert code == 2 and "NO_SUCH_KEY: that environment variable is not set" in err, err
     code, _, err = run_main([*base, "--template", "{label} {text}"], monkeypatch, capsys)
     assert code == 2 and err.count("\n") == 1, err
+    code, _, err = run_main([*base, "--patience", "5"], monkeypatch, capsys)
+    assert code == 2 and err == "error: --patience is for search and mezo: bbt runs --generations and keeps the " \
+        "average of its last means\n", err
     assert not (tmp_path / "out").exists()
     (tmp_path / "out").mkdir()
     code, _, err = run_main(base, monkeypatch, capsys)
@@ -375,7 +395,7 @@ def test_a_run_that_found_nothing_better_than_its_template_says_so_and_what_to_t
                              "--budget", "8", "--output", str(tmp_path / "bbt")], monkeypatch, capsys)
     assert code == 0 and "0.625" in out  # the template's validation accuracy, beside what was found
     assert ("warning: what was found scores 0.400 on the test split, no better than the template alone (0.500), "
-            "after 5 of 8 calls: try --patience 0 to spend the whole budget, more --shots, or another --method"
+            "after 5 of 8 calls: try more --generations, more --shots, or another --method"
             in " ".join(out.split()))
 
 
@@ -385,7 +405,7 @@ def test_a_search_in_a_log_prints_a_line_a_generation(tiny_llama_lm: Path, senti
     from tiny import run_main
 
     code, out, _ = run_main(["blackbox", "--model", str(tiny_llama_lm), "--data", str(sentiment_csv), "--shots", "2",
-                             "--budget", "12", "--intrinsic-dim", "6", "--population", "4", "--patience", "0",
+                             "--budget", "12", "--intrinsic-dim", "6", "--population", "4",
                              "--output", str(tmp_path / "bbt")], monkeypatch, capsys)
     lines = [line for line in out.splitlines() if line.startswith("generation ")]
     assert code == 0 and len(lines) == 2  # budget 12: the words, the template, then two generations of 4 + 1

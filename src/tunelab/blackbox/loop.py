@@ -1,5 +1,6 @@
-"""What every black-box search shares: rounds while the budget has room for a whole one and the result on validation
-still improves, the state saved after each, and a resumed search starting from the last one saved."""
+"""What every black-box search shares: rounds while the budget has room for a whole one, up to a number of rounds or
+while the result on validation still improves, the state saved after each, and a resumed search starting from the
+last one saved."""
 
 from __future__ import annotations
 
@@ -19,14 +20,15 @@ def resume(checkpoint: Path) -> Any | None:
 
 
 def search_rounds(endpoint: Endpoint, state: Any, round_calls: int, patience: int, one_round: Callable[[], None],
-                  checkpoint: Path, on_round: Callable[[Any], None]) -> Any:
-    """Run `one_round` (at most `round_calls` calls) until the budget has no room for another, or `patience`
-    rounds pass without a better result on the validation shots (`state.stale`; 0: never); save `state` after each."""
+                  checkpoint: Path, on_round: Callable[[Any], None], rounds: int = 0) -> Any:
+    """Run `one_round` (at most `round_calls` calls) until the budget has no room for another, `rounds` rounds are
+    done (`state.generation`; 0: no limit), or `patience` rounds pass without a better result on the validation shots
+    (`state.stale`; 0: never); save `state` after each."""
     while True:
         remaining = endpoint.remaining_calls()
         if remaining is not None and remaining < round_calls:
             break
-        if patience and state.stale >= patience:
+        if (rounds and state.generation >= rounds) or (patience and state.stale >= patience):
             break
         try:
             one_round()

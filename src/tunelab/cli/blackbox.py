@@ -45,6 +45,8 @@ def blackbox(
                                                             "the template's words)")] = 10,
     intrinsic_dim: Annotated[int, typer.Option(min=1, help="bbt: the searched dimension")] = 500,
     population: Annotated[int, typer.Option(min=2, help="bbt: CMA-ES candidates per generation")] = 20,
+    generations: Annotated[int, typer.Option(min=1, help="bbt: CMA-ES generations, fewer if the budget ends "
+                                                         "first")] = 25,
     demonstrations: Annotated[int, typer.Option(min=0, help="search: in-context examples at most")] = 4,
     tune: Annotated[str, typer.Option(help="mezo: what trains: soft-prompt (before the text; this process or a "
                                            "`tunelab serve` endpoint) or lora (on the weights; this process "
@@ -62,9 +64,9 @@ def blackbox(
     propose: Annotated[int, typer.Option(min=0, help="search: instructions the model writes per round from a few "
                                                      "training pairs (APE; one generation call), tried beside the "
                                                      "edits")] = 0,
-    patience: Annotated[int | None, typer.Option(min=0, help="generations (rounds) without a better result on "
+    patience: Annotated[int | None, typer.Option(min=0, help="search and mezo: rounds without a better result on "
                                                              "the validation shots before stopping, 0: never "
-                                                             "(default: 20 for bbt, 10 for search and mezo)")] = None,
+                                                             "(default: 10)")] = None,
     template: Annotated[str | None, typer.Option(help=TEMPLATE_HELP)] = None,
     verbalizer: Annotated[list[str] | None, typer.Option(help=VERBALIZER_HELP)] = None,
     text_column: Annotated[str, typer.Option(help="the data's text column")] = "text",
@@ -91,6 +93,9 @@ def blackbox(
         raise TunelabError(f"unknown --method '{method}'; choose {', '.join(BLACKBOX_METHODS)}")
     if api not in APIS:
         raise TunelabError(f"unknown --api '{api}'; choose {', '.join(APIS)}")
+    if method == "bbt" and patience is not None:
+        raise TunelabError("--patience is for search and mezo: bbt runs --generations and keeps the average of its "
+                           "last means")
     config = build_config({"model": model, "task": "classification", "strategy": {"name": "zero-shot"},
                            "data": {"source": data, "text_column": text_column, "label_column": label_column,
                                     "shots": shots, "limit_eval": limit_eval},
@@ -105,14 +110,14 @@ def blackbox(
         if not key:
             raise TunelabError(f"--api-key-env {api_key_env}: that environment variable is not set")
     quiet_libraries()
+    patience = 10 if patience is None else patience
     if method == "bbt":
-        settings = BBTSettings(intrinsic_dim, population, seed=seed,
-                               patience=20 if patience is None else patience)
+        settings = BBTSettings(intrinsic_dim, population, generations=generations, seed=seed)
     elif method == "mezo":
         settings = MeZOSettings(tune, virtual_tokens, rank, target_modules, lr, epsilon, eval_every=eval_every,
-                                seed=seed, patience=10 if patience is None else patience)
+                                seed=seed, patience=patience)
     else:
-        settings = SearchSettings(demonstrations, candidates, 10 if patience is None else patience, seed, propose)
+        settings = SearchSettings(demonstrations, candidates, patience, seed, propose)
     if endpoint is None:
         from tunelab.api import load_language_model
 
@@ -136,9 +141,10 @@ def blackbox(
     console.print(result_table(path, metrics, method == "mezo" and tune == "lora"))
     if not metrics["learned"]:
         searched = metrics["curve"][-1]["calls"] if metrics["curve"] else 0  # the evaluation's calls are apart
+        longer = "more --generations" if method == "bbt" else "--patience 0 to spend the whole budget"
         console.print(f"[yellow]warning:[/yellow] what was found scores {metrics['test']['accuracy']:.3f} on the test "
                       f"split, no better than the template alone ({metrics['zero_shot']['accuracy']:.3f}), after "
-                      f"{searched} of {budget} calls: try --patience 0 to spend the whole budget, more --shots, or "
+                      f"{searched} of {budget} calls: try {longer}, more --shots, or "
                       f"another --method")
 
 
