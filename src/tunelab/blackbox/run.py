@@ -99,8 +99,9 @@ def _resumable(work: Path, settings: dict[str, Any]) -> None:
 
 
 def _plot(curve: list[dict], path: Path, method: str, metrics: dict) -> None:
-    """The validation accuracy of the best found so far against the calls made, the test accuracy of what was found
-    where the search ended, and the template's zero-shot test accuracy."""
+    """The validation accuracy of what the search held after each round (its best so far; bbt's average of its last
+    means) against the calls made, the test accuracy of what was found where the search ended, and the template's
+    zero-shot test accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,7 +110,7 @@ def _plot(curve: list[dict], path: Path, method: str, metrics: dict) -> None:
     figure, axis = plt.subplots(figsize=(6, 3.5))
     calls = [point["calls"] for point in curve]
     axis.step(calls, [point["validation_accuracy"] for point in curve], where="post", marker=".",
-              label="validation (K shots), best so far")
+              label="validation (K shots), what the search held")
     if calls:
         axis.plot(calls[-1], metrics["test"]["accuracy"], marker="*", markersize=12, linestyle="none",
                   label="test, what was found")
