@@ -368,7 +368,7 @@ def bbt_table() -> str:
 
     table = _table(["", *(f"seed {row['seed']}" for row in rows), "mean"],
                    [[label, *(measured(row, key) for row in rows), mean_of(key)] for key, label in sides] +
-                   [["bbt: validation accuracy (the shots that chose it)",
+                   [["bbt: validation accuracy (the shots that checked it)",
                      *(f"{row['validation_accuracy']:.3f}" for row in rows),
                      f"{mean['validation_accuracy']:.3f}"],
                     ["bbt: calls made", *(f"{row['calls']:,}" for row in rows), f"{mean['calls']:,.0f}"],
@@ -381,13 +381,15 @@ def bbt_table() -> str:
     concurrent = settings.get("concurrent_bbt_searches", 1)
     together = f", {concurrent} searches at once, one thread each" if concurrent > 1 else ""
     per_seed = f", the {concurrent} seeds together" if concurrent > 1 else " a seed"
+    lengths = sorted({row["curve"][-1]["generation"] for row in rows})
+    generations = f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}"
     return (f"{table}\n\nSmolLM2, {settings['data']}, {settings['shots']} shots per label, at most "
             f"{settings['bbt_budget']:,} calls, test accuracy on {tested}; {bbt['seeds_done']} seeds measured. "
             f"bbt at least 2 points over zero-shot: {verdict('bbt_at_least_zero_shot_plus_2')} (bbt minus "
             f"zero-shot: {over('zero_shot_accuracy'):+.1f} points); within 3 points of soft-template: "
             f"{verdict('bbt_within_3_of_soft_template')} (bbt minus soft-template: "
-            f"{over('soft_template_accuracy'):+.1f}). A search ends at "
-            f"the budget or when its best on validation stops improving (`--patience`); a call took "
+            f"{over('soft_template_accuracy'):+.1f}). A search ran {generations} generations (`--generations`); "
+            f"a call took "
             f"{mean['search_wall_s'] / mean['calls']:.1f} s on this machine's {result['machine']['nproc']} CPU cores"
             f"{together} (all {settings['bbt_budget']:,} at that pace: "
             f"{settings['bbt_budget'] * mean['search_wall_s'] / mean['calls'] / 3600:.1f} hours{per_seed}).")
