@@ -411,6 +411,11 @@ def test_a_search_in_a_log_prints_a_line_a_generation(tiny_llama_lm: Path, senti
     assert code == 0 and len(lines) == 2  # budget 12: the words, the template, then two generations of 4 + 1
     assert lines[0].startswith("generation 1: 7/12 calls, validation accuracy 0.") and \
         lines[1].startswith("generation 2: 12/12 calls, validation accuracy 0.")
+    code, out, _ = run_main(["blackbox", "--model", str(tiny_llama_lm), "--data", str(sentiment_csv), "--shots", "2",
+                             "--budget", "12", "--intrinsic-dim", "6", "--population", "4", "--generations", "1",
+                             "--output", str(tmp_path / "one")], monkeypatch, capsys)
+    assert code == 0 and [line[:22] for line in out.splitlines() if line.startswith("generation ")] == \
+        ["generation 1: 7/12 cal"]  # --generations ends the search before the budget
 
 
 SHOTS = pd.DataFrame({"text": ["good fine", "bad awful", "great nice", "poor nasty", "lovely superb", "ugly bad"],
