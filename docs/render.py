@@ -6,6 +6,7 @@ blocks between `<!-- generated: name -->` and `<!-- end -->` (`make docs` does b
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import statistics
@@ -395,6 +396,41 @@ def bbt_table() -> str:
             f"{settings['bbt_budget'] * mean['search_wall_s'] / mean['calls'] / 3600:.1f} hours{per_seed}).")
 
 
+def bbt_plot() -> str:
+    """The bbt searches' validation accuracy (what each held) against the calls made, each seed's test accuracy where
+    its search ended, and the test accuracy of the template alone, soft-template and pet on the same shots (means
+    over the seeds): an inline SVG drawn from the JSON at build time, so the picture is the measurement's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bbt = _results("blackbox")["bbt"]
+    plt.rcParams["svg.hashsalt"] = "tunelab"  # the same JSON draws the same SVG
+    figure, axis = plt.subplots(figsize=(9, 4))
+    for index, row in enumerate(bbt["rows"]):
+        calls, color = [point["calls"] for point in row["curve"]], f"C{index}"
+        axis.step(calls, [point["validation_accuracy"] for point in row["curve"]], where="post", color=color,
+                  alpha=0.6, label=f"seed {row['seed']}: validation (K shots)")
+        axis.plot(calls[-1], row["test_accuracy"], marker="*", markersize=12, color=color, linestyle="none",
+                  label=f"seed {row['seed']}: test, what was found")
+    for key, label, style in (("zero_shot_accuracy", "the template alone", "--"),
+                              ("soft_template_accuracy", "soft-template (gradients)", ":"),
+                              ("pet_accuracy", "pet (gradients)", "-.")):
+        if key in bbt["mean"]:
+            axis.axhline(bbt["mean"][key], color="grey", linestyle=style, label=f"test, {label}, mean")
+    axis.set_xlabel("calls made")
+    axis.set_ylabel("accuracy")
+    axis.set_title("bbt: accuracy against calls, beside gradient training on the same shots")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    figure.tight_layout()
+    drawn = io.StringIO()
+    figure.savefig(drawn, format="svg", metadata={"Date": None})
+    plt.close(figure)
+    svg = drawn.getvalue()
+    return "<div>\n" + "\n".join(line for line in svg[svg.index("<svg"):].splitlines() if line.strip()) + "\n</div>"
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -455,7 +491,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "distributed_line": distributed_line, "foreign_server_line": foreign_server_line, "chaos_line": chaos_line,
     "engine_table": engine_table, "engine_pair_table": engine_pair_table, "engine_advice": engine_advice,
     "fuzz_table": fuzz_table,
-    "mezo_table": mezo_table, "bbt_table": bbt_table,
+    "mezo_table": mezo_table, "bbt_table": bbt_table, "bbt_plot": bbt_plot,
 }
 
 
