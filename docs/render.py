@@ -406,7 +406,6 @@ def bbt_plot() -> str:
     import matplotlib.pyplot as plt
 
     bbt = _results("blackbox")["bbt"]
-    plt.rcParams["svg.hashsalt"] = "tunelab"  # the same JSON draws the same SVG
     figure, axis = plt.subplots(figsize=(9, 4))
     for index, row in enumerate(bbt["rows"]):
         calls, color = [point["calls"] for point in row["curve"]], f"C{index}"
@@ -425,7 +424,8 @@ def bbt_plot() -> str:
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     figure.tight_layout()
     drawn = io.StringIO()
-    figure.savefig(drawn, format="svg", metadata={"Date": None})
+    with plt.rc_context({"svg.hashsalt": "tunelab"}):  # the same JSON draws the same SVG
+        figure.savefig(drawn, format="svg", metadata={"Date": None})
     plt.close(figure)
     svg = drawn.getvalue()
     return "<div>\n" + "\n".join(line for line in svg[svg.index("<svg"):].splitlines() if line.strip()) + "\n</div>"
